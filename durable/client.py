@@ -1,0 +1,255 @@
+"""The low-level client: the SQL protocol one-to-one, typed results.
+
+Services that drive runs themselves use it directly; the app and the worker are built on it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any
+
+import structlog
+
+from durable import embedded
+from durable.config import resolve_dsn
+from durable.errors import DatabaseUnavailable, check_queue_name
+from durable.records import (
+    Checkpoint,
+    Claim,
+    FailedRun,
+    FailureReason,
+    QueueCount,
+    SpawnInfo,
+    SpawnOptions,
+    TaskRecord,
+    TaskResult,
+)
+from durable.retry import seconds
+from durable.store import Listener, Store
+
+log = structlog.get_logger("durable")
+
+_NO_OPTIONS = SpawnOptions()
+
+
+class Client:
+    """``async with Client(dsn) as client: await client.spawn(...)``.
+
+    With no DSN and no ``$DURABLE_DSN`` it starts (or joins) the embedded PostgreSQL under
+    ``$DURABLE_HOME`` (default ``./.durable``). Connecting applies migrations unless
+    ``migrate=False``, in which case an old schema is refused.
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        migrate: bool = True,
+        pool_size: int = 10,
+        statement_cache_size: int = 100,
+        connect_timeout: float = 10.0,
+        server_settings: Mapping[str, str] | None = None,
+    ) -> None:
+        self._dsn = resolve_dsn(dsn)
+        self._migrate = migrate
+        self._pool_size = pool_size
+        self._statement_cache_size = statement_cache_size
+        self._connect_timeout = connect_timeout
+        self._server_settings = dict(server_settings or {})
+        self._store: Store | None = None
+        self._embedded: embedded.EmbeddedServer | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        if self._store is not None:
+            return
+        dsn = self._dsn
+        if dsn is None:
+            self._embedded = await embedded.start_embedded()
+            dsn = self._embedded.dsn
+            log.info("embedded.using", home=str(self._embedded.home))
+        try:
+            self._store = await Store.open(
+                dsn,
+                max_size=self._pool_size,
+                min_size=min(2, self._pool_size),
+                migrate=self._migrate,
+                statement_cache_size=self._statement_cache_size,
+                connect_timeout=self._connect_timeout,
+                server_settings=self._server_settings,
+            )
+        except BaseException:
+            await self._stop_embedded()
+            raise
+
+    async def close(self) -> None:
+        store, self._store = self._store, None
+        if store is not None:
+            await store.close()
+        await self._stop_embedded()
+
+    async def _stop_embedded(self) -> None:
+        server, self._embedded = self._embedded, None
+        if server is not None:
+            await embedded.stop_embedded(server)
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise DatabaseUnavailable("the client is not connected — use `async with` or connect()")
+        return self._store
+
+    @property
+    def dsn(self) -> str:
+        return self.store.dsn
+
+    @property
+    def embedded_home(self) -> str | None:
+        """Where the embedded server keeps its data, when this client uses it."""
+        return str(self._embedded.home) if self._embedded else None
+
+    # --- the protocol ---------------------------------------------------------------------------
+
+    async def spawn(
+        self,
+        queue: str,
+        task_name: str,
+        params: Any,
+        options: SpawnOptions | None = None,
+    ) -> SpawnInfo:
+        check_queue_name(queue)
+        return await self.store.spawn(queue, task_name, params, (options or _NO_OPTIONS).to_json())
+
+    async def spawn_many(
+        self,
+        queue: str,
+        items: Sequence[tuple[str, Any] | tuple[str, Any, SpawnOptions | None]],
+    ) -> list[SpawnInfo]:
+        """Spawn many tasks in one round trip: ``items`` are ``(task_name, params[, options])``."""
+        check_queue_name(queue)
+        prepared = [
+            (item[0], item[1], (item[2] if len(item) > 2 and item[2] else _NO_OPTIONS).to_json())  # type: ignore[misc]
+            for item in items
+        ]
+        return await self.store.spawn_many(queue, prepared)
+
+    async def claim(
+        self, queue: str, worker_id: str, claim_timeout: float | timedelta = 60.0, qty: int = 1
+    ) -> list[Claim]:
+        check_queue_name(queue)
+        return await self.store.claim(queue, worker_id, _secs(claim_timeout, "claim_timeout"), qty)
+
+    async def complete(self, queue: str, run_id: uuid.UUID, result: Any = None) -> None:
+        await self.store.complete(check_queue_name(queue), run_id, result)
+
+    async def fail(
+        self,
+        queue: str,
+        run_id: uuid.UUID,
+        error: Mapping[str, Any] | None,
+        reason: FailureReason | str = FailureReason.ERRORED,
+        retry_at: datetime | None = None,
+    ) -> uuid.UUID | None:
+        """Fail the run; returns the next run's id, or None when the task ended."""
+        return await self.store.fail(
+            check_queue_name(queue), run_id, error, FailureReason(reason), retry_at
+        )
+
+    async def extend_claim(
+        self, queue: str, run_id: uuid.UUID, extend_by: float | timedelta | None = None
+    ) -> datetime:
+        return await self.store.extend_claim(
+            check_queue_name(queue), run_id, seconds(extend_by, what="extend_by")
+        )
+
+    async def set_checkpoint(
+        self,
+        queue: str,
+        run_id: uuid.UUID,
+        step: str,
+        value: Any,
+        extend_by: float | timedelta | None = None,
+    ) -> None:
+        await self.store.set_checkpoint(
+            check_queue_name(queue), run_id, step, value, seconds(extend_by, what="extend_by")
+        )
+
+    async def get_checkpoints(self, queue: str, task_id: uuid.UUID) -> list[Checkpoint]:
+        return await self.store.get_checkpoints(check_queue_name(queue), task_id)
+
+    async def schedule_run(
+        self, queue: str, run_id: uuid.UUID, defer_seconds: float | timedelta
+    ) -> uuid.UUID:
+        return await self.store.schedule_run(
+            check_queue_name(queue), run_id, _secs(defer_seconds, "defer_seconds")
+        )
+
+    async def cancel(self, queue: str | None, task_id: uuid.UUID) -> None:
+        await self.store.cancel(_optional_queue(queue), task_id)
+
+    async def retry(
+        self, queue: str | None, task_id: uuid.UUID, options: SpawnOptions | None = None
+    ) -> SpawnInfo:
+        return await self.store.retry(
+            _optional_queue(queue), task_id, (options or _NO_OPTIONS).to_json()
+        )
+
+    async def get_task(self, queue: str | None, task_id: uuid.UUID) -> TaskRecord:
+        return await self.store.get_task(_optional_queue(queue), task_id)
+
+    async def get_result(self, queue: str | None, task_id: uuid.UUID) -> TaskResult:
+        return await self.store.get_result(_optional_queue(queue), task_id)
+
+    # --- workers and operators ------------------------------------------------------------------
+
+    async def register_worker(
+        self, worker_id: str, host: str, pid: int, queues: Sequence[str], ttl: float
+    ) -> None:
+        await self.store.register_worker(worker_id, host, pid, queues, ttl)
+
+    async def worker_heartbeat(self, worker_id: str, ttl: float) -> bool:
+        return await self.store.worker_heartbeat(worker_id, ttl)
+
+    async def extend_claims(
+        self, worker_id: str, run_ids: Sequence[uuid.UUID], worker_ttl: float
+    ) -> list[uuid.UUID]:
+        """Extend every listed lease of this worker and its liveness; return the lost runs."""
+        return await self.store.extend_claims(worker_id, run_ids, worker_ttl)
+
+    async def stop_worker(self, worker_id: str) -> None:
+        await self.store.stop_worker(worker_id)
+
+    async def queue_counts(self) -> list[QueueCount]:
+        return await self.store.queue_counts()
+
+    async def list_failed_runs(self, queue: str | None = None, limit: int = 50) -> list[FailedRun]:
+        return await self.store.list_failed_runs(_optional_queue(queue), limit)
+
+    async def listen(self, handlers: Mapping[str, Any]) -> Listener:
+        return await self.store.listen(handlers)
+
+
+def _secs(value: float | timedelta, what: str) -> float:
+    result = seconds(value, what=what)
+    assert result is not None
+    return result
+
+
+def _optional_queue(queue: str | None) -> str | None:
+    return None if queue is None else check_queue_name(queue)

@@ -1,0 +1,111 @@
+"""Errors raised by durable.
+
+Every error derives from :class:`DurableError`; data travels as attributes::
+
+    DurableError
+    ├── InvalidQueueName      queue name does not match ^[a-z][a-z0-9_]{0,47}$
+    ├── UnknownTask           no handler registered under that task name
+    ├── NotSerializable       params, a result or a step value is not JSON
+    ├── DatabaseUnavailable   bad DSN, unreachable or lost database
+    ├── LeaseLost             the run is no longer the task's live, unexpired run
+    ├── TaskNotFound          no task with that id on that queue
+    ├── InvalidState          the operation does not fit the task's state
+    ├── StepMismatch          replay found another step name recorded at this position
+    └── TaskFailed            the awaited task ended failed or cancelled
+
+Driver errors are translated at the store boundary (``raise ... from exc``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from durable.records import Failure
+
+QUEUE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+
+
+class DurableError(Exception):
+    """Root of every error durable raises."""
+
+
+class InvalidQueueName(DurableError):
+    def __init__(self, queue: object) -> None:
+        self.queue = queue
+        super().__init__(f"{queue!r} — use lowercase letters, digits and _ (start with a letter, max 48)")
+
+
+class UnknownTask(DurableError):
+    def __init__(self, task_name: str) -> None:
+        self.task_name = task_name
+        super().__init__(
+            f"{task_name!r} is not registered with this app — decorate it with @app.task "
+            "or check the name"
+        )
+
+
+class NotSerializable(DurableError):
+    def __init__(self, what: str, detail: str) -> None:
+        self.what = what
+        self.detail = detail
+        super().__init__(f"{what} is not JSON: {detail}")
+
+
+class DatabaseUnavailable(DurableError):
+    def __init__(self, message: str, *, host: str | None = None, port: int | None = None) -> None:
+        self.host = host
+        self.port = port
+        super().__init__(message)
+
+
+class LeaseLost(DurableError):
+    def __init__(self, run_id: Any, detail: str = "") -> None:
+        self.run_id = run_id
+        super().__init__(
+            f"run {run_id} no longer holds its lease{': ' + detail if detail else ''} — "
+            "another run owns the task now, or it was cancelled; nothing was written"
+        )
+
+
+class TaskNotFound(DurableError):
+    def __init__(self, task_id: Any, queue: str | None = None) -> None:
+        self.task_id = task_id
+        self.queue = queue
+        where = f" on queue {queue!r}" if queue else ""
+        super().__init__(f"no task {task_id}{where}")
+
+
+class InvalidState(DurableError):
+    def __init__(self, message: str, *, state: str | None = None) -> None:
+        self.state = state
+        super().__init__(message)
+
+
+class StepMismatch(DurableError):
+    def __init__(self, position: int, recorded: str, requested: str) -> None:
+        self.position = position
+        self.recorded = recorded
+        self.requested = requested
+        super().__init__(
+            f"step #{position} was recorded as {recorded!r} but the handler now asks for "
+            f"{requested!r} — the task's code changed while it was in flight"
+        )
+
+
+class TaskFailed(DurableError):
+    def __init__(self, task_id: Any, state: str, failure: Failure | None) -> None:
+        self.task_id = task_id
+        self.state = state
+        self.failure = failure
+        reason = failure.reason if failure else "unknown"
+        message = failure.message if failure else ""
+        super().__init__(f"task {task_id} ended {state} ({reason}): {message}".rstrip(": "))
+
+
+def check_queue_name(queue: object) -> str:
+    """Return ``queue`` if it is a valid queue name, else raise :class:`InvalidQueueName`."""
+    if not isinstance(queue, str) or not QUEUE_NAME_RE.fullmatch(queue):
+        raise InvalidQueueName(queue)
+    return queue

@@ -1,0 +1,90 @@
+"""Real PostgreSQL for every test: ``$DURABLE_TEST_DSN``, else the embedded server.
+
+One template database per session with every migration applied; each test gets its own
+``CREATE DATABASE t_<uuid> TEMPLATE ...`` and ``DROP ... WITH (FORCE)`` afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import urllib.parse
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import anyio
+import asyncpg
+import pytest
+
+from durable.client import Client
+from durable.embedded import EmbeddedServer
+from durable.store import Store
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> tuple[str, dict[str, bool]]:
+    return ("asyncio", {"debug": True})
+
+
+def with_database(dsn: str, database: str) -> str:
+    """The same server, another database."""
+    parts = urllib.parse.urlsplit(dsn)
+    return urllib.parse.urlunsplit(parts._replace(path="/" + database))
+
+
+@pytest.fixture(scope="session")
+def server_dsn() -> Iterator[str]:
+    """A DSN of the server the suite uses (its maintenance database)."""
+    if dsn := os.environ.get("DURABLE_TEST_DSN"):
+        yield dsn
+        return
+    home = Path(tempfile.mkdtemp(dir="/tmp", prefix="durable-suite-"))
+    server = EmbeddedServer(home)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+async def _admin(dsn: str, *statements: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def template_db(server_dsn: str) -> Iterator[str]:
+    """A database with every migration applied, used as the template of each test's database."""
+    name = f"durable_tpl_{uuid.uuid4().hex[:12]}"
+    anyio.run(_admin, server_dsn, f'create database "{name}"')
+
+    async def _migrate() -> None:
+        store = await Store.open(with_database(server_dsn, name), min_size=1, max_size=1)
+        await store.close()
+
+    anyio.run(_migrate)
+    try:
+        yield name
+    finally:
+        anyio.run(_admin, server_dsn, f'drop database if exists "{name}" with (force)')
+
+
+@pytest.fixture
+def dsn(server_dsn: str, template_db: str) -> Iterator[str]:
+    """A fresh, migrated database of this test's own."""
+    name = f"t_{uuid.uuid4().hex}"
+    anyio.run(_admin, server_dsn, f'create database "{name}" template "{template_db}"')
+    try:
+        yield with_database(server_dsn, name)
+    finally:
+        anyio.run(_admin, server_dsn, f'drop database if exists "{name}" with (force)')
+
+
+@pytest.fixture
+async def client(dsn: str) -> AsyncIterator[Client]:
+    async with Client(dsn) as c:
+        yield c
