@@ -1,0 +1,60 @@
+"""durable: durable asyncio tasks on PostgreSQL."""
+
+from durable.app import Durable, TaskDefinition, TaskHandle
+from durable.client import Client
+from durable.context import TaskContext
+from durable.errors import (
+    DatabaseUnavailable,
+    DurableError,
+    InvalidQueueName,
+    InvalidState,
+    LeaseLost,
+    NotSerializable,
+    TaskFailed,
+    TaskNotFound,
+    UnknownTask,
+)
+from durable.records import (
+    Checkpoint,
+    Claim,
+    Failure,
+    FailureReason,
+    RunRecord,
+    RunState,
+    SpawnInfo,
+    SpawnOptions,
+    TaskRecord,
+    TaskResult,
+    TaskState,
+)
+from durable.retry import Exponential, Fixed
+
+__all__ = [
+    "Checkpoint",
+    "Claim",
+    "Client",
+    "DatabaseUnavailable",
+    "Durable",
+    "DurableError",
+    "Exponential",
+    "Failure",
+    "FailureReason",
+    "Fixed",
+    "InvalidQueueName",
+    "InvalidState",
+    "LeaseLost",
+    "NotSerializable",
+    "RunRecord",
+    "RunState",
+    "SpawnInfo",
+    "SpawnOptions",
+    "TaskContext",
+    "TaskDefinition",
+    "TaskFailed",
+    "TaskHandle",
+    "TaskNotFound",
+    "TaskRecord",
+    "TaskResult",
+    "TaskState",
+    "UnknownTask",
+]

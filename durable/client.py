@@ -144,7 +144,7 @@ class Client:
         """Spawn many tasks in one round trip: ``items`` are ``(task_name, params[, options])``."""
         check_queue_name(queue)
         prepared = [
-            (item[0], item[1], (item[2] if len(item) > 2 and item[2] else _NO_OPTIONS).to_json())  # type: ignore[misc]
+            (item[0], item[1], (item[2] if len(item) > 2 and item[2] else _NO_OPTIONS).to_json())
             for item in items
         ]
         return await self.store.spawn_many(queue, prepared)

@@ -10,7 +10,6 @@ Every error derives from :class:`DurableError`; data travels as attributes::
     ├── LeaseLost             the run is no longer the task's live, unexpired run
     ├── TaskNotFound          no task with that id on that queue
     ├── InvalidState          the operation does not fit the task's state
-    ├── StepMismatch          replay found another step name recorded at this position
     └── TaskFailed            the awaited task ended failed or cancelled
 
 Driver errors are translated at the store boundary (``raise ... from exc``).
@@ -34,7 +33,9 @@ class DurableError(Exception):
 class InvalidQueueName(DurableError):
     def __init__(self, queue: object) -> None:
         self.queue = queue
-        super().__init__(f"{queue!r} — use lowercase letters, digits and _ (start with a letter, max 48)")
+        super().__init__(
+            f"{queue!r} — use lowercase letters, digits and _ (start with a letter, max 48)"
+        )
 
 
 class UnknownTask(DurableError):
@@ -81,17 +82,6 @@ class InvalidState(DurableError):
     def __init__(self, message: str, *, state: str | None = None) -> None:
         self.state = state
         super().__init__(message)
-
-
-class StepMismatch(DurableError):
-    def __init__(self, position: int, recorded: str, requested: str) -> None:
-        self.position = position
-        self.recorded = recorded
-        self.requested = requested
-        super().__init__(
-            f"step #{position} was recorded as {recorded!r} but the handler now asks for "
-            f"{requested!r} — the task's code changed while it was in flight"
-        )
 
 
 class TaskFailed(DurableError):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import asyncpg
 import structlog
+from asyncpg.pool import PoolConnectionProxy
 
 from durable.errors import DurableError
 
@@ -60,17 +61,19 @@ def migrations_dir() -> Path:
 
 
 def load_migrations(directory: Path | None = None) -> list[Migration]:
-    found = []
-    for path in sorted((directory or migrations_dir()).iterdir()):
-        if match := _FILE_RE.match(path.name):
-            found.append(Migration(int(match[1]), match[2], path.read_text()))
+    paths = sorted((directory or migrations_dir()).iterdir())
+    found = [
+        Migration(int(match[1]), match[2], path.read_text())
+        for path in paths
+        if (match := _FILE_RE.match(path.name))
+    ]
     versions = [m.version for m in found]
     if versions != list(range(1, len(found) + 1)):
         raise SchemaError(f"migrations must be numbered 1..N without gaps, found {versions}")
     return found
 
 
-async def migrate(conn: asyncpg.Connection) -> list[int]:
+async def migrate(conn: asyncpg.Connection | PoolConnectionProxy) -> list[int]:
     """Apply every pending migration; return the versions applied. Safe to run concurrently."""
     migrations = load_migrations()
     await conn.execute("select pg_advisory_lock($1)", _LOCK_KEY)
@@ -92,7 +95,7 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
         await conn.execute("select pg_advisory_unlock($1)", _LOCK_KEY)
 
 
-async def check_schema(conn: asyncpg.Connection) -> None:
+async def check_schema(conn: asyncpg.Connection | PoolConnectionProxy) -> None:
     """Raise :class:`SchemaError` unless every migration this package knows is applied."""
     migrations = load_migrations()
     applied: dict[int, str] = {}

@@ -6,8 +6,8 @@ The delay before attempt ``n + 1`` after attempt ``n`` failed:
 * ``Exponential(base, factor, max, jitter)``: ``d = min(max, base * factor ** (n - 1))``, then
   spread uniformly over ``[d * (1 - jitter), d * (1 + jitter)]`` and capped at ``max`` again.
 
-:func:`delay_bounds` gives the interval a delay must fall in; the SQL function ``durable.next_delay``
-implements the same formula.
+:func:`delay_bounds` gives the interval a delay falls in; the SQL function
+``durable.next_delay`` implements the same formula.
 """
 
 from __future__ import annotations

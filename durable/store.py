@@ -30,8 +30,8 @@ from durable.errors import (
 from durable.records import (
     Checkpoint,
     Claim,
-    Failure,
     FailedRun,
+    Failure,
     FailureReason,
     QueueCount,
     RunRecord,
@@ -310,9 +310,7 @@ class Store:
             rows = await self._pool.fetch(_GET_CHECKPOINTS, queue, task_id)
         return [Checkpoint(r["step_name"], r["value"], r["run_id"], r["created_at"]) for r in rows]
 
-    async def schedule_run(
-        self, queue: str, run_id: uuid.UUID, defer_seconds: float
-    ) -> uuid.UUID:
+    async def schedule_run(self, queue: str, run_id: uuid.UUID, defer_seconds: float) -> uuid.UUID:
         async with self._translate(run_id=run_id):
             next_run: uuid.UUID = await self._pool.fetchval(
                 _SCHEDULE_RUN, queue, run_id, defer_seconds
@@ -369,7 +367,10 @@ class Store:
     async def queue_counts(self) -> list[QueueCount]:
         async with self._translate():
             rows = await self._pool.fetch(_QUEUE_COUNTS)
-        return [QueueCount(queue=r["queue"], state=TaskState(r["state"]), count=r["count"]) for r in rows]
+        return [
+            QueueCount(queue=r["queue"], state=TaskState(r["state"]), count=r["count"])
+            for r in rows
+        ]
 
     async def list_failed_runs(self, queue: str | None, limit: int) -> list[FailedRun]:
         async with self._translate():

@@ -1,0 +1,397 @@
+"""Durable: the task registry, ``@app.task``, the app's lifecycle, spawning by name, results."""
+
+from __future__ import annotations
+
+import inspect
+import signal
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, overload
+
+import anyio
+import structlog
+
+from durable.client import Client
+from durable.errors import TaskFailed, UnknownTask, check_queue_name
+from durable.records import SpawnInfo, SpawnOptions, TaskRecord, TaskResult, TaskState
+from durable.retry import Backoff, RetryStrategy
+from durable.store import CHANNEL_DONE, Listener
+from durable.worker import Worker, WorkerOptions
+
+log = structlog.get_logger("durable")
+
+Handler = Callable[..., Any]
+
+#: A result() waiter re-reads the task this often in case a notification was missed.
+RESULT_RECHECK_S = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskDefinition:
+    """A registered handler and its default spawn options."""
+
+    app: Durable
+    name: str
+    fn: Handler
+    queue: str
+    max_attempts: int | None = None
+    retry: RetryStrategy | None = None
+    timeout: float | timedelta | None = None
+    heartbeat_timeout: float | timedelta | None = None
+    priority: int = 0
+    headers: dict[str, Any] | None = None
+    backoff: Backoff | None = None
+
+    async def __call__(self, ctx: Any, params: Any) -> Any:
+        """Call the handler directly (no durability): useful in unit tests of the handler."""
+        result = self.fn(ctx, params)
+        if inspect.isawaitable(result):
+            return await result
+        return result
+
+    def options(self, **overrides: Any) -> SpawnOptions:
+        base: dict[str, Any] = {
+            "max_attempts": self.max_attempts,
+            "retry": self.retry,
+            "timeout": self.timeout,
+            "heartbeat_timeout": self.heartbeat_timeout,
+            "priority": self.priority,
+            "headers": self.headers,
+        }
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return SpawnOptions(**base)
+
+    async def spawn(
+        self,
+        params: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        max_attempts: int | None = None,
+        retry: RetryStrategy | None = None,
+        timeout: float | timedelta | None = None,
+        heartbeat_timeout: float | timedelta | None = None,
+        priority: int | None = None,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        headers: dict[str, Any] | None = None,
+        queue: str | None = None,
+    ) -> TaskHandle:
+        options = self.options(
+            idempotency_key=idempotency_key,
+            max_attempts=max_attempts,
+            retry=retry,
+            timeout=timeout,
+            heartbeat_timeout=heartbeat_timeout,
+            priority=priority,
+            delay=delay,
+            at=at,
+            headers=headers,
+        )
+        return await self.app.spawn_with(queue or self.queue, self.name, params, options)
+
+
+@dataclass(slots=True)
+class TaskHandle:
+    """What a spawn returns: the task's identity, and ``await handle.result()``."""
+
+    app: Durable
+    queue: str
+    task_name: str
+    task_id: uuid.UUID
+    run_id: uuid.UUID
+    attempt: int
+    created: bool
+
+    async def result(self, timeout: float | None = None) -> TaskResult:
+        """Wait until the task ends; raise :class:`TaskFailed` if it failed or was cancelled."""
+        return await self.app.result(self.task_id, timeout=timeout, queue=self.queue)
+
+
+@dataclass(slots=True)
+class _ResultWaiters:
+    events: dict[uuid.UUID, set[anyio.Event]] = field(default_factory=dict)
+
+    def notify(self, payload: str) -> None:
+        try:
+            task_id = uuid.UUID(payload)
+        except ValueError:
+            return
+        for event in self.events.pop(task_id, ()):
+            event.set()
+
+
+class Durable:
+    """The application: register tasks, spawn them, await results, run workers.
+
+    ``Durable(dsn)`` > ``$DURABLE_DSN`` > the embedded PostgreSQL under ``$DURABLE_HOME``.
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        default_queue: str = "default",
+        migrate: bool = True,
+        pool_size: int = 10,
+        statement_cache_size: int = 100,
+    ) -> None:
+        self.default_queue = check_queue_name(default_queue)
+        self.client = Client(
+            dsn, migrate=migrate, pool_size=pool_size, statement_cache_size=statement_cache_size
+        )
+        self.registry: dict[str, TaskDefinition] = {}
+        self._waiters = _ResultWaiters()
+        self._listener: Listener | None = None
+        self._listener_lock = anyio.Lock()
+        self._entered = 0
+
+    # --- registry -------------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Handler, /) -> TaskDefinition: ...
+
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+        retry: RetryStrategy | None = None,
+        timeout: float | timedelta | None = None,
+        heartbeat_timeout: float | timedelta | None = None,
+        priority: int = 0,
+        headers: dict[str, Any] | None = None,
+        backoff: Backoff | None = None,
+    ) -> Callable[[Handler], TaskDefinition]: ...
+
+    def task(
+        self,
+        fn: Handler | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+        retry: RetryStrategy | None = None,
+        timeout: float | timedelta | None = None,
+        heartbeat_timeout: float | timedelta | None = None,
+        priority: int = 0,
+        headers: dict[str, Any] | None = None,
+        backoff: Backoff | None = None,
+    ) -> TaskDefinition | Callable[[Handler], TaskDefinition]:
+        """Register a handler ``(ctx, params) -> JSON``; bare or with options.
+
+        The task's stored name is its contract: pass ``name=`` for anything long-lived, so that
+        renaming the function does not strand tasks in flight.
+        """
+
+        def register(handler: Handler) -> TaskDefinition:
+            task_name = name or handler.__name__
+            if task_name in self.registry:
+                raise ValueError(f"a task named {task_name!r} is already registered")
+            definition = TaskDefinition(
+                app=self,
+                name=task_name,
+                fn=handler,
+                queue=check_queue_name(queue or self.default_queue),
+                max_attempts=max_attempts,
+                retry=retry,
+                timeout=timeout,
+                heartbeat_timeout=heartbeat_timeout,
+                priority=priority,
+                headers=headers,
+                backoff=backoff,
+            )
+            # validate the defaults now rather than at the first spawn
+            definition.options().to_json()
+            self.registry[task_name] = definition
+            return definition
+
+        return register(fn) if fn is not None else register
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Durable:
+        if self._entered == 0:
+            await self.client.connect()
+        self._entered += 1
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._entered -= 1
+        if self._entered == 0:
+            with anyio.CancelScope(shield=True):
+                listener, self._listener = self._listener, None
+                if listener is not None:
+                    await listener.close()
+                await self.client.close()
+
+    # --- producing ------------------------------------------------------------------------------
+
+    async def spawn(
+        self,
+        task_name: str,
+        params: Any = None,
+        *,
+        queue: str | None = None,
+        idempotency_key: str | None = None,
+        max_attempts: int | None = None,
+        retry: RetryStrategy | None = None,
+        timeout: float | timedelta | None = None,
+        heartbeat_timeout: float | timedelta | None = None,
+        priority: int | None = None,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        headers: dict[str, Any] | None = None,
+    ) -> TaskHandle:
+        """Spawn by name. A producer that does not register the task must name its ``queue``."""
+        definition = self.registry.get(task_name)
+        overrides = {
+            "idempotency_key": idempotency_key,
+            "max_attempts": max_attempts,
+            "retry": retry,
+            "timeout": timeout,
+            "heartbeat_timeout": heartbeat_timeout,
+            "priority": priority,
+            "delay": delay,
+            "at": at,
+            "headers": headers,
+        }
+        if definition is not None:
+            options = definition.options(**overrides)
+            target = queue or definition.queue
+        elif queue is None:
+            raise UnknownTask(task_name)
+        else:
+            options = SpawnOptions(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+            target = queue
+        return await self.spawn_with(target, task_name, params, options)
+
+    async def spawn_with(
+        self, queue: str, task_name: str, params: Any, options: SpawnOptions
+    ) -> TaskHandle:
+        info: SpawnInfo = await self.client.spawn(queue, task_name, params, options)
+        log.info(
+            "task.spawned",
+            queue=queue,
+            task_name=task_name,
+            task_id=str(info.task_id),
+            run_id=str(info.run_id),
+            attempt=info.attempt,
+            created=info.created,
+        )
+        return TaskHandle(
+            self, queue, task_name, info.task_id, info.run_id, info.attempt, info.created
+        )
+
+    # --- results and operations -----------------------------------------------------------------
+
+    async def result(
+        self, task_id: uuid.UUID, *, timeout: float | None = None, queue: str | None = None
+    ) -> TaskResult:
+        """Wait for the task to end (woken by NOTIFY); raise :class:`TaskFailed` unless done."""
+        await self._ensure_listener()
+        with anyio.fail_after(timeout):
+            while True:
+                event = anyio.Event()
+                self._waiters.events.setdefault(task_id, set()).add(event)
+                try:
+                    outcome = await self.client.get_result(queue, task_id)
+                    if outcome.state.finished:
+                        break
+                    with anyio.move_on_after(RESULT_RECHECK_S):
+                        await event.wait()
+                finally:
+                    waiting = self._waiters.events.get(task_id)
+                    if waiting is not None:
+                        waiting.discard(event)
+                        if not waiting:
+                            del self._waiters.events[task_id]
+        if outcome.state is not TaskState.COMPLETED:
+            raise TaskFailed(task_id, str(outcome.state), outcome.failure)
+        return outcome
+
+    async def _ensure_listener(self) -> None:
+        async with self._listener_lock:
+            if self._listener is None or self._listener.closed:
+                self._listener = await self.client.listen({CHANNEL_DONE: self._waiters.notify})
+
+    async def cancel(self, task_id: uuid.UUID, *, queue: str | None = None) -> None:
+        await self.client.cancel(queue, task_id)
+        log.info("task.cancelled", task_id=str(task_id), queue=queue)
+
+    async def retry(self, task_id: uuid.UUID, *, queue: str | None = None) -> SpawnInfo:
+        return await self.client.retry(queue, task_id)
+
+    async def get_task(self, task_id: uuid.UUID, *, queue: str | None = None) -> TaskRecord:
+        return await self.client.get_task(queue, task_id)
+
+    # --- consuming ------------------------------------------------------------------------------
+
+    async def run_worker(
+        self,
+        queues: list[str] | tuple[str, ...] | None = None,
+        concurrency: int = 10,
+        claim_timeout: float = 60.0,
+        *,
+        poll_interval: float = 2.0,
+        grace_period: float = 30.0,
+        unknown_task_defer: float = 60.0,
+        worker_id: str | None = None,
+        handle_signals: bool = True,
+        task_status: anyio.abc.TaskStatus[Worker] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Claim and run tasks until cancelled or, with ``handle_signals``, SIGTERM/SIGINT drain.
+
+        ``queues`` defaults to every queue a registered task uses.
+        """
+        if queues is None:
+            queues = sorted({d.queue for d in self.registry.values()}) or [self.default_queue]
+        options = WorkerOptions(
+            queues=tuple(queues),
+            concurrency=concurrency,
+            claim_timeout=claim_timeout,
+            poll_interval=poll_interval,
+            grace_period=grace_period,
+            unknown_task_defer=unknown_task_defer,
+            worker_id=worker_id,
+        )
+        async with self:
+            worker = Worker(self, options)
+            async with anyio.create_task_group() as tg:
+                if handle_signals and threading.current_thread() is threading.main_thread():
+                    tg.start_soon(_drain_on_signal, worker)
+                await tg.start(_run_then_stop, worker, tg.cancel_scope)
+                task_status.started(worker)
+
+
+async def _run_then_stop(
+    worker: Worker,
+    scope: anyio.CancelScope,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    try:
+        await worker.run(task_status=task_status)
+    finally:
+        scope.cancel()  # the worker is done: stop watching signals
+
+
+async def _drain_on_signal(worker: Worker) -> None:
+    """The first SIGTERM/SIGINT drains gracefully; a second one releases running tasks now."""
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("worker.signal", worker=worker.worker_id, signal=signal.Signals(signum).name)
+            worker.drain(force=worker.draining)

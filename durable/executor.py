@@ -1,0 +1,179 @@
+"""Run ONE claimed run: its context, the handler under its cancel scopes, the outcome write.
+
+Outcomes, written once and shielded from cancellation so shutdown never loses them:
+
+* the handler returned        -> ``complete``
+* the handler raised          -> ``fail(errored)`` with type, message and traceback
+* it outlived its timeout     -> ``fail(job_timeout)``
+* it stopped heartbeating     -> ``fail(heartbeat_timeout)`` (the supervisor cancelled it)
+* its lease was lost          -> nothing: another run owns the task now
+* the worker is draining      -> ``schedule_run(0)``: released for another worker at once
+"""
+
+from __future__ import annotations
+
+import inspect
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import structlog
+
+from durable.context import RunControl, TaskContext
+from durable.errors import DurableError, LeaseLost
+from durable.records import FailureReason
+
+if TYPE_CHECKING:
+    from durable.app import TaskDefinition
+    from durable.client import Client
+
+log = structlog.get_logger("durable")
+
+#: How long an outcome write may take during shutdown before it is given up.
+OUTCOME_WRITE_TIMEOUT_S = 15.0
+
+
+class JobTimeout(TimeoutError):
+    """The run outlived the task's ``timeout``."""
+
+
+def error_document(exc: BaseException) -> dict[str, Any]:
+    return {
+        "type": type(exc).__qualname__,
+        "module": type(exc).__module__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+async def execute(client: Client, definition: TaskDefinition, control: RunControl) -> None:
+    """Run ``control.claim`` to its outcome. Never raises for the handler's sake."""
+    claim = control.claim
+    ids = {
+        "queue": claim.queue,
+        "task_name": claim.task_name,
+        "task_id": str(claim.task_id),
+        "run_id": str(claim.run_id),
+        "attempt": claim.attempt,
+    }
+    outcome: tuple[str, Any] = ("release", None)
+    try:
+        with control.scope:
+            try:
+                ctx = TaskContext(client, control)
+                result = await _run_handler(definition, ctx, claim.params, claim.timeout)
+                outcome = ("complete", result)
+            except JobTimeout as exc:
+                outcome = ("job_timeout", exc)
+            except LeaseLost as exc:
+                control.stop_reason = control.stop_reason or "lease_lost"
+                outcome = ("lease_lost", exc)
+            except Exception as exc:  # noqa: BLE001 — a handler's error is data: recorded on the run
+                outcome = ("errored", exc)
+    except anyio.get_cancelled_exc_class():
+        # the worker itself is being cancelled: hand the run back so another worker takes it now
+        with anyio.move_on_after(OUTCOME_WRITE_TIMEOUT_S, shield=True):
+            await _write_outcome(client, definition, control, ("release", None), ids)
+        raise
+    control.finished = True
+    if control.stop_reason is not None:
+        outcome = (control.stop_reason, outcome[1])
+    with anyio.move_on_after(OUTCOME_WRITE_TIMEOUT_S, shield=True):
+        await _write_outcome(client, definition, control, outcome, ids)
+
+
+async def _run_handler(
+    definition: TaskDefinition, ctx: TaskContext, params: Any, timeout: float | None
+) -> Any:
+    fn = definition.fn
+    if timeout is None:
+        return await _call(fn, ctx, params)
+    with anyio.move_on_after(timeout) as scope:
+        return await _call(fn, ctx, params)
+    assert scope.cancelled_caught
+    raise JobTimeout(f"the run exceeded its timeout of {timeout:g}s")
+
+
+async def _call(fn: Callable[..., Any], ctx: TaskContext, params: Any) -> Any:
+    if inspect.iscoroutinefunction(fn):
+        return await fn(ctx, params)
+    result = await anyio.to_thread.run_sync(fn, ctx, params, abandon_on_cancel=True)
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+async def _write_outcome(
+    client: Client,
+    definition: TaskDefinition | None,
+    control: RunControl,
+    outcome: tuple[str, Any],
+    ids: dict[str, Any],
+) -> None:
+    claim = control.claim
+    kind, value = outcome
+    try:
+        if kind == "complete":
+            try:
+                await client.complete(claim.queue, claim.run_id, value)
+            except LeaseLost:
+                raise
+            except DurableError as exc:  # e.g. the result is not JSON: the run failed
+                await _fail(client, definition, control, FailureReason.ERRORED, exc, ids)
+                return
+            log.info("run.completed", **ids)
+        elif kind == "release":
+            await client.schedule_run(claim.queue, claim.run_id, 0)
+            log.info("run.released", **ids)
+        elif kind == "lease_lost":
+            log.warning("lease.lost", **ids)
+        else:
+            await _fail(client, definition, control, FailureReason(kind), value, ids)
+    except LeaseLost:
+        log.warning("lease.lost", **ids)
+    except DurableError as exc:
+        log.exception("run.outcome_not_written", outcome=kind, error=str(exc), **ids)
+
+
+async def _fail(
+    client: Client,
+    definition: TaskDefinition | None,
+    control: RunControl,
+    reason: FailureReason,
+    exc: BaseException | None,
+    ids: dict[str, Any],
+) -> None:
+    claim = control.claim
+    if exc is None or reason is FailureReason.HEARTBEAT_TIMEOUT:
+        limit = claim.heartbeat_timeout
+        error: dict[str, Any] = {
+            "type": "HeartbeatTimeout",
+            "message": f"no heartbeat or checkpoint for {limit:g}s" if limit else "no heartbeat",
+        }
+    else:
+        error = error_document(exc)
+    retry_at = None
+    if definition is not None and definition.backoff is not None and exc is not None:
+        retry_at = await _custom_retry_at(definition.backoff, claim.attempt, exc)
+    next_run = await client.fail(claim.queue, claim.run_id, error, reason, retry_at)
+    log.info("run.failed", reason=str(reason), error=error.get("message"), **ids)
+    if next_run is not None:
+        log.info("run.retry_scheduled", next_run_id=str(next_run), **ids)
+    elif reason is FailureReason.CANCELLED:
+        log.info("task.cancelled", **ids)
+    else:
+        log.warning("task.dead", reason=str(reason), **ids)
+
+
+async def _custom_retry_at(
+    backoff: Callable[[int, BaseException], Any], attempt: int, exc: BaseException
+) -> datetime:
+    delay: Any = backoff(attempt, exc)
+    if inspect.isawaitable(delay):
+        delay = await delay
+    if not isinstance(delay, timedelta):
+        delay = timedelta(seconds=float(delay))
+    retry_at: datetime = datetime.now(UTC) + delay
+    return retry_at

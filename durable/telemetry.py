@@ -1,0 +1,46 @@
+"""Structured logs. The library only calls ``structlog.get_logger("durable")``; the CLI configures.
+
+Events, one per transition, each with ``queue``, ``task_name``, ``task_id``, ``run_id`` and
+``attempt``:
+``task.spawned``, ``run.claimed``, ``run.completed``, ``run.failed`` (with ``reason``),
+``run.retry_scheduled``, ``task.dead``, ``task.cancelled``, ``lease.lost``; and
+``worker.started`` / ``worker.stopped``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import orjson
+import structlog
+
+log = structlog.get_logger("durable")
+
+
+def configure_logging(*, json: bool | None = None, level: str = "info") -> None:
+    """The production recipe, for the CLI: JSON lines when not on a terminal, else readable."""
+    if json is None:
+        json = not sys.stderr.isatty()
+    renderer: Any = (
+        structlog.processors.JSONRenderer(serializer=orjson.dumps)
+        if json
+        else structlog.dev.ConsoleRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.BytesLoggerFactory(sys.stderr.buffer)
+        if json
+        else structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )

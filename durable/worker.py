@@ -1,0 +1,212 @@
+"""The worker pool: claim loop, slots, LISTEN wake-up, lease renewal, drain.
+
+One worker claims in batches up to its free slots across its queues, wakes on NOTIFY when work
+arrives (polling as the fallback), runs each claim in its own cancel scope (:mod:`executor`), and
+keeps leases and liveness alive (:mod:`heartbeat`). ``drain()`` (SIGTERM/SIGINT from the CLI):
+stop claiming, let running tasks finish within ``grace_period``, then release the rest so another
+worker can take them at once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import anyio
+import structlog
+
+from durable.context import RunControl
+from durable.errors import DurableError, check_queue_name
+from durable.executor import execute
+from durable.heartbeat import LivenessThread, renew_leases, supervise_heartbeats
+from durable.records import Claim
+from durable.store import CHANNEL_WORK
+
+if TYPE_CHECKING:
+    from durable.app import Durable
+
+log = structlog.get_logger("durable")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerOptions:
+    queues: tuple[str, ...]
+    concurrency: int = 10
+    claim_timeout: float = 60.0
+    poll_interval: float = 2.0
+    grace_period: float = 30.0
+    unknown_task_defer: float = 60.0
+    worker_id: str | None = None
+
+    def __post_init__(self) -> None:
+        for queue in self.queues:
+            check_queue_name(queue)
+        if not self.queues:
+            raise ValueError("a worker needs at least one queue")
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if self.claim_timeout <= 0 or self.poll_interval <= 0 or self.grace_period < 0:
+            raise ValueError("claim_timeout and poll_interval must be positive, grace_period >= 0")
+
+
+class Worker:
+    """``await Worker(app, options).run()`` until cancelled or drained."""
+
+    def __init__(self, app: Durable, options: WorkerOptions) -> None:
+        self.app = app
+        self.options = options
+        self.worker_id = options.worker_id or (
+            f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        )
+        self.active: dict[uuid.UUID, RunControl] = {}
+        self._wake = anyio.Event()
+        self._slot_freed = anyio.Event()
+        self._draining = anyio.Event()
+        self._unknown_logged: set[str] = set()
+
+    @property
+    def draining(self) -> bool:
+        return self._draining.is_set()
+
+    def drain(self, *, force: bool = False) -> None:
+        """Stop claiming; running tasks get ``grace_period`` to finish, then are released.
+
+        With ``force`` they are released at once.
+        """
+        log.info("worker.draining", worker=self.worker_id, running=len(self.active), force=force)
+        self._draining.set()
+        self._wake.set()
+        self._slot_freed.set()
+        if force:
+            for control in list(self.active.values()):
+                control.stop("release")
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        opts = self.options
+        client = self.app.client
+        ttl = opts.claim_timeout
+        await client.register_worker(
+            self.worker_id, socket.gethostname(), os.getpid(), opts.queues, ttl
+        )
+        liveness = LivenessThread(client.dsn, self.worker_id, ttl, interval=max(ttl / 4, 0.05))
+        liveness.start()
+        listener = await client.listen({CHANNEL_WORK: self._on_work})
+        log.info(
+            "worker.started",
+            worker=self.worker_id,
+            queues=list(opts.queues),
+            concurrency=opts.concurrency,
+        )
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(
+                    renew_leases, client, self.worker_id, self.active, ttl, max(ttl / 3, 0.05)
+                )
+                tg.start_soon(supervise_heartbeats, self.active)
+                task_status.started()
+                async with anyio.create_task_group() as runs:
+                    await self._claim_loop(runs)
+                    await self._finish_or_release()
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await listener.close()
+                await anyio.to_thread.run_sync(liveness.stop)
+                try:
+                    await client.stop_worker(self.worker_id)
+                except DurableError as exc:
+                    log.warning("worker.stop_not_recorded", worker=self.worker_id, error=str(exc))
+            log.info("worker.stopped", worker=self.worker_id)
+
+    def _on_work(self, queue: str) -> None:
+        if queue in self.options.queues:
+            self._wake.set()
+
+    async def _claim_loop(self, runs: anyio.abc.TaskGroup) -> None:
+        opts = self.options
+        client = self.app.client
+        while not self._draining.is_set():
+            free = opts.concurrency - len(self.active)
+            if free <= 0:
+                await self._slot_freed.wait()
+                self._slot_freed = anyio.Event()
+                continue
+            self._wake = anyio.Event()
+            claimed_full = False
+            for queue in opts.queues:
+                free = opts.concurrency - len(self.active)
+                if free <= 0 or self._draining.is_set():
+                    break
+                try:
+                    claims = await client.claim(queue, self.worker_id, opts.claim_timeout, free)
+                except DurableError as exc:
+                    log.warning("worker.claim_failed", worker=self.worker_id, error=str(exc))
+                    claims = []
+                claimed_full = claimed_full or len(claims) == free
+                for claim in claims:
+                    self._start(runs, claim)
+            if claimed_full:
+                continue  # there may be more: claim again as soon as slots allow
+            with anyio.move_on_after(opts.poll_interval):
+                await self._wake.wait()
+
+    def _start(self, runs: anyio.abc.TaskGroup, claim: Claim) -> None:
+        control = RunControl(claim)
+        self.active[claim.run_id] = control
+        log.info(
+            "run.claimed",
+            queue=claim.queue,
+            task_name=claim.task_name,
+            task_id=str(claim.task_id),
+            run_id=str(claim.run_id),
+            attempt=claim.attempt,
+            worker=self.worker_id,
+        )
+        runs.start_soon(self._run_one, control, name=f"durable-run-{claim.run_id}")
+
+    async def _run_one(self, control: RunControl) -> None:
+        claim = control.claim
+        try:
+            definition = self.app.registry.get(claim.task_name)
+            if definition is None:
+                await self._defer_unknown(claim)
+            else:
+                await execute(self.app.client, definition, control)
+        finally:
+            self.active.pop(claim.run_id, None)
+            self._slot_freed.set()
+
+    async def _defer_unknown(self, claim: Claim) -> None:
+        """A task this worker's code does not know (a rolling deploy): hand it back for later."""
+        if claim.task_name not in self._unknown_logged:
+            self._unknown_logged.add(claim.task_name)
+            log.warning(
+                "task.unknown_deferred",
+                queue=claim.queue,
+                task_name=claim.task_name,
+                task_id=str(claim.task_id),
+                run_id=str(claim.run_id),
+                attempt=claim.attempt,
+                defer_s=self.options.unknown_task_defer,
+            )
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.app.client.schedule_run(
+                    claim.queue, claim.run_id, self.options.unknown_task_defer
+                )
+            except DurableError as exc:
+                log.warning("run.defer_failed", run_id=str(claim.run_id), error=str(exc))
+
+    async def _finish_or_release(self) -> None:
+        """Draining: wait up to the grace period, then release what still runs."""
+        with anyio.move_on_after(self.options.grace_period):
+            while self.active:
+                await self._slot_freed.wait()
+                self._slot_freed = anyio.Event()
+        for control in list(self.active.values()):
+            control.stop("release")
