@@ -6,6 +6,7 @@ from durable.context import TaskContext
 from durable.errors import (
     DatabaseUnavailable,
     DurableError,
+    InvalidArgument,
     InvalidQueueName,
     InvalidState,
     LeaseLost,
@@ -28,6 +29,7 @@ from durable.records import (
     TaskState,
 )
 from durable.retry import Exponential, Fixed
+from durable.worker import Worker
 
 __all__ = [
     "Checkpoint",
@@ -40,6 +42,7 @@ __all__ = [
     "Failure",
     "FailureReason",
     "Fixed",
+    "InvalidArgument",
     "InvalidQueueName",
     "InvalidState",
     "LeaseLost",
@@ -57,4 +60,5 @@ __all__ = [
     "TaskResult",
     "TaskState",
     "UnknownTask",
+    "Worker",
 ]

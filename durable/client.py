@@ -119,6 +119,18 @@ class Client:
     def dsn(self) -> str:
         return self.store.dsn
 
+    async def open_side_store(self) -> Store:
+        """Another one-connection store with this client's settings (for another thread's loop)."""
+        return await Store.open(
+            self.dsn,
+            min_size=1,
+            max_size=1,
+            migrate=False,
+            statement_cache_size=self._statement_cache_size,
+            connect_timeout=self._connect_timeout,
+            server_settings=self._server_settings,
+        )
+
     @property
     def embedded_home(self) -> str | None:
         """Where the embedded server keeps its data, when this client uses it."""

@@ -10,6 +10,8 @@ Every error derives from :class:`DurableError`; data travels as attributes::
     ├── LeaseLost             the run is no longer the task's live, unexpired run
     ├── TaskNotFound          no task with that id on that queue
     ├── InvalidState          the operation does not fit the task's state
+    ├── InvalidArgument       an argument the protocol refuses (also a ValueError)
+    ├── SchemaError           the database schema does not match this durable
     └── TaskFailed            the awaited task ended failed or cancelled
 
 Driver errors are translated at the store boundary (``raise ... from exc``).
@@ -82,6 +84,14 @@ class InvalidState(DurableError):
     def __init__(self, message: str, *, state: str | None = None) -> None:
         self.state = state
         super().__init__(message)
+
+
+class InvalidArgument(DurableError, ValueError):
+    """An argument the protocol refuses (a negative duration, an empty step name): DU005."""
+
+
+class SchemaError(DurableError):
+    """The database schema does not match this version of durable (old, newer, or gapped)."""
 
 
 class TaskFailed(DurableError):

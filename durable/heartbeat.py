@@ -66,8 +66,8 @@ async def supervise_heartbeats(active: Mapping[uuid.UUID, RunControl]) -> None:
 class LivenessThread:
     """Renews ``workers.expires_at`` every ``interval`` from a thread of its own."""
 
-    def __init__(self, dsn: str, worker_id: str, ttl: float, interval: float) -> None:
-        self._dsn = dsn
+    def __init__(self, client: Client, worker_id: str, ttl: float, interval: float) -> None:
+        self._client = client
         self._worker_id = worker_id
         self._ttl = ttl
         self._interval = interval
@@ -92,7 +92,7 @@ class LivenessThread:
             while not self._stop.is_set():
                 try:
                     if store is None:
-                        store = await Store.open(self._dsn, min_size=1, max_size=1, migrate=False)
+                        store = await self._client.open_side_store()
                     await store.worker_heartbeat(self._worker_id, self._ttl)
                 except DurableError as exc:
                     log.warning("liveness.failed", worker=self._worker_id, error=str(exc))

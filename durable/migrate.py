@@ -16,7 +16,7 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
-from durable.errors import DurableError
+from durable.errors import SchemaError
 
 log = structlog.get_logger("durable")
 
@@ -35,10 +35,6 @@ create table if not exists durable.schema_migrations (
 _APPLIED = "select version, checksum from durable.schema_migrations order by version"
 _RECORD = "insert into durable.schema_migrations (version, name, checksum) values ($1, $2, $3)"
 _SCHEMA_EXISTS = "select to_regclass('durable.schema_migrations') is not null"
-
-
-class SchemaError(DurableError):
-    """The database schema does not match this version of durable."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ The delay before attempt ``n + 1`` after attempt ``n`` failed:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,8 +27,8 @@ def seconds(value: float | timedelta | None, *, what: str) -> float | None:
     if value is None:
         return None
     result = value.total_seconds() if isinstance(value, timedelta) else float(value)
-    if result < 0 or result != result:  # NaN is not a duration
-        raise ValueError(f"{what} must be a non-negative duration, got {value!r}")
+    if not (0 <= result < math.inf):  # also refuses NaN
+        raise ValueError(f"{what} must be a non-negative duration of finite seconds, got {value!r}")
     return result
 
 
@@ -91,8 +92,18 @@ def delay_bounds(strategy: RetryStrategy, attempt: int) -> tuple[float, float]:
     """The interval in which the delay after failed attempt ``attempt`` falls."""
     if isinstance(strategy, Fixed):
         return strategy.seconds, strategy.seconds
-    d = min(strategy.max, strategy.base * strategy.factor ** (attempt - 1))
+    d = _capped_exponential(strategy, max(attempt, 1) - 1)
     return d * (1 - strategy.jitter), min(strategy.max, d * (1 + strategy.jitter))
+
+
+def _capped_exponential(strategy: Exponential, n: int) -> float:
+    """``min(max, base * factor ** n)`` without overflow (as ``durable.next_delay`` does)."""
+    base, factor, cap = strategy.base, strategy.factor, strategy.max
+    if factor <= 1 or base <= 0:
+        return min(base, cap)
+    if cap <= base or n * math.log(factor) >= math.log(cap / base):
+        return cap
+    return float(base * factor**n)
 
 
 def _required_seconds(value: float | timedelta, what: str) -> float:

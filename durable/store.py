@@ -8,6 +8,7 @@ durable's own errors here, ``from exc``.
 from __future__ import annotations
 
 import contextlib
+import math
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -20,7 +21,7 @@ import orjson
 from durable import migrate as _migrate
 from durable.errors import (
     DatabaseUnavailable,
-    DurableError,
+    InvalidArgument,
     InvalidQueueName,
     InvalidState,
     LeaseLost,
@@ -46,10 +47,6 @@ CHANNEL_WORK: Final = "durable_work"
 CHANNEL_DONE: Final = "durable_done"
 
 
-class InvalidArgument(DurableError, ValueError):
-    """An argument the protocol refuses (negative duration, empty step name, ...)."""
-
-
 class RawJson(bytes):
     """JSON text already encoded by :func:`encode_json`; the jsonb codec passes it through."""
 
@@ -59,9 +56,23 @@ def encode_json(value: Any, what: str) -> RawJson:
     if isinstance(value, RawJson):
         return value
     try:
-        return RawJson(orjson.dumps(value))
+        encoded = orjson.dumps(value)
     except (TypeError, orjson.JSONEncodeError) as exc:
         raise NotSerializable(what, str(exc)) from exc
+    # orjson writes NaN and infinities as null; JSON has no such numbers, so refuse them
+    if b"null" in encoded and _has_non_finite(value):
+        raise NotSerializable(what, "NaN and infinity are not JSON numbers")
+    return RawJson(encoded)
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite(v) for v in value)
+    return False
 
 
 def _encode_jsonb(value: Any) -> bytes:
@@ -70,6 +81,11 @@ def _encode_jsonb(value: Any) -> bytes:
 
 def _decode_jsonb(data: bytes) -> Any:
     return orjson.loads(data[1:])
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release without a round trip: the store never leaves session state behind
+    (no LISTEN, advisory lock, cursor or SET on pool connections; migrate unlocks its lock)."""
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -108,6 +124,8 @@ _SQLSTATE_NOT_FOUND = "DU002"
 _SQLSTATE_INVALID_STATE = "DU003"
 _SQLSTATE_QUEUE = "DU004"
 _SQLSTATE_ARGUMENT = "DU005"
+# 22003 numeric out of range, 22007/22008 a bad or overflowing timestamp, 22P02 not a number
+_SQLSTATES_ARGUMENT = {"22003", "22007", "22008", "22P02"}
 # 22P05: \u0000 in jsonb; 22021: a NUL byte in text; 54000: a value over PostgreSQL's size limits
 _SQLSTATES_NOT_SERIALIZABLE = {"22P05", "22021", "54000"}
 _SQLSTATES_UNAVAILABLE_PREFIXES = ("08", "57P")  # connection exceptions, operator intervention
@@ -167,6 +185,7 @@ class Store:
                 statement_cache_size=statement_cache_size,
                 server_settings=dict(server_settings or {}),
                 init=_init_connection,
+                reset=_keep_session,
             )
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise _unavailable(dsn, exc) from exc
@@ -212,7 +231,7 @@ class Store:
             return InvalidState(message, state=detail or None)
         if state == _SQLSTATE_QUEUE:
             return InvalidQueueName(message.removeprefix("invalid queue name: "))
-        if state == _SQLSTATE_ARGUMENT:
+        if state == _SQLSTATE_ARGUMENT or state in _SQLSTATES_ARGUMENT:
             return InvalidArgument(message)
         if state in _SQLSTATES_NOT_SERIALIZABLE:
             return NotSerializable("a value", message)

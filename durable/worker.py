@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("durable")
 
+#: With a backlog and few free slots, how long to wait for more slots to free before claiming.
+CLAIM_GATHER_S = 0.005
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerOptions:
@@ -93,7 +96,7 @@ class Worker:
         await client.register_worker(
             self.worker_id, socket.gethostname(), os.getpid(), opts.queues, ttl
         )
-        liveness = LivenessThread(client.dsn, self.worker_id, ttl, interval=max(ttl / 4, 0.05))
+        liveness = LivenessThread(client, self.worker_id, ttl, interval=max(ttl / 4, 0.05))
         liveness.start()
         listener = await client.listen({CHANNEL_WORK: self._on_work})
         log.info(
@@ -130,11 +133,17 @@ class Worker:
     async def _claim_loop(self, runs: anyio.abc.TaskGroup) -> None:
         opts = self.options
         client = self.app.client
+        batch = max(1, opts.concurrency // 4)
+        backlog = False
         while not self._draining.is_set():
             free = opts.concurrency - len(self.active)
-            if free <= 0:
-                await self._slot_freed.wait()
+            if free <= 0 or (backlog and free < batch):
+                # with a backlog, gather a batch of free slots (briefly) so claims stay batched
+                with anyio.move_on_after(None if free <= 0 else CLAIM_GATHER_S):
+                    await self._slot_freed.wait()
                 self._slot_freed = anyio.Event()
+                if free > 0 and opts.concurrency - len(self.active) < batch:
+                    backlog = False  # slots free slowly: claim what is free now
                 continue
             self._wake = anyio.Event()
             claimed_full = False
@@ -150,6 +159,7 @@ class Worker:
                 claimed_full = claimed_full or len(claims) == free
                 for claim in claims:
                     self._start(runs, claim)
+            backlog = claimed_full
             if claimed_full:
                 continue  # there may be more: claim again as soon as slots allow
             with anyio.move_on_after(opts.poll_interval):

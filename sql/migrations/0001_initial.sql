@@ -35,7 +35,7 @@
 create schema if not exists durable;
 
 create function durable.now() returns timestamptz
-language sql stable as $$
+language sql volatile as $$
     select coalesce(nullif(current_setting('durable.fake_now', true), '')::timestamptz,
                     clock_timestamp())
 $$;
@@ -271,6 +271,9 @@ begin
           from durable.runs r
           left join durable.workers w on w.worker_id = r.claimed_by
          where r.queue = p_queue and r.state = 'running' and r.lease_expires_at <= p_now
+           -- only runs whose reason is known, so that waiting runs never fill the limit
+           and (w.worker_id is null or w.stopped_at is not null or w.expires_at <= p_now
+                or w.last_seen_at > r.lease_expires_at)
          limit 100
     loop
         continue when v_cand.reason is null;

@@ -1,0 +1,600 @@
+"""The ``durable`` command: run a worker, migrate, spawn, and inspect and act on tasks.
+
+    durable [--dsn DSN] COMMAND [...]        (also ``python -m durable``)
+
+The database is ``--dsn`` > ``$DURABLE_DSN`` > the embedded PostgreSQL under ``$DURABLE_HOME``
+(default ``./.durable``); when the embedded server is used, one line on stderr says where its data
+lives. Output goes to stdout (aligned tables, or JSON with ``--json``); logs and errors to stderr.
+
+Exit codes: 0 done; 1 a durable error, printed as ``durable: <ErrorClass>: <message>``; 2 bad usage
+(arguments, JSON, ``MODULE:APP``), printed as one line; 130 interrupted before the worker started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib
+import json
+import math
+import os
+import sys
+import urllib.parse
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import anyio
+
+from durable.app import Durable
+from durable.client import Client
+from durable.config import resolve_dsn
+from durable.embedded import default_home
+from durable.errors import DurableError, check_queue_name
+from durable.migrate import load_migrations
+from durable.records import FailedRun, SpawnOptions, TaskRecord, TaskState
+from durable.telemetry import configure_logging
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+#: Longest error message or JSON value shown in a table cell (``--json`` shows everything).
+CELL_MAX = 60
+VALUE_MAX = 200
+
+_TASK_STATE_LABELS = {TaskState.FAILED: "dead", TaskState.PENDING: "will retry"}
+
+Command = Callable[[argparse.Namespace], int]
+
+
+class UsageError(Exception):
+    """A problem with what the user typed: one line on stderr, exit code 2."""
+
+
+# --- entry point ----------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (the console script exits with it)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command: Command | None = getattr(args, "handler", None)
+    if command is None:
+        parser.print_help()
+        _print_location(args.dsn)
+        return EXIT_OK
+    try:
+        return command(args)
+    except UsageError as exc:
+        _err(f"durable {args.command}: error: {exc}")
+        return EXIT_USAGE
+    except DurableError as exc:
+        _err(f"durable: {type(exc).__name__}: {exc}")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (exit code 2, as argparse does)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="durable",
+        description="Durable asyncio tasks on PostgreSQL.",
+        epilog=(
+            "The database is --dsn, else $DURABLE_DSN, else the embedded PostgreSQL under "
+            "$DURABLE_HOME (default ./.durable). Exit codes: 0 ok, 1 durable error, 2 bad usage."
+        ),
+    )
+    parser.add_argument("--dsn", default=None, help="PostgreSQL DSN (default: $DURABLE_DSN)")
+    # --dsn is accepted after the command too; SUPPRESS keeps a global --dsn when it is not
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--dsn", default=argparse.SUPPRESS, help="PostgreSQL DSN (default: $DURABLE_DSN)"
+    )
+    as_json = _Parser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+
+    def add(name: str, handler: Command, help_: str, *parents: _Parser) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_, description=help_, parents=[common, *parents])
+        sub.set_defaults(handler=handler)
+        return sub
+
+    worker = add("worker", _cmd_worker, "run a worker: claim and run tasks until SIGTERM/SIGINT")
+    worker.add_argument("app", metavar="MODULE:APP", help="e.g. myproject.tasks:app")
+    worker.add_argument(
+        "-q",
+        "--queue",
+        dest="queues",
+        action="append",
+        metavar="QUEUE",
+        help="queue to claim from; repeat for more (default: every queue the app's tasks use)",
+    )
+    worker.add_argument(
+        "-c",
+        "--concurrency",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="tasks run at once (default 10)",
+    )
+    worker.add_argument(
+        "--claim-timeout",
+        type=_positive_float,
+        default=60.0,
+        metavar="S",
+        help="lease of a claim, renewed by heartbeats (default 60)",
+    )
+    worker.add_argument(
+        "--grace-period",
+        type=_non_negative_float,
+        default=30.0,
+        metavar="S",
+        help="on SIGTERM/SIGINT, how long running tasks may finish before their leases are "
+        "released (default 30); a second signal releases them at once",
+    )
+    worker.epilog = (
+        "MODULE is imported with the current directory on sys.path. --dsn sets $DURABLE_DSN "
+        "before the import, so it applies to an app created as Durable(); an app created with "
+        "an explicit dsn keeps it."
+    )
+
+    add("migrate", _cmd_migrate, "apply pending schema migrations and print the schema state")
+
+    spawn = add("spawn", _cmd_spawn, "spawn a task; print task_id, run_id, attempt, created")
+    spawn.add_argument("task_name", metavar="TASK", help="the task's registered name")
+    spawn.add_argument(
+        "--params", type=_json_value, default=None, metavar="JSON", help="params (default null)"
+    )
+    spawn.add_argument("-q", "--queue", default="default", help="queue (default 'default')")
+    spawn.add_argument("--idempotency-key", metavar="K", help="spawn once per key and queue")
+    spawn.add_argument("--max-attempts", type=_positive_int, metavar="N")
+    spawn.add_argument("--delay", type=_non_negative_float, metavar="S", help="start after S s")
+    spawn.add_argument("--priority", type=int, default=0, metavar="P", help="higher runs first")
+
+    status = add("status", _cmd_status, "count tasks per queue and state", as_json)
+    status.add_argument("-q", "--queue", help="only this queue")
+
+    failed = add("failed", _cmd_failed, "list failed runs, newest first", as_json)
+    failed.add_argument("-q", "--queue", help="only this queue")
+    failed.add_argument("--limit", type=_positive_int, default=50, metavar="N")
+
+    for name, handler, help_ in (
+        ("retry", _cmd_retry, "give a failed or cancelled task a new run"),
+        ("cancel", _cmd_cancel, "cancel a task that has not finished"),
+    ):
+        sub = add(name, handler, help_)
+        sub.add_argument("task_id", type=_task_id, metavar="ID", help="the task's id (a UUID)")
+        sub.add_argument("-q", "--queue", help="the task's queue (default: any)")
+
+    show = add("show", _cmd_show, "show a task, its runs and its checkpoints", as_json)
+    show.add_argument("task_id", type=_task_id, metavar="ID", help="the task's id (a UUID)")
+    show.add_argument("-q", "--queue", help="the task's queue (default: any)")
+    return parser
+
+
+# --- argument types (their errors are one-line usage errors, exit code 2) ------------------------
+
+
+def _json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+
+
+def _task_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a task id (a UUID): {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
+    return value
+
+
+def _seconds(text: str, *, allow_zero: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or not (value >= 0 if allow_zero else value > 0):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise argparse.ArgumentTypeError(f"not a number of seconds {bound}: {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    return _seconds(text, allow_zero=True)
+
+
+def _positive_float(text: str) -> float:
+    return _seconds(text, allow_zero=False)
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    if args.dsn:
+        os.environ["DURABLE_DSN"] = args.dsn  # read when the module constructs Durable()
+    app = load_app(args.app)
+    configure_logging()
+
+    async def work() -> int:
+        async with app:
+            _print_embedded(app.client)
+            await app.run_worker(
+                args.queues or None,
+                args.concurrency,
+                args.claim_timeout,
+                grace_period=args.grace_period,
+            )
+        return EXIT_OK
+
+    return _run(work)
+
+
+def load_app(spec: str) -> Durable:
+    """Import ``MODULE:APP`` (``APP`` may be dotted) with the current directory importable."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise UsageError(f"{spec!r} is not MODULE:APP — e.g. myproject.tasks:app")
+    cwd = os.getcwd()
+    if sys.path[:1] != [cwd]:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if module_name == missing or module_name.startswith(missing + "."):
+            raise UsageError(f"no module named {module_name!r} (looked in {cwd} too)") from None
+        raise  # the module itself failed to import something: its traceback helps
+    target: object = module
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise UsageError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not isinstance(target, Durable):
+        raise UsageError(f"{spec} is a {type(target).__name__}, not a durable.Durable")
+    return target
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    configure_logging(level="info")  # shows each schema.migrated on stderr
+
+    async def migrate() -> int:
+        async with _connect(args):  # connecting applies the pending migrations
+            pass
+        latest = load_migrations()[-1]
+        print(f"schema up to date: version {latest.version} ({latest.name})")
+        return EXIT_OK
+
+    return _run(migrate)
+
+
+def _cmd_spawn(args: argparse.Namespace) -> int:
+    configure_logging(level="warning")
+    try:
+        options = SpawnOptions(
+            idempotency_key=args.idempotency_key,
+            max_attempts=args.max_attempts,
+            delay=args.delay,
+            priority=args.priority,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+    async def spawn() -> int:
+        async with _connect(args) as client:
+            info = await client.spawn(args.queue, args.task_name, args.params, options)
+        print(
+            json.dumps(
+                {
+                    "task_id": str(info.task_id),
+                    "run_id": str(info.run_id),
+                    "attempt": info.attempt,
+                    "created": info.created,
+                }
+            )
+        )
+        return EXIT_OK
+
+    return _run(spawn)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    configure_logging(level="warning")
+    if args.queue is not None:
+        check_queue_name(args.queue)
+
+    async def status() -> int:
+        async with _connect(args) as client:
+            counts = await client.queue_counts()
+        per_queue: dict[str, dict[str, int]] = {}
+        for count in counts:
+            if args.queue is None or count.queue == args.queue:
+                row = per_queue.setdefault(count.queue, dict.fromkeys(TaskState, 0))
+                row[count.state] += count.count
+        rows = [{"queue": queue, **per_queue[queue]} for queue in sorted(per_queue)]
+        if args.json:
+            _print_json(rows)
+        else:
+            headers = ["queue", *TaskState]
+            print(_table(headers, ([row[h] for h in headers] for row in rows)))
+        return EXIT_OK
+
+    return _run(status)
+
+
+def _cmd_failed(args: argparse.Namespace) -> int:
+    configure_logging(level="warning")
+
+    async def failed() -> int:
+        async with _connect(args) as client:
+            runs = await client.list_failed_runs(args.queue, args.limit)
+        if args.json:
+            _print_json([dataclasses.asdict(run) for run in runs])
+        else:
+            print(_failed_table(runs))
+        return EXIT_OK
+
+    return _run(failed)
+
+
+def _failed_table(runs: Sequence[FailedRun]) -> str:
+    headers = [
+        "finished_at",
+        "queue",
+        "task_name",
+        "task_id",
+        "attempt",
+        "reason",
+        "error",
+        "task_state",
+    ]
+    return _table(
+        headers,
+        (
+            [
+                _when(run.finished_at),
+                run.queue,
+                run.task_name,
+                run.task_id,
+                f"{run.attempt}/{run.max_attempts}",
+                run.failure_reason,
+                _error_text(run.error),
+                _TASK_STATE_LABELS.get(run.task_state, run.task_state),
+            ]
+            for run in runs
+        ),
+    )
+
+
+def _cmd_retry(args: argparse.Namespace) -> int:
+    configure_logging(level="warning")
+
+    async def retry() -> int:
+        async with _connect(args) as client:
+            before = await client.get_task(args.queue, args.task_id)
+            info = await client.retry(before.queue, args.task_id)
+        print(
+            f"task {info.task_id} ({before.task_name} on {before.queue}): {before.state} -> "
+            f"pending, new run {info.run_id} (attempt {info.attempt})"
+        )
+        return EXIT_OK
+
+    return _run(retry)
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    configure_logging(level="warning")
+
+    async def cancel() -> int:
+        async with _connect(args) as client:
+            before = await client.get_task(args.queue, args.task_id)
+            await client.cancel(before.queue, args.task_id)
+        print(
+            f"task {before.task_id} ({before.task_name} on {before.queue}): {before.state} -> "
+            "cancelled"
+        )
+        return EXIT_OK
+
+    return _run(cancel)
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    configure_logging(level="warning")
+
+    async def show() -> int:
+        async with _connect(args) as client:
+            task = await client.get_task(args.queue, args.task_id)
+            checkpoints = await client.get_checkpoints(task.queue, task.task_id)
+        if args.json:
+            doc = dataclasses.asdict(task)
+            doc["checkpoints"] = [dataclasses.asdict(c) for c in checkpoints]
+            _print_json(doc)
+            return EXIT_OK
+        print(_task_text(task))
+        print()
+        print("runs:")
+        print(
+            _table(
+                ["attempt", "state", "worker", "started", "finished", "reason", "error"],
+                (
+                    [
+                        run.attempt,
+                        run.state,
+                        run.claimed_by,
+                        _when(run.started_at),
+                        _when(run.finished_at),
+                        run.failure_reason,
+                        _error_text(run.error),
+                    ]
+                    for run in task.runs
+                ),
+                indent=2,
+            )
+        )
+        print()
+        print("checkpoints:")
+        print(
+            _table(
+                ["step", "run_id", "created", "value"],
+                (
+                    [c.step_name, c.run_id, _when(c.created_at), _json_text(c.value, CELL_MAX)]
+                    for c in checkpoints
+                ),
+                indent=2,
+            )
+        )
+        return EXIT_OK
+
+    return _run(show)
+
+
+def _task_text(task: TaskRecord) -> str:
+    failure = task.failure
+    fields: list[tuple[str, object]] = [
+        ("task_id", task.task_id),
+        ("task_name", task.task_name),
+        ("queue", task.queue),
+        ("state", task.state),
+        ("attempt", f"{task.attempt}/{task.max_attempts}"),
+        ("idempotency_key", task.idempotency_key),
+        ("created_at", _when(task.created_at)),
+        ("params", _json_text(task.params, VALUE_MAX)),
+        ("headers", _json_text(task.headers, VALUE_MAX) if task.headers else None),
+        (
+            "result",
+            _json_text(task.result, VALUE_MAX) if task.state is TaskState.COMPLETED else None,
+        ),
+        ("failure", f"{failure.reason} {failure.message}".strip() if failure else None),
+    ]
+    return _table(["field", "value"], fields, header=False)
+
+
+# --- plumbing ------------------------------------------------------------------------------------
+
+
+def _run(fn: Callable[[], Awaitable[int]]) -> int:
+    """``anyio.run`` that surfaces a durable error raised inside a task group as itself."""
+    try:
+        return anyio.run(fn)
+    except BaseExceptionGroup as group:
+        matched, rest = group.split(DurableError)
+        if matched is None or rest is not None:
+            raise
+        leaf: BaseException = matched
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        raise leaf from None
+
+
+@contextlib.asynccontextmanager
+async def _connect(args: argparse.Namespace) -> AsyncIterator[Client]:
+    async with Client(args.dsn, pool_size=2) as client:
+        _print_embedded(client)
+        yield client
+
+
+def _print_embedded(client: Client) -> None:
+    if (home := client.embedded_home) is not None:
+        _err(f"durable: using embedded PostgreSQL, data in {home}")
+
+
+def _print_location(dsn: str | None) -> None:
+    """Where commands would connect, without connecting."""
+    resolved = resolve_dsn(dsn)
+    if resolved is None:
+        _err(f"durable: using embedded PostgreSQL, data in {default_home()}")
+        return
+    parts = urllib.parse.urlsplit(resolved)
+    where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+    _err(f"durable: using PostgreSQL at {where} ({'--dsn' if dsn else '$DURABLE_DSN'})")
+
+
+def _err(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, default=_json_default))
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _when(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if value else None
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(text.split())  # one line
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _error_text(error: dict[str, Any] | None) -> str | None:
+    if not error:
+        return None
+    text = f"{error.get('type', '')}: {error.get('message', '')}".strip(": ")
+    return _clip(text, CELL_MAX)
+
+
+def _json_text(value: object, limit: int) -> str:
+    return _clip(json.dumps(value, default=_json_default), limit)
+
+
+def _table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[object]],
+    *,
+    indent: int = 0,
+    header: bool = True,
+) -> str:
+    """Plain aligned columns; numbers right-aligned, None shown as ``-``."""
+    body = [list(row) for row in rows]
+    numeric = [
+        bool(body) and all(isinstance(row[i], int) and not isinstance(row[i], bool) for row in body)
+        for i in range(len(headers))
+    ]
+    cells = [[str(h) for h in headers]] if header else []
+    cells += [["-" if value is None else str(value) for value in row] for row in body]
+    if not cells:
+        return ""
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    pad = " " * indent
+    return "\n".join(
+        pad
+        + "  ".join(
+            cell.rjust(width) if right else cell.ljust(width)
+            for cell, width, right in zip(row, widths, numeric, strict=True)
+        ).rstrip()
+        for row in cells
+    )
