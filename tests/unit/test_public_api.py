@@ -1,0 +1,50 @@
+"""The public face of the package is pinned: a change to it is a deliberate change to this list."""
+
+import durable
+
+
+def test_public_names_are_pinned() -> None:
+    assert durable.__all__ == [
+        "Checkpoint",
+        "Claim",
+        "Client",
+        "DatabaseUnavailable",
+        "Durable",
+        "DurableError",
+        "Exponential",
+        "Failure",
+        "FailureReason",
+        "Fixed",
+        "InvalidArgument",
+        "InvalidQueueName",
+        "InvalidState",
+        "LeaseLost",
+        "NotSerializable",
+        "RunRecord",
+        "RunState",
+        "SpawnInfo",
+        "SpawnOptions",
+        "TaskContext",
+        "TaskDefinition",
+        "TaskFailed",
+        "TaskHandle",
+        "TaskNotFound",
+        "TaskRecord",
+        "TaskResult",
+        "TaskState",
+        "UnknownTask",
+        "Worker",
+    ]
+    assert durable.__all__ == sorted(durable.__all__)
+    for name in durable.__all__:
+        assert hasattr(durable, name), name
+
+
+def test_failure_reasons_are_the_contract() -> None:
+    assert [r.value for r in durable.FailureReason] == [
+        "errored",
+        "job_timeout",
+        "heartbeat_timeout",
+        "crash",
+        "cancelled",
+    ]
