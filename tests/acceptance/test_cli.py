@@ -1,0 +1,418 @@
+"""The real ``durable`` command, run as ``python -m durable`` in subprocesses.
+
+Each subprocess runs in this directory, so ``durable worker cli_app:app`` imports ``cli_app.py``,
+with ``$DURABLE_DSN`` set to the test's own database. Waits are deadlines, never bare sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+
+from durable.client import Client
+from durable.records import RunState, SpawnOptions, TaskResult, TaskState
+
+pytestmark = pytest.mark.anyio
+
+HERE = Path(__file__).resolve().parent
+CLI_TIMEOUT_S = 30.0  # one short command, start to exit
+TASKS_TIMEOUT_S = 30.0  # a worker finishing the tasks of a test
+STOP_TIMEOUT_S = 10.0  # SIGTERM to exit
+UNREACHABLE_DSN = "postgresql://nobody@127.0.0.1:1/nowhere"
+
+COMMANDS = ["worker", "migrate", "spawn", "status", "failed", "retry", "cancel", "show"]
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def err_lines(self) -> list[str]:
+        return self.err.splitlines()
+
+
+def _env(dsn: str | None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DURABLE_DSN", "DURABLE_HOME")}
+    if dsn is not None:
+        env["DURABLE_DSN"] = dsn
+    env.update(extra)
+    return env
+
+
+async def durable(*args: str, dsn: str | None, **env: str) -> Done:
+    """Run ``python -m durable ARGS`` to completion."""
+    with anyio.fail_after(CLI_TIMEOUT_S):
+        done = await anyio.run_process(
+            [sys.executable, "-m", "durable", *args],
+            cwd=HERE,
+            env=_env(dsn, **env),
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    return Done(done.returncode, done.stdout.decode(), done.stderr.decode())
+
+
+async def spawn(dsn: str, *args: str) -> dict[str, Any]:
+    done = await durable("spawn", *args, dsn=dsn)
+    assert done.code == 0, done.err
+    info: dict[str, Any] = json.loads(done.out)
+    return info
+
+
+@dataclass(slots=True)
+class WorkerProcess:
+    process: anyio.abc.Process
+    logs: bytearray = field(default_factory=bytearray)
+
+    async def stop(self) -> int:
+        """SIGTERM, then the exit code (the worker drains and exits on its own)."""
+        self.process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(STOP_TIMEOUT_S):
+            return await self.process.wait()
+
+    def log_events(self) -> list[str]:
+        events = []
+        for line in self.logs.decode().splitlines():
+            try:
+                events.append(json.loads(line)["event"])
+            except (ValueError, KeyError):
+                continue
+        return events
+
+
+@asynccontextmanager
+async def worker(*args: str, dsn: str | None, **env: str) -> AsyncIterator[WorkerProcess]:
+    """``durable worker ARGS`` in the background; its stderr is collected; killed if still up.
+
+    Read ``logs`` after the block: by then stderr has been read to its end.
+    """
+    process = await anyio.open_process(
+        [sys.executable, "-m", "durable", "worker", *args],
+        cwd=HERE,
+        env=_env(dsn, **env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    handle = WorkerProcess(process)
+
+    async def collect() -> None:
+        assert process.stderr is not None
+        async for chunk in process.stderr:
+            handle.logs.extend(chunk)
+
+    async with process, anyio.create_task_group() as tg:
+        tg.start_soon(collect)
+        try:
+            yield handle
+        finally:
+            if process.returncode is None:
+                process.kill()
+            with anyio.CancelScope(shield=True):
+                await process.wait()
+
+
+async def wait_finished(
+    client: Client, task_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, TaskResult]:
+    with anyio.fail_after(TASKS_TIMEOUT_S):
+        while True:
+            results = {task_id: await client.get_result(None, task_id) for task_id in task_ids}
+            if all(r.state.finished for r in results.values()):
+                return results
+            await anyio.sleep(0.05)
+
+
+def rows(table: str) -> list[list[str]]:
+    return [line.split() for line in table.splitlines()]
+
+
+# --- usage ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+async def test_every_command_has_help(command: str | None) -> None:
+    done = await durable(*([command] if command else []), "--help", dsn=UNREACHABLE_DSN)
+    assert done.code == 0, done.err
+    assert done.out.startswith(f"usage: durable{' ' + command if command else ''} ")
+
+
+async def test_no_command_prints_help_and_where_data_lives(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    done = await durable(dsn=None, DURABLE_HOME=str(home))
+    assert done.code == 0
+    assert done.out.startswith("usage: durable")
+    assert "worker" in done.out
+    assert "spawn" in done.out
+    assert done.err_lines == [f"durable: using embedded PostgreSQL, data in {home.resolve()}"]
+    assert not home.exists()  # it only says where: nothing started
+
+
+async def test_migrate_reports_the_schema_state(dsn: str) -> None:
+    done = await durable("migrate", dsn=dsn)
+    assert done.code == 0, done.err
+    assert done.out.startswith("schema up to date: version ")
+
+
+async def test_database_unavailable_is_one_line_and_exit_1() -> None:
+    done = await durable("status", dsn=UNREACHABLE_DSN)
+    assert done.code == 1
+    assert len(done.err_lines) == 1, done.err
+    assert done.err.startswith(
+        "durable: DatabaseUnavailable: cannot reach PostgreSQL at 127.0.0.1:1"
+    )
+
+
+# --- spawn ---------------------------------------------------------------------------------------
+
+
+async def test_spawn_prints_json_and_honours_the_idempotency_key(dsn: str) -> None:
+    args = ["spawn", "add", "--params", '{"a": 1, "b": 2}', "--idempotency-key", "k1"]
+    first_done = await durable("--dsn", dsn, *args, dsn=None)  # global --dsn, no $DURABLE_DSN
+    assert first_done.code == 0, first_done.err
+    first = json.loads(first_done.out)
+    second_done = await durable(*args, "--dsn", dsn, dsn=UNREACHABLE_DSN)  # --dsn after COMMAND
+    assert second_done.code == 0, second_done.err
+    second = json.loads(second_done.out)
+
+    assert len(first_done.out.splitlines()) == 1
+    assert set(first) == {"task_id", "run_id", "attempt", "created"}
+    assert (first["created"], second["created"]) == (True, False)
+    assert first["task_id"] == second["task_id"]
+    assert first["attempt"] == 1
+    uuid.UUID(first["run_id"])
+
+
+async def test_spawn_passes_its_options(dsn: str, client: Client) -> None:
+    info = await spawn(
+        dsn, "add", "-q", "emails", "--max-attempts", "7", "--delay", "3600", "--priority", "5"
+    )
+    task = await client.get_task("emails", uuid.UUID(info["task_id"]))
+    assert (task.queue, task.task_name, task.params, task.max_attempts) == (
+        "emails",
+        "add",
+        None,
+        7,
+    )
+    assert task.runs[0].available_at > task.created_at
+
+
+async def test_spawn_refuses_params_that_are_not_json(dsn: str) -> None:
+    done = await durable("spawn", "add", "--params", "{a: 1}", dsn=dsn)
+    assert done.code == 2
+    assert done.out == ""
+    assert len(done.err_lines) == 1, done.err
+    assert "argument --params: not JSON" in done.err
+
+
+async def test_spawn_on_a_bad_queue_name_is_a_durable_error(dsn: str) -> None:
+    done = await durable("spawn", "add", "-q", "Bad Queue", dsn=dsn)
+    assert done.code == 1
+    assert done.out == ""
+    assert len(done.err_lines) == 1, done.err
+    assert done.err.startswith("durable: InvalidQueueName: 'Bad Queue'")
+
+
+# --- status --------------------------------------------------------------------------------------
+
+
+async def test_status_counts_tasks_per_queue_and_state(dsn: str, client: Client) -> None:
+    for n in range(3):
+        await client.spawn("default", "add", {"a": n, "b": n})
+    cancelled = await client.spawn("default", "add", None)
+    await client.cancel("default", cancelled.task_id)
+    await client.spawn("emails", "send", None)
+
+    done = await durable("status", dsn=dsn)
+    assert done.code == 0, done.err
+    assert rows(done.out) == [
+        ["queue", "pending", "running", "sleeping", "completed", "failed", "cancelled"],
+        ["default", "3", "0", "0", "0", "0", "1"],
+        ["emails", "1", "0", "0", "0", "0", "0"],
+    ]
+
+    done = await durable("status", "-q", "emails", "--json", dsn=dsn)
+    assert done.code == 0, done.err
+    assert json.loads(done.out) == [
+        {
+            "queue": "emails",
+            "pending": 1,
+            "running": 0,
+            "sleeping": 0,
+            "completed": 0,
+            "failed": 0,
+            "cancelled": 0,
+        }
+    ]
+
+
+# --- the worker ----------------------------------------------------------------------------------
+
+
+async def test_worker_runs_tasks_and_drains_on_sigterm(dsn: str, client: Client) -> None:
+    spawned = [await client.spawn("default", "add", {"a": n, "b": 10}) for n in range(6)]
+    async with worker("cli_app:app", "-q", "default", "-c", "2", dsn=dsn) as running:
+        results = await wait_finished(client, [s.task_id for s in spawned])
+        code = await running.stop()
+
+    assert code == 0, running.logs.decode()
+    assert [results[s.task_id].state for s in spawned] == [TaskState.COMPLETED] * 6
+    assert [results[s.task_id].result for s in spawned] == [n + 10 for n in range(6)]
+    events = running.log_events()
+    assert events.count("run.completed") == 6
+    assert "worker.started" in events
+    assert events[-1] == "worker.stopped"
+
+    show = await durable("show", str(spawned[0].task_id), dsn=dsn)
+    assert show.code == 0, show.err
+    fields = dict(line.split(maxsplit=1) for line in show.out.split("\n\n")[0].splitlines())
+    assert fields["state"] == "completed"
+    assert fields["result"] == "10"
+    runs_section = show.out.split("runs:\n")[1].split("\n\n")[0]
+    assert rows(runs_section)[1][:2] == ["1", "completed"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("cli_app", "'cli_app' is not MODULE:APP"),
+        ("no_such_module:app", "no module named 'no_such_module'"),
+        ("cli_app:missing", "module 'cli_app' has no attribute 'missing'"),
+        ("cli_app:not_an_app", "cli_app:not_an_app is a int, not a durable.Durable"),
+    ],
+)
+async def test_worker_refuses_a_bad_module_app(spec: str, message: str) -> None:
+    done = await durable("worker", spec, dsn=UNREACHABLE_DSN)  # fails before connecting
+    assert done.code == 2
+    assert len(done.err_lines) == 1, done.err
+    assert done.err.startswith(f"durable worker: error: {message}")
+
+
+async def test_failed_retry_and_show(dsn: str, client: Client) -> None:
+    info = await spawn(dsn, "boom", "--params", '{"name": "x"}', "--max-attempts", "1")
+    task_id = uuid.UUID(info["task_id"])
+    # the worker's --dsn wins over a $DURABLE_DSN that points nowhere
+    async with worker("--dsn", dsn, "cli_app:app", "-q", "default", dsn=UNREACHABLE_DSN) as running:
+        results = await wait_finished(client, [task_id])
+        code = await running.stop()
+    assert code == 0, running.logs.decode()
+    assert results[task_id].state is TaskState.FAILED
+    assert "task.dead" in running.log_events()
+
+    failed = await durable("failed", dsn=dsn)
+    assert failed.code == 0, failed.err
+    header, *lines = failed.out.splitlines()
+    assert header.split() == [
+        "finished_at",
+        "queue",
+        "task_name",
+        "task_id",
+        "attempt",
+        "reason",
+        "error",
+        "task_state",
+    ]
+    assert len(lines) == 1
+    line = lines[0]
+    for cell in ("default", "boom", str(task_id), "1/1", "errored", "RuntimeError: boom on x"):
+        assert f" {cell} " in line, line
+    assert line.endswith(" dead")
+
+    show = await durable("show", str(task_id), dsn=dsn)
+    assert show.code == 0, show.err
+    runs_section = show.out.split("runs:\n")[1].split("\n\n")[0]
+    run_line = rows(runs_section)[1]
+    assert run_line[:2] == ["1", "failed"]
+    assert "errored" in run_line
+    assert "RuntimeError: boom on x" in runs_section
+    checkpoints = show.out.split("checkpoints:\n")[1]
+    assert rows(checkpoints)[1][0] == "prepare"
+    assert '"prepared x"' in checkpoints
+
+    retried = await durable("retry", str(task_id), dsn=dsn)
+    assert retried.code == 0, retried.err
+    assert "failed -> pending" in retried.out
+    task = await client.get_task(None, task_id)
+    assert task.state is TaskState.PENDING
+    assert [(r.attempt, r.state) for r in task.runs] == [
+        (1, RunState.FAILED),
+        (2, RunState.PENDING),
+    ]
+    assert str(task.runs[1].run_id) in retried.out
+
+    failed = await durable("failed", "--json", dsn=dsn)
+    assert failed.code == 0, failed.err
+    [row] = json.loads(failed.out)
+    assert (row["task_id"], row["task_state"], row["failure_reason"]) == (
+        str(task_id),
+        "pending",
+        "errored",
+    )
+    assert (await durable("failed", dsn=dsn)).out.splitlines()[1].endswith(" will retry")
+
+    again = await durable("retry", str(task_id), dsn=dsn)
+    assert again.code == 1
+    assert len(again.err_lines) == 1, again.err
+    assert again.err.startswith("durable: InvalidState: ")
+
+
+# --- cancel, retry, show by id -------------------------------------------------------------------
+
+
+async def test_cancel_a_pending_task(dsn: str, client: Client) -> None:
+    info = await spawn(dsn, "add", "--delay", "3600")
+    task_id = info["task_id"]
+
+    done = await durable("cancel", task_id, dsn=dsn)
+    assert done.code == 0, done.err
+    assert done.out.strip() == f"task {task_id} (add on default): pending -> cancelled"
+    result = await client.get_result(None, uuid.UUID(task_id))
+    assert result.state is TaskState.CANCELLED
+
+    again = await durable("cancel", task_id, "-q", "default", dsn=dsn)
+    assert again.code == 1
+    assert len(again.err_lines) == 1, again.err
+    assert again.err.startswith("durable: InvalidState: ")
+
+
+async def test_show_json(dsn: str, client: Client) -> None:
+    info = await client.spawn("default", "add", {"a": 1}, SpawnOptions(idempotency_key="k"))
+    done = await durable("show", str(info.task_id), "--json", dsn=dsn)
+    assert done.code == 0, done.err
+    doc = json.loads(done.out)
+    assert (doc["task_id"], doc["state"], doc["params"], doc["checkpoints"]) == (
+        str(info.task_id),
+        "pending",
+        {"a": 1},
+        [],
+    )
+    assert [run["run_id"] for run in doc["runs"]] == [str(info.run_id)]
+
+
+@pytest.mark.parametrize("command", ["retry", "cancel", "show"])
+async def test_task_id_errors(dsn: str, command: str) -> None:
+    bad = await durable(command, "not-a-uuid", dsn=dsn)
+    assert bad.code == 2
+    assert len(bad.err_lines) == 1, bad.err
+    assert "not a task id" in bad.err
+
+    missing = str(uuid.uuid4())
+    unknown = await durable(command, missing, dsn=dsn)
+    assert unknown.code == 1
+    assert unknown.err_lines == [f"durable: TaskNotFound: no task {missing}"]
