@@ -19,6 +19,7 @@ import importlib
 import json
 import math
 import os
+import signal
 import sys
 import urllib.parse
 import uuid
@@ -62,6 +63,9 @@ class UsageError(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (the console script exits with it)."""
+    # SIGTERM before a worker installs its drain handler: exit normally, so that atexit
+    # releases the embedded server (the worker replaces this with its own handler)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     parser = build_parser()
     args = parser.parse_args(argv)
     command: Command | None = getattr(args, "handler", None)
@@ -79,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 class _Parser(argparse.ArgumentParser):

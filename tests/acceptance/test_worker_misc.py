@@ -1,0 +1,163 @@
+"""What an in-process worker does with unknown tasks, bad step values, errors, sync handlers, and
+repeated step names."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import structlog
+from worker_app import QUEUE, running_worker, wait_finished, wait_for
+
+from durable import (
+    Durable,
+    FailureReason,
+    Fixed,
+    RunState,
+    TaskContext,
+    TaskFailed,
+    TaskRecord,
+    TaskState,
+)
+
+pytestmark = pytest.mark.anyio
+
+UNKNOWN_DEFER_S = 30.0
+
+
+async def test_unknown_tasks_are_deferred_without_spending_an_attempt_and_logged_once(
+    dsn: str,
+) -> None:
+    app = Durable(dsn)
+
+    @app.task
+    async def known(ctx: TaskContext, params: Any) -> str:
+        return "ok"
+
+    with structlog.testing.capture_logs() as logs:
+        async with running_worker(app, unknown_task_defer=UNKNOWN_DEFER_S):
+            handles = [await app.spawn("deployed_later", {"i": i}, queue=QUEUE) for i in range(3)]
+
+            async def all_released() -> list[TaskRecord] | None:
+                records = [await app.get_task(h.task_id) for h in handles]
+                released = all(r.runs[0].state is RunState.RELEASED for r in records)
+                return records if released else None
+
+            records = await wait_for(all_released, timeout=10, what="the unknown runs released")
+            # the worker goes on with the tasks it knows
+            assert (await (await known.spawn()).result(timeout=10)).result == "ok"
+
+    for record in records:
+        assert (record.state, record.attempt) == (TaskState.PENDING, 1)
+        first, second = record.runs
+        assert (first.state, first.attempt, first.failure_reason) == (RunState.RELEASED, 1, None)
+        assert (second.state, second.attempt) == (RunState.PENDING, 1)
+        assert first.finished_at is not None
+        assert second.available_at >= first.finished_at + timedelta(seconds=UNKNOWN_DEFER_S - 1)
+    deferred = [e for e in logs if e["event"] == "task.unknown_deferred"]
+    assert len(deferred) == 1
+    assert deferred[0]["task_name"] == "deployed_later"
+
+
+async def test_a_step_value_that_is_not_json_fails_the_run_naming_the_step(dsn: str) -> None:
+    app = Durable(dsn)
+
+    def a_set() -> set[int]:
+        return {1, 2}
+
+    @app.task(max_attempts=1)
+    async def returns_a_set(ctx: TaskContext, params: Any) -> Any:
+        return await ctx.step("make-set", a_set)
+
+    async with running_worker(app):
+        handle = await returns_a_set.spawn()
+        record = await wait_finished(app.client, handle.task_id, timeout=10)
+        checkpoints = await app.client.get_checkpoints(QUEUE, handle.task_id)
+
+    assert record.state is TaskState.FAILED
+    [run] = record.runs
+    assert (run.state, run.failure_reason) == (RunState.FAILED, FailureReason.ERRORED)
+    assert run.error is not None
+    assert run.error["type"] == "NotSerializable"
+    assert "'make-set'" in run.error["message"]
+    assert checkpoints == []
+
+
+async def test_a_handler_error_is_stored_on_the_run_and_raised_by_result(dsn: str) -> None:
+    app = Durable(dsn)
+
+    @app.task(max_attempts=1)
+    async def rejects_input(ctx: TaskContext, params: Any) -> None:
+        raise ValueError(f"bad input {params['n']}")
+
+    async with running_worker(app):
+        handle = await rejects_input.spawn({"n": 42})
+        with pytest.raises(TaskFailed) as failed:
+            await handle.result(timeout=10)
+        record = await app.get_task(handle.task_id)
+
+    failure = failed.value.failure
+    assert failure is not None
+    assert failure.reason is FailureReason.ERRORED
+    assert failure.error is not None
+    assert (failure.error["type"], failure.error["message"]) == ("ValueError", "bad input 42")
+    assert failed.value.state == "failed"
+    [run] = record.runs
+    assert (run.state, run.failure_reason) == (RunState.FAILED, FailureReason.ERRORED)
+    assert run.error is not None
+    assert (run.error["type"], run.error["message"]) == ("ValueError", "bad input 42")
+    assert "in rejects_input" in run.error["traceback"]
+    assert "ValueError: bad input 42" in run.error["traceback"]
+
+
+async def test_a_plain_def_handler_runs_in_a_thread(dsn: str) -> None:
+    app = Durable(dsn)
+
+    @app.task
+    def add(ctx: TaskContext, params: Any) -> dict[str, Any]:
+        return {
+            "sum": params["a"] + params["b"],
+            "in_main_thread": threading.current_thread() is threading.main_thread(),
+        }
+
+    async with running_worker(app):
+        handle = await add.spawn({"a": 2, "b": 3})
+        outcome = await handle.result(timeout=10)
+
+    assert outcome.state is TaskState.COMPLETED
+    assert outcome.result == {"sum": 5, "in_main_thread": False}
+
+
+async def test_repeated_step_names_get_numbered_checkpoints_and_replay_on_retry(dsn: str) -> None:
+    app = Durable(dsn)
+    executed: list[int] = []
+
+    def tick(i: int) -> int:
+        executed.append(i)
+        return i * 10
+
+    @app.task(max_attempts=2, retry=Fixed(0))
+    async def loop(ctx: TaskContext, params: Any) -> list[int]:
+        values = [await ctx.step("tick", tick, i) for i in range(3)]
+        if ctx.attempt == 1:
+            raise RuntimeError("fail after the steps, so that attempt 2 replays them")
+        return values
+
+    async with running_worker(app):
+        handle = await loop.spawn()
+        outcome = await handle.result(timeout=10)
+        record = await app.get_task(handle.task_id)
+        checkpoints = await app.client.get_checkpoints(QUEUE, handle.task_id)
+
+    assert outcome.result == [0, 10, 20]
+    assert executed == [0, 1, 2]  # once each, in attempt 1 only
+    first, second = record.runs
+    assert (first.state, first.failure_reason) == (RunState.FAILED, FailureReason.ERRORED)
+    assert (second.state, second.attempt) == (RunState.COMPLETED, 2)
+    assert {c.step_name: (c.value, c.run_id) for c in checkpoints} == {
+        "tick": (0, first.run_id),
+        "tick#2": (10, first.run_id),
+        "tick#3": (20, first.run_id),
+    }
