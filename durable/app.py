@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, overload
+from typing import Any, TypedDict, Unpack, overload
 
 import anyio
 import structlog
@@ -28,6 +28,27 @@ Handler = Callable[..., Any]
 
 #: A result() waiter re-reads the task this often in case a notification was missed.
 RESULT_RECHECK_S = 5.0
+
+
+class SpawnKwargs(TypedDict, total=False):
+    """The options a spawn takes (see :class:`durable.SpawnOptions`); None means "not given"."""
+
+    idempotency_key: str | None
+    max_attempts: int | None
+    retry: RetryStrategy | None
+    timeout: float | timedelta | None
+    heartbeat_timeout: float | timedelta | None
+    priority: int | None
+    delay: float | timedelta | None
+    at: datetime | None
+    headers: dict[str, Any] | None
+
+
+def spawn_options(defaults: dict[str, Any], overrides: SpawnKwargs) -> SpawnOptions:
+    """``defaults`` with every override that was given (not None) on top."""
+    merged = dict(defaults)
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    return SpawnOptions(**merged)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,8 +74,8 @@ class TaskDefinition:
             return await result
         return result
 
-    def options(self, **overrides: Any) -> SpawnOptions:
-        base: dict[str, Any] = {
+    def options(self, **overrides: Unpack[SpawnKwargs]) -> SpawnOptions:
+        defaults = {
             "max_attempts": self.max_attempts,
             "retry": self.retry,
             "timeout": self.timeout,
@@ -62,36 +83,15 @@ class TaskDefinition:
             "priority": self.priority,
             "headers": self.headers,
         }
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        return SpawnOptions(**base)
+        return spawn_options(defaults, overrides)
 
     async def spawn(
-        self,
-        params: Any = None,
-        *,
-        idempotency_key: str | None = None,
-        max_attempts: int | None = None,
-        retry: RetryStrategy | None = None,
-        timeout: float | timedelta | None = None,
-        heartbeat_timeout: float | timedelta | None = None,
-        priority: int | None = None,
-        delay: float | timedelta | None = None,
-        at: datetime | None = None,
-        headers: dict[str, Any] | None = None,
-        queue: str | None = None,
+        self, params: Any = None, *, queue: str | None = None, **options: Unpack[SpawnKwargs]
     ) -> TaskHandle:
-        options = self.options(
-            idempotency_key=idempotency_key,
-            max_attempts=max_attempts,
-            retry=retry,
-            timeout=timeout,
-            heartbeat_timeout=heartbeat_timeout,
-            priority=priority,
-            delay=delay,
-            at=at,
-            headers=headers,
+        """Spawn this task; options given here override the ones on ``@app.task``."""
+        return await self.app.spawn_with(
+            queue or self.queue, self.name, params, self.options(**options)
         )
-        return await self.app.spawn_with(queue or self.queue, self.name, params, options)
 
 
 @dataclass(slots=True)
@@ -246,38 +246,18 @@ class Durable:
         params: Any = None,
         *,
         queue: str | None = None,
-        idempotency_key: str | None = None,
-        max_attempts: int | None = None,
-        retry: RetryStrategy | None = None,
-        timeout: float | timedelta | None = None,
-        heartbeat_timeout: float | timedelta | None = None,
-        priority: int | None = None,
-        delay: float | timedelta | None = None,
-        at: datetime | None = None,
-        headers: dict[str, Any] | None = None,
+        **options: Unpack[SpawnKwargs],
     ) -> TaskHandle:
-        """Spawn by name. A producer that does not register the task must name its ``queue``."""
+        """Spawn by name. A producer that does not register the task must name its ``queue``;
+        the options of ``@app.task`` apply only where the task is registered."""
         definition = self.registry.get(task_name)
-        overrides = {
-            "idempotency_key": idempotency_key,
-            "max_attempts": max_attempts,
-            "retry": retry,
-            "timeout": timeout,
-            "heartbeat_timeout": heartbeat_timeout,
-            "priority": priority,
-            "delay": delay,
-            "at": at,
-            "headers": headers,
-        }
         if definition is not None:
-            options = definition.options(**overrides)
-            target = queue or definition.queue
-        elif queue is None:
+            return await self.spawn_with(
+                queue or definition.queue, task_name, params, definition.options(**options)
+            )
+        if queue is None:
             raise UnknownTask(task_name)
-        else:
-            options = SpawnOptions(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
-            target = queue
-        return await self.spawn_with(target, task_name, params, options)
+        return await self.spawn_with(queue, task_name, params, spawn_options({}, options))
 
     async def spawn_with(
         self, queue: str, task_name: str, params: Any, options: SpawnOptions

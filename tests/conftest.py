@@ -7,6 +7,7 @@ One template database per session with every migration applied; each test gets i
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import urllib.parse
 import uuid
@@ -45,6 +46,7 @@ def server_dsn() -> Iterator[str]:
         yield server.start()
     finally:
         server.stop()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 async def _admin(dsn: str, *statements: str) -> None:

@@ -507,25 +507,33 @@ begin
     return durable.fail_locked_run(v_run, p_reason, p_error, p_retry_at, v_now);
 end $$;
 
-create function durable.extend_claim(p_queue text, p_run_id uuid,
-                                     p_extend_by double precision default null)
-returns timestamptz
+-- Extend the lease of a live, unexpired run by p_extend_by (default: its claim's lease) in one
+-- fenced statement; raise DU001 otherwise. Returns the run as updated.
+create function durable.extend_live_run(p_queue text, p_run_id uuid,
+                                        p_extend_by double precision, p_now timestamptz)
+returns durable.runs
 language plpgsql as $$
 declare
-    v_now   timestamptz := durable.now();
-    v_lease timestamptz;
+    v_run durable.runs;
 begin
     update durable.runs r
        set lease_expires_at = greatest(r.lease_expires_at,
-                                       v_now + make_interval(secs => coalesce(p_extend_by, r.lease_s)))
-     where r.run_id = p_run_id and r.state = 'running' and r.lease_expires_at > v_now
+                                       p_now + make_interval(secs => coalesce(p_extend_by, r.lease_s)))
+     where r.run_id = p_run_id and r.state = 'running' and r.lease_expires_at > p_now
        and (p_queue is null or r.queue = p_queue)
-    returning r.lease_expires_at into v_lease;
+    returning r.* into v_run;
     if not found then
         perform durable.raise_lease_lost(p_run_id, 'run is not running under an unexpired lease');
     end if;
-    return v_lease;
+    return v_run;
 end $$;
+
+create function durable.extend_claim(p_queue text, p_run_id uuid,
+                                     p_extend_by double precision default null)
+returns timestamptz
+language sql as $$
+    select (durable.extend_live_run(p_queue, p_run_id, p_extend_by, durable.now())).lease_expires_at
+$$;
 
 -- One statement per worker per interval: extend every lease it holds and its own liveness.
 -- Returns the run ids that were not extended (lost: expired, reaped, cancelled).
@@ -562,15 +570,7 @@ begin
     if p_step is null or length(p_step) = 0 then
         raise exception 'step name must not be empty' using errcode = 'DU005';
     end if;
-    update durable.runs r
-       set lease_expires_at = greatest(r.lease_expires_at,
-                                       v_now + make_interval(secs => coalesce(p_extend_by, r.lease_s)))
-     where r.run_id = p_run_id and r.state = 'running' and r.lease_expires_at > v_now
-       and (p_queue is null or r.queue = p_queue)
-    returning r.task_id into v_task_id;
-    if not found then
-        perform durable.raise_lease_lost(p_run_id, 'run is not running under an unexpired lease');
-    end if;
+    v_task_id := (durable.extend_live_run(p_queue, p_run_id, p_extend_by, v_now)).task_id;
     -- a step's recorded result is written once: a later write of the same step changes nothing
     insert into durable.checkpoints (task_id, step_name, value, run_id, created_at)
     values (v_task_id, p_step, coalesce(p_value, 'null'), p_run_id, v_now)
