@@ -161,3 +161,42 @@ async def test_repeated_step_names_get_numbered_checkpoints_and_replay_on_retry(
         "tick#2": (10, first.run_id),
         "tick#3": (20, first.run_id),
     }
+
+
+async def test_a_custom_backoff_sets_when_the_next_attempt_runs(dsn: str) -> None:
+    app = Durable(dsn)
+    seen: list[tuple[int, str]] = []
+
+    def backoff(attempt: int, error: BaseException) -> float:
+        seen.append((attempt, type(error).__name__))
+        return 0.2
+
+    @app.task(queue=QUEUE, max_attempts=2, backoff=backoff)
+    async def shaky(ctx: TaskContext, params: Any) -> int:
+        if ctx.attempt == 1:
+            raise ConnectionError("upstream reset")
+        return ctx.attempt
+
+    async with running_worker(app):
+        handle = await shaky.spawn()
+        assert (await handle.result(timeout=10)).result == 2
+        record = await app.get_task(handle.task_id)
+
+    assert seen == [(1, "ConnectionError")]
+    first, second = record.runs
+    assert first.finished_at is not None
+    gap = (second.available_at - first.finished_at).total_seconds()
+    assert 0.1 <= gap <= 0.6  # the callable's 0.2 s, not the default exponential's 0.9-1.1 s
+
+
+async def test_a_worker_runs_without_prepared_statements_as_behind_pgbouncer(dsn: str) -> None:
+    app = Durable(dsn, statement_cache_size=0)
+
+    @app.task(queue=QUEUE)
+    async def stepped(ctx: TaskContext, params: Any) -> int:
+        return sum([await ctx.step("one", lambda: 1) for _ in range(2)])
+
+    async with running_worker(app):
+        handles = [await stepped.spawn(i) for i in range(5)]
+        for handle in handles:
+            assert (await handle.result(timeout=10)).result == 2
