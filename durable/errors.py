@@ -6,6 +6,7 @@ Every error derives from :class:`DurableError`; data travels as attributes::
     ├── InvalidQueueName      queue name does not match ^[a-z][a-z0-9_]{0,47}$
     ├── UnknownTask           no handler registered under that task name
     ├── NotSerializable       params, a result or a step value is not JSON
+    │   └── PayloadTooLarge   ... or its JSON is over the size limit (store.MAX_PAYLOAD_BYTES)
     ├── DatabaseUnavailable   bad DSN, unreachable or lost database
     ├── LeaseLost             the run is no longer the task's live, unexpired run
     ├── TaskNotFound          no task with that id on that queue
@@ -54,6 +55,20 @@ class NotSerializable(DurableError):
         self.what = what
         self.detail = detail
         super().__init__(f"{what} is not JSON: {detail}")
+
+
+class PayloadTooLarge(NotSerializable):
+    """A value whose JSON is over the limit: raised before anything is sent, nothing is written."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        self.what = what
+        self.size = size
+        self.limit = limit
+        self.detail = (
+            f"{size:,} bytes of JSON, over the limit of {limit:,} bytes — store large data "
+            "elsewhere (an object store, a table of your own) and pass a reference"
+        )
+        DurableError.__init__(self, f"{what} is too large: {self.detail}")
 
 
 class DatabaseUnavailable(DurableError):
