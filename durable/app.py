@@ -138,10 +138,15 @@ class Durable:
         migrate: bool = True,
         pool_size: int = 10,
         statement_cache_size: int = 100,
+        command_timeout: float | None = 30.0,
     ) -> None:
         self.default_queue = check_queue_name(default_queue)
         self.client = Client(
-            dsn, migrate=migrate, pool_size=pool_size, statement_cache_size=statement_cache_size
+            dsn,
+            migrate=migrate,
+            pool_size=pool_size,
+            statement_cache_size=statement_cache_size,
+            command_timeout=command_timeout,
         )
         self.registry: dict[str, TaskDefinition] = {}
         self._waiters = _ResultWaiters()

@@ -26,6 +26,7 @@ from durable.records import (
     SpawnOptions,
     TaskRecord,
     TaskResult,
+    TaskState,
 )
 from durable.retry import seconds
 from durable.store import Listener, Store
@@ -51,6 +52,7 @@ class Client:
         pool_size: int = 10,
         statement_cache_size: int = 100,
         connect_timeout: float = 10.0,
+        command_timeout: float | None = 30.0,
         server_settings: Mapping[str, str] | None = None,
     ) -> None:
         self._dsn = resolve_dsn(dsn)
@@ -58,6 +60,7 @@ class Client:
         self._pool_size = pool_size
         self._statement_cache_size = statement_cache_size
         self._connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
         self._server_settings = dict(server_settings or {})
         self._store: Store | None = None
         self._embedded: embedded.EmbeddedServer | None = None
@@ -80,6 +83,7 @@ class Client:
                 migrate=self._migrate,
                 statement_cache_size=self._statement_cache_size,
                 connect_timeout=self._connect_timeout,
+                command_timeout=self._command_timeout,
                 server_settings=self._server_settings,
             )
         except BaseException:
@@ -128,6 +132,7 @@ class Client:
             migrate=False,
             statement_cache_size=self._statement_cache_size,
             connect_timeout=self._connect_timeout,
+            command_timeout=self._command_timeout,
             server_settings=self._server_settings,
         )
 
@@ -177,10 +182,20 @@ class Client:
         error: Mapping[str, Any] | None,
         reason: FailureReason | str = FailureReason.ERRORED,
         retry_at: datetime | None = None,
+        *,
+        retry_in: float | timedelta | None = None,
     ) -> uuid.UUID | None:
-        """Fail the run; returns the next run's id, or None when the task ended."""
+        """Fail the run; returns the next run's id, or None when the task ended.
+
+        ``retry_at`` (a time) or ``retry_in`` (a delay from the database's clock) override the
+        task's retry strategy for the next attempt."""
         return await self.store.fail(
-            check_queue_name(queue), run_id, error, FailureReason(reason), retry_at
+            check_queue_name(queue),
+            run_id,
+            error,
+            FailureReason(reason),
+            retry_at,
+            seconds(retry_in, what="retry_in"),
         )
 
     async def extend_claim(
@@ -252,6 +267,21 @@ class Client:
 
     async def list_failed_runs(self, queue: str | None = None, limit: int = 50) -> list[FailedRun]:
         return await self.store.list_failed_runs(_optional_queue(queue), limit)
+
+    async def prune_tasks(
+        self,
+        older_than: float | timedelta,
+        states: Sequence[TaskState | str] = (TaskState.COMPLETED,),
+        *,
+        batch: int = 1000,
+    ) -> int:
+        """Delete finished tasks older than ``older_than`` (with their runs and checkpoints) in
+        batches of ``batch``; return how many. Live tasks are never deleted by age."""
+        age = _secs(older_than, "older_than")
+        total = 0
+        while deleted := await self.store.prune_tasks(age, [str(s) for s in states], batch):
+            total += deleted
+        return total
 
     async def listen(self, handlers: Mapping[str, Any]) -> Listener:
         return await self.store.listen(handlers)

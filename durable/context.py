@@ -78,6 +78,7 @@ class TaskContext:
         recorded = await self._load_recorded()
         if key in recorded:
             return recorded[key]
+        self._check_lease()  # a run known to have lost its lease starts no more step bodies
         if inspect.iscoroutinefunction(fn):
             value = await fn(*args)
         else:
@@ -92,8 +93,7 @@ class TaskContext:
 
     async def heartbeat(self, extend_by: float | None = None) -> None:
         """Tell the supervisor this run is alive; with ``extend_by`` also extend the lease now."""
-        if self._control.stop_reason == "lease_lost":
-            raise LeaseLost(self.run_id, "the worker found the lease lost")
+        self._check_lease()
         self._control.beat()
         if extend_by is not None:
             await self._write(
@@ -101,6 +101,10 @@ class TaskContext:
                     self.queue, self.run_id, seconds(extend_by, what="extend_by")
                 )
             )
+
+    def _check_lease(self) -> None:
+        if self._control.stop_reason == "lease_lost":
+            raise LeaseLost(self.run_id, "the worker found the lease lost")
 
     async def _write(self, op: Any) -> Any:
         try:

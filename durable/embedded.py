@@ -26,6 +26,7 @@ import shlex
 import socket
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -130,6 +131,14 @@ class EmbeddedServer:
             if not users and self._running() is not None:
                 self._pg_ctl("stop", "-m", "fast")
                 logger.info("embedded.stopped", home=str(self.home))
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop the server (fast: sessions are ended) and start it again ``down_s`` later, at the
+        same DSN. For fault tests; the users stay registered."""
+        with self._locked():
+            self._pg_ctl("stop", "-m", "fast")
+            time.sleep(down_s)
+            self._start_server()
 
     # -- users and lock --------------------------------------------------------------------
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import inspect
 import traceback
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -24,6 +23,7 @@ import structlog
 from durable.context import RunControl, TaskContext
 from durable.errors import DurableError, LeaseLost
 from durable.records import FailureReason
+from durable.retry import seconds
 
 if TYPE_CHECKING:
     from durable.app import TaskDefinition
@@ -154,10 +154,10 @@ async def _fail(
         }
     else:
         error = error_document(exc)
-    retry_at = None
+    retry_in = None
     if definition is not None and definition.backoff is not None and exc is not None:
-        retry_at = await _custom_retry_at(definition.backoff, claim.attempt, exc)
-    next_run = await client.fail(claim.queue, claim.run_id, error, reason, retry_at)
+        retry_in = await _custom_delay(definition.backoff, claim.attempt, exc)
+    next_run = await client.fail(claim.queue, claim.run_id, error, reason, retry_in=retry_in)
     log.info("run.failed", reason=str(reason), error=error.get("message"), **ids)
     if next_run is not None:
         log.info("run.retry_scheduled", next_run_id=str(next_run), **ids)
@@ -167,13 +167,13 @@ async def _fail(
         log.warning("task.dead", reason=str(reason), **ids)
 
 
-async def _custom_retry_at(
+async def _custom_delay(
     backoff: Callable[[int, BaseException], Any], attempt: int, exc: BaseException
-) -> datetime:
+) -> float:
+    """The task's own backoff, in seconds; the database adds it to its clock, not ours."""
     delay: Any = backoff(attempt, exc)
     if inspect.isawaitable(delay):
         delay = await delay
-    if not isinstance(delay, timedelta):
-        delay = timedelta(seconds=float(delay))
-    retry_at: datetime = datetime.now(UTC) + delay
-    return retry_at
+    result = seconds(delay, what="the backoff's delay")
+    assert result is not None
+    return result

@@ -1,33 +1,85 @@
 """Keeping runs and the worker alive.
 
 * :func:`renew_leases`: one ``extend_claims`` statement per interval extends every lease this
-  worker holds and its liveness, whatever the concurrency; runs reported lost are stopped.
+  worker holds and its liveness, whatever the concurrency; runs reported lost are stopped, and so
+  are runs whose lease must have lapsed because renewal has failed for longer than the lease
+  (the database is down or cut off: other workers reap them, this one must not write for them).
 * :func:`supervise_heartbeats`: a task declared with ``heartbeat_timeout=S`` that goes S seconds
   without ``ctx.heartbeat()`` or a checkpoint is stopped (recorded ``heartbeat_timeout``).
 * :class:`LivenessThread`: the worker's liveness from a thread with its own connection, so a
   handler that blocks the event loop lets its lease lapse (reaped as ``heartbeat_timeout``)
   without the worker looking dead (which would read as ``crash``).
+* :func:`within` and :class:`ReconnectBackoff`: every worker call to the database has a deadline
+  (a stalled connection must not hang the worker), and retries while the database is unreachable
+  wait exponentially longer, capped, with jitter.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
+from typing import TypeVar
 
 import anyio
 import structlog
 
 from durable.client import Client
 from durable.context import RunControl
-from durable.errors import DurableError
+from durable.errors import DatabaseUnavailable, DurableError
 from durable.store import Store
 
 log = structlog.get_logger("durable")
 
+T = TypeVar("T")
+
 SUPERVISE_TICK_S = 0.1
+#: The first reconnect delay, doubled per failed attempt up to RECONNECT_MAX_S (with jitter).
+RECONNECT_BASE_S = 0.05
+RECONNECT_MAX_S = 5.0
+#: How long closing a connection to an unreachable database may take before it is dropped.
+CLOSE_TIMEOUT_S = 2.0
+#: The least deadline of a worker's call to the database (tests use leases of a second or less).
+MIN_DB_TIMEOUT_S = 0.5
+
+
+def db_timeout(claim_timeout: float) -> float:
+    """The deadline of one worker call to the database: half a lease, so a worker cut off from
+    the database notices while its leases still hold (but never under MIN_DB_TIMEOUT_S)."""
+    return max(claim_timeout / 2, MIN_DB_TIMEOUT_S)
+
+
+async def within(timeout_s: float, op: Awaitable[T]) -> T:
+    """``await op``, or raise :class:`DatabaseUnavailable` if it takes longer than ``timeout_s``
+    (a stalled connection; asyncpg cancels the statement and drops the connection)."""
+    try:
+        with anyio.fail_after(timeout_s):
+            return await op
+    except TimeoutError as exc:
+        raise DatabaseUnavailable(f"no answer from the database within {timeout_s:g}s") from exc
+
+
+class ReconnectBackoff:
+    """Delays between attempts while the database is unreachable: ``base * 2**n``, at most
+    ``cap``, each drawn from its upper half (jitter, so many workers do not retry in step)."""
+
+    def __init__(self, base: float = RECONNECT_BASE_S, cap: float = RECONNECT_MAX_S) -> None:
+        self.base = base
+        self.cap = cap
+        self.attempt = 0  # failed attempts since the last success
+
+    def next_delay(self) -> float:
+        self.attempt += 1
+        ceiling = min(self.cap, self.base * 2 ** min(self.attempt - 1, 32))
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> int:
+        """A success: start over; returns how many attempts had failed."""
+        failed, self.attempt = self.attempt, 0
+        return failed
 
 
 async def renew_leases(
@@ -37,19 +89,60 @@ async def renew_leases(
     claim_timeout: float,
     interval: float,
 ) -> None:
-    """Forever: extend all leases of ``active`` and the worker's liveness in one statement."""
+    """Forever: extend all leases of ``active`` and the worker's liveness in one statement.
+
+    A lease is extended to the database's ``now() + claim_timeout``; the statement runs before it
+    returns, so a lease is surely gone ``claim_timeout`` after the last renewal returned (or after
+    the run was first seen, when it was claimed later). Runs past that are stopped as
+    ``lease_lost``: another worker reaps and retries them, and nothing of theirs is written.
+    """
+    renewed_at = time.monotonic()
+    first_seen: dict[uuid.UUID, float] = {}
     while True:
         await anyio.sleep(interval)
+        now = time.monotonic()
         run_ids = [run_id for run_id, control in active.items() if not control.finished]
+        first_seen = {run_id: first_seen.get(run_id, now) for run_id in run_ids}
         try:
-            lost = await client.extend_claims(worker_id, run_ids, claim_timeout)
+            lost = await within(
+                db_timeout(claim_timeout), client.extend_claims(worker_id, run_ids, claim_timeout)
+            )
         except DurableError as exc:
             log.warning("heartbeat.failed", worker=worker_id, error=str(exc))
+            _stop_lapsed(worker_id, active, first_seen, renewed_at, claim_timeout)
             continue
+        renewed_at = time.monotonic()
         for run_id in lost:
             control = active.get(run_id)
             if control is not None and not control.finished:
                 control.stop("lease_lost")
+
+
+def _stop_lapsed(
+    worker_id: str,
+    active: Mapping[uuid.UUID, RunControl],
+    first_seen: Mapping[uuid.UUID, float],
+    renewed_at: float,
+    claim_timeout: float,
+) -> None:
+    now = time.monotonic()
+    for run_id, seen in first_seen.items():
+        control = active.get(run_id)
+        if control is None or control.finished or control.stop_reason is not None:
+            continue
+        if now - max(renewed_at, seen) > claim_timeout:
+            claim = control.claim
+            log.warning(
+                "lease.lapsed",
+                queue=claim.queue,
+                task_name=claim.task_name,
+                task_id=str(claim.task_id),
+                run_id=str(run_id),
+                attempt=claim.attempt,
+                worker=worker_id,
+                unrenewed_s=round(now - renewed_at, 3),
+            )
+            control.stop("lease_lost")
 
 
 async def supervise_heartbeats(active: Mapping[uuid.UUID, RunControl]) -> None:
@@ -88,19 +181,20 @@ class LivenessThread:
 
     async def _loop(self) -> None:
         store: Store | None = None
+        deadline = db_timeout(self._ttl)
         try:
             while not self._stop.is_set():
                 try:
                     if store is None:
-                        store = await self._client.open_side_store()
-                    await store.worker_heartbeat(self._worker_id, self._ttl)
+                        store = await within(deadline, self._client.open_side_store())
+                    await within(deadline, store.worker_heartbeat(self._worker_id, self._ttl))
                 except DurableError as exc:
                     log.warning("liveness.failed", worker=self._worker_id, error=str(exc))
                     if store is not None:
-                        await store.close()
+                        await store.close(timeout=CLOSE_TIMEOUT_S)
                         store = None
                 # blocking here is fine: nothing else runs on this thread's loop
                 self._stop.wait(self._interval)
         finally:
             if store is not None:
-                await store.close()
+                await store.close(timeout=CLOSE_TIMEOUT_S)

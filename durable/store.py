@@ -7,6 +7,7 @@ durable's own errors here, ``from exc``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import urllib.parse
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 
+import anyio
 import asyncpg
 import orjson
 
@@ -26,6 +28,7 @@ from durable.errors import (
     InvalidState,
     LeaseLost,
     NotSerializable,
+    PayloadTooLarge,
     TaskNotFound,
 )
 from durable.records import (
@@ -51,18 +54,53 @@ class RawJson(bytes):
     """JSON text already encoded by :func:`encode_json`; the jsonb codec passes it through."""
 
 
+MAX_PAYLOAD_BYTES: Final = 16 * 1024 * 1024
+"""The most encoded JSON one value may take: params (a whole ``spawn_many`` batch counts as one
+value), options, a result, a step's value, an error. Larger values raise
+:class:`~durable.errors.PayloadTooLarge` before anything is sent. PostgreSQL's own ceiling for a
+jsonb value is about 255 MiB, but every claim, retry and replay carries the value again."""
+
+_JSON_NUL: Final = b"\\u0000"
+
+
 def encode_json(value: Any, what: str) -> RawJson:
-    """Encode ``value`` as JSON or raise :class:`NotSerializable` naming ``what``."""
+    """Encode ``value`` as JSON or raise :class:`NotSerializable` naming ``what``.
+
+    Refused here, before any round trip: what is not JSON (orjson's types, lone surrogates,
+    integers beyond 64 bits, NaN and infinities), a NUL character (jsonb cannot store
+    ``\\u0000``) and more than :data:`MAX_PAYLOAD_BYTES` of JSON (:class:`PayloadTooLarge`).
+    """
     if isinstance(value, RawJson):
         return value
     try:
         encoded = orjson.dumps(value)
     except (TypeError, orjson.JSONEncodeError) as exc:
         raise NotSerializable(what, str(exc)) from exc
+    if len(encoded) > MAX_PAYLOAD_BYTES:
+        raise PayloadTooLarge(what, len(encoded), MAX_PAYLOAD_BYTES)
     # orjson writes NaN and infinities as null; JSON has no such numbers, so refuse them
     if b"null" in encoded and _has_non_finite(value):
         raise NotSerializable(what, "NaN and infinity are not JSON numbers")
+    if _JSON_NUL in encoded and _has_nul_escape(encoded):
+        raise NotSerializable(
+            what,
+            "it contains a NUL character (\\x00) in a string or a key, which PostgreSQL jsonb "
+            "cannot store — remove it, or encode binary data (base64)",
+        )
     return RawJson(encoded)
+
+
+def _has_nul_escape(encoded: bytes) -> bool:
+    """Whether ``encoded`` holds the escape ``\\u0000`` (not a literal backslash before "u0000")."""
+    at = encoded.find(_JSON_NUL)
+    while at != -1:
+        before = at  # the escape is real when an even number of backslashes precede it
+        while before > 0 and encoded[before - 1] == 0x5C:
+            before -= 1
+        if (at - before) % 2 == 0:
+            return True
+        at = encoded.find(_JSON_NUL, at + 1)
+    return False
 
 
 def _has_non_finite(value: Any) -> bool:
@@ -103,7 +141,7 @@ _SPAWN = "select * from durable.spawn($1, $2, $3, $4)"
 _SPAWN_MANY = "select * from durable.spawn_many($1, $2)"
 _CLAIM = "select * from durable.claim($1, $2, $3, $4)"
 _COMPLETE = "select durable.complete($1, $2, $3)"
-_FAIL = "select durable.fail($1, $2, $3, $4, $5)"
+_FAIL = "select durable.fail($1, $2, $3, $4, $5, $6)"
 _EXTEND_CLAIM = "select durable.extend_claim($1, $2, $3)"
 _EXTEND_CLAIMS = "select lost_run_id from durable.extend_claims($1, $2, $3)"
 _SET_CHECKPOINT = "select durable.set_checkpoint($1, $2, $3, $4, $5)"
@@ -118,6 +156,13 @@ _WORKER_HEARTBEAT = "select durable.worker_heartbeat($1, $2)"
 _STOP_WORKER = "select durable.stop_worker($1)"
 _QUEUE_COUNTS = "select * from durable.queue_counts()"
 _LIST_FAILED_RUNS = "select * from durable.list_failed_runs($1, $2)"
+_PRUNE_TASKS = "select durable.prune_tasks($1, $2, $3)"
+_TERMINATE_OTHERS = """
+select pid, pg_terminate_backend(pid) as terminated from pg_stat_activity
+ where datname = current_database() and pid <> pg_backend_pid()
+   and backend_type = 'client backend'
+"""
+_SESSIONS_LEFT = "select count(*) from pg_stat_activity where pid = any($1::int[])"
 
 _SQLSTATE_LEASE_LOST = "DU001"
 _SQLSTATE_NOT_FOUND = "DU002"
@@ -126,9 +171,20 @@ _SQLSTATE_QUEUE = "DU004"
 _SQLSTATE_ARGUMENT = "DU005"
 # 22003 numeric out of range, 22007/22008 a bad or overflowing timestamp, 22P02 not a number
 _SQLSTATES_ARGUMENT = {"22003", "22007", "22008", "22P02"}
-# 22P05: \u0000 in jsonb; 22021: a NUL byte in text; 54000: a value over PostgreSQL's size limits
-_SQLSTATES_NOT_SERIALIZABLE = {"22P05", "22021", "54000"}
-_SQLSTATES_UNAVAILABLE_PREFIXES = ("08", "57P")  # connection exceptions, operator intervention
+# Text arguments (task, step and worker names, idempotency keys) PostgreSQL cannot hold, with a
+# hint: 22000 is asyncpg's own "invalid input for query argument" (a lone surrogate cannot be
+# encoded as UTF-8), 22021 a NUL byte in text, 54000 a value over PostgreSQL's limits (a key too
+# long for its index).
+_SQLSTATES_TEXT_ARGUMENT = {
+    "22000": "names and keys must be valid Unicode text (no lone surrogates)",
+    "22021": "names and keys must not contain NUL (\\x00)",
+    "54000": "use a shorter idempotency key, step name or worker id",
+}
+# 22P05: \u0000 in jsonb (encode_json refuses it first; a value built in SQL can still hit it)
+_SQLSTATES_NOT_SERIALIZABLE = {"22P05"}
+# connection exceptions, operator intervention (shutdown, terminated backend), and 53300: the
+# server is at max_connections (a new pool connection is refused; it passes like an outage)
+_SQLSTATES_UNAVAILABLE_PREFIXES = ("08", "57P", "53300")
 
 
 def describe_dsn(dsn: str) -> tuple[str, int | None]:
@@ -167,6 +223,7 @@ class Store:
         min_size: int = 1,
         max_size: int = 10,
         connect_timeout: float = 10.0,
+        command_timeout: float | None = 30.0,
         statement_cache_size: int = 100,
         server_settings: Mapping[str, str] | None = None,
         migrate: bool = True,
@@ -182,6 +239,7 @@ class Store:
                 min_size=min_size,
                 max_size=max_size,
                 timeout=connect_timeout,
+                command_timeout=command_timeout,
                 statement_cache_size=statement_cache_size,
                 server_settings=dict(server_settings or {}),
                 init=_init_connection,
@@ -203,8 +261,16 @@ class Store:
             raise
         return store
 
-    async def close(self) -> None:
-        await self._pool.close()
+    async def close(self, *, timeout: float | None = None) -> None:
+        """Close the pool; with ``timeout``, drop its connections if closing them takes longer
+        (an unreachable server never answers the goodbye)."""
+        if timeout is None:
+            await self._pool.close()
+            return
+        try:
+            await asyncio.wait_for(self._pool.close(), timeout)
+        except TimeoutError:
+            self._pool.terminate()
 
     @contextlib.asynccontextmanager
     async def _translate(
@@ -215,6 +281,12 @@ class Store:
         except asyncpg.PostgresError as exc:
             raise self._map_postgres_error(exc, run_id=run_id, task_id=task_id) from exc
         except (OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+            raise _unavailable(self.dsn, exc) from exc
+        except asyncpg.InternalClientError as exc:
+            # a connection whose protocol state broke when its server went away mid-operation
+            # (seen after pg_terminate_backend): replace every pooled connection, then report
+            # the database unavailable so the caller retries on a fresh one
+            await self._pool.expire_connections()
             raise _unavailable(self.dsn, exc) from exc
 
     def _map_postgres_error(
@@ -233,6 +305,8 @@ class Store:
             return InvalidQueueName(message.removeprefix("invalid queue name: "))
         if state == _SQLSTATE_ARGUMENT or state in _SQLSTATES_ARGUMENT:
             return InvalidArgument(message)
+        if state in _SQLSTATES_TEXT_ARGUMENT:
+            return InvalidArgument(f"{message} — {_SQLSTATES_TEXT_ARGUMENT[state]}")
         if state in _SQLSTATES_NOT_SERIALIZABLE:
             return NotSerializable("a value", message)
         if state.startswith(_SQLSTATES_UNAVAILABLE_PREFIXES):
@@ -295,11 +369,12 @@ class Store:
         error: Mapping[str, Any] | None,
         reason: FailureReason,
         retry_at: datetime | None,
+        retry_in: float | None = None,
     ) -> uuid.UUID | None:
         error_json = encode_json(dict(error) if error is not None else None, "error")
         async with self._translate(run_id=run_id):
             next_run: uuid.UUID | None = await self._pool.fetchval(
-                _FAIL, queue, run_id, error_json, str(reason), retry_at
+                _FAIL, queue, run_id, error_json, str(reason), retry_at, retry_in
             )
         return next_run
 
@@ -410,6 +485,26 @@ class Store:
             for r in rows
         ]
 
+    async def prune_tasks(self, older_than: float, states: Sequence[str], limit: int) -> int:
+        async with self._translate():
+            deleted: int = await self._pool.fetchval(_PRUNE_TASKS, older_than, list(states), limit)
+        return deleted
+
+    async def terminate_other_sessions(self, wait_s: float = 10.0) -> int:
+        """Terminate every other client session on this database and wait until they are gone
+        (a failover, as far as the sessions can tell); return how many. For tests."""
+        async with self._translate():
+            conn = await asyncpg.connect(self.dsn, timeout=10.0)
+            try:
+                rows = await conn.fetch(_TERMINATE_OTHERS)
+                pids = [r["pid"] for r in rows if r["terminated"]]
+                with anyio.fail_after(wait_s):  # backends exit asynchronously
+                    while await conn.fetchval(_SESSIONS_LEFT, pids):  # noqa: ASYNC110 — server state
+                        await anyio.sleep(0.01)
+            finally:
+                await conn.close()
+        return len(pids)
+
     # --- notifications --------------------------------------------------------------------------
 
     async def listen(self, handlers: Mapping[str, Callable[[str], None]]) -> Listener:
@@ -419,9 +514,13 @@ class Store:
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise _unavailable(self.dsn, exc) from exc
         listener = Listener(conn)
-        async with self._translate():
-            for channel, handler in handlers.items():
-                await conn.add_listener(channel, listener.callback(handler))
+        try:
+            async with self._translate():
+                for channel, handler in handlers.items():
+                    await conn.add_listener(channel, listener.callback(handler))
+        except BaseException:
+            conn.terminate()
+            raise
         return listener
 
 

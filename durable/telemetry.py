@@ -23,6 +23,9 @@ def configure_logging(*, json: bool | None = None, level: str = "info") -> None:
     """The production recipe, for the CLI: JSON lines when not on a terminal, else readable."""
     if json is None:
         json = not sys.stderr.isatty()
+    # asyncpg's pool logs a traceback each time it fails to refill during an outage; the
+    # worker's own db.unavailable / db.reconnected events say it once, in structured form
+    logging.getLogger("asyncpg.pool").setLevel(logging.CRITICAL)
     renderer: Any = (
         structlog.processors.JSONRenderer(serializer=orjson.dumps)
         if json

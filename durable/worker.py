@@ -5,6 +5,12 @@ arrives (polling as the fallback), runs each claim in its own cancel scope (:mod
 keeps leases and liveness alive (:mod:`heartbeat`). ``drain()`` (SIGTERM/SIGINT from the CLI):
 stop claiming, let running tasks finish within ``grace_period``, then release the rest so another
 worker can take them at once.
+
+When the database goes away (a restart, terminated backends, a network cut) the worker stays up:
+every call has a deadline, claiming backs off exponentially (capped, with jitter) and the LISTEN
+connection is re-opened the same way, logging ``db.unavailable`` per failed attempt and
+``db.reconnected`` once it is back. Runs whose leases lapse meanwhile are stopped (see
+:func:`heartbeat.renew_leases`); other workers reap and retry them.
 """
 
 from __future__ import annotations
@@ -19,11 +25,19 @@ import anyio
 import structlog
 
 from durable.context import RunControl
-from durable.errors import DurableError, check_queue_name
+from durable.errors import DatabaseUnavailable, DurableError, check_queue_name
 from durable.executor import execute
-from durable.heartbeat import LivenessThread, renew_leases, supervise_heartbeats
+from durable.heartbeat import (
+    CLOSE_TIMEOUT_S,
+    LivenessThread,
+    ReconnectBackoff,
+    db_timeout,
+    renew_leases,
+    supervise_heartbeats,
+    within,
+)
 from durable.records import Claim
-from durable.store import CHANNEL_WORK
+from durable.store import CHANNEL_WORK, Listener
 
 if TYPE_CHECKING:
     from durable.app import Durable
@@ -32,6 +46,8 @@ log = structlog.get_logger("durable")
 
 #: With a backlog and few free slots, how long to wait for more slots to free before claiming.
 CLAIM_GATHER_S = 0.005
+#: How often the LISTEN connection is checked for having been lost.
+LISTENER_CHECK_S = 0.5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,7 +84,10 @@ class Worker:
         self._wake = anyio.Event()
         self._slot_freed = anyio.Event()
         self._draining = anyio.Event()
+        self._retry_now = anyio.Event()  # cuts a reconnect backoff short (drain, database back)
         self._unknown_logged: set[str] = set()
+        self._listener: Listener | None = None
+        self._db_timeout = db_timeout(options.claim_timeout)
 
     @property
     def draining(self) -> bool:
@@ -81,6 +100,7 @@ class Worker:
         """
         log.info("worker.draining", worker=self.worker_id, running=len(self.active), force=force)
         self._draining.set()
+        self._retry_now.set()
         self._wake.set()
         self._slot_freed.set()
         if force:
@@ -98,7 +118,7 @@ class Worker:
         )
         liveness = LivenessThread(client, self.worker_id, ttl, interval=max(ttl / 4, 0.05))
         liveness.start()
-        listener = await client.listen({CHANNEL_WORK: self._on_work})
+        self._listener = await client.listen({CHANNEL_WORK: self._on_work})
         log.info(
             "worker.started",
             worker=self.worker_id,
@@ -111,6 +131,7 @@ class Worker:
                     renew_leases, client, self.worker_id, self.active, ttl, max(ttl / 3, 0.05)
                 )
                 tg.start_soon(supervise_heartbeats, self.active)
+                tg.start_soon(self._keep_listening)
                 task_status.started()
                 async with anyio.create_task_group() as runs:
                     await self._claim_loop(runs)
@@ -118,10 +139,11 @@ class Worker:
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                await listener.close()
+                if self._listener is not None:
+                    await self._listener.close()
                 await anyio.to_thread.run_sync(liveness.stop)
                 try:
-                    await client.stop_worker(self.worker_id)
+                    await within(CLOSE_TIMEOUT_S, client.stop_worker(self.worker_id))
                 except DurableError as exc:
                     log.warning("worker.stop_not_recorded", worker=self.worker_id, error=str(exc))
             log.info("worker.stopped", worker=self.worker_id)
@@ -130,11 +152,76 @@ class Worker:
         if queue in self.options.queues:
             self._wake.set()
 
+    async def _keep_listening(self) -> None:
+        """Re-open the LISTEN connection whenever it is lost, backing off while the database is
+        unreachable; polling covers the gap (and the claim after reopening what was missed)."""
+        backoff = ReconnectBackoff()
+        while True:
+            if self._listener is not None and not self._listener.closed:
+                await anyio.sleep(LISTENER_CHECK_S)
+                continue
+            if self._listener is not None:
+                log.warning("worker.listener_lost", worker=self.worker_id)
+                await self._listener.close()
+                self._listener = None
+            try:
+                self._listener = await within(
+                    self._db_timeout, self.app.client.listen({CHANNEL_WORK: self._on_work})
+                )
+            except DurableError as exc:
+                delay = backoff.next_delay()
+                log.warning(
+                    "db.unavailable",
+                    worker=self.worker_id,
+                    during="listen",
+                    attempt=backoff.attempt,
+                    delay_s=round(delay, 3),
+                    error=str(exc),
+                )
+                await anyio.sleep(delay)
+                continue
+            attempts = backoff.reset()
+            log.info("db.reconnected", worker=self.worker_id, during="listen", attempts=attempts)
+            self._wake.set()  # notifications sent while it was down are lost: look now
+            self._retry_now.set()  # the database is back: claim without waiting out a backoff
+
+    async def _claim(self, queue: str, free: int, backoff: ReconnectBackoff) -> list[Claim] | None:
+        """Claim up to ``free`` runs of ``queue``; None when the database is unreachable (after
+        waiting out the backoff delay, or less when drained or the LISTEN connection is back)."""
+        opts = self.options
+        try:
+            claims = await within(
+                self._db_timeout,
+                self.app.client.claim(queue, self.worker_id, opts.claim_timeout, free),
+            )
+        except DatabaseUnavailable as exc:
+            delay = backoff.next_delay()
+            log.warning(
+                "db.unavailable",
+                worker=self.worker_id,
+                during="claim",
+                attempt=backoff.attempt,
+                delay_s=round(delay, 3),
+                error=str(exc),
+            )
+            if not self._draining.is_set():
+                self._retry_now = anyio.Event()
+            with anyio.move_on_after(delay):
+                await self._retry_now.wait()
+            return None
+        except DurableError as exc:
+            log.warning("worker.claim_failed", worker=self.worker_id, error=str(exc))
+            return []
+        if backoff.attempt:
+            attempts = backoff.reset()
+            log.info("db.reconnected", worker=self.worker_id, during="claim", attempts=attempts)
+        return claims
+
     async def _claim_loop(self, runs: anyio.abc.TaskGroup) -> None:
         opts = self.options
-        client = self.app.client
         batch = max(1, opts.concurrency // 4)
         backlog = False
+        backoff = ReconnectBackoff()
         while not self._draining.is_set():
             free = opts.concurrency - len(self.active)
             if free <= 0 or (backlog and free < batch):
@@ -146,21 +233,20 @@ class Worker:
                     backlog = False  # slots free slowly: claim what is free now
                 continue
             self._wake = anyio.Event()
-            claimed_full = False
+            claimed_full = unavailable = False
             for queue in opts.queues:
                 free = opts.concurrency - len(self.active)
                 if free <= 0 or self._draining.is_set():
                     break
-                try:
-                    claims = await client.claim(queue, self.worker_id, opts.claim_timeout, free)
-                except DurableError as exc:
-                    log.warning("worker.claim_failed", worker=self.worker_id, error=str(exc))
-                    claims = []
+                claims = await self._claim(queue, free, backoff)
+                if claims is None:
+                    unavailable = True  # backed off already: start over
+                    break
                 claimed_full = claimed_full or len(claims) == free
                 for claim in claims:
                     self._start(runs, claim)
             backlog = claimed_full
-            if claimed_full:
+            if unavailable or claimed_full:
                 continue  # there may be more: claim again as soon as slots allow
             with anyio.move_on_after(opts.poll_interval):
                 await self._wake.wait()
@@ -206,8 +292,11 @@ class Worker:
             )
         with anyio.CancelScope(shield=True):
             try:
-                await self.app.client.schedule_run(
-                    claim.queue, claim.run_id, self.options.unknown_task_defer
+                await within(
+                    self._db_timeout,
+                    self.app.client.schedule_run(
+                        claim.queue, claim.run_id, self.options.unknown_task_defer
+                    ),
                 )
             except DurableError as exc:
                 log.warning("run.defer_failed", run_id=str(claim.run_id), error=str(exc))

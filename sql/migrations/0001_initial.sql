@@ -491,8 +491,10 @@ begin
     perform pg_notify('durable_done', v_run.task_id::text);
 end $$;
 
+-- p_retry_at or p_retry_in (seconds from the database's now) override the retry strategy.
 create function durable.fail(p_queue text, p_run_id uuid, p_error jsonb,
-                             p_reason text default 'errored', p_retry_at timestamptz default null)
+                             p_reason text default 'errored', p_retry_at timestamptz default null,
+                             p_retry_in double precision default null)
 returns uuid
 language plpgsql as $$
 declare
@@ -503,8 +505,13 @@ begin
                                             'cancelled') then
         raise exception 'unknown failure reason %', p_reason using errcode = 'DU005';
     end if;
+    if p_retry_in is not null and p_retry_in < 0 then
+        raise exception 'retry_in must be a non-negative number of seconds' using errcode = 'DU005';
+    end if;
     v_run := durable.lock_live_run(p_queue, p_run_id, v_now);
-    return durable.fail_locked_run(v_run, p_reason, p_error, p_retry_at, v_now);
+    return durable.fail_locked_run(
+        v_run, p_reason, p_error,
+        coalesce(p_retry_at, v_now + make_interval(secs => p_retry_in)), v_now);
 end $$;
 
 -- Extend the lease of a live, unexpired run by p_extend_by (default: its claim's lease) in one

@@ -1,0 +1,193 @@
+"""The database goes away mid-run and comes back: workers reconnect with backoff and finish.
+
+* a private embedded server is restarted (stopped, down for a while, started again), while a
+  spawn is tried during the outage: it raises :class:`DatabaseUnavailable` promptly and leaves
+  nothing half-written;
+* every backend of the test's database on the shared server is terminated
+  (``pg_terminate_backend``), twice.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import asyncpg
+import pytest
+from fault_app import (
+    QUEUE,
+    FaultWorker,
+    fault_worker,
+    wait_all_finished,
+    wait_event,
+    wait_for,
+)
+
+from durable import Client, DatabaseUnavailable, RunState, SpawnOptions, TaskState
+from durable.embedded import EmbeddedServer
+
+pytestmark = pytest.mark.anyio
+
+STEPS = {"n": 4, "step_s": 0.1}
+OPTIONS = SpawnOptions(max_attempts=5)
+
+
+@pytest.fixture
+def embedded_server() -> Iterator[EmbeddedServer]:
+    home = Path(tempfile.mkdtemp(dir="/tmp", prefix="durable-faults-"))
+    server = EmbeddedServer(home)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+async def embedded_dsn(embedded_server: EmbeddedServer) -> str:
+    return await anyio.to_thread.run_sync(embedded_server.start)
+
+
+async def _completed(client: Client) -> int:
+    counts = await client.queue_counts()
+    return sum(c.count for c in counts if c.state is TaskState.COMPLETED)
+
+
+async def _assert_nothing_half_written(dsn: str) -> None:
+    """Every task has exactly one live-or-final history: runs, and at most one live run; a
+    completed task has exactly one completed run; checkpoints belong to runs of their task."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        orphans = await conn.fetchval(
+            "select count(*) from durable.tasks t"
+            " where not exists (select 1 from durable.runs r where r.task_id = t.task_id)"
+        )
+        assert orphans == 0
+        bad_completed = await conn.fetchval(
+            "select count(*) from durable.tasks t where t.state = 'completed' and"
+            " (select count(*) from durable.runs r"
+            "   where r.task_id = t.task_id and r.state = 'completed') <> 1"
+        )
+        assert bad_completed == 0
+        stray = await conn.fetchval(
+            "select count(*) from durable.checkpoints c where not exists"
+            " (select 1 from durable.runs r where r.run_id = c.run_id and r.task_id = c.task_id)"
+        )
+        assert stray == 0
+    finally:
+        await conn.close()
+
+
+def _assert_reconnected(worker: FaultWorker) -> None:
+    assert worker.returncode is None, worker.log_text()[-3000:]
+    lost = worker.events("worker.listener_lost")
+    assert lost, worker.log_text()[-3000:]
+    assert worker.events("db.reconnected", during="listen"), worker.log_text()[-3000:]
+
+
+async def test_restart_mid_run_workers_reconnect_and_spawn_fails_fast(
+    embedded_server: EmbeddedServer, embedded_dsn: str, tmp_path: Path
+) -> None:
+    async with (
+        Client(embedded_dsn) as client,
+        fault_worker(embedded_dsn, tmp_path / "a.log", "worker-a") as a,
+        fault_worker(embedded_dsn, tmp_path / "b.log", "worker-b") as b,
+    ):
+        infos = [await client.spawn(QUEUE, "steps", STEPS, OPTIONS) for _ in range(24)]
+
+        async def some_done() -> bool | None:
+            return True if await _completed(client) >= 3 else None
+
+        await wait_for(some_done, timeout=15, what="the first tasks to complete")
+
+        # down for 2 s, mid-run; meanwhile spawn until a spawn meets the outage
+        attempts: list[tuple[str, float, bool]] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, lambda: embedded_server.restart(2.0))
+            with anyio.fail_after(10):
+                while not any(not ok for _, _, ok in attempts):
+                    key = f"outage-{uuid.uuid4().hex}"
+                    started = time.monotonic()
+                    try:
+                        await client.spawn(QUEUE, "steps", STEPS, SpawnOptions(idempotency_key=key))
+                        ok = True
+                    except DatabaseUnavailable:
+                        ok = False
+                    attempts.append((key, time.monotonic() - started, ok))
+                    await anyio.sleep(0.05)
+        failed = [(key, took) for key, took, ok in attempts if not ok]
+        assert failed
+        assert max(took for _, took in failed) < 5.0, failed
+
+        # after recovery: each spawn that raised either happened fully or not at all; the ones
+        # that did not happen are spawned now (the idempotency key makes that safe either way)
+        for key, _ in failed:
+            info = await wait_for(
+                lambda key=key: client.spawn(  # type: ignore[misc]
+                    QUEUE, "steps", STEPS, SpawnOptions(idempotency_key=key)
+                ),
+                timeout=10,
+                what="a spawn after the restart",
+            )
+            infos.append(info)
+
+        records = await wait_all_finished(client, [i.task_id for i in infos], timeout=30)
+        assert all(r.state is TaskState.COMPLETED for r in records), [
+            (r.state, [(x.state, x.failure_reason) for x in r.runs]) for r in records
+        ]
+        assert not any(run.state is RunState.RUNNING for r in records for run in r.runs)
+
+        for worker in (a, b):
+            _assert_reconnected(worker)
+            down = worker.events("db.unavailable")
+            assert down, worker.log_text()[-3000:]
+            assert all(e["attempt"] >= 1 and e["delay_s"] > 0 for e in down)
+            await wait_event(worker, "db.reconnected", during="claim", timeout=10)
+        # the worker LISTENs again (a NOTIFY wakes it)
+        conn = await asyncpg.connect(embedded_dsn)
+        try:
+            listening = await conn.fetchval(
+                "select count(*) from pg_stat_activity where query = 'LISTEN \"durable_work\"'"
+            )
+        finally:
+            await conn.close()
+        assert listening >= 2
+    await _assert_nothing_half_written(embedded_dsn)
+
+
+async def test_every_backend_terminated_mid_run(dsn: str, tmp_path: Path) -> None:
+    async with (
+        Client(dsn) as client,
+        fault_worker(dsn, tmp_path / "a.log", "worker-a") as a,
+        fault_worker(dsn, tmp_path / "b.log", "worker-b") as b,
+    ):
+        infos = [await client.spawn(QUEUE, "steps", STEPS, OPTIONS) for _ in range(24)]
+
+        async def some_done() -> bool | None:
+            return True if await _completed(client) >= 3 else None
+
+        await wait_for(some_done, timeout=15, what="the first tasks to complete")
+        admin = await asyncpg.connect(dsn)
+        try:
+            for _ in range(2):
+                terminated = await admin.fetchval(
+                    "select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity"
+                    " where datname = current_database() and pid <> pg_backend_pid()) t"
+                )
+                assert terminated > 0
+                await anyio.sleep(0.3)
+        finally:
+            await admin.close()
+
+        records = await wait_all_finished(client, [i.task_id for i in infos], timeout=30)
+        assert all(r.state is TaskState.COMPLETED for r in records), [
+            (r.state, [(x.state, x.failure_reason) for x in r.runs]) for r in records
+        ]
+        for worker in (a, b):
+            _assert_reconnected(worker)
+    await _assert_nothing_half_written(dsn)
