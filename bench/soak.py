@@ -38,6 +38,8 @@ select coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint
 _LAPSED = "select count(*) from durable.runs where state = 'running' and lease_expires_at < now()"
 _BACKLOG = "select count(*) from durable.runs where state = 'pending' and available_at <= now()"
 _DONE = "select count(*) from durable.tasks where state = 'completed'"
+_AUTOVACUUM = "select current_setting('autovacuum')::boolean"
+_VACUUM = "vacuum durable.tasks, durable.runs, durable.checkpoints"
 
 
 def _rss_mb(pid: int) -> float:
@@ -88,6 +90,10 @@ async def _soak(args: argparse.Namespace) -> None:
         try:
             async with Client(dsn) as client, anyio.create_task_group() as tg:
                 conn = await asyncpg.connect(dsn)
+                autovacuum = await conn.fetchval(_AUTOVACUUM)
+                print(
+                    f"autovacuum: {'on' if autovacuum else 'off: the soak vacuums after pruning'}"
+                )
                 tg.start_soon(_spawner, client, args.rate, args.minutes * 60, spawned)
                 print(
                     f"{'t_s':>6} {'spawned':>9} {'completed':>9} {'backlog':>8} {'lapsed':>6} "
@@ -99,6 +105,8 @@ async def _soak(args: argparse.Namespace) -> None:
                     await anyio.sleep(args.sample)
                     elapsed = time.monotonic() - start
                     pruned += await client.prune_tasks(RETENTION_S)
+                    if not autovacuum:  # what an operator of such a server must do
+                        await conn.execute(_VACUUM)
                     rss = [_rss_mb(w.pid) for w in workers if w.poll() is None]
                     size = await conn.fetchval(_SIZES)
                     lapsed = await conn.fetchval(_LAPSED)

@@ -20,6 +20,7 @@ def test_public_names_are_pinned() -> None:
         "InvalidState",
         "LeaseLost",
         "NotSerializable",
+        "PayloadTooLarge",
         "RunRecord",
         "RunState",
         "SpawnInfo",
