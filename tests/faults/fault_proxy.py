@@ -1,7 +1,8 @@
 """A loopback TCP proxy a test controls, to cut the network between a worker and PostgreSQL.
 
 ``async with tcp_proxy("127.0.0.1", 5432) as proxy:`` listens on ``127.0.0.1:<proxy.port>`` and
-forwards every connection to the target. ``proxy.cut()`` is a network partition as a client sees
+forwards every connection to the target (a host, or a unix socket directory such as the embedded
+server's). ``proxy.cut()`` is a network partition as a client sees
 it: bytes in flight stop moving in both directions (no error, no FIN: calls just hang) and new
 connections are refused. ``await proxy.heal()`` drops the stalled connections (as a NAT or
 firewall that forgot them would) and accepts new ones again on the same port.
@@ -33,7 +34,15 @@ class TcpProxy:
         parts = urllib.parse.urlsplit(dsn)
         userinfo = parts.netloc.rpartition("@")[0]
         netloc = f"{userinfo}@127.0.0.1:{self.port}" if userinfo else f"127.0.0.1:{self.port}"
-        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+        # a host or port in the query (the embedded server's socket) would bypass the proxy
+        query = [
+            (key, value)
+            for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+            if key not in ("host", "port")
+        ]
+        return urllib.parse.urlunsplit(
+            parts._replace(netloc=netloc, query=urllib.parse.urlencode(query))
+        )
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
@@ -67,7 +76,13 @@ class TcpProxy:
 
     async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:
-            server_r, server_w = await asyncio.open_connection(self.target_host, self.target_port)
+            if self.target_host.startswith("/"):  # a unix socket directory (the embedded server)
+                socket_path = f"{self.target_host}/.s.PGSQL.{self.target_port}"
+                server_r, server_w = await asyncio.open_unix_connection(socket_path)
+            else:
+                server_r, server_w = await asyncio.open_connection(
+                    self.target_host, self.target_port
+                )
         except OSError:
             client_w.transport.abort()
             return
