@@ -169,21 +169,25 @@ class Worker:
                     self._db_timeout, self.app.client.listen({CHANNEL_WORK: self._on_work})
                 )
             except DurableError as exc:
-                delay = backoff.next_delay()
-                log.warning(
-                    "db.unavailable",
-                    worker=self.worker_id,
-                    during="listen",
-                    attempt=backoff.attempt,
-                    delay_s=round(delay, 3),
-                    error=str(exc),
-                )
-                await anyio.sleep(delay)
+                await anyio.sleep(self._unavailable("listen", backoff, exc))
                 continue
             attempts = backoff.reset()
             log.info("db.reconnected", worker=self.worker_id, during="listen", attempts=attempts)
             self._wake.set()  # notifications sent while it was down are lost: look now
             self._retry_now.set()  # the database is back: claim without waiting out a backoff
+
+    def _unavailable(self, during: str, backoff: ReconnectBackoff, exc: Exception) -> float:
+        """Log a failed attempt to reach the database; return how long to back off."""
+        delay = backoff.next_delay()
+        log.warning(
+            "db.unavailable",
+            worker=self.worker_id,
+            during=during,
+            attempt=backoff.attempt,
+            delay_s=round(delay, 3),
+            error=str(exc),
+        )
+        return delay
 
     async def _claim(self, queue: str, free: int, backoff: ReconnectBackoff) -> list[Claim] | None:
         """Claim up to ``free`` runs of ``queue``; None when the database is unreachable (after
@@ -195,15 +199,7 @@ class Worker:
                 self.app.client.claim(queue, self.worker_id, opts.claim_timeout, free),
             )
         except DatabaseUnavailable as exc:
-            delay = backoff.next_delay()
-            log.warning(
-                "db.unavailable",
-                worker=self.worker_id,
-                during="claim",
-                attempt=backoff.attempt,
-                delay_s=round(delay, 3),
-                error=str(exc),
-            )
+            delay = self._unavailable("claim", backoff, exc)
             if not self._draining.is_set():
                 self._retry_now = anyio.Event()
             with anyio.move_on_after(delay):
