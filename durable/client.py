@@ -175,6 +175,14 @@ class Client:
     async def complete(self, queue: str, run_id: uuid.UUID, result: Any = None) -> None:
         await self.store.complete(check_queue_name(queue), run_id, result)
 
+    async def complete_runs(
+        self, queue: str, outcomes: Sequence[tuple[uuid.UUID, Any]]
+    ) -> dict[uuid.UUID, bool]:
+        """Complete many runs in one statement: ``outcomes`` are ``(run_id, result)``. Maps each
+        run to whether it completed; a run whose lease was lost is False and nothing is written
+        for it (no exception: the others complete)."""
+        return await self.store.complete_runs(check_queue_name(queue), outcomes)
+
     async def fail(
         self,
         queue: str,

@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
+from durable.completions import CompletionBatcher, CompletionsClosed
 from durable.context import RunControl, TaskContext
-from durable.errors import DurableError, LeaseLost
+from durable.errors import DurableError, LeaseLost, NotSerializable
 from durable.records import FailureReason
 from durable.retry import seconds
+from durable.store import RawJson, encode_json
 
 if TYPE_CHECKING:
     from durable.app import TaskDefinition
@@ -48,7 +50,12 @@ def error_document(exc: BaseException) -> dict[str, Any]:
     }
 
 
-async def execute(client: Client, definition: TaskDefinition, control: RunControl) -> None:
+async def execute(
+    client: Client,
+    definition: TaskDefinition,
+    control: RunControl,
+    completer: CompletionBatcher | None = None,
+) -> None:
     """Run ``control.claim`` to its outcome. Never raises for the handler's sake."""
     claim = control.claim
     ids = {
@@ -75,13 +82,13 @@ async def execute(client: Client, definition: TaskDefinition, control: RunContro
     except anyio.get_cancelled_exc_class():
         # the worker itself is being cancelled: hand the run back so another worker takes it now
         with anyio.move_on_after(OUTCOME_WRITE_TIMEOUT_S, shield=True):
-            await _write_outcome(client, definition, control, ("release", None), ids)
+            await _write_outcome(client, definition, control, ("release", None), ids, completer)
         raise
     control.finished = True
     if control.stop_reason is not None:
         outcome = (control.stop_reason, outcome[1])
     with anyio.move_on_after(OUTCOME_WRITE_TIMEOUT_S, shield=True):
-        await _write_outcome(client, definition, control, outcome, ids)
+        await _write_outcome(client, definition, control, outcome, ids, completer)
 
 
 async def _run_handler(
@@ -111,19 +118,21 @@ async def _write_outcome(
     control: RunControl,
     outcome: tuple[str, Any],
     ids: dict[str, Any],
+    completer: CompletionBatcher | None,
 ) -> None:
     claim = control.claim
     kind, value = outcome
     try:
         if kind == "complete":
             try:
-                await client.complete(claim.queue, claim.run_id, value)
-            except LeaseLost:
-                raise
-            except DurableError as exc:  # e.g. the result is not JSON: the run failed
+                encoded = encode_json(value, "result")
+            except NotSerializable as exc:  # the result is not JSON: the run failed
                 await _fail(client, definition, control, FailureReason.ERRORED, exc, ids)
                 return
-            log.info("run.completed", **ids)
+            if await _complete(client, completer, control, encoded):
+                log.info("run.completed", **ids)
+            else:
+                log.warning("lease.lost", **ids)
         elif kind == "release":
             await client.schedule_run(claim.queue, claim.run_id, 0)
             log.info("run.released", **ids)
@@ -135,6 +144,20 @@ async def _write_outcome(
         log.warning("lease.lost", **ids)
     except DurableError as exc:
         log.exception("run.outcome_not_written", outcome=kind, error=str(exc), **ids)
+
+
+async def _complete(
+    client: Client, completer: CompletionBatcher | None, control: RunControl, result: RawJson
+) -> bool:
+    """Complete the run, batched with others when the worker has a batcher; False: lease lost."""
+    claim = control.claim
+    if completer is not None:
+        try:
+            return await completer.complete(claim.queue, claim.run_id, result)
+        except CompletionsClosed:
+            pass  # shutting down: write it on its own
+    await client.complete(claim.queue, claim.run_id, result)
+    return True
 
 
 async def _fail(

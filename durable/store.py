@@ -141,6 +141,7 @@ _SPAWN = "select * from durable.spawn($1, $2, $3, $4)"
 _SPAWN_MANY = "select * from durable.spawn_many($1, $2)"
 _CLAIM = "select * from durable.claim($1, $2, $3, $4)"
 _COMPLETE = "select durable.complete($1, $2, $3)"
+_COMPLETE_RUNS = "select run_id, completed from durable.complete_runs($1, $2, $3)"
 _FAIL = "select durable.fail($1, $2, $3, $4, $5, $6)"
 _EXTEND_CLAIM = "select durable.extend_claim($1, $2, $3)"
 _EXTEND_CLAIMS = "select lost_run_id from durable.extend_claims($1, $2, $3)"
@@ -361,6 +362,17 @@ class Store:
         result_json = encode_json(result, "result")
         async with self._translate(run_id=run_id):
             await self._pool.execute(_COMPLETE, queue, run_id, result_json)
+
+    async def complete_runs(
+        self, queue: str | None, outcomes: Sequence[tuple[uuid.UUID, Any]]
+    ) -> dict[uuid.UUID, bool]:
+        """Complete many runs in one statement; map each run to whether it completed (False:
+        its lease was lost). Results must already be encoded (:func:`encode_json`)."""
+        run_ids = [run_id for run_id, _ in outcomes]
+        results = [encode_json(result, "result") for _, result in outcomes]
+        async with self._translate():
+            rows = await self._pool.fetch(_COMPLETE_RUNS, queue, run_ids, results)
+        return {r["run_id"]: r["completed"] for r in rows}
 
     async def fail(
         self,

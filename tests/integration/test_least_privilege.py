@@ -49,6 +49,7 @@ PROTOCOL = {
     "stop_worker",
     "queue_counts",
     "list_failed_runs",
+    "complete_runs",
 }
 TABLES = ["tasks", "runs", "checkpoints", "workers", "schema_migrations"]
 

@@ -800,3 +800,20 @@ async def test_work_and_done_are_notified(client: Client) -> None:
     finally:
         await listener.close()
     assert received == [(CHANNEL_WORK, Q), (CHANNEL_DONE, str(info.task_id))]
+
+
+async def test_complete_runs_completes_the_live_runs_and_reports_the_lost(client: Client) -> None:
+    await client.spawn_many("q", [("t", i) for i in range(4)])
+    claims = await client.claim("q", "w1", 30, qty=4)
+    await client.cancel("q", claims[0].task_id)  # its run is no longer live
+    outcome = await client.store.complete_runs(
+        "q", [(c.run_id, {"echo": c.params}) for c in claims]
+    )
+    assert outcome == {c.run_id: c is not claims[0] for c in claims}
+    for c in claims[1:]:
+        result = await client.get_result("q", c.task_id)
+        assert (result.state, result.result) == (TaskState.COMPLETED, {"echo": c.params})
+    assert (await client.get_result("q", claims[0].task_id)).state is TaskState.CANCELLED
+    # a second batch of the same runs writes nothing: they are no longer live
+    again = await client.store.complete_runs("q", [(c.run_id, None) for c in claims])
+    assert not any(again.values())
