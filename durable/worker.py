@@ -86,6 +86,9 @@ class Worker:
         self._slot_freed = anyio.Event()
         self._draining = anyio.Event()
         self._retry_now = anyio.Event()  # cuts a reconnect backoff short (drain, database back)
+        self._listen_now = (
+            anyio.Event()
+        )  # cuts the LISTEN reconnect's backoff short (database back)
         self._unknown_logged: set[str] = set()
         self._listener: Listener | None = None
         self._db_timeout = db_timeout(options.claim_timeout)
@@ -172,7 +175,9 @@ class Worker:
                     self._db_timeout, self.app.client.listen({CHANNEL_WORK: self._on_work})
                 )
             except DurableError as exc:
-                await anyio.sleep(self._unavailable("listen", backoff, exc))
+                self._listen_now = anyio.Event()
+                with anyio.move_on_after(self._unavailable("listen", backoff, exc)):
+                    await self._listen_now.wait()  # a claim got through: the database is back
                 continue
             attempts = backoff.reset()
             log.info("db.reconnected", worker=self.worker_id, during="listen", attempts=attempts)
@@ -214,6 +219,7 @@ class Worker:
         if backoff.attempt:
             attempts = backoff.reset()
             log.info("db.reconnected", worker=self.worker_id, during="claim", attempts=attempts)
+            self._listen_now.set()  # the database is back: re-open LISTEN without waiting
         return claims
 
     async def _claim_loop(self, runs: anyio.abc.TaskGroup) -> None:
