@@ -28,7 +28,7 @@ from durable.records import (
     TaskResult,
     TaskState,
 )
-from durable.retry import seconds
+from durable.retry import required_seconds, seconds
 from durable.store import Listener, Store
 
 log = structlog.get_logger("durable")
@@ -170,7 +170,9 @@ class Client:
         self, queue: str, worker_id: str, claim_timeout: float | timedelta = 60.0, qty: int = 1
     ) -> list[Claim]:
         check_queue_name(queue)
-        return await self.store.claim(queue, worker_id, _secs(claim_timeout, "claim_timeout"), qty)
+        return await self.store.claim(
+            queue, worker_id, required_seconds(claim_timeout, "claim_timeout"), qty
+        )
 
     async def complete(self, queue: str, run_id: uuid.UUID, result: Any = None) -> None:
         await self.store.complete(check_queue_name(queue), run_id, result)
@@ -232,7 +234,7 @@ class Client:
         self, queue: str, run_id: uuid.UUID, defer_seconds: float | timedelta
     ) -> uuid.UUID:
         return await self.store.schedule_run(
-            check_queue_name(queue), run_id, _secs(defer_seconds, "defer_seconds")
+            check_queue_name(queue), run_id, required_seconds(defer_seconds, "defer_seconds")
         )
 
     async def cancel(self, queue: str | None, task_id: uuid.UUID) -> None:
@@ -285,7 +287,7 @@ class Client:
     ) -> int:
         """Delete finished tasks older than ``older_than`` (with their runs and checkpoints) in
         batches of ``batch``; return how many. Live tasks are never deleted by age."""
-        age = _secs(older_than, "older_than")
+        age = required_seconds(older_than, "older_than")
         total = 0
         while deleted := await self.store.prune_tasks(age, [str(s) for s in states], batch):
             total += deleted
@@ -293,12 +295,6 @@ class Client:
 
     async def listen(self, handlers: Mapping[str, Any]) -> Listener:
         return await self.store.listen(handlers)
-
-
-def _secs(value: float | timedelta, what: str) -> float:
-    result = seconds(value, what=what)
-    assert result is not None
-    return result
 
 
 def _optional_queue(queue: str | None) -> str | None:

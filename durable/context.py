@@ -16,6 +16,7 @@ from durable.errors import LeaseLost
 from durable.records import Claim
 from durable.retry import seconds
 from durable.store import encode_json
+from durable.telemetry import run_fields
 
 if TYPE_CHECKING:
     from durable.client import Client
@@ -55,13 +56,7 @@ class TaskContext:
         self.task_name: str = claim.task_name
         self.queue: str = claim.queue
         self.headers: dict[str, Any] = claim.headers
-        self.log = structlog.get_logger("durable").bind(
-            queue=self.queue,
-            task_name=self.task_name,
-            task_id=str(self.task_id),
-            run_id=str(self.run_id),
-            attempt=self.attempt,
-        )
+        self.log = structlog.get_logger("durable").bind(**run_fields(claim))
         self._recorded: dict[str, Any] | None = None if claim.has_checkpoints else {}
         self._seen: dict[str, int] = {}
 

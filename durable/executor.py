@@ -24,8 +24,9 @@ from durable.completions import CompletionBatcher, CompletionsClosed
 from durable.context import RunControl, TaskContext
 from durable.errors import DurableError, LeaseLost, NotSerializable
 from durable.records import FailureReason
-from durable.retry import seconds
+from durable.retry import required_seconds
 from durable.store import RawJson, encode_json
+from durable.telemetry import run_fields
 
 if TYPE_CHECKING:
     from durable.app import TaskDefinition
@@ -58,13 +59,7 @@ async def execute(
 ) -> None:
     """Run ``control.claim`` to its outcome. Never raises for the handler's sake."""
     claim = control.claim
-    ids = {
-        "queue": claim.queue,
-        "task_name": claim.task_name,
-        "task_id": str(claim.task_id),
-        "run_id": str(claim.run_id),
-        "attempt": claim.attempt,
-    }
+    ids = run_fields(claim)
     outcome: tuple[str, Any] = ("release", None)
     try:
         with control.scope:
@@ -197,6 +192,4 @@ async def _custom_delay(
     delay: Any = backoff(attempt, exc)
     if inspect.isawaitable(delay):
         delay = await delay
-    result = seconds(delay, what="the backoff's delay")
-    assert result is not None
-    return result
+    return required_seconds(delay, what="the backoff's delay")

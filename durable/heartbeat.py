@@ -31,6 +31,7 @@ from durable.client import Client
 from durable.context import RunControl
 from durable.errors import DatabaseUnavailable, DurableError
 from durable.store import Store
+from durable.telemetry import run_fields
 
 log = structlog.get_logger("durable")
 
@@ -131,14 +132,9 @@ def _stop_lapsed(
         if control is None or control.finished or control.stop_reason is not None:
             continue
         if now - max(renewed_at, seen) > claim_timeout:
-            claim = control.claim
             log.warning(
                 "lease.lapsed",
-                queue=claim.queue,
-                task_name=claim.task_name,
-                task_id=str(claim.task_id),
-                run_id=str(run_id),
-                attempt=claim.attempt,
+                **run_fields(control.claim),
                 worker=worker_id,
                 unrenewed_s=round(now - renewed_at, 3),
             )

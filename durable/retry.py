@@ -39,7 +39,7 @@ class Fixed:
     seconds: float
 
     def __init__(self, seconds: float | timedelta) -> None:
-        object.__setattr__(self, "seconds", _required_seconds(seconds, "Fixed(seconds)"))
+        object.__setattr__(self, "seconds", required_seconds(seconds, "Fixed(seconds)"))
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": "fixed", "seconds": self.seconds}
@@ -106,7 +106,8 @@ def _capped_exponential(strategy: Exponential, n: int) -> float:
     return float(base * factor**n)
 
 
-def _required_seconds(value: float | timedelta, what: str) -> float:
+def required_seconds(value: float | timedelta, what: str) -> float:
+    """:func:`seconds` for a duration that must be given."""
     result = seconds(value, what=what)
     assert result is not None
     return result

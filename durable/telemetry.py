@@ -11,12 +11,26 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
 
+if TYPE_CHECKING:
+    from durable.records import Claim
+
 log = structlog.get_logger("durable")
+
+
+def run_fields(claim: Claim) -> dict[str, Any]:
+    """The keys every run event carries: queue, task_name, task_id, run_id, attempt."""
+    return {
+        "queue": claim.queue,
+        "task_name": claim.task_name,
+        "task_id": str(claim.task_id),
+        "run_id": str(claim.run_id),
+        "attempt": claim.attempt,
+    }
 
 
 def configure_logging(*, json: bool | None = None, level: str = "info") -> None:

@@ -38,6 +38,7 @@ from durable.executor import execute
 from durable.records import Claim, RunRecord, RunState, TaskRecord
 from durable.retry import seconds
 from durable.store import Store
+from durable.telemetry import run_fields
 
 __all__ = ["Harness", "RunOutcome"]
 
@@ -343,7 +344,7 @@ class Harness:
         finally:
             del self._faults[claim.run_id]
         if crashed:
-            log.info("run.abandoned", reason="crash", worker=self.worker_id, **_ids(claim))
+            log.info("run.abandoned", reason="crash", worker=self.worker_id, **run_fields(claim))
         return RunOutcome(
             claim=claim,
             crashed=crashed,
@@ -393,7 +394,7 @@ class Harness:
             if claims:
                 claim = claims[0]
                 self._claims[claim.run_id] = claim
-                log.info("run.claimed", worker=self.worker_id, **_ids(claim))
+                log.info("run.claimed", worker=self.worker_id, **run_fields(claim))
                 return claim
         return None
 
@@ -405,13 +406,3 @@ class Harness:
             await self.expire_lease(run_id)
         if faults.crash_after == count:
             raise _Crash
-
-
-def _ids(claim: Claim) -> dict[str, Any]:
-    return {
-        "queue": claim.queue,
-        "task_name": claim.task_name,
-        "task_id": str(claim.task_id),
-        "run_id": str(claim.run_id),
-        "attempt": claim.attempt,
-    }

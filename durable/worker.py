@@ -39,6 +39,7 @@ from durable.heartbeat import (
 )
 from durable.records import Claim
 from durable.store import CHANNEL_WORK, Listener
+from durable.telemetry import run_fields
 
 if TYPE_CHECKING:
     from durable.app import Durable
@@ -86,9 +87,8 @@ class Worker:
         self._slot_freed = anyio.Event()
         self._draining = anyio.Event()
         self._retry_now = anyio.Event()  # cuts a reconnect backoff short (drain, database back)
-        self._listen_now = (
-            anyio.Event()
-        )  # cuts the LISTEN reconnect's backoff short (database back)
+        # cuts the LISTEN reconnect's backoff short (database back)
+        self._listen_now = anyio.Event()
         self._unknown_logged: set[str] = set()
         self._listener: Listener | None = None
         self._db_timeout = db_timeout(options.claim_timeout)
@@ -259,15 +259,7 @@ class Worker:
     def _start(self, runs: anyio.abc.TaskGroup, claim: Claim) -> None:
         control = RunControl(claim)
         self.active[claim.run_id] = control
-        log.info(
-            "run.claimed",
-            queue=claim.queue,
-            task_name=claim.task_name,
-            task_id=str(claim.task_id),
-            run_id=str(claim.run_id),
-            attempt=claim.attempt,
-            worker=self.worker_id,
-        )
+        log.info("run.claimed", **run_fields(claim), worker=self.worker_id)
         runs.start_soon(self._run_one, control, name=f"durable-run-{claim.run_id}")
 
     async def _run_one(self, control: RunControl) -> None:
@@ -288,11 +280,7 @@ class Worker:
             self._unknown_logged.add(claim.task_name)
             log.warning(
                 "task.unknown_deferred",
-                queue=claim.queue,
-                task_name=claim.task_name,
-                task_id=str(claim.task_id),
-                run_id=str(claim.run_id),
-                attempt=claim.attempt,
+                **run_fields(claim),
                 defer_s=self.options.unknown_task_defer,
             )
         with anyio.CancelScope(shield=True):
