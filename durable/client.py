@@ -227,6 +227,14 @@ class Client:
             check_queue_name(queue), run_id, step, value, seconds(extend_by, what="extend_by")
         )
 
+    async def set_checkpoints(
+        self, queue: str, items: Sequence[tuple[uuid.UUID, str, Any]]
+    ) -> list[bool]:
+        """Record many ``(run_id, step, value)`` checkpoints in one statement, extending each
+        run's lease. For each item, whether it was recorded; an item whose run lost its lease is
+        False and nothing is written for it (no exception: the others are recorded)."""
+        return await self.store.set_checkpoints(check_queue_name(queue), items)
+
     async def get_checkpoints(self, queue: str, task_id: uuid.UUID) -> list[Checkpoint]:
         return await self.store.get_checkpoints(check_queue_name(queue), task_id)
 

@@ -12,14 +12,15 @@ import anyio
 import orjson
 import structlog
 
-from durable.errors import LeaseLost
+from durable.errors import BatcherClosed, LeaseLost
 from durable.records import Claim
 from durable.retry import seconds
-from durable.store import encode_json
+from durable.store import RawJson, encode_json
 from durable.telemetry import run_fields
 
 if TYPE_CHECKING:
     from durable.client import Client
+    from durable.group_commit import RunWrites
 
 
 class RunControl:
@@ -45,10 +46,13 @@ class RunControl:
 class TaskContext:
     """Passed to every handler as its first argument."""
 
-    def __init__(self, client: Client, control: RunControl) -> None:
+    def __init__(
+        self, client: Client, control: RunControl, writes: RunWrites | None = None
+    ) -> None:
         claim = control.claim
         self._client = client
         self._control = control
+        self._writes = writes
         self.task_id: uuid.UUID = claim.task_id
         self.run_id: uuid.UUID = claim.run_id
         self.attempt: int = claim.attempt
@@ -81,7 +85,7 @@ class TaskContext:
             if inspect.isawaitable(value):
                 value = await value
         encoded = encode_json(value, f"the value of step {key!r}")
-        await self._write(self._client.set_checkpoint(self.queue, self.run_id, key, encoded, None))
+        await self._write(self._checkpoint(key, encoded))
         self._control.beat()
         recorded[key] = orjson.loads(bytes(encoded))
         return recorded[key]
@@ -96,6 +100,18 @@ class TaskContext:
                     self.queue, self.run_id, seconds(extend_by, what="extend_by")
                 )
             )
+
+    async def _checkpoint(self, key: str, encoded: RawJson) -> None:
+        """Record the step: batched with other runs' checkpoints when the worker batches."""
+        if self._writes is not None:
+            try:
+                if await self._writes.checkpoints.submit(self.queue, (self.run_id, key, encoded)):
+                    return
+            except BatcherClosed:
+                pass  # shutting down: write it on its own (that raises LeaseLost if it was lost)
+            else:
+                raise LeaseLost(self.run_id, "run is not running under an unexpired lease")
+        await self._client.set_checkpoint(self.queue, self.run_id, key, encoded, None)
 
     def _check_lease(self) -> None:
         if self._control.stop_reason == "lease_lost":

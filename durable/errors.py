@@ -105,6 +105,13 @@ class InvalidArgument(DurableError, ValueError):
     """An argument the protocol refuses (a negative duration, an empty step name): DU005."""
 
 
+class BatcherClosed(DurableError):
+    """Internal: a worker's write batcher stopped before this write was made; write it directly."""
+
+    def __init__(self) -> None:
+        super().__init__("the write batcher is closed")
+
+
 class SchemaError(DurableError):
     """The database schema does not match this version of durable (old, newer, or gapped)."""
 

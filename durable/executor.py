@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
-from durable.completions import CompletionBatcher, CompletionsClosed
 from durable.context import RunControl, TaskContext
-from durable.errors import DurableError, LeaseLost, NotSerializable
+from durable.errors import BatcherClosed, DurableError, LeaseLost, NotSerializable
+from durable.group_commit import RunWrites
 from durable.records import FailureReason
 from durable.retry import required_seconds
 from durable.store import RawJson, encode_json
@@ -55,7 +55,7 @@ async def execute(
     client: Client,
     definition: TaskDefinition,
     control: RunControl,
-    completer: CompletionBatcher | None = None,
+    writes: RunWrites | None = None,
 ) -> None:
     """Run ``control.claim`` to its outcome. Never raises for the handler's sake."""
     claim = control.claim
@@ -64,7 +64,7 @@ async def execute(
     try:
         with control.scope:
             try:
-                ctx = TaskContext(client, control)
+                ctx = TaskContext(client, control, writes)
                 result = await _run_handler(definition, ctx, claim.params, claim.timeout)
                 outcome = ("complete", result)
             except JobTimeout as exc:
@@ -77,13 +77,13 @@ async def execute(
     except anyio.get_cancelled_exc_class():
         # the worker itself is being cancelled: hand the run back so another worker takes it now
         with anyio.move_on_after(OUTCOME_WRITE_TIMEOUT_S, shield=True):
-            await _write_outcome(client, definition, control, ("release", None), ids, completer)
+            await _write_outcome(client, definition, control, ("release", None), ids, writes)
         raise
     control.finished = True
     if control.stop_reason is not None:
         outcome = (control.stop_reason, outcome[1])
     with anyio.move_on_after(OUTCOME_WRITE_TIMEOUT_S, shield=True):
-        await _write_outcome(client, definition, control, outcome, ids, completer)
+        await _write_outcome(client, definition, control, outcome, ids, writes)
 
 
 async def _run_handler(
@@ -113,7 +113,7 @@ async def _write_outcome(
     control: RunControl,
     outcome: tuple[str, Any],
     ids: dict[str, Any],
-    completer: CompletionBatcher | None,
+    writes: RunWrites | None,
 ) -> None:
     claim = control.claim
     kind, value = outcome
@@ -124,7 +124,7 @@ async def _write_outcome(
             except NotSerializable as exc:  # the result is not JSON: the run failed
                 await _fail(client, definition, control, FailureReason.ERRORED, exc, ids)
                 return
-            if await _complete(client, completer, control, encoded):
+            if await _complete(client, writes, control, encoded):
                 log.info("run.completed", **ids)
             else:
                 log.warning("lease.lost", **ids)
@@ -142,14 +142,14 @@ async def _write_outcome(
 
 
 async def _complete(
-    client: Client, completer: CompletionBatcher | None, control: RunControl, result: RawJson
+    client: Client, writes: RunWrites | None, control: RunControl, result: RawJson
 ) -> bool:
-    """Complete the run, batched with others when the worker has a batcher; False: lease lost."""
+    """Complete the run, batched with others when the worker has batchers; False: lease lost."""
     claim = control.claim
-    if completer is not None:
+    if writes is not None:
         try:
-            return await completer.complete(claim.queue, claim.run_id, result)
-        except CompletionsClosed:
+            return await writes.completions.submit(claim.queue, (claim.run_id, result))
+        except BatcherClosed:
             pass  # shutting down: write it on its own
     await client.complete(claim.queue, claim.run_id, result)
     return True

@@ -146,6 +146,7 @@ _FAIL = "select durable.fail($1, $2, $3, $4, $5, $6)"
 _EXTEND_CLAIM = "select durable.extend_claim($1, $2, $3)"
 _EXTEND_CLAIMS = "select lost_run_id from durable.extend_claims($1, $2, $3)"
 _SET_CHECKPOINT = "select durable.set_checkpoint($1, $2, $3, $4, $5)"
+_SET_CHECKPOINTS = "select run_id, written from durable.set_checkpoints($1, $2, $3, $4)"
 _GET_CHECKPOINTS = "select * from durable.get_checkpoints($1, $2)"
 _SCHEDULE_RUN = "select durable.schedule_run($1, $2, $3)"
 _CANCEL = "select durable.cancel($1, $2)"
@@ -410,6 +411,18 @@ class Store:
         value_json = encode_json(value, f"the value of step {step!r}")
         async with self._translate(run_id=run_id):
             await self._pool.execute(_SET_CHECKPOINT, queue, run_id, step, value_json, extend_by)
+
+    async def set_checkpoints(
+        self, queue: str | None, items: Sequence[tuple[uuid.UUID, str, Any]]
+    ) -> list[bool]:
+        """Record many ``(run_id, step, value)`` in one statement; for each item, whether its run
+        still held its lease (False: nothing was written for it)."""
+        run_ids = [run_id for run_id, _, _ in items]
+        steps = [step for _, step, _ in items]
+        values = [encode_json(value, f"the value of step {step!r}") for _, step, value in items]
+        async with self._translate():
+            rows = await self._pool.fetch(_SET_CHECKPOINTS, queue, run_ids, steps, values)
+        return [bool(r["written"]) for r in rows]
 
     async def get_checkpoints(self, queue: str | None, task_id: uuid.UUID) -> list[Checkpoint]:
         async with self._translate(task_id=task_id):

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 import anyio
 import structlog
 
-from durable.completions import CompletionBatcher
 from durable.context import RunControl
 from durable.errors import DatabaseUnavailable, DurableError, check_queue_name
 from durable.executor import execute
+from durable.group_commit import RunWrites
 from durable.heartbeat import (
     CLOSE_TIMEOUT_S,
     LivenessThread,
@@ -92,7 +92,7 @@ class Worker:
         self._unknown_logged: set[str] = set()
         self._listener: Listener | None = None
         self._db_timeout = db_timeout(options.claim_timeout)
-        self._completer = CompletionBatcher(app.client, timeout_s=self._db_timeout)
+        self._writes = RunWrites(app.client, timeout_s=self._db_timeout)
 
     @property
     def draining(self) -> bool:
@@ -137,7 +137,7 @@ class Worker:
                 )
                 tg.start_soon(supervise_heartbeats, self.active)
                 tg.start_soon(self._keep_listening)
-                await tg.start(self._completer.run)
+                await tg.start(self._writes.run)
                 task_status.started()
                 async with anyio.create_task_group() as runs:
                     await self._claim_loop(runs)
@@ -269,7 +269,7 @@ class Worker:
             if definition is None:
                 await self._defer_unknown(claim)
             else:
-                await execute(self.app.client, definition, control, self._completer)
+                await execute(self.app.client, definition, control, self._writes)
         finally:
             self.active.pop(claim.run_id, None)
             self._slot_freed.set()

@@ -50,6 +50,7 @@ PROTOCOL = {
     "queue_counts",
     "list_failed_runs",
     "complete_runs",
+    "set_checkpoints",
 }
 TABLES = ["tasks", "runs", "checkpoints", "workers", "schema_migrations"]
 

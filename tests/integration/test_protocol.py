@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 
 from durable.client import Client
-from durable.errors import InvalidState, LeaseLost, TaskNotFound
+from durable.errors import InvalidArgument, InvalidState, LeaseLost, TaskNotFound
 from durable.records import (
     FailureReason,
     RunRecord,
@@ -473,6 +473,46 @@ async def test_a_checkpoint_after_the_run_was_reaped_raises_and_writes_nothing(
     await _assert_reaped(client, info.task_id, FailureReason.CRASH)
     with pytest.raises(LeaseLost):
         await client.set_checkpoint(Q, run_id, "b", 2, extend_by=600)
+    assert await client.get_checkpoints(Q, info.task_id) == []
+
+
+async def test_set_checkpoints_records_the_live_runs_and_reports_the_lost(
+    client: Client, dsn: str
+) -> None:
+    start = _now()
+    await client.spawn_many(Q, [("job", i) for i in range(3)])
+    claims = await client.claim(Q, "w1", 30, qty=3)
+    await client.cancel(Q, claims[0].task_id)  # its run is no longer live
+    live = claims[1]
+    items = [
+        (claims[0].run_id, "a", 0),
+        (live.run_id, "a", {"x": 1}),
+        (live.run_id, "b", None),  # two steps of one run in one batch
+        (claims[2].run_id, "a", 2),
+        (live.run_id, "a", "later"),  # a step already in the batch keeps its first value
+    ]
+    later_now = start + timedelta(seconds=20)
+    async with _at(dsn, later_now) as later:
+        assert await later.set_checkpoints(Q, items) == [False, True, True, True, True]
+        # each live run's lease is extended by its lease duration, once per batch
+        assert (await _runs(later, live.task_id))[0].lease_expires_at == later_now + timedelta(
+            seconds=30
+        )
+    assert await client.get_checkpoints(Q, claims[0].task_id) == []
+    steps = [(c.step_name, c.value) for c in await client.get_checkpoints(Q, live.task_id)]
+    assert sorted(steps, key=lambda s: s[0]) == [("a", {"x": 1}), ("b", None)]
+    # after the lease lapsed nothing more is written, and nothing raises
+    async with _at(dsn, _now() + timedelta(seconds=61)) as late:
+        assert await late.set_checkpoints(Q, [(claims[2].run_id, "b", 3)]) == [False]
+    assert [c.step_name for c in await client.get_checkpoints(Q, claims[2].task_id)] == ["a"]
+
+
+async def test_set_checkpoints_refuses_an_empty_step_name_and_writes_nothing(
+    client: Client,
+) -> None:
+    info, run_id = await _spawn_and_claim(client)
+    with pytest.raises(InvalidArgument, match="step name"):
+        await client.set_checkpoints(Q, [(run_id, "a", 1), (run_id, "", 2)])
     assert await client.get_checkpoints(Q, info.task_id) == []
 
 
