@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test lint format bench soak chaos clean
+.PHONY: demo test lint format bench bench-peers soak chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "durable needs Python >= 3.11"'
@@ -28,8 +28,11 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: $(STAMP)  ## print throughput figures against $$DURABLE_DSN (else the embedded server)
+bench: $(STAMP)  ## durable's figures against $$DURABLE_DSN (else the embedded server)
 	$(PY) bench/run.py
+
+bench-peers: $(STAMP)  ## the same table with pgqueuer, procrastinate, Absurd and DBOS beside durable
+	$(PY) bench/run.py --peers
 
 soak: $(STAMP)  ## 10 minutes at a steady spawn rate with 4 workers (not in CI)
 	$(PY) bench/soak.py --minutes 10
@@ -38,4 +41,4 @@ chaos: $(STAMP)  ## 5,000 tasks, 4 workers, >= 20 SIGKILLs; prints the figures (
 	DURABLE_CHAOS_TASKS=5000 DURABLE_CHAOS_KILLS=20 $(VENV)/bin/pytest tests/chaos -s -p no:cacheprovider
 
 clean:
-	rm -rf $(VENV) .durable .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .durable .mypy_cache .ruff_cache .pytest_cache bench/.venvs

@@ -1,19 +1,17 @@
-"""What every benchmark workload shares: the server, a scratch database, a stopwatch, the table.
+"""What the benchmark scripts share: the server, scratch databases, the header line.
 
-A workload is ``async def workload(bench: Bench) -> Measurement``. It runs against ``bench.dsn``,
-a database created for this run only and dropped at the end, so user data is never touched.
+Every run works in a database created for it and dropped at the end, so user data is never
+touched.
 """
 
 from __future__ import annotations
 
 import contextlib
 import platform
-import time
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from types import TracebackType
 
 import anyio
 import asyncpg
@@ -25,54 +23,6 @@ from durable.store import describe_dsn
 
 # Query keys that would name another database than the URL's path (asyncpg reads ``database``).
 _DATABASE_KEYS = frozenset({"database", "dbname"})
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Bench:
-    """What a workload gets: its database and the sizes from the command line."""
-
-    dsn: str
-    n: int
-    batch: int
-    consumers: int
-
-    def queue(self, label: str) -> str:
-        """A fresh queue name, so no workload sees another one's tasks."""
-        return f"{label}_{uuid.uuid4().hex[:8]}"
-
-
-@dataclass(frozen=True, slots=True)
-class Measurement:
-    workload: str
-    n: int
-    seconds: float
-
-    @property
-    def tasks_per_s(self) -> float:
-        return self.n / self.seconds if self.seconds > 0 else float("inf")
-
-
-Workload = Callable[[Bench], Awaitable[Measurement]]
-
-
-class Stopwatch:
-    """``with Stopwatch() as sw: ...`` then ``sw.seconds`` (monotonic, high resolution)."""
-
-    def __init__(self) -> None:
-        self._start = 0.0
-        self.seconds = 0.0
-
-    def __enter__(self) -> Stopwatch:
-        self._start = time.perf_counter()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.seconds = time.perf_counter() - self._start
 
 
 # --- the server and the scratch database ---------------------------------------------------------
@@ -111,7 +61,7 @@ def with_database(dsn: str, database: str) -> str:
     return f"{parts.scheme}://{parts.netloc}/{database}" + (f"?{query}" if query else "")
 
 
-async def _execute(dsn: str, statement: str) -> None:
+async def execute(dsn: str, statement: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(statement)
@@ -123,7 +73,7 @@ async def _execute(dsn: str, statement: str) -> None:
 async def scratch_database(server_dsn: str) -> AsyncIterator[str]:
     """Create ``durable_bench_<hex>``, migrate it, yield its DSN; drop it (force) on the way out."""
     name = f"durable_bench_{uuid.uuid4().hex[:12]}"  # hex only: safe to quote as an identifier
-    await _execute(server_dsn, f'create database "{name}"')
+    await execute(server_dsn, f'create database "{name}"')
     dsn = with_database(server_dsn, name)
     try:
         conn = await asyncpg.connect(dsn)
@@ -138,7 +88,7 @@ async def scratch_database(server_dsn: str) -> AsyncIterator[str]:
         yield dsn
     finally:
         with anyio.CancelScope(shield=True):
-            await _execute(server_dsn, f'drop database if exists "{name}" with (force)')
+            await execute(server_dsn, f'drop database if exists "{name}" with (force)')
 
 
 async def describe_server(dsn: str) -> dict[str, str]:
@@ -165,19 +115,3 @@ def header(server: Server, settings: dict[str, str]) -> str:
         f" | Python {platform.python_version()}"
         f" | database: {server.label}"
     )
-
-
-def table(measurements: Sequence[Measurement]) -> str:
-    """An aligned table: workload, N, seconds, tasks/s."""
-    rows = [("workload", "N", "seconds", "tasks/s")] + [
-        (m.workload, f"{m.n:,}", f"{m.seconds:.3f}", f"{m.tasks_per_s:,.0f}") for m in measurements
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = []
-    for row in rows:
-        cells = [row[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
-        ]
-        lines.append("  ".join(cells))
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)

@@ -1,0 +1,351 @@
+"""durable's adapter for ``bench/peers.py`` (the contract: ``contract.py``).
+
+API per workload: ``enqueue_one`` awaits ``task.spawn(params)`` N times; ``enqueue_batch`` calls
+``app.client.spawn_many(queue, items)``; the worker workloads run ``app.run_worker([queue],
+concurrency=C)`` in this process and ``ctx.step`` for ``steps3``; ``scale`` starts worker processes
+that each run ``app.run_worker``. Defaults everywhere (lease 60 s, poll 2 s, LISTEN/NOTIFY on).
+
+Two workloads are durable's own: ``heartbeat`` counts the lease-renewal statements one worker
+sends while it holds C long runs (``durable.extend_claims`` calls, from ``pg_stat_user_functions``),
+and every worker workload also reports the commits per task (``pg_stat_database.xact_commit``)
+and the protocol calls per task, so each figure can be read against pgbench's commit ceiling.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TextIO
+
+import anyio
+import asyncpg
+import structlog
+from contract import LATENCY_PAUSE_S, LATENCY_TASKS, latency, now, parse_args, report, throughput
+
+from durable import Durable, TaskContext, Worker
+
+QUEUE = "bench"
+SPAWN_BATCH = 5_000  # spawn_many batch for untimed preloads
+HEARTBEAT_SECONDS = 10.0
+HEARTBEAT_LEASE_S = 3.0  # leases renewed every lease/3 = 1 s
+
+
+class Counter:
+    """Handlers count here; ``reached`` is set when the N-th returns."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.done = 0
+        self.reached = anyio.Event()
+        self.started: dict[int, float] = {}
+
+    def finish(self) -> None:
+        self.done += 1
+        if self.done == self.n:
+            self.reached.set()
+
+
+def make_app(dsn: str, counter: Counter, record: Callable[[int], None] | None = None) -> Durable:
+    app = Durable(dsn, pool_size=20)
+
+    @app.task(name="noop", queue=QUEUE)
+    async def noop(ctx: TaskContext, params: dict[str, int]) -> None:
+        counter.started.setdefault(params["i"], now())
+        if record is not None:
+            record(params["i"])
+        counter.finish()
+
+    @app.task(name="steps3", queue=QUEUE)
+    async def steps3(ctx: TaskContext, params: dict[str, int]) -> int:
+        total = 0
+        for name in ("a", "b", "c"):
+            total += await ctx.step(name, one)
+        counter.finish()
+        return total
+
+    @app.task(name="hold", queue=QUEUE)
+    async def hold(ctx: TaskContext, params: dict[str, int]) -> None:
+        counter.finish()
+        await anyio.sleep(HEARTBEAT_SECONDS * 3)
+
+    return app
+
+
+async def one() -> int:
+    return 1
+
+
+async def preload(app: Durable, task: str, count: int, start: int = 0) -> None:
+    for first in range(start, start + count, SPAWN_BATCH):
+        size = min(start + count, first + SPAWN_BATCH) - first
+        await app.client.spawn_many(QUEUE, [(task, {"i": first + i}) for i in range(size)])
+
+
+async def drain_through_worker(
+    app: Durable, counter: Counter, concurrency: int, lease_s: float = 60.0
+) -> float:
+    """Run one worker until the counter is reached; the seconds from its start."""
+    async with anyio.create_task_group() as tg:
+        started = now()
+        worker: Worker = await tg.start(
+            lambda task_status: app.run_worker(
+                [QUEUE],
+                concurrency=concurrency,
+                claim_timeout=lease_s,
+                handle_signals=False,
+                task_status=task_status,
+            )
+        )
+        await counter.reached.wait()
+        seconds = now() - started
+        worker.drain(force=True)
+    return seconds
+
+
+# --- server counters -------------------------------------------------------------------------
+
+
+async def counters(dsn: str) -> dict[str, int]:
+    """Commits in this database and calls of durable's functions (flushed by closed sessions)."""
+    await anyio.sleep(0.6)  # sessions that just closed publish their counters on exit
+    conn = await asyncpg.connect(dsn)
+    try:
+        commits = await conn.fetchval(
+            "select xact_commit from pg_stat_database where datname = current_database()"
+        )
+        rows = await conn.fetch(
+            "select funcname, calls from pg_stat_user_functions where schemaname = 'durable'"
+        )
+    finally:
+        await conn.close()
+    return {"commits": commits, **{r["funcname"]: r["calls"] for r in rows}}
+
+
+async def track_functions(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        name = await conn.fetchval("select current_database()")
+        await conn.execute(f"alter database \"{name}\" set track_functions = 'pl'")
+    finally:
+        await conn.close()
+
+
+def per_task(before: dict[str, int], after: dict[str, int], n: int) -> dict[str, float]:
+    return {
+        key: round((after.get(key, 0) - before.get(key, 0)) / n, 3)
+        for key in sorted(after)
+        if after.get(key, 0) != before.get(key, 0)
+    }
+
+
+async def measured(dsn: str, n: int, run: Callable[[], Awaitable[float]]) -> None:
+    """Run a worker workload between two counter readings; report throughput and per-task cost."""
+    await track_functions(dsn)
+    before = await counters(dsn)
+    seconds = await run()
+    after = await counters(dsn)
+    per = per_task(before, after, n)
+    throughput(n, seconds, commits_per_task=per.pop("commits", None), calls_per_task=per)
+
+
+# --- workloads ---------------------------------------------------------------------------------
+
+
+async def enqueue_one(dsn: str, n: int) -> None:
+    counter = Counter(n)
+    app = make_app(dsn, counter)
+    async with app:
+        await app.client.spawn(QUEUE, "noop", {"i": -1})  # connect and prepare, untimed
+        task = app.registry["noop"]
+        started = now()
+        for i in range(n):
+            await task.spawn({"i": i})
+        throughput(n, now() - started)
+
+
+async def enqueue_batch(dsn: str, n: int, batch: int) -> None:
+    app = make_app(dsn, Counter(n))
+    async with app:
+        await app.client.spawn_many(QUEUE, [("noop", {"i": -1})])
+        started = now()
+        for first in range(0, n, batch):
+            size = min(n, first + batch) - first
+            await app.client.spawn_many(QUEUE, [("noop", {"i": first + i}) for i in range(size)])
+        throughput(n, now() - started, batch=batch)
+
+
+async def through_worker(dsn: str, task: str, n: int, concurrency: int) -> None:
+    counter = Counter(n)
+    async with make_app(dsn, counter) as app:
+        await preload(app, task, n)
+
+    async def run() -> float:
+        async with make_app(dsn, counter) as app:
+            return await drain_through_worker(app, counter, concurrency)
+
+    await measured(dsn, n, run)
+
+
+async def backlog(dsn: str, n: int, concurrency: int, size: int) -> None:
+    counter = Counter(n)
+    async with make_app(dsn, counter) as app:
+        await preload(app, "noop", size)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("vacuum analyze durable.runs, durable.tasks")
+    finally:
+        await conn.close()
+
+    async def run() -> float:
+        async with make_app(dsn, counter) as app:
+            return await drain_through_worker(app, counter, concurrency)
+
+    await measured(dsn, n, run)
+
+
+async def latency_workload(dsn: str, concurrency: int) -> None:
+    counter = Counter(LATENCY_TASKS)
+    samples: list[float] = []
+    async with make_app(dsn, counter) as app, anyio.create_task_group() as tg:
+        worker: Worker = await tg.start(
+            lambda task_status: app.run_worker(
+                [QUEUE], concurrency=concurrency, handle_signals=False, task_status=task_status
+            )
+        )
+        task = app.registry["noop"]
+        await anyio.sleep(0.5)  # the worker is listening and idle
+        for i in range(LATENCY_TASKS):
+            before = now()
+            await task.spawn({"i": i})
+            while i not in counter.started:  # noqa: ASYNC110 — the handler sets it
+                await anyio.sleep(0.0002)
+            samples.append(counter.started[i] - before)
+            await anyio.sleep(LATENCY_PAUSE_S)
+        worker.drain(force=True)
+    latency(samples, wakeup="LISTEN/NOTIFY (poll every 2 s as a fallback)")
+
+
+async def heartbeat(dsn: str, concurrency: int) -> None:
+    """One worker holds C runs for HEARTBEAT_SECONDS; count the renewal statements it sent."""
+    await track_functions(dsn)
+    counter = Counter(concurrency)
+    async with make_app(dsn, counter) as app:
+        await preload(app, "hold", concurrency)
+    before = await counters(dsn)
+    async with make_app(dsn, counter) as app, anyio.create_task_group() as tg:
+        worker: Worker = await tg.start(
+            lambda task_status: app.run_worker(
+                [QUEUE],
+                concurrency=concurrency,
+                claim_timeout=HEARTBEAT_LEASE_S,
+                handle_signals=False,
+                task_status=task_status,
+            )
+        )
+        await counter.reached.wait()
+        await anyio.sleep(HEARTBEAT_SECONDS)
+        worker.drain(force=True)
+    after = await counters(dsn)
+    calls = after.get("extend_claims", 0) - before.get("extend_claims", 0)
+    intervals = HEARTBEAT_SECONDS / (HEARTBEAT_LEASE_S / 3)
+    report(
+        value=calls / intervals,
+        unit="statements/interval",
+        extend_claims_calls=calls,
+        held_runs=concurrency,
+        seconds=HEARTBEAT_SECONDS,
+        interval_s=HEARTBEAT_LEASE_S / 3,
+    )
+
+
+# --- scale: worker processes -------------------------------------------------------------------
+
+
+async def scale(dsn: str, n: int, concurrency: int, processes: int) -> None:
+    async with make_app(dsn, Counter(n)) as app:
+        await preload(app, "noop", n)
+    with tempfile.TemporaryDirectory(prefix="durable-scale-") as tmp:
+        outs = [Path(tmp) / f"worker{k}.txt" for k in range(processes)]
+        argv = [sys.executable, __file__, "worker", "--dsn", dsn, "--concurrency", str(concurrency)]
+        procs = [await anyio.open_process([*argv, "--out", str(out)]) for out in outs]
+        try:
+            deadline = time.monotonic() + 600
+            while not all(_ready(out) for out in outs):
+                await anyio.sleep(0.01)
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the worker processes did not start")
+            started = now()
+            while True:
+                executed = [line for out in outs for line in _lines(out)]
+                if len(set(executed)) >= n:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"only {len(set(executed))} of {n} tasks ran")
+                await anyio.sleep(0.02)
+            seconds = now() - started
+        finally:
+            with anyio.fail_after(60, shield=True):
+                for proc in procs:
+                    proc.terminate()
+                for proc in procs:
+                    await proc.wait()
+        executed = [line for out in outs for line in _lines(out)]
+    throughput(n, seconds, processes=processes, duplicates=len(executed) - len(set(executed)))
+
+
+def _ready(out: Path) -> bool:
+    return Path(f"{out}.ready").exists()
+
+
+def _lines(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    return [line for line in path.read_text().splitlines() if line]
+
+
+async def worker_process(dsn: str, concurrency: int, out: str, sink: TextIO) -> None:
+    """Run until SIGTERM, writing each executed task's number to ``sink``."""
+
+    def record(i: int) -> None:
+        sink.write(f"{i}\n")
+
+    app = make_app(dsn, Counter(sys.maxsize), record=record)
+    async with anyio.create_task_group() as tg:
+        await tg.start(
+            lambda task_status: app.run_worker(
+                [QUEUE], concurrency=concurrency, task_status=task_status
+            )
+        )
+        await anyio.Path(f"{out}.ready").touch()
+
+
+async def main() -> None:
+    args = parse_args(extra=("heartbeat",))
+    dsn, n, c = args.dsn, args.n, args.concurrency
+    match args.workload:
+        case "enqueue_one":
+            await enqueue_one(dsn, n)
+        case "enqueue_batch":
+            await enqueue_batch(dsn, n, args.batch)
+        case "noop" | "steps3":
+            await through_worker(dsn, args.workload, n, c)
+        case "latency":
+            await latency_workload(dsn, c)
+        case "backlog":
+            await backlog(dsn, n, c, args.backlog)
+        case "scale":
+            await scale(dsn, n, c, args.processes)
+        case "worker":
+            with open(args.out, "a", buffering=1) as sink:  # noqa: ASYNC230 — once, at start
+                await worker_process(dsn, c, args.out, sink)
+        case "heartbeat":
+            await heartbeat(dsn, c)
+
+
+if __name__ == "__main__":
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    anyio.run(main)
