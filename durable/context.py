@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 class RunControl:
     """The executor's handle on one run: liveness marks and the reason it was stopped."""
 
-    def __init__(self, claim: Claim) -> None:
+    def __init__(self, claim: Claim, on_finish: Callable[[], None] | None = None) -> None:
         self.claim = claim
+        self._on_finish = on_finish
         self.last_beat = time.monotonic()
         self.scope = anyio.CancelScope()
         self.stop_reason: str | None = None  # "lease_lost" | "heartbeat_timeout" | "release"
@@ -35,6 +36,12 @@ class RunControl:
 
     def beat(self) -> None:
         self.last_beat = time.monotonic()
+
+    def finish(self) -> None:
+        """The handler is done (its outcome write may still be in flight): its slot is free."""
+        self.finished = True
+        if self._on_finish is not None:
+            self._on_finish()
 
     def stop(self, reason: str) -> None:
         """Cancel the run's scope, remembering why (the first reason wins)."""

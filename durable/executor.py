@@ -79,7 +79,7 @@ async def execute(
         with anyio.move_on_after(OUTCOME_WRITE_TIMEOUT_S, shield=True):
             await _write_outcome(client, definition, control, ("release", None), ids, writes)
         raise
-    control.finished = True
+    control.finish()
     if control.stop_reason is not None:
         outcome = (control.stop_reason, outcome[1])
     with anyio.move_on_after(OUTCOME_WRITE_TIMEOUT_S, shield=True):

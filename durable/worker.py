@@ -228,19 +228,19 @@ class Worker:
         backlog = False
         backoff = ReconnectBackoff()
         while not self._draining.is_set():
-            free = opts.concurrency - len(self.active)
+            free = self._free_slots()
             if free <= 0 or (backlog and free < batch):
                 # with a backlog, gather a batch of free slots (briefly) so claims stay batched
                 with anyio.move_on_after(None if free <= 0 else CLAIM_GATHER_S):
                     await self._slot_freed.wait()
                 self._slot_freed = anyio.Event()
-                if free > 0 and opts.concurrency - len(self.active) < batch:
+                if free > 0 and self._free_slots() < batch:
                     backlog = False  # slots free slowly: claim what is free now
                 continue
             self._wake = anyio.Event()
             claimed_full = unavailable = False
             for queue in opts.queues:
-                free = opts.concurrency - len(self.active)
+                free = self._free_slots()
                 if free <= 0 or self._draining.is_set():
                     break
                 claims = await self._claim(queue, free, backoff)
@@ -256,8 +256,16 @@ class Worker:
             with anyio.move_on_after(opts.poll_interval):
                 await self._wake.wait()
 
+    def _free_slots(self) -> int:
+        """Handlers that may start now: ``concurrency`` run at once. A run whose handler returned
+        frees its slot while its outcome is written (batched); at most ``concurrency`` such
+        writes wait at once, so claims overlap with completions without piling them up."""
+        concurrency = self.options.concurrency
+        running = sum(1 for control in self.active.values() if not control.finished)
+        return min(concurrency - running, 2 * concurrency - len(self.active))
+
     def _start(self, runs: anyio.abc.TaskGroup, claim: Claim) -> None:
-        control = RunControl(claim)
+        control = RunControl(claim, on_finish=lambda: self._slot_freed.set())
         self.active[claim.run_id] = control
         log.info("run.claimed", **run_fields(claim), worker=self.worker_id)
         runs.start_soon(self._run_one, control, name=f"durable-run-{claim.run_id}")
