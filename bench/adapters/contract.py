@@ -28,8 +28,13 @@ Workloads (N = ``--n``, default 20,000; C = ``--concurrency``, default 50):
 - ``scale``: N tasks enqueued first; ``--processes`` (default 4) worker processes at concurrency
   C each; the clock runs until N handlers returned across them. Reports ``"duplicates"``: how
   many task executions beyond one per task were seen (must be 0). The adapter starts its worker
-  processes as ``python <itself> worker --dsn DSN --out FILE ...``: a worker that runs until
-  terminated and appends each executed task's number (its ``i`` param) to ``FILE``, one per line.
+  processes as ``python <itself> worker --dsn DSN --out FILE ...``: a worker that connects,
+  touches ``FILE.ready``, waits for a line on stdin ("go"), then runs until terminated and
+  appends each executed task's number (its ``i`` param) to ``FILE``, one per line. The clock
+  starts when every process is ready and told to go.
+
+After any untimed preload, an adapter runs ``ANALYZE`` (untimed): what autovacuum would have done
+by then on a server that has it on (the local test server has it off).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ and the protocol calls per task, so each figure can be read against pgbench's co
 from __future__ import annotations
 
 import logging
+import subprocess
 import sys
 import tempfile
 import time
@@ -79,10 +80,17 @@ async def one() -> int:
     return 1
 
 
-async def preload(app: Durable, task: str, count: int, start: int = 0) -> None:
-    for first in range(start, start + count, SPAWN_BATCH):
-        size = min(start + count, first + SPAWN_BATCH) - first
-        await app.client.spawn_many(QUEUE, [(task, {"i": first + i}) for i in range(size)])
+async def preload(dsn: str, task: str, count: int) -> None:
+    """Spawn ``count`` tasks in batches, then ANALYZE (both untimed: see contract.py)."""
+    async with Durable(dsn) as app:
+        for first in range(0, count, SPAWN_BATCH):
+            size = min(count, first + SPAWN_BATCH) - first
+            await app.client.spawn_many(QUEUE, [(task, {"i": first + i}) for i in range(size)])
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("analyze")
+    finally:
+        await conn.close()
 
 
 async def drain_through_worker(
@@ -180,8 +188,7 @@ async def enqueue_batch(dsn: str, n: int, batch: int) -> None:
 
 async def through_worker(dsn: str, task: str, n: int, concurrency: int) -> None:
     counter = Counter(n)
-    async with make_app(dsn, counter) as app:
-        await preload(app, task, n)
+    await preload(dsn, task, n)
 
     async def run() -> float:
         async with make_app(dsn, counter) as app:
@@ -192,13 +199,7 @@ async def through_worker(dsn: str, task: str, n: int, concurrency: int) -> None:
 
 async def backlog(dsn: str, n: int, concurrency: int, size: int) -> None:
     counter = Counter(n)
-    async with make_app(dsn, counter) as app:
-        await preload(app, "noop", size)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute("vacuum analyze durable.runs, durable.tasks")
-    finally:
-        await conn.close()
+    await preload(dsn, "noop", size)
 
     async def run() -> float:
         async with make_app(dsn, counter) as app:
@@ -233,8 +234,7 @@ async def heartbeat(dsn: str, concurrency: int) -> None:
     """One worker holds C runs for HEARTBEAT_SECONDS; count the renewal statements it sent."""
     await track_functions(dsn)
     counter = Counter(concurrency)
-    async with make_app(dsn, counter) as app:
-        await preload(app, "hold", concurrency)
+    await preload(dsn, "hold", concurrency)
     before = await counters(dsn)
     async with make_app(dsn, counter) as app, anyio.create_task_group() as tg:
         worker: Worker = await tg.start(
@@ -266,18 +266,25 @@ async def heartbeat(dsn: str, concurrency: int) -> None:
 
 
 async def scale(dsn: str, n: int, concurrency: int, processes: int) -> None:
-    async with make_app(dsn, Counter(n)) as app:
-        await preload(app, "noop", n)
+    await preload(dsn, "noop", n)
     with tempfile.TemporaryDirectory(prefix="durable-scale-") as tmp:
         outs = [Path(tmp) / f"worker{k}.txt" for k in range(processes)]
         argv = [sys.executable, __file__, "worker", "--dsn", dsn, "--concurrency", str(concurrency)]
-        procs = [await anyio.open_process([*argv, "--out", str(out)]) for out in outs]
+        procs = [
+            await anyio.open_process(
+                [*argv, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=None
+            )
+            for out in outs
+        ]
         try:
             deadline = time.monotonic() + 600
             while not all(_ready(out) for out in outs):
                 await anyio.sleep(0.01)
                 if time.monotonic() > deadline:
                     raise TimeoutError("the worker processes did not start")
+            for proc in procs:
+                assert proc.stdin is not None
+                await proc.stdin.send(b"go\n")
             started = now()
             while True:
                 executed = [line for out in outs for line in _lines(out)]
@@ -314,13 +321,11 @@ async def worker_process(dsn: str, concurrency: int, out: str, sink: TextIO) -> 
         sink.write(f"{i}\n")
 
     app = make_app(dsn, Counter(sys.maxsize), record=record)
-    async with anyio.create_task_group() as tg:
-        await tg.start(
-            lambda task_status: app.run_worker(
-                [QUEUE], concurrency=concurrency, task_status=task_status
-            )
-        )
+    async with app:
+        await app.client.queue_counts()  # connected
         await anyio.Path(f"{out}.ready").touch()
+        await anyio.to_thread.run_sync(sys.stdin.readline)  # "go"
+        await app.run_worker([QUEUE], concurrency=concurrency)
 
 
 async def main() -> None:

@@ -1,0 +1,342 @@
+"""Procrastinate adapter (``pip install procrastinate==3.10.0 'psycopg[binary]'``); see
+``contract.py`` for the workloads.
+
+Every task is the async task ``noop(i)``, registered with ``app.task(name="noop")`` on
+``App(connector=PsycopgConnector(conninfo=DSN, min_size=P, max_size=P))`` (P below) when a worker
+runs; the enqueue-only runs keep the connector's default pool (psycopg_pool's 4 connections).
+
+- schema: ``app.schema_manager.apply_schema_async()``.
+- ``enqueue_one``: ``await noop.defer_async(i=i)`` per task.
+- ``enqueue_batch``: ``await noop.batch_defer_async(*[{"i": i}, ...])`` with ``--batch`` jobs per
+  call. ``noop``, ``backlog`` and ``scale`` preload their tasks the same way, 10,000 per call,
+  untimed, then run ``ANALYZE`` (untimed) as autovacuum would have by the time a real queue is
+  that long (the pgqueuer adapter needs it; here it made no difference I could measure).
+- ``noop`` / ``backlog``: ``app.run_worker_async(concurrency=C, install_signal_handlers=False)``
+  in a task; stopped by cancelling that task, which waits for running jobs (docs: "Shutdown a
+  worker").
+- ``latency``: the same worker idles; ``noop.defer_async`` one at a time from the same app.
+- ``scale``: ``--processes`` copies of ``worker``, each ``run_worker_async(concurrency=C)`` with
+  its own signal handlers (SIGTERM stops it gracefully); each appends the numbers it ran to its
+  ``--out`` file. The clock starts once every process has opened its pool (``<out>.ready``) and
+  been told to go (a line on stdin).
+- ``steps3``: skipped, Procrastinate has no durable steps.
+
+Tuning: the worker runs ``concurrency=C`` (50) async sub-workers (docs: "Execute multiple jobs
+at the same time"). Its discussion "Mind the size of your PostgreSQL pool" says that for short
+jobs the pool should hold as many connections as the concurrency plus one (the LISTEN
+connection is separate), so P = C + 1, opened up front (min_size = max_size) so the timed part
+doesn't grow it; a pool of 11 ran the same noop at 60% of the speed. (A sequential enqueue loop
+on such a pool runs at half speed: it hands out its 51 connections in turn, each a cold backend;
+hence the default pool there.) In ``scale`` each process gets at most its share of the server's
+``max_connections`` (less 10 spare), since 4 x 51 would not fit the default of 100. Other worker
+options keep their defaults (LISTEN/NOTIFY on, jobs kept after completion, 5 s polling fallback).
+The event loop is the stdlib's, as in the other adapters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import procrastinate
+import psycopg
+from contract import LATENCY_PAUSE_S, LATENCY_TASKS, now, parse_args, skip, throughput
+from contract import latency as report_latency
+
+T = TypeVar("T")
+TASK = "noop"
+PRELOAD_BATCH = 10_000
+STOP_S = 60.0  # for a worker to shut down
+START_S = 60.0  # for one latency task to start
+
+
+def budget(tasks: int) -> float:
+    """A generous time limit for enqueueing or running ``tasks`` tasks (>= 100 tasks/s)."""
+    return 120.0 + tasks / 100
+
+
+async def within(seconds: float, aw: Awaitable[T], what: str) -> T:
+    try:
+        return await asyncio.wait_for(aw, seconds)
+    except TimeoutError:
+        raise RuntimeError(f"{what}: no result after {seconds:.0f} s") from None
+
+
+class Hits:
+    """What the task reports: when each awaited task started, and when the target-th returned."""
+
+    def __init__(self, target: int, out: Path | None = None) -> None:
+        self.target = target
+        self.count = 0
+        self.done = asyncio.Event()
+        self.done_at = 0.0
+        self.waiting: dict[int, asyncio.Future[float]] = {}
+        self.out = out.open("a", buffering=1) if out else None  # line-buffered: one write a task
+
+    async def handle(self, i: int) -> None:
+        started = now()
+        if (future := self.waiting.pop(i, None)) is not None:
+            future.set_result(started)
+        if self.out is not None:
+            self.out.write(f"{i}\n")
+        self.count += 1
+        if self.count == self.target:
+            self.done_at = now()
+            self.done.set()
+
+
+async def sql(dsn: str, statement: str) -> Any:
+    """Run one statement on a connection of its own; return the first row's first value."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cursor = await conn.execute(statement)
+        row = await cursor.fetchone() if cursor.description else None
+        return row[0] if row else None
+
+
+async def pool_size(args: argparse.Namespace) -> int | None:
+    """The pool for a worker (None: the connector's default, for enqueueing only)."""
+    if args.workload in ("enqueue_one", "enqueue_batch", "scale"):
+        return None
+    size: int = args.concurrency + 1
+    if args.workload == "worker":  # scale: each process's share, less its LISTEN connection
+        share = (int(await sql(args.dsn, "SHOW max_connections")) - 10) // args.processes - 1
+        size = max(2, min(size, share))
+    return size
+
+
+def make_app(dsn: str, size: int | None, hits: Hits) -> tuple[Any, Any]:
+    sizes = {"min_size": size, "max_size": size} if size else {}
+    connector = procrastinate.PsycopgConnector(conninfo=dsn, **sizes)
+    app = procrastinate.App(connector=connector)
+    return app, app.task(name=TASK)(hits.handle)
+
+
+async def preload(dsn: str, task: Any, n: int) -> None:
+    for start in range(0, n, PRELOAD_BATCH):
+        await task.batch_defer_async(
+            *({"i": i} for i in range(start, min(n, start + PRELOAD_BATCH)))
+        )
+    await sql(dsn, "ANALYZE")
+
+
+def start_worker(app: Any, concurrency: int) -> asyncio.Task[None]:
+    run = app.run_worker_async(concurrency=concurrency, install_signal_handlers=False)
+    return asyncio.create_task(run)
+
+
+async def stop_worker(worker: asyncio.Task[None]) -> None:
+    worker.cancel()  # a graceful stop: the worker finishes its running jobs first
+    done, _ = await asyncio.wait({worker}, timeout=STOP_S)
+    if not done:
+        raise RuntimeError(f"the worker did not stop within {STOP_S:.0f} s")
+    if not worker.cancelled() and (error := worker.exception()) is not None:
+        raise error
+
+
+async def until_done(hits: Hits, worker: asyncio.Task[None], seconds: float) -> None:
+    """Wait for ``hits.done``; fail if the worker ends first or time runs out."""
+    waiter = asyncio.create_task(hits.done.wait())
+    done, _ = await asyncio.wait(
+        {waiter, worker}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+    )
+    waiter.cancel()
+    if waiter not in done:
+        if worker in done:
+            worker.result()
+            raise RuntimeError("the worker stopped before the last task ran")
+        raise RuntimeError(f"{hits.count}/{hits.target} tasks ran within {seconds:.0f} s")
+
+
+async def drain(app: Any, hits: Hits, concurrency: int, **extra: Any) -> None:
+    start = now()
+    worker = start_worker(app, concurrency)
+    try:
+        await until_done(hits, worker, budget(hits.target))
+    finally:
+        await stop_worker(worker)
+    throughput(hits.target, hits.done_at - start, concurrency=concurrency, **extra)
+
+
+async def measure_latency(app: Any, task: Any, hits: Hits, concurrency: int) -> None:
+    worker = start_worker(app, concurrency)
+    samples: list[float] = []
+    try:
+        for i in range(-1, LATENCY_TASKS):  # task -1 warms up: the worker is up and listening
+            future = hits.waiting[i] = asyncio.get_running_loop().create_future()
+            sent = now()
+            await task.defer_async(i=i)
+            started = await within(START_S, future, f"latency task {i} to start")
+            if i >= 0:
+                samples.append(started - sent)
+            await asyncio.sleep(LATENCY_PAUSE_S)
+    finally:
+        await stop_worker(worker)
+    report_latency(samples, concurrency=concurrency, max_ms=round(max(samples) * 1000, 3))
+
+
+async def run(args: argparse.Namespace) -> None:
+    n, c = args.n, args.concurrency
+    hits = Hits(n)
+    app, task = make_app(args.dsn, await pool_size(args), hits)
+    async with app.open_async():
+        await app.schema_manager.apply_schema_async()
+        if args.workload == "enqueue_one":
+            start = now()
+            for i in range(n):
+                await task.defer_async(i=i)
+            throughput(n, now() - start)
+        elif args.workload == "enqueue_batch":
+            start = now()
+            for first in range(0, n, args.batch):
+                await task.batch_defer_async(
+                    *({"i": i} for i in range(first, min(n, first + args.batch)))
+                )
+            throughput(n, now() - start, batch=args.batch)
+        elif args.workload == "noop":
+            await within(budget(n), preload(args.dsn, task, n), "enqueueing")
+            await drain(app, hits, c)
+        elif args.workload == "backlog":
+            await within(budget(args.backlog), preload(args.dsn, task, args.backlog), "enqueueing")
+            await drain(app, hits, c, backlog=args.backlog)
+        elif args.workload == "latency":
+            await measure_latency(app, task, hits, c)
+        elif args.workload == "scale":
+            await within(budget(n), preload(args.dsn, task, n), "enqueueing")
+
+
+async def worker(args: argparse.Namespace) -> None:
+    """A ``scale`` worker process: run until SIGTERM, appending each task's number to --out."""
+    out = Path(args.out)
+    app, _ = make_app(args.dsn, await pool_size(args), Hits(0, out))
+    async with app.open_async():
+        await ready_then_wait(out)
+        await app.run_worker_async(concurrency=args.concurrency)
+
+
+def ready_file(out: Path) -> Path:
+    return out.with_name(out.name + ".ready")
+
+
+async def ready_then_wait(out: Path) -> None:
+    """Tell ``scale`` this worker process is up, then wait for its go (the clock starts there)."""
+    ready_file(out).touch()
+    await asyncio.to_thread(sys.stdin.readline)
+
+
+class Tally:
+    """Reads the worker processes' ``--out`` files as they grow."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.offsets = dict.fromkeys(paths, 0)
+        self.seen: set[int] = set()
+        self.total = 0
+
+    def read(self) -> None:
+        for path, offset in self.offsets.items():
+            with path.open("rb") as f:
+                f.seek(offset)
+                data = f.read()
+            complete = data[: data.rfind(b"\n") + 1]
+            self.offsets[path] = offset + len(complete)
+            numbers = [int(x) for x in complete.split()]
+            self.total += len(numbers)
+            self.seen.update(numbers)
+
+
+def poll(procs: list[subprocess.Popen[bytes]], done: Callable[[], bool], seconds: float) -> None:
+    deadline = now() + seconds
+    while not done():
+        if now() > deadline:
+            raise RuntimeError(f"not done within {seconds:.0f} s")
+        if any(proc.poll() is not None for proc in procs):
+            raise RuntimeError("a worker process exited")
+        time.sleep(0.01)
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+        if proc.stdin is not None:
+            proc.stdin.close()
+    failures = []
+    for proc in procs:
+        try:
+            code = proc.wait(STOP_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            failures.append(f"pid {proc.pid} ignored SIGTERM for {STOP_S:.0f} s")
+        else:
+            if code not in (0, -signal.SIGTERM):  # killed by SIGTERM: before its handler was set
+                failures.append(f"pid {proc.pid} exited with {code}")
+    if failures:
+        raise RuntimeError("worker processes: " + "; ".join(failures))
+
+
+def scale(args: argparse.Namespace) -> None:
+    """Preload, start the worker processes, and once all are up, time them running N tasks."""
+    asyncio.run(run(args))
+    with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
+        outs = [Path(tmp, f"worker{k}.txt") for k in range(args.processes)]
+        for out in outs:
+            out.touch()
+        tally = Tally(outs)
+        command = [sys.executable, __file__, "worker", "--dsn", args.dsn]
+        command += ["--concurrency", str(args.concurrency), "--processes", str(args.processes)]
+        procs = [
+            subprocess.Popen(
+                [*command, "--out", str(out)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
+            )
+            for out in outs
+        ]
+        n: int = args.n
+
+        def ran_all() -> bool:
+            tally.read()
+            return len(tally.seen) >= n
+
+        try:
+            poll(procs, lambda: all(ready_file(out).exists() for out in outs), START_S)
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write(b"go\n")
+                proc.stdin.flush()
+            start = now()
+            poll(procs, ran_all, budget(n))
+            seconds = now() - start
+        finally:
+            stop_processes(procs)
+        tally.read()
+    throughput(
+        args.n,
+        seconds,
+        processes=args.processes,
+        concurrency=args.concurrency,
+        executions=tally.total,
+        duplicates=tally.total - len(tally.seen),
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    if args.workload == "steps3":
+        skip("no durable steps")
+    elif args.workload == "worker":
+        asyncio.run(worker(args))
+    elif args.workload == "scale":
+        scale(args)
+    else:
+        asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
