@@ -26,8 +26,8 @@ log = structlog.get_logger("durable")
 
 Handler = Callable[..., Any]
 
-#: A result() waiter re-reads the task this often in case a notification was missed.
-RESULT_RECHECK_S = 5.0
+#: How often a result() waiter checks that the LISTEN connection is still open (no query).
+LISTENER_CHECK_S = 1.0
 
 
 class SpawnKwargs(TypedDict, total=False):
@@ -296,8 +296,7 @@ class Durable:
                     outcome = await self.client.get_result(queue, task_id)
                     if outcome.state.finished:
                         break
-                    with anyio.move_on_after(RESULT_RECHECK_S):
-                        await event.wait()
+                    await self._until_notified(event)
                 finally:
                     waiting = self._waiters.events.get(task_id)
                     if waiting is not None:
@@ -307,6 +306,17 @@ class Durable:
         if outcome.state is not TaskState.COMPLETED:
             raise TaskFailed(task_id, str(outcome.state), outcome.failure)
         return outcome
+
+    async def _until_notified(self, event: anyio.Event) -> None:
+        """Wait for the task's notification, or for the LISTEN connection to have been lost and
+        re-opened (a notification may have been missed meanwhile): no query per waiting task."""
+        while True:
+            with anyio.move_on_after(LISTENER_CHECK_S):
+                await event.wait()
+                return
+            if self._listener is None or self._listener.closed:
+                await self._ensure_listener()
+                return
 
     async def _ensure_listener(self) -> None:
         async with self._listener_lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 import uuid
@@ -28,6 +29,7 @@ class RunControl:
 
     def __init__(self, claim: Claim, on_finish: Callable[[], None] | None = None) -> None:
         self.claim = claim
+        self.ids = run_fields(claim)  # the run's log fields, computed once
         self._on_finish = on_finish
         self.last_beat = time.monotonic()
         self.scope = anyio.CancelScope()
@@ -67,9 +69,13 @@ class TaskContext:
         self.task_name: str = claim.task_name
         self.queue: str = claim.queue
         self.headers: dict[str, Any] = claim.headers
-        self.log = structlog.get_logger("durable").bind(**run_fields(claim))
         self._recorded: dict[str, Any] | None = None if claim.has_checkpoints else {}
         self._seen: dict[str, int] = {}
+
+    @functools.cached_property
+    def log(self) -> Any:
+        """A structlog logger bound to this run's identity (bound on first use)."""
+        return structlog.get_logger("durable").bind(**self._control.ids)
 
     async def step(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` once for this task and checkpoint its JSON result.

@@ -26,7 +26,6 @@ from durable.group_commit import RunWrites
 from durable.records import FailureReason
 from durable.retry import required_seconds
 from durable.store import RawJson, encode_json
-from durable.telemetry import run_fields
 
 if TYPE_CHECKING:
     from durable.app import TaskDefinition
@@ -59,7 +58,7 @@ async def execute(
 ) -> None:
     """Run ``control.claim`` to its outcome. Never raises for the handler's sake."""
     claim = control.claim
-    ids = run_fields(claim)
+    ids = control.ids
     outcome: tuple[str, Any] = ("release", None)
     try:
         with control.scope:

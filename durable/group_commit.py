@@ -31,14 +31,24 @@ WriteBatch = Callable[[str, list[Item]], Awaitable[Sequence[bool]]]
 
 
 class _Pending(Generic[Item]):
-    __slots__ = ("done", "error", "item", "queue", "written")
+    __slots__ = ("batch", "error", "item", "queue", "written")
 
-    def __init__(self, queue: str, item: Item) -> None:
+    def __init__(self, queue: str, item: Item, batch: _Batch) -> None:
         self.queue = queue
         self.item = item
-        self.done = anyio.Event()
+        self.batch = batch
         self.written = False
         self.error: DurableError | None = None
+
+
+class _Batch:
+    """The items that will share one write; ``done`` is set once it is made (one event each)."""
+
+    __slots__ = ("done", "size")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.size = 0
 
 
 class GroupCommit(Generic[Item]):
@@ -49,16 +59,20 @@ class GroupCommit(Generic[Item]):
         self._write_batch = write
         self._timeout_s = timeout_s
         self._waiting: list[_Pending[Item]] = []
+        self._next = _Batch()  # the batch new items join
         self._ready = anyio.Event()
         self._closed = False
 
     async def submit(self, queue: str, item: Item) -> bool:
         if self._closed:
             raise BatcherClosed
-        pending = _Pending(queue, item)
+        if self._next.size >= MAX_BATCH:
+            self._next = _Batch()
+        pending = _Pending(queue, item, self._next)
+        self._next.size += 1
         self._waiting.append(pending)
         self._ready.set()
-        await pending.done.wait()
+        await pending.batch.done.wait()
         if pending.error is not None:
             raise pending.error
         return pending.written
@@ -74,14 +88,19 @@ class GroupCommit(Generic[Item]):
                 batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
                 if self._waiting:
                     self._ready.set()
+                if batch and batch[-1].batch is self._next:
+                    self._next = _Batch()  # later items wait for the next write
                 # shielded: a batch in flight is finished (or failed) even while shutting down
                 with anyio.CancelScope(shield=True):
                     await self._write(batch)
+                for done in {id(p.batch): p.batch for p in batch}.values():
+                    done.done.set()
         finally:
             self._closed = True
             for pending in self._waiting:
                 pending.error = BatcherClosed()
-                pending.done.set()
+            for done in {id(p.batch): p.batch for p in self._waiting}.values():
+                done.done.set()
             self._waiting = []
 
     async def _write(self, batch: list[_Pending[Item]]) -> None:
@@ -99,8 +118,6 @@ class GroupCommit(Generic[Item]):
             else:
                 for pending, ok in zip(items, written, strict=True):
                     pending.written = ok
-            for pending in items:
-                pending.done.set()
 
 
 class RunWrites:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from durable.context import RunControl
 from durable.errors import DatabaseUnavailable, DurableError, check_queue_name
@@ -139,9 +140,16 @@ class Worker:
                 tg.start_soon(self._keep_listening)
                 await tg.start(self._writes.run)
                 task_status.started()
+                # a fixed set of runner tasks takes claims from a channel: no task per run
+                runners = 2 * opts.concurrency  # handlers, plus runs writing their outcome
+                send, receive = anyio.create_memory_object_stream[RunControl](runners)
                 async with anyio.create_task_group() as runs:
-                    await self._claim_loop(runs)
-                    await self._finish_or_release()
+                    for _ in range(runners):
+                        runs.start_soon(self._runner, receive.clone())
+                    receive.close()
+                    async with send:
+                        await self._claim_loop(send)
+                        await self._finish_or_release()
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
@@ -222,7 +230,7 @@ class Worker:
             self._listen_now.set()  # the database is back: re-open LISTEN without waiting
         return claims
 
-    async def _claim_loop(self, runs: anyio.abc.TaskGroup) -> None:
+    async def _claim_loop(self, runs: MemoryObjectSendStream[RunControl]) -> None:
         opts = self.options
         batch = max(1, opts.concurrency // 4)
         backlog = False
@@ -264,11 +272,16 @@ class Worker:
         running = sum(1 for control in self.active.values() if not control.finished)
         return min(concurrency - running, 2 * concurrency - len(self.active))
 
-    def _start(self, runs: anyio.abc.TaskGroup, claim: Claim) -> None:
+    def _start(self, runs: MemoryObjectSendStream[RunControl], claim: Claim) -> None:
         control = RunControl(claim, on_finish=lambda: self._slot_freed.set())
         self.active[claim.run_id] = control
-        log.info("run.claimed", **run_fields(claim), worker=self.worker_id)
-        runs.start_soon(self._run_one, control, name=f"durable-run-{claim.run_id}")
+        log.info("run.claimed", **control.ids, worker=self.worker_id)
+        runs.send_nowait(control)  # never full: at most 2 x concurrency runs are active
+
+    async def _runner(self, claims: MemoryObjectReceiveStream[RunControl]) -> None:
+        async with claims:
+            async for control in claims:
+                await self._run_one(control)
 
     async def _run_one(self, control: RunControl) -> None:
         claim = control.claim

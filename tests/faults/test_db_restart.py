@@ -28,7 +28,15 @@ from fault_app import (
     wait_for,
 )
 
-from durable import Client, DatabaseUnavailable, RunState, SpawnOptions, TaskState
+from durable import (
+    Client,
+    DatabaseUnavailable,
+    Durable,
+    RunState,
+    SpawnOptions,
+    TaskResult,
+    TaskState,
+)
 from durable.embedded import EmbeddedServer
 
 pytestmark = pytest.mark.anyio
@@ -191,3 +199,35 @@ async def test_every_backend_terminated_mid_run(dsn: str, tmp_path: Path) -> Non
         for worker in (a, b):
             _assert_reconnected(worker)
     await _assert_nothing_half_written(dsn)
+
+
+async def test_a_result_waiter_whose_listen_connection_dies_still_sees_the_outcome(
+    dsn: str,
+) -> None:
+    """The notification of the outcome is sent while the waiter's LISTEN connection is gone: the
+    waiter notices the lost connection (no polling of its task), re-opens it and reads the
+    outcome."""
+    async with Durable(dsn) as app, anyio.create_task_group() as tg:
+        handle = await app.spawn("job", {"n": 1}, queue=QUEUE)
+        outcome: list[TaskResult] = []
+
+        async def wait() -> None:
+            outcome.append(await handle.result(timeout=20))
+
+        tg.start_soon(wait)
+        await anyio.sleep(0.3)  # the waiter is listening
+        admin = await asyncpg.connect(dsn)
+        try:
+            terminated = await admin.fetchval(
+                "select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity"
+                " where datname = current_database() and query ilike 'listen%') t"
+            )
+            assert terminated == 1
+        finally:
+            await admin.close()
+        claims = await app.client.claim(QUEUE, "w1", 30)
+        await app.client.complete(QUEUE, claims[0].run_id, {"ok": True})
+        with anyio.fail_after(10):
+            while not outcome:  # noqa: ASYNC110 — the waiter appends
+                await anyio.sleep(0.05)
+    assert outcome[0].result == {"ok": True}
