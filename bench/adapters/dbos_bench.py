@@ -1,0 +1,366 @@
+"""DBOS adapter (``pip install dbos==3.4.0``); see ``contract.py`` for workloads.
+
+The fresh database is DBOS's system database (``DBOSConfig(system_database_url=dsn)``);
+``DBOS.launch()`` creates its schema (DBOS's own migrations). Every task is a ``@DBOS.workflow()``
+called with its number ``i``, on one queue, ``bench``, declared with ``DBOS.register_queue``
+(dbos 3.x: queues live in the system database and ``Queue(...)`` cannot be built directly).
+
+A process that only enqueues launches with ``DBOS.listen_queues([])`` (it runs no workflows);
+a worker is a launched DBOS that listens to every queue. Workloads that need both run one after
+the other in the same process (``DBOS.destroy()``, then a new ``DBOS(config=...)``).
+
+- ``enqueue_one``: ``queue.enqueue(noop, i)`` per task.
+- ``enqueue_batch``: DBOS has no batched enqueue; its bulk path is ``DBOSClient``'s
+  ``enqueue_in_transaction(conn, options, i)``, which joins a caller-owned SQLAlchemy
+  transaction: ``--batch`` enqueues per transaction, one commit per batch, still one round trip
+  per task. ``noop``, ``steps3``, ``backlog`` and ``scale`` preload their tasks that way (10,000
+  per transaction, untimed).
+- ``noop`` / ``backlog``: the clock starts at ``DBOS.launch()`` of the worker and stops when the
+  N-th workflow body returns; then ``DBOS.destroy(workflow_completion_timeout_sec=60)``.
+- ``steps3``: the workflow calls a ``@DBOS.step()`` three times (three checkpoints), each
+  returning a small int.
+- ``latency``: the worker idles; the same process enqueues one task at a time with
+  ``queue.enqueue``.
+- ``scale``: ``--processes`` copies of ``worker``, each a launched DBOS with its own
+  ``executor_id`` (the docs require a unique one per process for ``worker_concurrency``),
+  until SIGTERM; each appends the numbers it ran to its ``--out`` file.
+
+Tuning (``DBOS.register_queue``): ``worker_concurrency=C`` (50), the per-process cap the docs
+recommend over a global ``concurrency``. ``polling_interval_sec=0.01`` instead of the default
+1 s: a DBOS worker polls its queue on a timer whatever it finds, and each poll starts at most
+``C - running`` workflows, so with the default one process starts at most 50 workflows a second
+and the figures would measure the timer. The docs give no throughput advice on it, so it was
+measured (no-op, N = 2,000, 2 shared cores): 1 s 49/s, 0.2 s 219/s, 0.1 s 393/s, 0.05 s 659/s,
+0.02 s 972/s, 0.01 s 800-1,000/s, 0.005 s and 0.001 s about the same (noise): throughput stops
+growing near 0.01 s, where the poll no longer bounds it. The same interval sets the ``latency``
+figure (p50 ~11 ms). Workflows and steps are plain (sync)
+functions, the docs' main form, which DBOS runs on its executor thread pool (unbounded by
+default, so ``worker_concurrency`` is the cap); async ones ran slower here (noop ~620/s against
+~850/s). ``sys_db_pool_size`` stays at its default, 20 (50 made no difference). Logging is at
+WARNING (DBOS logs to stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from contract import LATENCY_PAUSE_S, LATENCY_TASKS, now, parse_args, skip, throughput
+from contract import latency as report_latency
+from dbos import DBOS, DBOSClient, DBOSConfig
+
+APP = "bench"
+QUEUE = "bench"
+POLL_INTERVAL_S = 0.01
+PRELOAD_BATCH = 10_000
+BACKLOG_SAMPLE = 20_000  # tasks enqueued to measure the rate before committing to the backlog
+BACKLOG_LIMIT_S = 300.0  # skip ``backlog`` if enqueueing it would take longer than this
+STOP_S = 60  # for in-flight workflows to finish at shutdown
+START_S = 60.0  # for one latency task to start
+
+
+def budget(tasks: int) -> float:
+    """A generous time limit for enqueueing or running ``tasks`` tasks (10 min + 10 tasks/s)."""
+    return 600.0 + tasks / 10
+
+
+class Hits:
+    """What the workflows report (from DBOS's executor threads, hence the lock)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.target = 0
+        self.count = 0
+        self.done = threading.Event()
+        self.done_at = 0.0
+        self.waiting: dict[int, threading.Event] = {}
+        self.started_at: dict[int, float] = {}
+        self.out: Any = None  # a line-buffered file in a ``scale`` worker
+
+    def started(self, i: int) -> None:
+        at = now()
+        with self.lock:
+            if (event := self.waiting.pop(i, None)) is not None:
+                self.started_at[i] = at
+                event.set()
+
+    def returned(self, i: int) -> None:
+        with self.lock:
+            if self.out is not None:
+                self.out.write(f"{i}\n")
+            self.count += 1
+            if self.count == self.target:
+                self.done_at = now()
+                self.done.set()
+
+
+HITS = Hits()
+
+
+@DBOS.step()  # type: ignore[untyped-decorator]
+def small_int(k: int) -> int:
+    return k
+
+
+@DBOS.workflow(name="noop")  # type: ignore[untyped-decorator]
+def noop(i: int) -> None:
+    HITS.started(i)
+    HITS.returned(i)
+
+
+@DBOS.workflow(name="steps3")  # type: ignore[untyped-decorator]
+def steps3(i: int) -> int:
+    HITS.started(i)
+    total = small_int(0) + small_int(1) + small_int(2)
+    HITS.returned(i)
+    return int(total)
+
+
+def launch(dsn: str, *, listen: bool, executor_id: str = "local") -> None:
+    config: DBOSConfig = {
+        "name": APP,
+        "system_database_url": dsn,
+        "executor_id": executor_id,
+        "log_level": "WARNING",
+    }
+    DBOS(config=config)
+    if not listen:
+        DBOS.listen_queues([])
+    DBOS.launch()
+
+
+def register_queue(concurrency: int) -> Any:
+    return DBOS.register_queue(
+        QUEUE,
+        worker_concurrency=concurrency,
+        polling_interval_sec=POLL_INTERVAL_S,
+        on_conflict="always_update",
+    )
+
+
+def enqueue_batched(dsn: str, workflow: str, start: int, count: int, batch: int) -> None:
+    """Enqueue ``start .. start + count - 1``, ``batch`` per transaction, via ``DBOSClient``."""
+    engine = sa.create_engine(sa.make_url(dsn).set(drivername="postgresql+psycopg"))
+    client = DBOSClient(system_database_engine=engine, application_name=APP)
+    options = {"queue_name": QUEUE, "workflow_name": workflow}
+    try:
+        for first in range(start, start + count, batch):
+            with engine.begin() as conn:
+                for i in range(first, min(first + batch, start + count)):
+                    client.enqueue_in_transaction(conn, options, i)
+    finally:
+        client.destroy()
+        engine.dispose()
+
+
+def drain(dsn: str, n: int, **extra: Any) -> None:
+    """Launch a worker; time it from launch until the N-th workflow body returned."""
+    HITS.target = n
+    start = now()
+    launch(dsn, listen=True)
+    try:
+        if not HITS.done.wait(budget(n)):
+            raise RuntimeError(f"{HITS.count}/{n} tasks ran within {budget(n):.0f} s")
+    finally:
+        DBOS.destroy(workflow_completion_timeout_sec=STOP_S)
+    throughput(n, HITS.done_at - start, poll_interval_s=POLL_INTERVAL_S, **extra)
+
+
+def backlog(dsn: str, n: int, size: int) -> None:
+    sample = min(size, BACKLOG_SAMPLE)
+    start = now()
+    enqueue_batched(dsn, "noop", 0, sample, PRELOAD_BATCH)
+    rate = sample / (now() - start)
+    if size / rate > BACKLOG_LIMIT_S:
+        label = f"{size / 1e6:g}M" if size >= 1_000_000 else f"{size:,}"
+        skip(f"{label} enqueue takes > 5 min: {rate:,.0f}/s")
+        return
+    enqueue_batched(dsn, "noop", sample, size - sample, PRELOAD_BATCH)
+    drain(dsn, n, backlog=size, enqueue_rate=round(rate))
+
+
+def measure_latency(dsn: str, concurrency: int) -> None:
+    launch(dsn, listen=True)
+    samples: list[float] = []
+    try:
+        queue = DBOS.retrieve_queue(QUEUE)
+        for i in range(-1, LATENCY_TASKS):  # task -1 warms up: the worker is up and polling
+            event = HITS.waiting[i] = threading.Event()
+            sent = now()
+            queue.enqueue(noop, i)
+            if not event.wait(START_S):
+                raise RuntimeError(f"latency task {i} did not start within {START_S:.0f} s")
+            if i >= 0:
+                samples.append(HITS.started_at[i] - sent)
+            time.sleep(LATENCY_PAUSE_S)
+    finally:
+        DBOS.destroy(workflow_completion_timeout_sec=STOP_S)
+    report_latency(samples, concurrency=concurrency, poll_interval_s=POLL_INTERVAL_S)
+
+
+def setup(dsn: str, concurrency: int, enqueue_one: int = 0) -> float:
+    """Create DBOS's schema and the queue in a DBOS that runs nothing; time ``enqueue_one``
+    ``queue.enqueue`` calls, if asked to."""
+    launch(dsn, listen=False)
+    try:
+        queue = register_queue(concurrency)
+        start = now()
+        for i in range(enqueue_one):
+            queue.enqueue(noop, i)
+        return now() - start
+    finally:
+        DBOS.destroy()
+
+
+def run(args: argparse.Namespace) -> None:
+    dsn, n, c = args.dsn, args.n, args.concurrency
+    if args.workload == "enqueue_one":
+        throughput(n, setup(dsn, c, enqueue_one=n))
+        return
+    setup(dsn, c)
+    if args.workload == "enqueue_batch":
+        start = now()
+        enqueue_batched(dsn, "noop", 0, n, args.batch)
+        throughput(n, now() - start, batch=args.batch, how="enqueue_in_transaction x batch")
+    elif args.workload in ("noop", "steps3"):
+        enqueue_batched(dsn, args.workload, 0, n, PRELOAD_BATCH)
+        drain(dsn, n, concurrency=c)
+    elif args.workload == "backlog":
+        backlog(dsn, n, args.backlog)
+    elif args.workload == "latency":
+        measure_latency(dsn, c)
+    elif args.workload == "scale":
+        enqueue_batched(dsn, "noop", 0, n, PRELOAD_BATCH)
+
+
+def worker(args: argparse.Namespace) -> None:
+    """A ``scale`` worker process: run until SIGTERM, appending each task's number to --out."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    with Path(args.out).open("a", buffering=1) as out:  # line-buffered: one write a task
+        HITS.out = out
+        launch(args.dsn, listen=True, executor_id=f"bench-worker-{os.getpid()}")
+        try:
+            while not stop.wait(1.0):
+                pass
+        finally:
+            DBOS.destroy(workflow_completion_timeout_sec=STOP_S)
+
+
+class Tally:
+    """Reads the worker processes' ``--out`` files as they grow."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.offsets = dict.fromkeys(paths, 0)
+        self.seen: set[int] = set()
+        self.total = 0
+
+    def read(self) -> None:
+        for path, offset in self.offsets.items():
+            with path.open("rb") as f:
+                f.seek(offset)
+                data = f.read()
+            complete = data[: data.rfind(b"\n") + 1]
+            self.offsets[path] = offset + len(complete)
+            numbers = [int(x) for x in complete.split()]
+            self.total += len(numbers)
+            self.seen.update(numbers)
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    failures = []
+    for proc in procs:
+        try:
+            code = proc.wait(STOP_S + 30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            failures.append(f"pid {proc.pid} ignored SIGTERM for {STOP_S + 30} s")
+        else:
+            if code not in (0, -signal.SIGTERM):  # killed by SIGTERM: before its handler was set
+                failures.append(f"pid {proc.pid} exited with {code}")
+    if failures:
+        raise RuntimeError("worker processes: " + "; ".join(failures))
+
+
+def scale(args: argparse.Namespace) -> None:
+    run(args)  # the schema, the queue and the N tasks
+    with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
+        outs = [Path(tmp, f"worker{k}.txt") for k in range(args.processes)]
+        for out in outs:
+            out.touch()
+        tally = Tally(outs)
+        command = [sys.executable, __file__, "worker", "--dsn", args.dsn]
+        command += ["--concurrency", str(args.concurrency)]
+        start = now()
+        procs = [
+            subprocess.Popen([*command, "--out", str(out)], stdout=subprocess.DEVNULL)
+            for out in outs
+        ]
+        first = 0.0
+        try:
+            deadline = start + budget(args.n)
+            while len(tally.seen) < args.n:
+                if now() > deadline:
+                    raise RuntimeError(f"{len(tally.seen)}/{args.n} tasks ran in time")
+                if any(proc.poll() is not None for proc in procs):
+                    raise RuntimeError("a worker process exited early")
+                time.sleep(0.01)
+                tally.read()
+                if not first and tally.total:
+                    first = now() - start  # the workers' start-up, inside the clock
+            seconds = now() - start
+        finally:
+            stop_processes(procs)
+        tally.read()
+    throughput(
+        args.n,
+        seconds,
+        processes=args.processes,
+        concurrency=args.concurrency,
+        poll_interval_s=POLL_INTERVAL_S,
+        first_task_s=round(first, 3),
+        executions=tally.total,
+        duplicates=tally.total - len(tally.seen),
+    )
+
+
+def watchdog(seconds: float) -> None:
+    """Exit non-zero if the run (DBOS threads included) is still alive after ``seconds``."""
+
+    def expire() -> None:
+        print(f"dbos_bench: still running after {seconds:.0f} s, giving up", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(3)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.workload == "worker":
+        worker(args)
+        return
+    watchdog(budget(args.n) + budget(args.backlog) + 1800)
+    if args.workload == "scale":
+        scale(args)
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
