@@ -15,6 +15,7 @@ connection is re-opened the same way, logging ``db.unavailable`` per failed atte
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import uuid
@@ -23,7 +24,6 @@ from typing import TYPE_CHECKING
 
 import anyio
 import structlog
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from durable.context import RunControl
 from durable.errors import DatabaseUnavailable, DurableError, check_queue_name
@@ -140,16 +140,18 @@ class Worker:
                 tg.start_soon(self._keep_listening)
                 await tg.start(self._writes.run)
                 task_status.started()
-                # a fixed set of runner tasks takes claims from a channel: no task per run
+                # A fixed set of runner tasks takes claims from a queue: no task per run. (An
+                # asyncio queue: its get() costs nothing when a claim is waiting; durable runs on
+                # asyncio only, as asyncpg does.)
                 runners = 2 * opts.concurrency  # handlers, plus runs writing their outcome
-                send, receive = anyio.create_memory_object_stream[RunControl](runners)
+                claimed: asyncio.Queue[RunControl | None] = asyncio.Queue()
                 async with anyio.create_task_group() as runs:
                     for _ in range(runners):
-                        runs.start_soon(self._runner, receive.clone())
-                    receive.close()
-                    async with send:
-                        await self._claim_loop(send)
-                        await self._finish_or_release()
+                        runs.start_soon(self._runner, claimed)
+                    await self._claim_loop(claimed)
+                    await self._finish_or_release()
+                    for _ in range(runners):
+                        claimed.put_nowait(None)  # each runner stops at its None
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
@@ -230,7 +232,7 @@ class Worker:
             self._listen_now.set()  # the database is back: re-open LISTEN without waiting
         return claims
 
-    async def _claim_loop(self, runs: MemoryObjectSendStream[RunControl]) -> None:
+    async def _claim_loop(self, runs: asyncio.Queue[RunControl | None]) -> None:
         opts = self.options
         batch = max(1, opts.concurrency // 4)
         backlog = False
@@ -272,16 +274,15 @@ class Worker:
         running = sum(1 for control in self.active.values() if not control.finished)
         return min(concurrency - running, 2 * concurrency - len(self.active))
 
-    def _start(self, runs: MemoryObjectSendStream[RunControl], claim: Claim) -> None:
+    def _start(self, runs: asyncio.Queue[RunControl | None], claim: Claim) -> None:
         control = RunControl(claim, on_finish=lambda: self._slot_freed.set())
         self.active[claim.run_id] = control
         log.info("run.claimed", **control.ids, worker=self.worker_id)
-        runs.send_nowait(control)  # never full: at most 2 x concurrency runs are active
+        runs.put_nowait(control)  # a runner is free: at most 2 x concurrency runs are active
 
-    async def _runner(self, claims: MemoryObjectReceiveStream[RunControl]) -> None:
-        async with claims:
-            async for control in claims:
-                await self._run_one(control)
+    async def _runner(self, claimed: asyncio.Queue[RunControl | None]) -> None:
+        while (control := await claimed.get()) is not None:
+            await self._run_one(control)
 
     async def _run_one(self, control: RunControl) -> None:
         claim = control.claim
