@@ -116,12 +116,14 @@ class _ResultWaiters:
     events: dict[uuid.UUID, set[anyio.Event]] = field(default_factory=dict)
 
     def notify(self, payload: str) -> None:
-        try:
-            task_id = uuid.UUID(payload)
-        except ValueError:
-            return
-        for event in self.events.pop(task_id, ()):
-            event.set()
+        """A ``durable_done`` payload: one task id, or several separated by commas."""
+        for text in payload.split(","):
+            try:
+                task_id = uuid.UUID(text)
+            except ValueError:
+                continue
+            for event in self.events.pop(task_id, ()):
+                event.set()
 
 
 class Durable:

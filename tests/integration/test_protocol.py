@@ -842,6 +842,25 @@ async def test_work_and_done_are_notified(client: Client) -> None:
     assert received == [(CHANNEL_WORK, Q), (CHANNEL_DONE, str(info.task_id))]
 
 
+async def test_complete_runs_notifies_its_ended_tasks_in_lists_of_up_to_200(
+    client: Client,
+) -> None:
+    payloads: list[str] = []
+    listener = await client.listen({CHANNEL_DONE: payloads.append})
+    try:
+        await client.spawn_many(Q, [("job", i) for i in range(250)])
+        claims = await client.claim(Q, "w1", 30, qty=250)
+        await client.store.complete_runs(Q, [(c.run_id, None) for c in claims])
+        with anyio.fail_after(5):
+            while len(payloads) < 2:  # noqa: ASYNC110 — the listener appends
+                await anyio.sleep(0.01)
+    finally:
+        await listener.close()
+    lists = [p.split(",") for p in payloads]
+    assert [len(ids) for ids in lists] == [200, 50]
+    assert sorted(ids for chunk in lists for ids in chunk) == sorted(str(c.task_id) for c in claims)
+
+
 async def test_complete_runs_completes_the_live_runs_and_reports_the_lost(client: Client) -> None:
     await client.spawn_many("q", [("t", i) for i in range(4)])
     claims = await client.claim("q", "w1", 30, qty=4)
