@@ -1,9 +1,11 @@
-"""durable's adapter for ``bench/peers.py`` (the contract: ``contract.py``).
+"""durable's adapter for ``bench/run.py`` (the contract: ``contract.py``).
 
 API per workload: ``enqueue_one`` awaits ``task.spawn(params)`` N times; ``enqueue_batch`` calls
 ``app.client.spawn_many(queue, items)``; the worker workloads run ``app.run_worker([queue],
 concurrency=C)`` in this process and ``ctx.step`` for ``steps3``; ``scale`` starts worker processes
-that each run ``app.run_worker``. Defaults everywhere (lease 60 s, poll 2 s, LISTEN/NOTIFY on).
+that each run ``app.run_worker`` (ready once connected: ``client.queue_counts()`` answered).
+Defaults everywhere (lease 60 s, poll 2 s, LISTEN/NOTIFY on). Preloads are ``spawn_many`` calls
+of 5,000 tasks, one statement each (1,000 to 20,000 a call ran at the same ~43,000 tasks/s).
 
 Two workloads are durable's own: ``heartbeat`` counts the lease-renewal statements one worker
 sends while it holds C long runs (``durable.extend_claims`` calls, from ``pg_stat_user_functions``),
@@ -14,18 +16,29 @@ and the protocol calls per task, so each figure can be read against pgbench's co
 from __future__ import annotations
 
 import logging
-import subprocess
+import math
 import sys
-import tempfile
-import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import TextIO
+from functools import partial
+from typing import Any, TextIO
 
 import anyio
 import asyncpg
 import structlog
-from contract import LATENCY_PAUSE_S, LATENCY_TASKS, latency, now, parse_args, report, throughput
+from contract import (
+    BACKLOG_WINDOW_S,
+    LATENCY_PAUSE_S,
+    LATENCY_TASKS,
+    latency,
+    now,
+    parse_args,
+    report,
+    report_backlog,
+    report_scale,
+    run_scale,
+    throughput,
+    worker_ready,
+)
 
 from durable import Durable, TaskContext, Worker
 
@@ -80,38 +93,45 @@ async def one() -> int:
     return 1
 
 
-async def preload(dsn: str, task: str, count: int) -> None:
-    """Spawn ``count`` tasks in batches, then ANALYZE (both untimed: see contract.py)."""
+async def preload(dsn: str, task: str, count: int) -> float:
+    """Spawn ``count`` tasks in batches, then ANALYZE (both untimed: see contract.py); the
+    spawns per second."""
     async with Durable(dsn) as app:
+        started = now()
         for first in range(0, count, SPAWN_BATCH):
             size = min(count, first + SPAWN_BATCH) - first
             await app.client.spawn_many(QUEUE, [(task, {"i": first + i}) for i in range(size)])
+        rate = count / (now() - started)
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("analyze")
     finally:
         await conn.close()
+    return rate
 
 
 async def drain_through_worker(
-    app: Durable, counter: Counter, concurrency: int, lease_s: float = 60.0
-) -> float:
-    """Run one worker until the counter is reached; the seconds from its start."""
+    app: Durable, counter: Counter, concurrency: int, window_s: float = math.inf
+) -> tuple[int, float]:
+    """Run one worker until the counter is reached, or ``window_s`` after its start; the
+    handlers returned by then and the seconds from its start."""
     async with anyio.create_task_group() as tg:
         started = now()
+        deadline = anyio.current_time() + window_s
         worker: Worker = await tg.start(
             lambda task_status: app.run_worker(
                 [QUEUE],
                 concurrency=concurrency,
-                claim_timeout=lease_s,
                 handle_signals=False,
                 task_status=task_status,
             )
         )
-        await counter.reached.wait()
+        with anyio.CancelScope(deadline=deadline):
+            await counter.reached.wait()
+        returned = counter.n if counter.reached.is_set() else counter.done
         seconds = now() - started
         worker.drain(force=True)
-    return seconds
+    return returned, seconds
 
 
 # --- server counters -------------------------------------------------------------------------
@@ -144,20 +164,23 @@ async def track_functions(dsn: str) -> None:
 
 def per_task(before: dict[str, int], after: dict[str, int], n: int) -> dict[str, float]:
     return {
-        key: round((after.get(key, 0) - before.get(key, 0)) / n, 3)
+        key: round((after.get(key, 0) - before.get(key, 0)) / max(n, 1), 3)
         for key in sorted(after)
         if after.get(key, 0) != before.get(key, 0)
     }
 
 
-async def measured(dsn: str, n: int, run: Callable[[], Awaitable[float]]) -> None:
-    """Run a worker workload between two counter readings; report throughput and per-task cost."""
+async def measured(
+    dsn: str, run: Callable[[], Awaitable[tuple[int, float]]]
+) -> tuple[int, float, dict[str, Any]]:
+    """Run a worker workload between two counter readings: the handlers it timed, its seconds,
+    and the cost per timed task (``commits_per_task``, ``calls_per_task``)."""
     await track_functions(dsn)
     before = await counters(dsn)
-    seconds = await run()
+    returned, seconds = await run()
     after = await counters(dsn)
-    per = per_task(before, after, n)
-    throughput(n, seconds, commits_per_task=per.pop("commits", None), calls_per_task=per)
+    per = per_task(before, after, returned)
+    return returned, seconds, {"commits_per_task": per.pop("commits", None), "calls_per_task": per}
 
 
 # --- workloads ---------------------------------------------------------------------------------
@@ -190,22 +213,26 @@ async def through_worker(dsn: str, task: str, n: int, concurrency: int) -> None:
     counter = Counter(n)
     await preload(dsn, task, n)
 
-    async def run() -> float:
+    async def run() -> tuple[int, float]:
         async with make_app(dsn, counter) as app:
             return await drain_through_worker(app, counter, concurrency)
 
-    await measured(dsn, n, run)
+    returned, seconds, cost = await measured(dsn, run)
+    throughput(returned, seconds, **cost)
 
 
 async def backlog(dsn: str, n: int, concurrency: int, size: int) -> None:
     counter = Counter(n)
-    await preload(dsn, "noop", size)
+    rate = await preload(dsn, "noop", size)
 
-    async def run() -> float:
+    async def run() -> tuple[int, float]:
         async with make_app(dsn, counter) as app:
-            return await drain_through_worker(app, counter, concurrency)
+            return await drain_through_worker(app, counter, concurrency, BACKLOG_WINDOW_S)
 
-    await measured(dsn, n, run)
+    returned, seconds, cost = await measured(dsn, run)
+    report_backlog(
+        returned, seconds, window_hit=returned < n, backlog=size, preload_per_s=rate, **cost
+    )
 
 
 async def latency_workload(dsn: str, concurrency: int) -> None:
@@ -267,51 +294,9 @@ async def heartbeat(dsn: str, concurrency: int) -> None:
 
 async def scale(dsn: str, n: int, concurrency: int, processes: int) -> None:
     await preload(dsn, "noop", n)
-    with tempfile.TemporaryDirectory(prefix="durable-scale-") as tmp:
-        outs = [Path(tmp) / f"worker{k}.txt" for k in range(processes)]
-        argv = [sys.executable, __file__, "worker", "--dsn", dsn, "--concurrency", str(concurrency)]
-        procs = [
-            await anyio.open_process(
-                [*argv, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=None
-            )
-            for out in outs
-        ]
-        try:
-            deadline = time.monotonic() + 600
-            while not all(_ready(out) for out in outs):
-                await anyio.sleep(0.01)
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the worker processes did not start")
-            for proc in procs:
-                assert proc.stdin is not None
-                await proc.stdin.send(b"go\n")
-            started = now()
-            while True:
-                executed = [line for out in outs for line in _lines(out)]
-                if len(set(executed)) >= n:
-                    break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"only {len(set(executed))} of {n} tasks ran")
-                await anyio.sleep(0.02)
-            seconds = now() - started
-        finally:
-            with anyio.fail_after(60, shield=True):
-                for proc in procs:
-                    proc.terminate()
-                for proc in procs:
-                    await proc.wait()
-        executed = [line for out in outs for line in _lines(out)]
-    throughput(n, seconds, processes=processes, duplicates=len(executed) - len(set(executed)))
-
-
-def _ready(out: Path) -> bool:
-    return Path(f"{out}.ready").exists()
-
-
-def _lines(path: Path) -> list[str]:
-    if not path.exists():
-        return []
-    return [line for line in path.read_text().splitlines() if line]
+    argv = [sys.executable, __file__, "worker", "--dsn", dsn, "--concurrency", str(concurrency)]
+    run = await anyio.to_thread.run_sync(partial(run_scale, argv, processes, n))
+    report_scale(run, concurrency=concurrency)
 
 
 async def worker_process(dsn: str, concurrency: int, out: str, sink: TextIO) -> None:
@@ -323,8 +308,7 @@ async def worker_process(dsn: str, concurrency: int, out: str, sink: TextIO) -> 
     app = make_app(dsn, Counter(sys.maxsize), record=record)
     async with app:
         await app.client.queue_counts()  # connected
-        await anyio.Path(f"{out}.ready").touch()
-        await anyio.to_thread.run_sync(sys.stdin.readline)  # "go"
+        await anyio.to_thread.run_sync(worker_ready, out)
         await app.run_worker([QUEUE], concurrency=concurrency)
 
 

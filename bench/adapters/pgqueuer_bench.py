@@ -16,9 +16,11 @@ Every task is the entrypoint ``noop`` with its number ``i`` as the payload (``b"
   with ``pgq.entrypoint("noop")``, run by ``pgq.run(batch_size=C // 2,
   max_concurrent_tasks=C)`` in a task; stopped by setting ``pgq.shutdown`` and awaiting it.
 - ``latency``: the same worker idles; a producer on a second connection enqueues one at a time.
-- ``scale``: ``--processes`` copies of ``worker``, each the same ``pgq.run`` until SIGTERM
-  (which sets ``pgq.shutdown``); each appends the numbers it ran to its ``--out`` file. The clock
-  starts once every process is connected (``<out>.ready``) and told to go (a line on stdin).
+- ``backlog``: the preload is the same array insert, 10,000 jobs a call (1,000 a call ran as
+  fast; 50,000 slower); the drain is timed for N jobs or ``BACKLOG_WINDOW_S``.
+- ``scale``: ``--processes`` copies of ``worker`` under ``contract.run_scale``, each connected
+  before it reports ready, then the same ``pgq.run`` once told to go, until SIGTERM (which sets
+  ``pgq.shutdown``); each appends the numbers it ran to its ``--out`` file.
 - ``steps3``: skipped, PgQueuer has no durable steps.
 
 Tuning, from PgQueuer's performance-tuning guide: ``max_concurrent_tasks`` is the per-process
@@ -33,17 +35,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import signal
-import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
-from contract import LATENCY_PAUSE_S, LATENCY_TASKS, now, parse_args, skip, throughput
+from contract import (
+    BACKLOG_WINDOW_S,
+    LATENCY_PAUSE_S,
+    LATENCY_TASKS,
+    now,
+    parse_args,
+    report_backlog,
+    report_scale,
+    run_scale,
+    skip,
+    throughput,
+    worker_ready,
+)
 from contract import latency as report_latency
 from pgqueuer import PgQueuer
 from pgqueuer.db import AsyncpgDriver
@@ -101,10 +113,14 @@ async def enqueue_many(queries: Any, start: int, count: int) -> None:
     await queries.enqueue([ENTRYPOINT] * count, payloads(start, count), [0] * count)
 
 
-async def preload(queries: Any, n: int) -> None:
-    for start in range(0, n, PRELOAD_BATCH):
-        await enqueue_many(queries, start, min(PRELOAD_BATCH, n - start))
+async def preload(queries: Any, n: int) -> float:
+    """Enqueue ``n`` jobs in batches, then ANALYZE; the jobs enqueued per second."""
+    start = now()
+    for first in range(0, n, PRELOAD_BATCH):
+        await enqueue_many(queries, first, min(PRELOAD_BATCH, n - first))
+    rate = n / (now() - start)
     await queries.driver.execute("ANALYZE")  # what autovacuum would have done by now
+    return rate
 
 
 def start_worker(conn: Any, concurrency: int, hits: Hits) -> tuple[Any, asyncio.Task[None]]:
@@ -122,29 +138,42 @@ async def stop_worker(pgq: Any, task: asyncio.Task[None]) -> None:
         task.cancel()
 
 
-async def until_done(hits: Hits, worker: asyncio.Task[None], seconds: float) -> None:
-    """Wait for ``hits.done``; fail if the worker ends first or time runs out."""
+async def until_done(
+    hits: Hits, worker: asyncio.Task[None], seconds: float, window: bool = False
+) -> bool:
+    """Wait for ``hits.done``; fail if the worker ends first. False if ``seconds`` ran out and
+    they are a ``window``; else that fails too."""
     waiter = asyncio.create_task(hits.done.wait())
     done, _ = await asyncio.wait(
         {waiter, worker}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
     )
     waiter.cancel()
-    if waiter not in done:
-        if worker in done:
-            worker.result()
-            raise RuntimeError("the worker stopped before the last task ran")
-        raise RuntimeError(f"{hits.count}/{hits.target} tasks ran within {seconds:.0f} s")
+    if waiter in done:
+        return True
+    if worker in done:
+        worker.result()
+        raise RuntimeError("the worker stopped before the last task ran")
+    if window:
+        return False
+    raise RuntimeError(f"{hits.count}/{hits.target} tasks ran within {seconds:.0f} s")
 
 
-async def drain(conn: Any, n: int, concurrency: int, **extra: Any) -> None:
+async def drain(
+    conn: Any, n: int, concurrency: int, window_s: float = math.inf
+) -> tuple[int, float]:
+    """Run a worker until N jobs returned or ``window_s`` passed; how many returned, and the
+    seconds from its start until the N-th returned or the window closed."""
     hits = Hits(n)
     start = now()
     pgq, worker = start_worker(conn, concurrency, hits)
     try:
-        await until_done(hits, worker, budget(n))
+        if await until_done(hits, worker, min(window_s, budget(n)), window_s < math.inf):
+            returned, seconds = n, hits.done_at - start
+        else:
+            returned, seconds = hits.count, now() - start
     finally:
         await stop_worker(pgq, worker)
-    throughput(n, hits.done_at - start, concurrency=concurrency, **extra)
+    return returned, seconds
 
 
 async def measure_latency(conn: Any, queries: Any, concurrency: int) -> None:
@@ -185,10 +214,19 @@ async def run(args: argparse.Namespace) -> None:
             throughput(n, now() - start, batch=args.batch)
         elif args.workload == "noop":
             await within(budget(n), preload(queries, n), "enqueueing")
-            await drain(conn, n, c)
+            throughput(*await drain(conn, n, c), concurrency=c)
         elif args.workload == "backlog":
-            await within(budget(args.backlog), preload(queries, args.backlog), "enqueueing")
-            await drain(conn, n, c, backlog=args.backlog)
+            size = args.backlog
+            rate = await within(budget(size), preload(queries, size), "enqueueing")
+            returned, seconds = await drain(conn, n, c, BACKLOG_WINDOW_S)
+            report_backlog(
+                returned,
+                seconds,
+                window_hit=returned < n,
+                backlog=size,
+                preload_per_s=rate,
+                concurrency=c,
+            )
         elif args.workload == "latency":
             await measure_latency(conn, queries, c)
         elif args.workload == "scale":
@@ -199,121 +237,25 @@ async def run(args: argparse.Namespace) -> None:
 
 
 async def worker(args: argparse.Namespace) -> None:
-    """A ``scale`` worker process: run until SIGTERM, appending each task's number to --out."""
-    out = Path(args.out)
+    """A ``scale`` worker process: connect, get ready, then on its go run until SIGTERM,
+    appending each task's number to --out."""
     conn = await asyncpg.connect(args.dsn)
     try:
-        await ready_then_wait(out)
-        pgq, task = start_worker(conn, args.concurrency, Hits(0, out))
+        await asyncio.to_thread(worker_ready, args.out)
+        pgq, task = start_worker(conn, args.concurrency, Hits(0, Path(args.out)))
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, pgq.shutdown.set)
         await task
     finally:
         await conn.close()
 
 
-def ready_file(out: Path) -> Path:
-    return out.with_name(out.name + ".ready")
-
-
-async def ready_then_wait(out: Path) -> None:
-    """Tell ``scale`` this worker process is up, then wait for its go (the clock starts there)."""
-    ready_file(out).touch()
-    await asyncio.to_thread(sys.stdin.readline)
-
-
-class Tally:
-    """Reads the worker processes' ``--out`` files as they grow."""
-
-    def __init__(self, paths: list[Path]) -> None:
-        self.offsets = dict.fromkeys(paths, 0)
-        self.seen: set[int] = set()
-        self.total = 0
-
-    def read(self) -> None:
-        for path, offset in self.offsets.items():
-            with path.open("rb") as f:
-                f.seek(offset)
-                data = f.read()
-            complete = data[: data.rfind(b"\n") + 1]
-            self.offsets[path] = offset + len(complete)
-            numbers = [int(x) for x in complete.split()]
-            self.total += len(numbers)
-            self.seen.update(numbers)
-
-
-def poll(procs: list[subprocess.Popen[bytes]], done: Callable[[], bool], seconds: float) -> None:
-    deadline = now() + seconds
-    while not done():
-        if now() > deadline:
-            raise RuntimeError(f"not done within {seconds:.0f} s")
-        if any(proc.poll() is not None for proc in procs):
-            raise RuntimeError("a worker process exited")
-        time.sleep(0.01)
-
-
-def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-        if proc.stdin is not None:
-            proc.stdin.close()
-    failures = []
-    for proc in procs:
-        try:
-            code = proc.wait(STOP_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            failures.append(f"pid {proc.pid} ignored SIGTERM for {STOP_S:.0f} s")
-        else:
-            if code not in (0, -signal.SIGTERM):  # killed by SIGTERM: before its handler was set
-                failures.append(f"pid {proc.pid} exited with {code}")
-    if failures:
-        raise RuntimeError("worker processes: " + "; ".join(failures))
-
-
 def scale(args: argparse.Namespace) -> None:
-    """Preload, start the worker processes, and once all are up, time them running N tasks."""
+    """Preload, then time the worker processes running N tasks (``contract.run_scale``)."""
     asyncio.run(run(args))
-    with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
-        outs = [Path(tmp, f"worker{k}.txt") for k in range(args.processes)]
-        for out in outs:
-            out.touch()
-        tally = Tally(outs)
-        command = [sys.executable, __file__, "worker", "--dsn", args.dsn]
-        command += ["--concurrency", str(args.concurrency), "--processes", str(args.processes)]
-        procs = [
-            subprocess.Popen(
-                [*command, "--out", str(out)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
-            )
-            for out in outs
-        ]
-        n: int = args.n
-
-        def ran_all() -> bool:
-            tally.read()
-            return len(tally.seen) >= n
-
-        try:
-            poll(procs, lambda: all(ready_file(out).exists() for out in outs), START_S)
-            for proc in procs:
-                assert proc.stdin is not None
-                proc.stdin.write(b"go\n")
-                proc.stdin.flush()
-            start = now()
-            poll(procs, ran_all, budget(n))
-            seconds = now() - start
-        finally:
-            stop_processes(procs)
-        tally.read()
-    throughput(
-        args.n,
-        seconds,
-        processes=args.processes,
-        concurrency=args.concurrency,
-        executions=tally.total,
-        duplicates=tally.total - len(tally.seen),
-    )
+    argv = [sys.executable, __file__, "worker", "--dsn", args.dsn]
+    argv += ["--concurrency", str(args.concurrency), "--processes", str(args.processes)]
+    result = run_scale(argv, args.processes, args.n, run_s=budget(args.n), stop_s=STOP_S)
+    report_scale(result, concurrency=args.concurrency)
 
 
 def main() -> None:

@@ -15,10 +15,11 @@ runs; the enqueue-only runs keep the connector's default pool (psycopg_pool's 4 
   in a task; stopped by cancelling that task, which waits for running jobs (docs: "Shutdown a
   worker").
 - ``latency``: the same worker idles; ``noop.defer_async`` one at a time from the same app.
-- ``scale``: ``--processes`` copies of ``worker``, each ``run_worker_async(concurrency=C)`` with
-  its own signal handlers (SIGTERM stops it gracefully); each appends the numbers it ran to its
-  ``--out`` file. The clock starts once every process has opened its pool (``<out>.ready``) and
-  been told to go (a line on stdin).
+- ``backlog``: the preload is the same ``batch_defer_async``, 10,000 jobs a call (1,000 or 50,000
+  a call ran no faster); the drain is timed for N jobs or ``BACKLOG_WINDOW_S``.
+- ``scale``: ``--processes`` copies of ``worker`` under ``contract.run_scale``, each ready once
+  its pool is open, then on its go ``run_worker_async(concurrency=C)`` with its own signal
+  handlers (SIGTERM stops it gracefully); each appends the numbers it ran to its ``--out`` file.
 - ``steps3``: skipped, Procrastinate has no durable steps.
 
 Tuning: the worker runs ``concurrency=C`` (50) async sub-workers (docs: "Execute multiple jobs
@@ -37,18 +38,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
-import subprocess
+import math
 import sys
-import tempfile
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import procrastinate
 import psycopg
-from contract import LATENCY_PAUSE_S, LATENCY_TASKS, now, parse_args, skip, throughput
+from contract import (
+    BACKLOG_WINDOW_S,
+    LATENCY_PAUSE_S,
+    LATENCY_TASKS,
+    now,
+    parse_args,
+    report_backlog,
+    report_scale,
+    run_scale,
+    skip,
+    throughput,
+    worker_ready,
+)
 from contract import latency as report_latency
 
 T = TypeVar("T")
@@ -119,12 +129,16 @@ def make_app(dsn: str, size: int | None, hits: Hits) -> tuple[Any, Any]:
     return app, app.task(name=TASK)(hits.handle)
 
 
-async def preload(dsn: str, task: Any, n: int) -> None:
-    for start in range(0, n, PRELOAD_BATCH):
+async def preload(dsn: str, task: Any, n: int) -> float:
+    """Defer ``n`` jobs in batches, then ANALYZE; the jobs deferred per second."""
+    start = now()
+    for first in range(0, n, PRELOAD_BATCH):
         await task.batch_defer_async(
-            *({"i": i} for i in range(start, min(n, start + PRELOAD_BATCH)))
+            *({"i": i} for i in range(first, min(n, first + PRELOAD_BATCH)))
         )
+    rate = n / (now() - start)
     await sql(dsn, "ANALYZE")
+    return rate
 
 
 def start_worker(app: Any, concurrency: int) -> asyncio.Task[None]:
@@ -141,28 +155,42 @@ async def stop_worker(worker: asyncio.Task[None]) -> None:
         raise error
 
 
-async def until_done(hits: Hits, worker: asyncio.Task[None], seconds: float) -> None:
-    """Wait for ``hits.done``; fail if the worker ends first or time runs out."""
+async def until_done(
+    hits: Hits, worker: asyncio.Task[None], seconds: float, window: bool = False
+) -> bool:
+    """Wait for ``hits.done``; fail if the worker ends first. False if ``seconds`` ran out and
+    they are a ``window``; else that fails too."""
     waiter = asyncio.create_task(hits.done.wait())
     done, _ = await asyncio.wait(
         {waiter, worker}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
     )
     waiter.cancel()
-    if waiter not in done:
-        if worker in done:
-            worker.result()
-            raise RuntimeError("the worker stopped before the last task ran")
-        raise RuntimeError(f"{hits.count}/{hits.target} tasks ran within {seconds:.0f} s")
+    if waiter in done:
+        return True
+    if worker in done:
+        worker.result()
+        raise RuntimeError("the worker stopped before the last task ran")
+    if window:
+        return False
+    raise RuntimeError(f"{hits.count}/{hits.target} tasks ran within {seconds:.0f} s")
 
 
-async def drain(app: Any, hits: Hits, concurrency: int, **extra: Any) -> None:
+async def drain(
+    app: Any, hits: Hits, concurrency: int, window_s: float = math.inf
+) -> tuple[int, float]:
+    """Run a worker until ``hits.target`` jobs returned or ``window_s`` passed; how many
+    returned, and the seconds from its start until the last of them or the window's end."""
     start = now()
     worker = start_worker(app, concurrency)
     try:
-        await until_done(hits, worker, budget(hits.target))
+        n = hits.target
+        if await until_done(hits, worker, min(window_s, budget(n)), window_s < math.inf):
+            returned, seconds = n, hits.done_at - start
+        else:
+            returned, seconds = hits.count, now() - start
     finally:
         await stop_worker(worker)
-    throughput(hits.target, hits.done_at - start, concurrency=concurrency, **extra)
+    return returned, seconds
 
 
 async def measure_latency(app: Any, task: Any, hits: Hits, concurrency: int) -> None:
@@ -202,10 +230,19 @@ async def run(args: argparse.Namespace) -> None:
             throughput(n, now() - start, batch=args.batch)
         elif args.workload == "noop":
             await within(budget(n), preload(args.dsn, task, n), "enqueueing")
-            await drain(app, hits, c)
+            throughput(*await drain(app, hits, c), concurrency=c)
         elif args.workload == "backlog":
-            await within(budget(args.backlog), preload(args.dsn, task, args.backlog), "enqueueing")
-            await drain(app, hits, c, backlog=args.backlog)
+            size = args.backlog
+            rate = await within(budget(size), preload(args.dsn, task, size), "enqueueing")
+            returned, seconds = await drain(app, hits, c, BACKLOG_WINDOW_S)
+            report_backlog(
+                returned,
+                seconds,
+                window_hit=returned < n,
+                backlog=size,
+                preload_per_s=rate,
+                concurrency=c,
+            )
         elif args.workload == "latency":
             await measure_latency(app, task, hits, c)
         elif args.workload == "scale":
@@ -213,117 +250,21 @@ async def run(args: argparse.Namespace) -> None:
 
 
 async def worker(args: argparse.Namespace) -> None:
-    """A ``scale`` worker process: run until SIGTERM, appending each task's number to --out."""
-    out = Path(args.out)
-    app, _ = make_app(args.dsn, await pool_size(args), Hits(0, out))
+    """A ``scale`` worker process: open the pool, get ready, then on its go run until SIGTERM,
+    appending each task's number to --out."""
+    app, _ = make_app(args.dsn, await pool_size(args), Hits(0, Path(args.out)))
     async with app.open_async():
-        await ready_then_wait(out)
+        await asyncio.to_thread(worker_ready, args.out)
         await app.run_worker_async(concurrency=args.concurrency)
 
 
-def ready_file(out: Path) -> Path:
-    return out.with_name(out.name + ".ready")
-
-
-async def ready_then_wait(out: Path) -> None:
-    """Tell ``scale`` this worker process is up, then wait for its go (the clock starts there)."""
-    ready_file(out).touch()
-    await asyncio.to_thread(sys.stdin.readline)
-
-
-class Tally:
-    """Reads the worker processes' ``--out`` files as they grow."""
-
-    def __init__(self, paths: list[Path]) -> None:
-        self.offsets = dict.fromkeys(paths, 0)
-        self.seen: set[int] = set()
-        self.total = 0
-
-    def read(self) -> None:
-        for path, offset in self.offsets.items():
-            with path.open("rb") as f:
-                f.seek(offset)
-                data = f.read()
-            complete = data[: data.rfind(b"\n") + 1]
-            self.offsets[path] = offset + len(complete)
-            numbers = [int(x) for x in complete.split()]
-            self.total += len(numbers)
-            self.seen.update(numbers)
-
-
-def poll(procs: list[subprocess.Popen[bytes]], done: Callable[[], bool], seconds: float) -> None:
-    deadline = now() + seconds
-    while not done():
-        if now() > deadline:
-            raise RuntimeError(f"not done within {seconds:.0f} s")
-        if any(proc.poll() is not None for proc in procs):
-            raise RuntimeError("a worker process exited")
-        time.sleep(0.01)
-
-
-def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-        if proc.stdin is not None:
-            proc.stdin.close()
-    failures = []
-    for proc in procs:
-        try:
-            code = proc.wait(STOP_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            failures.append(f"pid {proc.pid} ignored SIGTERM for {STOP_S:.0f} s")
-        else:
-            if code not in (0, -signal.SIGTERM):  # killed by SIGTERM: before its handler was set
-                failures.append(f"pid {proc.pid} exited with {code}")
-    if failures:
-        raise RuntimeError("worker processes: " + "; ".join(failures))
-
-
 def scale(args: argparse.Namespace) -> None:
-    """Preload, start the worker processes, and once all are up, time them running N tasks."""
+    """Preload, then time the worker processes running N tasks (``contract.run_scale``)."""
     asyncio.run(run(args))
-    with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
-        outs = [Path(tmp, f"worker{k}.txt") for k in range(args.processes)]
-        for out in outs:
-            out.touch()
-        tally = Tally(outs)
-        command = [sys.executable, __file__, "worker", "--dsn", args.dsn]
-        command += ["--concurrency", str(args.concurrency), "--processes", str(args.processes)]
-        procs = [
-            subprocess.Popen(
-                [*command, "--out", str(out)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
-            )
-            for out in outs
-        ]
-        n: int = args.n
-
-        def ran_all() -> bool:
-            tally.read()
-            return len(tally.seen) >= n
-
-        try:
-            poll(procs, lambda: all(ready_file(out).exists() for out in outs), START_S)
-            for proc in procs:
-                assert proc.stdin is not None
-                proc.stdin.write(b"go\n")
-                proc.stdin.flush()
-            start = now()
-            poll(procs, ran_all, budget(n))
-            seconds = now() - start
-        finally:
-            stop_processes(procs)
-        tally.read()
-    throughput(
-        args.n,
-        seconds,
-        processes=args.processes,
-        concurrency=args.concurrency,
-        executions=tally.total,
-        duplicates=tally.total - len(tally.seen),
-    )
+    argv = [sys.executable, __file__, "worker", "--dsn", args.dsn]
+    argv += ["--concurrency", str(args.concurrency), "--processes", str(args.processes)]
+    result = run_scale(argv, args.processes, args.n, run_s=budget(args.n), stop_s=STOP_S)
+    report_scale(result, concurrency=args.concurrency)
 
 
 def main() -> None:
