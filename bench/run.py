@@ -38,8 +38,8 @@ VENVS = BENCH / ".venvs"
 
 #: The peers, pinned: the versions the issue measured. Each gets a venv of its own.
 PEERS: dict[str, list[str]] = {
-    "pgqueuer": ["pgqueuer==1.6.0", "asyncpg==0.30.0"],
-    "procrastinate": ["procrastinate==3.10.0", "psycopg[binary]==3.2.13"],
+    "pgqueuer": ["pgqueuer==1.6.0", "asyncpg==0.32.0"],
+    "procrastinate": ["procrastinate==3.10.0", "psycopg[binary]==3.3.9"],
     "absurd": ["absurd-sdk==0.5.1", "absurdctl==0.5.1"],
     "dbos": ["dbos==3.4.0"],
 }
@@ -54,15 +54,16 @@ class Row:
     only: str | None = None  # a system's own workload
 
 
-def rows(n: int, backlog: int, processes: int, concurrency: int) -> list[Row]:
+def rows(args: argparse.Namespace) -> list[Row]:
+    n, backlog, processes, concurrency = args.n, args.backlog, args.processes, args.concurrency
     return [
         Row("enqueue_one", f"enqueue {n:,}, one at a time"),
-        Row("enqueue_batch", f"enqueue {n:,}, batched"),
+        Row("enqueue_batch", f"enqueue {n:,}, batched by {args.batch:,}"),
         Row("noop", f"end to end, {n:,} no-op, c={concurrency}"),
-        Row("steps3", f"end to end, {n:,} x 3 steps, c={concurrency}"),
+        Row("steps3", f"end to end, {args.steps_n:,} x 3 steps, c={concurrency}"),
         Row("latency", "spawn-to-start p50, low load", "p50_ms", "ms"),
         Row("latency", "spawn-to-start p99, low load", "p99_ms", "ms"),
-        Row("backlog", f"{n:,} no-op behind a {backlog:,} backlog"),
+        Row("backlog", f"no-op behind a {backlog:,} backlog (<= {n:,} or 60 s)"),
         Row("scale", f"{n:,} no-op, {processes} worker processes"),
         Row("scale", f"  tasks run twice ({processes} processes)", "duplicates", "", None),
         Row(
@@ -309,6 +310,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=20_000, help="tasks per workload")
     parser.add_argument("--backlog", type=int, default=1_000_000, help="pending tasks behind")
     parser.add_argument("--repeat", type=int, default=3, help="runs per cell (median)")
+    parser.add_argument("--steps-n", type=int, default=5_000, help="tasks of the 3-step workload")
+    parser.add_argument(
+        "--backlog-repeat",
+        type=int,
+        default=1,
+        help="runs of the backlog cell (its preload is long)",
+    )
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--batch", type=int, default=1_000, help="batched enqueue size")
     parser.add_argument("--processes", type=int, default=4, help="worker processes (scale)")
@@ -329,7 +337,7 @@ async def main(args: argparse.Namespace) -> None:
     for system in systems:
         if system != "durable":
             await anyio.to_thread.run_sync(ensure_venv, system)
-    table_rows = rows(args.n, args.backlog, args.processes, args.concurrency)
+    table_rows = rows(args)
     wanted = args.workloads.split(",") if args.workloads else None
     workloads = list(dict.fromkeys(r.workload for r in table_rows))
     if wanted:
@@ -360,8 +368,10 @@ async def main(args: argparse.Namespace) -> None:
                 if row.only and row.only != system:
                     continue
                 cell = cells.setdefault((workload, system), Cell())
-                for _ in range(args.repeat):
-                    result = await measure(server.dsn, system, workload, options, args.timeout)
+                here = [*options, f"--n={args.steps_n}"] if workload == "steps3" else options
+                repeat = args.backlog_repeat if workload == "backlog" else args.repeat
+                for _ in range(repeat):
+                    result = await measure(server.dsn, system, workload, here, args.timeout)
                     print(
                         f"  {system:13} {workload:13} {json.dumps(result)}",
                         file=sys.stderr,
