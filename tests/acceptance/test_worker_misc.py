@@ -7,6 +7,7 @@ import threading
 from datetime import timedelta
 from typing import Any
 
+import anyio
 import pytest
 import structlog
 from worker_app import QUEUE, running_worker, wait_finished, wait_for
@@ -200,3 +201,38 @@ async def test_a_worker_runs_without_prepared_statements_as_behind_pgbouncer(dsn
         handles = [await stepped.spawn(i) for i in range(5)]
         for handle in handles:
             assert (await handle.result(timeout=10)).result == 2
+
+
+async def test_a_cancelled_run_s_next_batched_checkpoint_is_refused_and_it_stops(dsn: str) -> None:
+    """The worker batches checkpoints; one whose run was cancelled meanwhile is refused on its
+    own (LeaseLost inside the handler), while the other runs' checkpoints in the batch land."""
+    app = Durable(dsn)
+    reached = anyio.Event()
+    go_on = anyio.Event()
+    after: list[int] = []
+
+    @app.task(queue=QUEUE)
+    async def paused(ctx: TaskContext, params: int) -> int:
+        await ctx.step("first", lambda: params)
+        if params == 0:
+            reached.set()
+            await go_on.wait()
+        await ctx.step("second", lambda: params)
+        after.append(params)
+        return params
+
+    async with running_worker(app):
+        victim = await paused.spawn(0)
+        with anyio.fail_after(10):
+            await reached.wait()
+        await app.cancel(victim.task_id)
+        others = [await paused.spawn(i) for i in range(1, 6)]
+        go_on.set()
+        results = [(await h.result(timeout=10)).result for h in others]
+        with pytest.raises(TaskFailed):
+            await victim.result(timeout=10)
+        steps = [c.step_name for c in await app.client.get_checkpoints(QUEUE, victim.task_id)]
+
+    assert results == [1, 2, 3, 4, 5]
+    assert steps == ["first"]  # "second" was refused
+    assert 0 not in after  # the handler stopped at the refused step
