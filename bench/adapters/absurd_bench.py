@@ -47,29 +47,26 @@ import asyncio
 import json
 import math
 import signal
-import sys
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import absurdctl
 import psycopg
 from absurd_sdk import AsyncAbsurd
+from aio import Hits, main, probe_latency, timed_drain, within
 from contract import (
     BACKLOG_WINDOW_S,
-    LATENCY_PAUSE_S,
-    LATENCY_TASKS,
+    Budget,
     now,
-    parse_args,
     report_backlog,
-    report_scale,
-    run_scale,
     throughput,
+    time_workers,
     worker_ready,
 )
 from contract import latency as report_latency
 
-T = TypeVar("T")
 QUEUE = "bench"
 SCHEMA_VERSION = "0.5.1"
 POLL_INTERVAL_S = 0.25  # the SDK's and the docs' default
@@ -79,46 +76,7 @@ select count(*) from unnest(%(params)s::jsonb[]) as p(params)
 cross join lateral absurd.spawn_task(%(queue)s, %(task)s, p.params, %(options)s::jsonb)
 """
 STOP_S = 60.0  # for a worker to shut down
-START_S = 60.0  # for one latency task to start
-
-
-def budget(tasks: int) -> float:
-    """A generous time limit for enqueueing or running ``tasks`` tasks (10 min + 10 tasks/s)."""
-    return 600.0 + tasks / 10
-
-
-async def within(seconds: float, aw: Awaitable[T], what: str) -> T:
-    try:
-        return await asyncio.wait_for(aw, seconds)
-    except TimeoutError:
-        raise RuntimeError(f"{what}: no result after {seconds:.0f} s") from None
-
-
-class Hits:
-    """What the handlers report: when each awaited task started, and when the target-th returned.
-
-    Every handler runs on the one event loop, so plain attributes are enough.
-    """
-
-    def __init__(self, target: int, out: Path | None = None) -> None:
-        self.target = target
-        self.count = 0
-        self.done = asyncio.Event()
-        self.done_at = 0.0
-        self.waiting: dict[int, asyncio.Future[float]] = {}
-        self.out = out.open("a", buffering=1) if out else None  # line-buffered: one write a task
-
-    def started(self, i: int) -> None:
-        if (future := self.waiting.pop(i, None)) is not None:
-            future.set_result(now())
-
-    def returned(self, i: int) -> None:
-        if self.out is not None:
-            self.out.write(f"{i}\n")
-        self.count += 1
-        if self.count == self.target:
-            self.done_at = now()
-            self.done.set()
+budget = Budget(base_s=600.0, per_s=10.0)  # 10 min + 10 tasks/s
 
 
 async def _small_int(k: int) -> int:
@@ -189,33 +147,20 @@ def start_worker(app: Any, concurrency: int) -> asyncio.Task[None]:
     return asyncio.create_task(run)
 
 
-async def stop_worker(app: Any, task: asyncio.Task[None]) -> None:
-    app.stop_worker()
+@asynccontextmanager
+async def running(app: Any, concurrency: int) -> AsyncIterator[asyncio.Task[None]]:
+    """A worker in a task; on exit, ``app.stop_worker()`` (its loop ends after the batch in
+    hand), awaited, and the client closed."""
+    task = start_worker(app, concurrency)
     try:
-        await within(STOP_S, asyncio.shield(task), "stopping the worker")
+        yield task
     finally:
-        task.cancel()
-        await app.close()
-
-
-async def until_done(
-    hits: Hits, worker: asyncio.Task[None], seconds: float, window: bool = False
-) -> bool:
-    """Wait for ``hits.done``; fail if the worker ends first. False if ``seconds`` ran out and
-    they are a ``window``; else that fails too."""
-    waiter = asyncio.create_task(hits.done.wait())
-    done, _ = await asyncio.wait(
-        {waiter, worker}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
-    )
-    waiter.cancel()
-    if waiter in done:
-        return True
-    if worker in done:
-        worker.result()
-        raise RuntimeError("the worker stopped before the last task ran")
-    if window:
-        return False
-    raise RuntimeError(f"{hits.count}/{hits.target} tasks ran within {seconds:.0f} s")
+        app.stop_worker()
+        try:
+            await within(STOP_S, asyncio.shield(task), "stopping the worker")
+        finally:
+            task.cancel()
+            await app.close()
 
 
 async def drain(
@@ -224,36 +169,19 @@ async def drain(
     """Run a worker until N handlers returned or ``window_s`` passed; how many returned, and the
     seconds from its start until the N-th returned or the window closed."""
     hits = Hits(n)
-    app = make_app(dsn, hits)
-    start = now()
-    worker = start_worker(app, concurrency)
-    try:
-        if await until_done(hits, worker, min(window_s, budget(n)), window_s < math.inf):
-            returned, seconds = n, hits.done_at - start
-        else:
-            returned, seconds = hits.count, now() - start
-    finally:
-        await stop_worker(app, worker)
-    return returned, seconds
+    worker = running(make_app(dsn, hits), concurrency)
+    return await timed_drain(hits, worker, budget(n), window_s)
 
 
 async def measure_latency(dsn: str, concurrency: int) -> None:
-    hits = Hits(0)
-    app = make_app(dsn, hits)
+    hits = Hits()
     producer = AsyncAbsurd(dsn, queue_name=QUEUE)
-    worker = start_worker(app, concurrency)
-    samples: list[float] = []
     try:
-        for i in range(-1, LATENCY_TASKS):  # task -1 warms up: the worker is up and polling
-            future = hits.waiting[i] = asyncio.get_running_loop().create_future()
-            sent = now()
-            await producer.spawn("noop", {"i": i}, queue=QUEUE)
-            started = await within(START_S, future, f"latency task {i} to start")
-            if i >= 0:
-                samples.append(started - sent)
-            await asyncio.sleep(LATENCY_PAUSE_S)
+        async with running(make_app(dsn, hits), concurrency):
+            samples = await probe_latency(
+                hits, lambda i: producer.spawn("noop", {"i": i}, queue=QUEUE)
+            )
     finally:
-        await stop_worker(app, worker)
         await producer.close()
     report_latency(samples, concurrency=concurrency, poll_interval_s=POLL_INTERVAL_S)
 
@@ -284,14 +212,7 @@ async def run(args: argparse.Namespace) -> None:
         size = args.backlog
         rate = await within(budget(size), preload(dsn, "noop", size), "enqueueing")
         returned, seconds = await drain(dsn, n, c, BACKLOG_WINDOW_S)
-        report_backlog(
-            returned,
-            seconds,
-            window_hit=returned < n,
-            backlog=size,
-            preload_per_s=rate,
-            concurrency=c,
-        )
+        report_backlog(returned, seconds, target=n, backlog=size, preload_per_s=rate, concurrency=c)
     elif args.workload == "latency":
         await measure_latency(dsn, c)
     elif args.workload == "scale":
@@ -315,21 +236,8 @@ async def worker(args: argparse.Namespace) -> None:
 def scale(args: argparse.Namespace) -> None:
     """Preload, then time the worker processes running N tasks (``contract.run_scale``)."""
     asyncio.run(run(args))  # the schema and the N tasks
-    argv = [sys.executable, __file__, "worker", "--dsn", args.dsn]
-    argv += ["--concurrency", str(args.concurrency)]
-    result = run_scale(argv, args.processes, args.n, run_s=budget(args.n), stop_s=STOP_S)
-    report_scale(result, concurrency=args.concurrency)
-
-
-def main() -> None:
-    args = parse_args()
-    if args.workload == "worker":
-        asyncio.run(worker(args))
-    elif args.workload == "scale":
-        scale(args)
-    else:
-        asyncio.run(run(args))
+    time_workers(__file__, args, run_s=budget(args.n), stop_s=STOP_S)
 
 
 if __name__ == "__main__":
-    main()
+    main(run, worker, scale)

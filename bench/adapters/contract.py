@@ -57,7 +57,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TextIO, TypeVar
 
 WORKLOADS = ("enqueue_one", "enqueue_batch", "noop", "steps3", "latency", "backlog", "scale")
 INTERNAL = ("worker",)  # the worker processes of ``scale``
@@ -97,16 +97,17 @@ def report_backlog(
     returned: int,
     seconds: float,
     *,
-    window_hit: bool,
+    target: int,
     backlog: int,
     preload_per_s: float,
     **extra: Any,
 ) -> None:
-    """``backlog``'s figure: ``returned`` handlers in ``seconds`` (N, or the window's count)."""
+    """``backlog``'s figure: ``returned`` handlers in ``seconds`` (N = ``target``, or fewer when
+    the window ended the drain first: ``window_hit``)."""
     throughput(
         returned,
         seconds,
-        window_hit=window_hit,
+        window_hit=returned < target,
         backlog=backlog,
         preload_per_s=round(preload_per_s),
         **extra,
@@ -133,6 +134,46 @@ def skip(reason: str) -> None:
 
 
 now = time.perf_counter
+
+
+class _Event(Protocol):
+    def set(self) -> None: ...
+
+
+E = TypeVar("E", bound=_Event)
+
+
+class Returns(Generic[E]):
+    """What handlers report as they return: how many did, and when the ``target``-th did (then
+    ``done``, an asyncio or a threading event, is set); with ``out`` (a ``scale`` worker's
+    ``--out`` file, opened line-buffered: one write a task), each one's task number."""
+
+    def __init__(self, target: int, done: E, out: Path | None = None) -> None:
+        self.target = target
+        self.count = 0
+        self.done = done
+        self.done_at = 0.0
+        self.out: TextIO | None = out.open("a", buffering=1) if out else None
+
+    def returned(self, i: int) -> None:
+        if self.out is not None:
+            self.out.write(f"{i}\n")
+        self.count += 1
+        if self.count == self.target:
+            self.done_at = now()
+            self.done.set()
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A generous time limit for enqueueing or running some tasks: ``base_s`` plus the time they
+    take at ``per_s`` tasks a second (an adapter's limits, its ``budget(tasks)``)."""
+
+    base_s: float
+    per_s: float
+
+    def __call__(self, tasks: int) -> float:
+        return self.base_s + tasks / self.per_s
 
 
 # --- scale -------------------------------------------------------------------------------------
@@ -216,6 +257,18 @@ def report_scale(run: ScaleRun, **extra: Any) -> None:
         duplicates=run.duplicates,
         **extra,
     )
+
+
+def time_workers(
+    script: str, args: argparse.Namespace, *, run_s: float, stop_s: float, **extra: Any
+) -> None:
+    """``scale``'s timed part, once the N tasks are enqueued: ``run_scale`` over ``--processes``
+    copies of ``python SCRIPT worker --dsn DSN --concurrency C --processes P``, reported with
+    ``concurrency`` and ``extra``."""
+    argv = [sys.executable, script, "worker", "--dsn", args.dsn]
+    argv += ["--concurrency", str(args.concurrency), "--processes", str(args.processes)]
+    result = run_scale(argv, args.processes, args.n, run_s=run_s, stop_s=stop_s)
+    report_scale(result, concurrency=args.concurrency, **extra)
 
 
 class _Tally:

@@ -68,12 +68,13 @@ from contract import (
     BACKLOG_WINDOW_S,
     LATENCY_PAUSE_S,
     LATENCY_TASKS,
+    Budget,
+    Returns,
     now,
     parse_args,
     report_backlog,
-    report_scale,
-    run_scale,
     throughput,
+    time_workers,
     worker_ready,
 )
 from contract import latency as report_latency
@@ -86,25 +87,18 @@ PRELOAD_BATCH = 10_000
 PRELOAD_LANES = 2  # connections enqueueing at once in a preload
 STOP_S = 60  # for in-flight workflows to finish at shutdown
 START_S = 60.0  # for one latency task to start
+budget = Budget(base_s=600.0, per_s=10.0)  # 10 min + 10 tasks/s
 
 
-def budget(tasks: int) -> float:
-    """A generous time limit for enqueueing or running ``tasks`` tasks (10 min + 10 tasks/s)."""
-    return 600.0 + tasks / 10
-
-
-class Hits:
-    """What the workflows report (from DBOS's executor threads, hence the lock)."""
+class Hits(Returns[threading.Event]):
+    """What the workflows report (from DBOS's executor threads, hence the lock); ``target`` is
+    set before each drain, ``out`` in a ``scale`` worker."""
 
     def __init__(self) -> None:
+        super().__init__(0, threading.Event())
         self.lock = threading.Lock()
-        self.target = 0
-        self.count = 0
-        self.done = threading.Event()
-        self.done_at = 0.0
         self.waiting: dict[int, threading.Event] = {}
         self.started_at: dict[int, float] = {}
-        self.out: Any = None  # a line-buffered file in a ``scale`` worker
 
     def started(self, i: int) -> None:
         at = now()
@@ -115,12 +109,7 @@ class Hits:
 
     def returned(self, i: int) -> None:
         with self.lock:
-            if self.out is not None:
-                self.out.write(f"{i}\n")
-            self.count += 1
-            if self.count == self.target:
-                self.done_at = now()
-                self.done.set()
+            super().returned(i)
 
 
 HITS = Hits()
@@ -279,7 +268,7 @@ def run(args: argparse.Namespace) -> None:
         report_backlog(
             returned,
             seconds,
-            window_hit=returned < n,
+            target=n,
             backlog=args.backlog,
             preload_per_s=rate,
             poll_interval_s=POLL_INTERVAL_S,
@@ -310,10 +299,8 @@ def worker(args: argparse.Namespace) -> None:
 def scale(args: argparse.Namespace) -> None:
     """Preload (the queue paused), then time the worker processes running N tasks."""
     run(args)
-    argv = [sys.executable, __file__, "worker", "--dsn", args.dsn]
-    argv += ["--concurrency", str(args.concurrency)]
-    result = run_scale(argv, args.processes, args.n, run_s=budget(args.n), stop_s=STOP_S + 30)
-    report_scale(result, concurrency=args.concurrency, poll_interval_s=POLL_INTERVAL_S)
+    run_s, stop_s = budget(args.n), STOP_S + 30
+    time_workers(__file__, args, run_s=run_s, stop_s=stop_s, poll_interval_s=POLL_INTERVAL_S)
 
 
 def watchdog(seconds: float) -> None:

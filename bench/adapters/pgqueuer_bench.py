@@ -37,23 +37,20 @@ import argparse
 import asyncio
 import math
 import signal
-import sys
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
+from aio import Hits, main, probe_latency, timed_drain, within
 from contract import (
     BACKLOG_WINDOW_S,
-    LATENCY_PAUSE_S,
-    LATENCY_TASKS,
+    Budget,
     now,
-    parse_args,
     report_backlog,
-    report_scale,
-    run_scale,
-    skip,
     throughput,
+    time_workers,
     worker_ready,
 )
 from contract import latency as report_latency
@@ -62,47 +59,10 @@ from pgqueuer.db import AsyncpgDriver
 from pgqueuer.models import Job
 from pgqueuer.queries import Queries
 
-T = TypeVar("T")
 ENTRYPOINT = "noop"
 PRELOAD_BATCH = 10_000
 STOP_S = 60.0  # for a worker to shut down
-START_S = 60.0  # for one latency task to start
-
-
-def budget(tasks: int) -> float:
-    """A generous time limit for enqueueing or running ``tasks`` tasks (>= 100 tasks/s)."""
-    return 120.0 + tasks / 100
-
-
-async def within(seconds: float, aw: Awaitable[T], what: str) -> T:
-    try:
-        return await asyncio.wait_for(aw, seconds)
-    except TimeoutError:
-        raise RuntimeError(f"{what}: no result after {seconds:.0f} s") from None
-
-
-class Hits:
-    """What the handler reports: when each awaited task started, and when the target-th returned."""
-
-    def __init__(self, target: int, out: Path | None = None) -> None:
-        self.target = target
-        self.count = 0
-        self.done = asyncio.Event()
-        self.done_at = 0.0
-        self.waiting: dict[int, asyncio.Future[float]] = {}
-        self.out = out.open("a", buffering=1) if out else None  # line-buffered: one write a task
-
-    async def handle(self, job: Job) -> None:
-        started = now()
-        i = int(job.payload)
-        if (future := self.waiting.pop(i, None)) is not None:
-            future.set_result(started)
-        if self.out is not None:
-            self.out.write(f"{i}\n")
-        self.count += 1
-        if self.count == self.target:
-            self.done_at = now()
-            self.done.set()
+budget = Budget(base_s=120.0, per_s=100.0)  # >= 100 tasks/s
 
 
 def payloads(start: int, count: int) -> list[bytes]:
@@ -125,37 +85,29 @@ async def preload(queries: Any, n: int) -> float:
 
 def start_worker(conn: Any, concurrency: int, hits: Hits) -> tuple[Any, asyncio.Task[None]]:
     pgq = PgQueuer.from_asyncpg_connection(conn)
-    pgq.entrypoint(ENTRYPOINT)(hits.handle)
+
+    async def noop(job: Job) -> None:
+        i = int(job.payload)
+        hits.started(i)
+        hits.returned(i)
+
+    pgq.entrypoint(ENTRYPOINT)(noop)
     run = pgq.run(batch_size=max(1, concurrency // 2), max_concurrent_tasks=concurrency)
     return pgq, asyncio.create_task(run)
 
 
-async def stop_worker(pgq: Any, task: asyncio.Task[None]) -> None:
-    pgq.shutdown.set()
+@asynccontextmanager
+async def running(conn: Any, concurrency: int, hits: Hits) -> AsyncIterator[asyncio.Task[None]]:
+    """A worker in a task; on exit, stopped by setting ``pgq.shutdown`` and awaiting it."""
+    pgq, task = start_worker(conn, concurrency, hits)
     try:
-        await within(STOP_S, asyncio.shield(task), "stopping the worker")
+        yield task
     finally:
-        task.cancel()
-
-
-async def until_done(
-    hits: Hits, worker: asyncio.Task[None], seconds: float, window: bool = False
-) -> bool:
-    """Wait for ``hits.done``; fail if the worker ends first. False if ``seconds`` ran out and
-    they are a ``window``; else that fails too."""
-    waiter = asyncio.create_task(hits.done.wait())
-    done, _ = await asyncio.wait(
-        {waiter, worker}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
-    )
-    waiter.cancel()
-    if waiter in done:
-        return True
-    if worker in done:
-        worker.result()
-        raise RuntimeError("the worker stopped before the last task ran")
-    if window:
-        return False
-    raise RuntimeError(f"{hits.count}/{hits.target} tasks ran within {seconds:.0f} s")
+        pgq.shutdown.set()
+        try:
+            await within(STOP_S, asyncio.shield(task), "stopping the worker")
+        finally:
+            task.cancel()
 
 
 async def drain(
@@ -164,33 +116,13 @@ async def drain(
     """Run a worker until N jobs returned or ``window_s`` passed; how many returned, and the
     seconds from its start until the N-th returned or the window closed."""
     hits = Hits(n)
-    start = now()
-    pgq, worker = start_worker(conn, concurrency, hits)
-    try:
-        if await until_done(hits, worker, min(window_s, budget(n)), window_s < math.inf):
-            returned, seconds = n, hits.done_at - start
-        else:
-            returned, seconds = hits.count, now() - start
-    finally:
-        await stop_worker(pgq, worker)
-    return returned, seconds
+    return await timed_drain(hits, running(conn, concurrency, hits), budget(n), window_s)
 
 
 async def measure_latency(conn: Any, queries: Any, concurrency: int) -> None:
-    hits = Hits(0)
-    pgq, worker = start_worker(conn, concurrency, hits)
-    samples: list[float] = []
-    try:
-        for i in range(-1, LATENCY_TASKS):  # task -1 warms up: the worker is up and listening
-            future = hits.waiting[i] = asyncio.get_running_loop().create_future()
-            sent = now()
-            await queries.enqueue(ENTRYPOINT, b"%d" % i)
-            started = await within(START_S, future, f"latency task {i} to start")
-            if i >= 0:
-                samples.append(started - sent)
-            await asyncio.sleep(LATENCY_PAUSE_S)
-    finally:
-        await stop_worker(pgq, worker)
+    hits = Hits()
+    async with running(conn, concurrency, hits):
+        samples = await probe_latency(hits, lambda i: queries.enqueue(ENTRYPOINT, b"%d" % i))
     report_latency(samples, concurrency=concurrency, max_ms=round(max(samples) * 1000, 3))
 
 
@@ -220,12 +152,7 @@ async def run(args: argparse.Namespace) -> None:
             rate = await within(budget(size), preload(queries, size), "enqueueing")
             returned, seconds = await drain(conn, n, c, BACKLOG_WINDOW_S)
             report_backlog(
-                returned,
-                seconds,
-                window_hit=returned < n,
-                backlog=size,
-                preload_per_s=rate,
-                concurrency=c,
+                returned, seconds, target=n, backlog=size, preload_per_s=rate, concurrency=c
             )
         elif args.workload == "latency":
             await measure_latency(conn, queries, c)
@@ -252,23 +179,8 @@ async def worker(args: argparse.Namespace) -> None:
 def scale(args: argparse.Namespace) -> None:
     """Preload, then time the worker processes running N tasks (``contract.run_scale``)."""
     asyncio.run(run(args))
-    argv = [sys.executable, __file__, "worker", "--dsn", args.dsn]
-    argv += ["--concurrency", str(args.concurrency), "--processes", str(args.processes)]
-    result = run_scale(argv, args.processes, args.n, run_s=budget(args.n), stop_s=STOP_S)
-    report_scale(result, concurrency=args.concurrency)
-
-
-def main() -> None:
-    args = parse_args()
-    if args.workload == "steps3":
-        skip("no durable steps")
-    elif args.workload == "worker":
-        asyncio.run(worker(args))
-    elif args.workload == "scale":
-        scale(args)
-    else:
-        asyncio.run(run(args))
+    time_workers(__file__, args, run_s=budget(args.n), stop_s=STOP_S)
 
 
 if __name__ == "__main__":
-    main()
+    main(run, worker, scale, skips={"steps3": "no durable steps"})

@@ -39,68 +39,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import sys
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import procrastinate
 import psycopg
+from aio import Hits, main, probe_latency, timed_drain, within
 from contract import (
     BACKLOG_WINDOW_S,
-    LATENCY_PAUSE_S,
-    LATENCY_TASKS,
+    Budget,
     now,
-    parse_args,
     report_backlog,
-    report_scale,
-    run_scale,
-    skip,
     throughput,
+    time_workers,
     worker_ready,
 )
 from contract import latency as report_latency
 
-T = TypeVar("T")
 TASK = "noop"
 PRELOAD_BATCH = 10_000
 STOP_S = 60.0  # for a worker to shut down
-START_S = 60.0  # for one latency task to start
-
-
-def budget(tasks: int) -> float:
-    """A generous time limit for enqueueing or running ``tasks`` tasks (>= 100 tasks/s)."""
-    return 120.0 + tasks / 100
-
-
-async def within(seconds: float, aw: Awaitable[T], what: str) -> T:
-    try:
-        return await asyncio.wait_for(aw, seconds)
-    except TimeoutError:
-        raise RuntimeError(f"{what}: no result after {seconds:.0f} s") from None
-
-
-class Hits:
-    """What the task reports: when each awaited task started, and when the target-th returned."""
-
-    def __init__(self, target: int, out: Path | None = None) -> None:
-        self.target = target
-        self.count = 0
-        self.done = asyncio.Event()
-        self.done_at = 0.0
-        self.waiting: dict[int, asyncio.Future[float]] = {}
-        self.out = out.open("a", buffering=1) if out else None  # line-buffered: one write a task
-
-    async def handle(self, i: int) -> None:
-        started = now()
-        if (future := self.waiting.pop(i, None)) is not None:
-            future.set_result(started)
-        if self.out is not None:
-            self.out.write(f"{i}\n")
-        self.count += 1
-        if self.count == self.target:
-            self.done_at = now()
-            self.done.set()
+budget = Budget(base_s=120.0, per_s=100.0)  # >= 100 tasks/s
 
 
 async def sql(dsn: str, statement: str) -> Any:
@@ -141,38 +102,21 @@ async def preload(dsn: str, task: Any, n: int) -> float:
     return rate
 
 
-def start_worker(app: Any, concurrency: int) -> asyncio.Task[None]:
+@asynccontextmanager
+async def running(app: Any, concurrency: int) -> AsyncIterator[asyncio.Task[None]]:
+    """A worker in a task; on exit, stopped by cancelling it, which waits for its running jobs
+    (a graceful stop)."""
     run = app.run_worker_async(concurrency=concurrency, install_signal_handlers=False)
-    return asyncio.create_task(run)
-
-
-async def stop_worker(worker: asyncio.Task[None]) -> None:
-    worker.cancel()  # a graceful stop: the worker finishes its running jobs first
-    done, _ = await asyncio.wait({worker}, timeout=STOP_S)
-    if not done:
-        raise RuntimeError(f"the worker did not stop within {STOP_S:.0f} s")
-    if not worker.cancelled() and (error := worker.exception()) is not None:
-        raise error
-
-
-async def until_done(
-    hits: Hits, worker: asyncio.Task[None], seconds: float, window: bool = False
-) -> bool:
-    """Wait for ``hits.done``; fail if the worker ends first. False if ``seconds`` ran out and
-    they are a ``window``; else that fails too."""
-    waiter = asyncio.create_task(hits.done.wait())
-    done, _ = await asyncio.wait(
-        {waiter, worker}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
-    )
-    waiter.cancel()
-    if waiter in done:
-        return True
-    if worker in done:
-        worker.result()
-        raise RuntimeError("the worker stopped before the last task ran")
-    if window:
-        return False
-    raise RuntimeError(f"{hits.count}/{hits.target} tasks ran within {seconds:.0f} s")
+    worker = asyncio.create_task(run)
+    try:
+        yield worker
+    finally:
+        worker.cancel()
+        done, _ = await asyncio.wait({worker}, timeout=STOP_S)
+        if not done:
+            raise RuntimeError(f"the worker did not stop within {STOP_S:.0f} s")
+        if not worker.cancelled() and (error := worker.exception()) is not None:
+            raise error
 
 
 async def drain(
@@ -180,33 +124,12 @@ async def drain(
 ) -> tuple[int, float]:
     """Run a worker until ``hits.target`` jobs returned or ``window_s`` passed; how many
     returned, and the seconds from its start until the last of them or the window's end."""
-    start = now()
-    worker = start_worker(app, concurrency)
-    try:
-        n = hits.target
-        if await until_done(hits, worker, min(window_s, budget(n)), window_s < math.inf):
-            returned, seconds = n, hits.done_at - start
-        else:
-            returned, seconds = hits.count, now() - start
-    finally:
-        await stop_worker(worker)
-    return returned, seconds
+    return await timed_drain(hits, running(app, concurrency), budget(hits.target), window_s)
 
 
 async def measure_latency(app: Any, task: Any, hits: Hits, concurrency: int) -> None:
-    worker = start_worker(app, concurrency)
-    samples: list[float] = []
-    try:
-        for i in range(-1, LATENCY_TASKS):  # task -1 warms up: the worker is up and listening
-            future = hits.waiting[i] = asyncio.get_running_loop().create_future()
-            sent = now()
-            await task.defer_async(i=i)
-            started = await within(START_S, future, f"latency task {i} to start")
-            if i >= 0:
-                samples.append(started - sent)
-            await asyncio.sleep(LATENCY_PAUSE_S)
-    finally:
-        await stop_worker(worker)
+    async with running(app, concurrency):
+        samples = await probe_latency(hits, lambda i: task.defer_async(i=i))
     report_latency(samples, concurrency=concurrency, max_ms=round(max(samples) * 1000, 3))
 
 
@@ -236,12 +159,7 @@ async def run(args: argparse.Namespace) -> None:
             rate = await within(budget(size), preload(args.dsn, task, size), "enqueueing")
             returned, seconds = await drain(app, hits, c, BACKLOG_WINDOW_S)
             report_backlog(
-                returned,
-                seconds,
-                window_hit=returned < n,
-                backlog=size,
-                preload_per_s=rate,
-                concurrency=c,
+                returned, seconds, target=n, backlog=size, preload_per_s=rate, concurrency=c
             )
         elif args.workload == "latency":
             await measure_latency(app, task, hits, c)
@@ -261,23 +179,8 @@ async def worker(args: argparse.Namespace) -> None:
 def scale(args: argparse.Namespace) -> None:
     """Preload, then time the worker processes running N tasks (``contract.run_scale``)."""
     asyncio.run(run(args))
-    argv = [sys.executable, __file__, "worker", "--dsn", args.dsn]
-    argv += ["--concurrency", str(args.concurrency), "--processes", str(args.processes)]
-    result = run_scale(argv, args.processes, args.n, run_s=budget(args.n), stop_s=STOP_S)
-    report_scale(result, concurrency=args.concurrency)
-
-
-def main() -> None:
-    args = parse_args()
-    if args.workload == "steps3":
-        skip("no durable steps")
-    elif args.workload == "worker":
-        asyncio.run(worker(args))
-    elif args.workload == "scale":
-        scale(args)
-    else:
-        asyncio.run(run(args))
+    time_workers(__file__, args, run_s=budget(args.n), stop_s=STOP_S)
 
 
 if __name__ == "__main__":
-    main()
+    main(run, worker, scale, skips={"steps3": "no durable steps"})
