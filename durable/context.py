@@ -13,7 +13,7 @@ import anyio
 import orjson
 import structlog
 
-from durable.errors import BatcherClosed, LeaseLost
+from durable.errors import BatcherClosed, InvalidArgument, LeaseLost
 from durable.records import Claim
 from durable.retry import seconds
 from durable.store import RawJson, encode_json
@@ -84,6 +84,9 @@ class TaskContext:
         used again within one run (a loop) gets its own checkpoint: ``name``, ``name#2``, ...
         Sync functions run in a worker thread.
         """
+        if not isinstance(name, str) or not name:
+            # refused here, not in a batched write, where it would fail other runs' checkpoints
+            raise InvalidArgument(f"step name must be a non-empty string, got {name!r}")
         count = self._seen.get(name, 0) + 1
         self._seen[name] = count
         key = name if count == 1 else f"{name}#{count}"

@@ -236,3 +236,20 @@ async def test_a_cancelled_run_s_next_batched_checkpoint_is_refused_and_it_stops
     assert results == [1, 2, 3, 4, 5]
     assert steps == ["first"]  # "second" was refused
     assert 0 not in after  # the handler stopped at the refused step
+
+
+async def test_an_empty_step_name_fails_only_its_own_run(dsn: str) -> None:
+    """Checkpoints are batched across runs; a bad step name is refused in its own handler, so
+    it cannot fail the other runs' checkpoints in the same batch."""
+    app = Durable(dsn)
+
+    @app.task(queue=QUEUE, max_attempts=1)
+    async def named(ctx: TaskContext, params: str) -> str:
+        return str(await ctx.step(params, lambda: params))
+
+    async with running_worker(app):
+        good = [await named.spawn(f"s{i}") for i in range(10)]
+        bad = await named.spawn("")
+        assert [(await h.result(timeout=10)).result for h in good] == [f"s{i}" for i in range(10)]
+        with pytest.raises(TaskFailed, match="step name"):
+            await bad.result(timeout=10)
