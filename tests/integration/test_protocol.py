@@ -861,6 +861,15 @@ async def test_complete_runs_notifies_its_ended_tasks_in_lists_of_up_to_200(
     assert sorted(ids for chunk in lists for ids in chunk) == sorted(str(c.task_id) for c in claims)
 
 
+async def test_a_batch_is_claimed_in_its_order(client: Client) -> None:
+    """spawn_many keys a batch in its order, so claim (priority, time, key) takes it FIFO."""
+    infos = await client.spawn_many(Q, [("job", i) for i in range(300)])
+    assert len({i.task_id for i in infos} | {i.run_id for i in infos}) == 600
+    claims = await client.claim(Q, "w1", 30, qty=120) + await client.claim(Q, "w1", 30, qty=500)
+    assert [c.params for c in claims] == list(range(300))
+    assert [c.run_id for c in claims] == [i.run_id for i in infos]
+
+
 async def test_complete_runs_completes_the_live_runs_and_reports_the_lost(client: Client) -> None:
     await client.spawn_many("q", [("t", i) for i in range(4)])
     claims = await client.claim("q", "w1", 30, qty=4)
