@@ -31,24 +31,24 @@ WriteBatch = Callable[[str, list[Item]], Awaitable[Sequence[bool]]]
 
 
 class _Pending(Generic[Item]):
-    __slots__ = ("batch", "error", "item", "queue", "written")
+    __slots__ = ("error", "item", "queue", "written")
 
-    def __init__(self, queue: str, item: Item, batch: _Batch) -> None:
+    def __init__(self, queue: str, item: Item) -> None:
         self.queue = queue
         self.item = item
-        self.batch = batch
         self.written = False
         self.error: DurableError | None = None
 
 
-class _Batch:
-    """The items that will share one write; ``done`` is set once it is made (one event each)."""
+class _Batch(Generic[Item]):
+    """The items that will share one write (one statement per queue and MAX_BATCH items), and
+    the one event that tells all of their writers it was made."""
 
-    __slots__ = ("done", "size")
+    __slots__ = ("done", "items")
 
     def __init__(self) -> None:
+        self.items: list[_Pending[Item]] = []
         self.done = anyio.Event()
-        self.size = 0
 
 
 class GroupCommit(Generic[Item]):
@@ -58,21 +58,17 @@ class GroupCommit(Generic[Item]):
     def __init__(self, write: WriteBatch[Item], *, timeout_s: float) -> None:
         self._write_batch = write
         self._timeout_s = timeout_s
-        self._waiting: list[_Pending[Item]] = []
-        self._next = _Batch()  # the batch new items join
+        self._next: _Batch[Item] = _Batch()  # the batch new items join
         self._ready = anyio.Event()
         self._closed = False
 
     async def submit(self, queue: str, item: Item) -> bool:
         if self._closed:
             raise BatcherClosed
-        if self._next.size >= MAX_BATCH:
-            self._next = _Batch()
-        pending = _Pending(queue, item, self._next)
-        self._next.size += 1
-        self._waiting.append(pending)
+        batch, pending = self._next, _Pending(queue, item)
+        batch.items.append(pending)
         self._ready.set()
-        await pending.batch.done.wait()
+        await batch.done.wait()
         if pending.error is not None:
             raise pending.error
         return pending.written
@@ -85,39 +81,34 @@ class GroupCommit(Generic[Item]):
             while True:
                 await self._ready.wait()
                 self._ready = anyio.Event()
-                batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
-                if self._waiting:
-                    self._ready.set()
-                if batch and batch[-1].batch is self._next:
-                    self._next = _Batch()  # later items wait for the next write
+                batch, self._next = self._next, _Batch()  # later items wait for the next write
                 # shielded: a batch in flight is finished (or failed) even while shutting down
                 with anyio.CancelScope(shield=True):
-                    await self._write(batch)
-                for done in {id(p.batch): p.batch for p in batch}.values():
-                    done.done.set()
+                    await self._write(batch.items)
+                batch.done.set()
         finally:
             self._closed = True
-            for pending in self._waiting:
+            for pending in self._next.items:
                 pending.error = BatcherClosed()
-            for done in {id(p.batch): p.batch for p in self._waiting}.values():
-                done.done.set()
-            self._waiting = []
+            self._next.done.set()
 
     async def _write(self, batch: list[_Pending[Item]]) -> None:
         by_queue: dict[str, list[_Pending[Item]]] = defaultdict(list)
         for pending in batch:
             by_queue[pending.queue].append(pending)
-        for queue, items in by_queue.items():
-            try:
-                written = await within(
-                    self._timeout_s, self._write_batch(queue, [p.item for p in items])
-                )
-            except DurableError as exc:
-                for pending in items:
-                    pending.error = exc
-            else:
-                for pending, ok in zip(items, written, strict=True):
-                    pending.written = ok
+        for queue, pendings in by_queue.items():
+            for first in range(0, len(pendings), MAX_BATCH):
+                items = pendings[first : first + MAX_BATCH]
+                try:
+                    written = await within(
+                        self._timeout_s, self._write_batch(queue, [p.item for p in items])
+                    )
+                except DurableError as exc:
+                    for pending in items:
+                        pending.error = exc
+                else:
+                    for pending, ok in zip(items, written, strict=True):
+                        pending.written = ok
 
 
 class RunWrites:
