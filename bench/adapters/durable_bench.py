@@ -15,10 +15,11 @@ and the protocol calls per task, so each figure can be read against pgbench's co
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Any, TextIO
 
@@ -93,14 +94,19 @@ async def one() -> int:
     return 1
 
 
+async def spawn_batches(app: Durable, task: str, count: int, batch: int) -> None:
+    """Spawn tasks ``0 .. count-1`` with one ``spawn_many`` per ``batch`` of them."""
+    for first in range(0, count, batch):
+        size = min(count, first + batch) - first
+        await app.client.spawn_many(QUEUE, [(task, {"i": first + i}) for i in range(size)])
+
+
 async def preload(dsn: str, task: str, count: int) -> float:
     """Spawn ``count`` tasks in batches, then ANALYZE (both untimed: see contract.py); the
     spawns per second."""
     async with Durable(dsn) as app:
         started = now()
-        for first in range(0, count, SPAWN_BATCH):
-            size = min(count, first + SPAWN_BATCH) - first
-            await app.client.spawn_many(QUEUE, [(task, {"i": first + i}) for i in range(size)])
+        await spawn_batches(app, task, count, SPAWN_BATCH)
         rate = count / (now() - started)
     conn = await asyncpg.connect(dsn)
     try:
@@ -110,27 +116,39 @@ async def preload(dsn: str, task: str, count: int) -> float:
     return rate
 
 
+@contextlib.asynccontextmanager
+async def worker_running(
+    app: Durable, concurrency: int, lease_s: float = 60.0
+) -> AsyncIterator[Worker]:
+    """One worker in this process, started on the way in and drained on the way out."""
+    async with anyio.create_task_group() as tg:
+        worker: Worker = await tg.start(
+            lambda task_status: app.run_worker(
+                [QUEUE],
+                concurrency=concurrency,
+                claim_timeout=lease_s,
+                handle_signals=False,
+                task_status=task_status,
+            )
+        )
+        try:
+            yield worker
+        finally:
+            worker.drain(force=True)
+
+
 async def drain_through_worker(
     app: Durable, counter: Counter, concurrency: int, window_s: float = math.inf
 ) -> tuple[int, float]:
     """Run one worker until the counter is reached, or ``window_s`` after its start; the
     handlers returned by then and the seconds from its start."""
-    async with anyio.create_task_group() as tg:
-        started = now()
-        deadline = anyio.current_time() + window_s
-        worker: Worker = await tg.start(
-            lambda task_status: app.run_worker(
-                [QUEUE],
-                concurrency=concurrency,
-                handle_signals=False,
-                task_status=task_status,
-            )
-        )
+    started = now()
+    deadline = anyio.current_time() + window_s
+    async with worker_running(app, concurrency):
         with anyio.CancelScope(deadline=deadline):
             await counter.reached.wait()
         returned = counter.n if counter.reached.is_set() else counter.done
         seconds = now() - started
-        worker.drain(force=True)
     return returned, seconds
 
 
@@ -203,9 +221,7 @@ async def enqueue_batch(dsn: str, n: int, batch: int) -> None:
     async with app:
         await app.client.spawn_many(QUEUE, [("noop", {"i": -1})])
         started = now()
-        for first in range(0, n, batch):
-            size = min(n, first + batch) - first
-            await app.client.spawn_many(QUEUE, [("noop", {"i": first + i}) for i in range(size)])
+        await spawn_batches(app, "noop", n, batch)
         throughput(n, now() - started, batch=batch)
 
 
@@ -236,12 +252,7 @@ async def backlog(dsn: str, n: int, concurrency: int, size: int) -> None:
 async def latency_workload(dsn: str, concurrency: int) -> None:
     counter = Counter(LATENCY_TASKS)
     samples: list[float] = []
-    async with make_app(dsn, counter) as app, anyio.create_task_group() as tg:
-        worker: Worker = await tg.start(
-            lambda task_status: app.run_worker(
-                [QUEUE], concurrency=concurrency, handle_signals=False, task_status=task_status
-            )
-        )
+    async with make_app(dsn, counter) as app, worker_running(app, concurrency):
         task = app.registry["noop"]
         await anyio.sleep(0.5)  # the worker is listening and idle
         for i in range(LATENCY_TASKS):
@@ -251,7 +262,6 @@ async def latency_workload(dsn: str, concurrency: int) -> None:
                 await anyio.sleep(0.0002)
             samples.append(counter.started[i] - before)
             await anyio.sleep(LATENCY_PAUSE_S)
-        worker.drain(force=True)
     latency(samples, wakeup="LISTEN/NOTIFY (poll every 2 s as a fallback)")
 
 
@@ -261,19 +271,9 @@ async def heartbeat(dsn: str, concurrency: int) -> None:
     counter = Counter(concurrency)
     await preload(dsn, "hold", concurrency)
     before = await counters(dsn)
-    async with make_app(dsn, counter) as app, anyio.create_task_group() as tg:
-        worker: Worker = await tg.start(
-            lambda task_status: app.run_worker(
-                [QUEUE],
-                concurrency=concurrency,
-                claim_timeout=HEARTBEAT_LEASE_S,
-                handle_signals=False,
-                task_status=task_status,
-            )
-        )
+    async with make_app(dsn, counter) as app, worker_running(app, concurrency, HEARTBEAT_LEASE_S):
         await counter.reached.wait()
         await anyio.sleep(HEARTBEAT_SECONDS)
-        worker.drain(force=True)
     after = await counters(dsn)
     calls = after.get("extend_claims", 0) - before.get("extend_claims", 0)
     intervals = HEARTBEAT_SECONDS / (HEARTBEAT_LEASE_S / 3)
