@@ -91,11 +91,13 @@ async def _assert_nothing_half_written(dsn: str) -> None:
         await conn.close()
 
 
-def _assert_reconnected(worker: FaultWorker) -> None:
+async def _assert_reconnected(worker: FaultWorker) -> None:
+    """The worker survived, lost its LISTEN connection and re-opens it. The other worker may
+    have finished every task while this one still backs off, so the re-open is waited for."""
     assert worker.returncode is None, worker.log_text()[-3000:]
     lost = worker.events("worker.listener_lost")
     assert lost, worker.log_text()[-3000:]
-    assert worker.events("db.reconnected", during="listen"), worker.log_text()[-3000:]
+    await wait_event(worker, "db.reconnected", during="listen", timeout=10)
 
 
 async def test_restart_mid_run_workers_reconnect_and_spawn_fails_fast(
@@ -151,7 +153,7 @@ async def test_restart_mid_run_workers_reconnect_and_spawn_fails_fast(
         assert not any(run.state is RunState.RUNNING for r in records for run in r.runs)
 
         for worker in (a, b):
-            _assert_reconnected(worker)
+            await _assert_reconnected(worker)
             down = worker.events("db.unavailable")
             assert down, worker.log_text()[-3000:]
             assert all(e["attempt"] >= 1 and e["delay_s"] > 0 for e in down)
@@ -197,7 +199,7 @@ async def test_every_backend_terminated_mid_run(dsn: str, tmp_path: Path) -> Non
             (r.state, [(x.state, x.failure_reason) for x in r.runs]) for r in records
         ]
         for worker in (a, b):
-            _assert_reconnected(worker)
+            await _assert_reconnected(worker)
     await _assert_nothing_half_written(dsn)
 
 
