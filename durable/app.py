@@ -6,18 +6,30 @@ import inspect
 import signal
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from types import TracebackType
-from typing import Any, TypedDict, Unpack, overload
+from typing import Any, Unpack, overload
 
 import anyio
 import structlog
 
 from durable.client import Client
+from durable.cron import CronExpr, CronJob
 from durable.errors import TaskFailed, UnknownTask, check_queue_name
-from durable.records import SpawnInfo, SpawnOptions, TaskRecord, TaskResult, TaskState
+from durable.records import (
+    Cancellation,
+    RateLimit,
+    SpawnInfo,
+    SpawnKwargs,
+    SpawnOptions,
+    TaskRecord,
+    TaskResult,
+    TaskState,
+    Unique,
+    spawn_options,
+)
 from durable.retry import Backoff, RetryStrategy
 from durable.store import CHANNEL_DONE, Listener
 from durable.worker import Worker, WorkerOptions
@@ -25,30 +37,11 @@ from durable.worker import Worker, WorkerOptions
 log = structlog.get_logger("durable")
 
 Handler = Callable[..., Any]
+#: ``on_discard(ctx, error)``, sync or async: the task failed for good.
+DiscardHook = Callable[[Any, BaseException], Any]
 
 #: How often a result() waiter checks that the LISTEN connection is still open (no query).
 LISTENER_CHECK_S = 1.0
-
-
-class SpawnKwargs(TypedDict, total=False):
-    """The options a spawn takes (see :class:`durable.SpawnOptions`); None means "not given"."""
-
-    idempotency_key: str | None
-    max_attempts: int | None
-    retry: RetryStrategy | None
-    timeout: float | timedelta | None
-    heartbeat_timeout: float | timedelta | None
-    priority: int | None
-    delay: float | timedelta | None
-    at: datetime | None
-    headers: dict[str, Any] | None
-
-
-def spawn_options(defaults: dict[str, Any], overrides: SpawnKwargs) -> SpawnOptions:
-    """``defaults`` with every override that was given (not None) on top."""
-    merged = dict(defaults)
-    merged.update({k: v for k, v in overrides.items() if v is not None})
-    return SpawnOptions(**merged)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,6 +59,12 @@ class TaskDefinition:
     priority: int = 0
     headers: dict[str, Any] | None = None
     backoff: Backoff | None = None
+    tags: Sequence[str] | None = None
+    unique: Unique | None = None
+    cancellation: Cancellation | None = None
+    global_limit: int | None = None
+    rate_limit: RateLimit | None = None
+    on_discard: DiscardHook | None = None
 
     async def __call__(self, ctx: Any, params: Any) -> Any:
         """Call the handler directly (no durability): useful in unit tests of the handler."""
@@ -82,6 +81,9 @@ class TaskDefinition:
             "heartbeat_timeout": self.heartbeat_timeout,
             "priority": self.priority,
             "headers": self.headers,
+            "tags": self.tags,
+            "unique": self.unique,
+            "cancellation": self.cancellation,
         }
         return spawn_options(defaults, overrides)
 
@@ -151,6 +153,7 @@ class Durable:
             command_timeout=command_timeout,
         )
         self.registry: dict[str, TaskDefinition] = {}
+        self.crons: list[CronJob] = []
         self._waiters = _ResultWaiters()
         self._listener: Listener | None = None
         self._listener_lock = anyio.Lock()
@@ -176,6 +179,12 @@ class Durable:
         priority: int = 0,
         headers: dict[str, Any] | None = None,
         backoff: Backoff | None = None,
+        tags: Sequence[str] | None = None,
+        unique: Unique | None = None,
+        cancellation: Cancellation | None = None,
+        global_limit: int | None = None,
+        rate_limit: RateLimit | None = None,
+        on_discard: DiscardHook | None = None,
     ) -> Callable[[Handler], TaskDefinition]: ...
 
     def task(
@@ -192,12 +201,24 @@ class Durable:
         priority: int = 0,
         headers: dict[str, Any] | None = None,
         backoff: Backoff | None = None,
+        tags: Sequence[str] | None = None,
+        unique: Unique | None = None,
+        cancellation: Cancellation | None = None,
+        global_limit: int | None = None,
+        rate_limit: RateLimit | None = None,
+        on_discard: DiscardHook | None = None,
     ) -> TaskDefinition | Callable[[Handler], TaskDefinition]:
         """Register a handler ``(ctx, params) -> JSON``; bare or with options.
 
         The task's stored name is its contract: pass ``name=`` for anything long-lived, so that
         renaming the function does not strand tasks in flight.
+
+        ``global_limit`` (runs at once) and ``rate_limit`` (starts per period) hold across every
+        worker: a worker serving the task's queue records them when it starts. ``on_discard(ctx,
+        error)`` is called once when the task fails for good (its last attempt failed).
         """
+        if global_limit is not None and global_limit < 1:
+            raise ValueError("global_limit must be at least 1")
 
         def register(handler: Handler) -> TaskDefinition:
             task_name = name or handler.__name__
@@ -215,6 +236,12 @@ class Durable:
                 priority=priority,
                 headers=headers,
                 backoff=backoff,
+                tags=tags,
+                unique=unique,
+                cancellation=cancellation,
+                global_limit=global_limit,
+                rate_limit=rate_limit,
+                on_discard=on_discard,
             )
             # validate the defaults now rather than at the first spawn
             definition.options().to_json()
@@ -334,6 +361,56 @@ class Durable:
 
     async def get_task(self, task_id: uuid.UUID, *, queue: str | None = None) -> TaskRecord:
         return await self.client.get_task(queue, task_id)
+
+    async def emit_event(self, name: str, payload: Any = None) -> int:
+        """Emit event ``name``: every task waiting in ``ctx.await_event(name)`` wakes with
+        ``payload``, and a later wait receives it at once. Returns how many tasks were woken."""
+        woken = await self.client.emit_event(name, payload)
+        log.info("event.emitted", event_name=name, woken=woken)
+        return woken
+
+    async def cancel_by(
+        self,
+        *,
+        queue: str | None = None,
+        task_name: str | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> int:
+        """Cancel every live task matching all the given filters (at least one); how many."""
+        count = await self.client.cancel_by(queue, task_name, tags)
+        log.info("tasks.cancelled", queue=queue, task_name=task_name, tags=tags, count=count)
+        return count
+
+    def cron(
+        self,
+        expr: str,
+        task: TaskDefinition | str,
+        params: Any = None,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        **options: Unpack[SpawnKwargs],
+    ) -> CronJob:
+        """Spawn ``task`` with ``params`` at every slot of cron expression ``expr`` (UTC), once
+        per slot however many workers run the scheduler: every worker serving the task's queue
+        runs it, and the slot's idempotency key keeps one spawn per slot."""
+        definition = self.registry.get(task) if isinstance(task, str) else task
+        task_name = task if isinstance(task, str) else task.name
+        task_queue = queue or (definition.queue if definition else None)
+        if task_queue is None:
+            raise UnknownTask(task_name)
+        job = CronJob(
+            name=name or f"{task_name}:{expr}",
+            schedule=CronExpr.parse(expr),
+            task_name=task_name,
+            queue=check_queue_name(task_queue),
+            params=params,
+            options=definition.options(**options) if definition else spawn_options({}, options),
+        )
+        if any(existing.name == job.name for existing in self.crons):
+            raise ValueError(f"a cron job named {job.name!r} is already registered")
+        self.crons.append(job)
+        return job
 
     # --- consuming ------------------------------------------------------------------------------
 

@@ -15,13 +15,14 @@ import structlog
 
 from durable import embedded
 from durable.config import resolve_dsn
-from durable.errors import DatabaseUnavailable, check_queue_name
+from durable.errors import DatabaseUnavailable, InvalidArgument, check_queue_name
 from durable.records import (
     Checkpoint,
     Claim,
     FailedRun,
     FailureReason,
     QueueCount,
+    RateLimit,
     SpawnInfo,
     SpawnOptions,
     TaskRecord,
@@ -261,6 +262,91 @@ class Client:
     async def get_result(self, queue: str | None, task_id: uuid.UUID) -> TaskResult:
         return await self.store.get_result(_optional_queue(queue), task_id)
 
+    # --- parking: sleep, events, children; progress; limits -------------------------------------
+
+    async def sleep(
+        self,
+        queue: str,
+        run_id: uuid.UUID,
+        step: str,
+        *,
+        seconds: float | timedelta | None = None,
+        until: datetime | None = None,
+    ) -> bool:
+        """Durable sleep as step ``step`` of the run: True when the run was parked (it ended
+        'suspended'; a sleeping run of the task wakes at the recorded time), False when the
+        step's time has already come."""
+        if until is not None and until.tzinfo is None:
+            raise InvalidArgument("sleep_until needs a timezone-aware datetime")
+        return await self.store.sleep(
+            check_queue_name(queue), run_id, step, _seconds(seconds, "sleep seconds"), until
+        )
+
+    async def await_event(
+        self,
+        queue: str,
+        run_id: uuid.UUID,
+        step: str,
+        event: str,
+        timeout: float | timedelta | None = None,
+    ) -> tuple[str, Any]:
+        """Wait for ``event`` as step ``step``: ``("received", payload)``, ``("timeout", None)``
+        or ``("suspended", None)`` (the run was parked until the event or the timeout)."""
+        return await self.store.await_event(
+            check_queue_name(queue), run_id, step, event, _seconds(timeout, "timeout")
+        )
+
+    async def await_task(
+        self,
+        queue: str,
+        run_id: uuid.UUID,
+        step: str,
+        child: uuid.UUID,
+        timeout: float | timedelta | None = None,
+    ) -> tuple[str, Any]:
+        """Wait for task ``child`` to end as step ``step``: ``("done", {state, result,
+        failure})``, ``("timeout", None)`` or ``("suspended", None)``."""
+        return await self.store.await_task(
+            check_queue_name(queue), run_id, step, child, _seconds(timeout, "timeout")
+        )
+
+    async def emit_event(self, name: str, payload: Any = None) -> int:
+        """Store event ``name`` (a later wait receives it at once) and wake every task waiting
+        for it; returns how many were woken."""
+        return await self.store.emit_event(name, payload)
+
+    async def set_progress(
+        self, queue: str, run_id: uuid.UUID, pct: float, detail: Any = None
+    ) -> None:
+        await self.store.set_progress(check_queue_name(queue), run_id, float(pct), detail)
+
+    async def cancel_by(
+        self,
+        queue: str | None = None,
+        task_name: str | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> int:
+        """Cancel every live task matching all the given filters; returns how many."""
+        return await self.store.cancel_by(_optional_queue(queue), task_name, tags)
+
+    async def set_limit(
+        self,
+        queue: str,
+        task_name: str,
+        *,
+        concurrency: int | None = None,
+        rate: RateLimit | None = None,
+    ) -> None:
+        """Set the cluster-wide limits of ``task_name`` on ``queue``: at most ``concurrency``
+        runs at once, at most ``rate.allowed`` starts per ``rate.period``. Neither: no limit."""
+        await self.store.set_limit(
+            check_queue_name(queue),
+            task_name,
+            concurrency,
+            rate.allowed if rate else None,
+            required_seconds(rate.period, "rate period") if rate else None,
+        )
+
     # --- workers and operators ------------------------------------------------------------------
 
     async def register_worker(
@@ -280,11 +366,14 @@ class Client:
     async def stop_worker(self, worker_id: str) -> None:
         await self.store.stop_worker(worker_id)
 
-    async def queue_counts(self) -> list[QueueCount]:
-        return await self.store.queue_counts()
+    async def queue_counts(self, tags: Sequence[str] | None = None) -> list[QueueCount]:
+        """Tasks per queue and state; with ``tags``, only tasks carrying all of them."""
+        return await self.store.queue_counts(tags)
 
-    async def list_failed_runs(self, queue: str | None = None, limit: int = 50) -> list[FailedRun]:
-        return await self.store.list_failed_runs(_optional_queue(queue), limit)
+    async def list_failed_runs(
+        self, queue: str | None = None, limit: int = 50, tags: Sequence[str] | None = None
+    ) -> list[FailedRun]:
+        return await self.store.list_failed_runs(_optional_queue(queue), limit, tags)
 
     async def prune_tasks(
         self,
@@ -303,6 +392,13 @@ class Client:
 
     async def listen(self, handlers: Mapping[str, Any]) -> Listener:
         return await self.store.listen(handlers)
+
+
+def _seconds(value: float | timedelta | None, what: str) -> float | None:
+    try:
+        return seconds(value, what=what)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from exc
 
 
 def _optional_queue(queue: str | None) -> str | None:

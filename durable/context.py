@@ -2,24 +2,42 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Unpack
 
 import anyio
 import orjson
 import structlog
 
-from durable.errors import BatcherClosed, InvalidArgument, LeaseLost
-from durable.records import Claim
-from durable.retry import seconds
+from durable.errors import (
+    BatcherClosed,
+    EventTimeout,
+    InvalidArgument,
+    LeaseLost,
+    Suspended,
+    TaskFailed,
+)
+from durable.records import (
+    ChildTask,
+    Claim,
+    Failure,
+    SpawnKwargs,
+    TaskResult,
+    TaskState,
+    spawn_options,
+)
+from durable.retry import required_seconds, seconds
 from durable.store import RawJson, encode_json
 from durable.telemetry import run_fields
 
 if TYPE_CHECKING:
+    from durable.app import Durable, TaskDefinition
     from durable.client import Client
     from durable.group_commit import RunWrites
 
@@ -56,10 +74,15 @@ class TaskContext:
     """Passed to every handler as its first argument."""
 
     def __init__(
-        self, client: Client, control: RunControl, writes: RunWrites | None = None
+        self,
+        client: Client,
+        control: RunControl,
+        writes: RunWrites | None = None,
+        app: Durable | None = None,
     ) -> None:
         claim = control.claim
         self._client = client
+        self._app = app
         self._control = control
         self._writes = writes
         self.task_id: uuid.UUID = claim.task_id
@@ -84,12 +107,7 @@ class TaskContext:
         used again within one run (a loop) gets its own checkpoint: ``name``, ``name#2``, ...
         Sync functions run in a worker thread.
         """
-        if not isinstance(name, str) or not name:
-            # refused here, not in a batched write, where it would fail other runs' checkpoints
-            raise InvalidArgument(f"step name must be a non-empty string, got {name!r}")
-        count = self._seen.get(name, 0) + 1
-        self._seen[name] = count
-        key = name if count == 1 else f"{name}#{count}"
+        key = self._next_key(name)
         recorded = await self._load_recorded()
         if key in recorded:
             return recorded[key]
@@ -105,6 +123,138 @@ class TaskContext:
         self._control.beat()
         recorded[key] = orjson.loads(bytes(encoded))
         return recorded[key]
+
+    async def sleep(self, name: str, seconds: float | timedelta) -> None:
+        """Durable sleep, recorded as step ``name``: the run is parked (its worker slot freed)
+        and the task resumes after ``seconds`` on whichever worker claims it then, even across
+        restarts of every worker; finished steps are replayed, not re-run."""
+        await self._sleep(name, seconds=required_seconds(seconds, "sleep seconds"))
+
+    async def sleep_until(self, name: str, when: datetime) -> None:
+        """:meth:`sleep` until ``when`` (timezone-aware)."""
+        await self._sleep(name, until=when)
+
+    async def _sleep(
+        self, name: str, *, seconds: float | None = None, until: datetime | None = None
+    ) -> None:
+        key = self._next_key(name)
+        recorded = await self._load_recorded()
+        if key in recorded:
+            return  # this run was claimed once the recorded time had come
+        self._check_lease()
+        if await self._write(
+            self._client.sleep(self.queue, self.run_id, key, seconds=seconds, until=until)
+        ):
+            raise Suspended
+        recorded[key] = {"slept": True}
+
+    async def await_event(self, name: str, *, timeout: float | timedelta | None = None) -> Any:
+        """Wait for event ``name`` (``app.emit_event``) and return its payload. The run is parked
+        meanwhile; an event emitted before the wait is received at once. Raises
+        :class:`EventTimeout` when ``timeout`` seconds pass first."""
+        key = self._next_key(f"$event:{name}")
+        recorded = await self._load_recorded()
+        value = recorded.get(key)
+        if value is None:
+            self._check_lease()
+            status, payload = await self._write(
+                self._client.await_event(self.queue, self.run_id, key, name, timeout)
+            )
+            if status == "suspended":
+                raise Suspended
+            value = {"timed_out": True} if status == "timeout" else {"payload": payload}
+            recorded[key] = value
+        if value.get("timed_out"):
+            raise EventTimeout(f"event {name!r}", key)
+        return value.get("payload")
+
+    async def spawn(
+        self,
+        task: TaskDefinition | str,
+        params: Any = None,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        **options: Unpack[SpawnKwargs],
+    ) -> ChildTask:
+        """Spawn a child task, durably: a replay of this task (after a crash) finds the same
+        child instead of spawning another. ``name`` tells apart children of one task name (by
+        default the n-th spawn of a task name in this handler is the n-th child)."""
+        task_name = task if isinstance(task, str) else task.name
+        key = self._next_key(f"$spawn:{name or task_name}")
+        recorded = await self._load_recorded()
+        if key not in recorded:
+            self._check_lease()
+            definition = (
+                task
+                if not isinstance(task, str)
+                else (self._app.registry.get(task) if self._app is not None else None)
+            )
+            if options.get("idempotency_key") is None:
+                options["idempotency_key"] = f"durable:child:{self.task_id}:{key}"
+            spawn_opts = (
+                definition.options(**options)
+                if definition is not None
+                else spawn_options({}, options)
+            )
+            child_queue = queue or (definition.queue if definition is not None else self.queue)
+            info = await self._write(
+                self._client.spawn(
+                    child_queue,
+                    task_name,
+                    params,
+                    dataclasses.replace(spawn_opts, parent_task_id=self.task_id),
+                )
+            )
+            doc = {"task_id": str(info.task_id), "queue": child_queue, "task_name": task_name}
+            await self._write(self._checkpoint(key, encode_json(doc, "a child's identity")))
+            self._control.beat()
+            recorded[key] = doc
+        doc = recorded[key]
+        return ChildTask(uuid.UUID(doc["task_id"]), doc["queue"], doc["task_name"])
+
+    async def result(
+        self, child: ChildTask | uuid.UUID | Any, *, timeout: float | timedelta | None = None
+    ) -> TaskResult:
+        """Wait for a task (a child from :meth:`spawn`, or any task id) to end, parked
+        meanwhile. Returns its :class:`TaskResult`; raises :class:`TaskFailed` if it failed or
+        was cancelled, :class:`EventTimeout` if ``timeout`` passed first. Recorded: a replay
+        gets the same outcome without waiting."""
+        child_id: uuid.UUID = child if isinstance(child, uuid.UUID) else child.task_id
+        key = self._next_key(f"$result:{child_id}")
+        recorded = await self._load_recorded()
+        value = recorded.get(key)
+        if value is None:
+            self._check_lease()
+            status, outcome = await self._write(
+                self._client.await_task(self.queue, self.run_id, key, child_id, timeout)
+            )
+            if status == "suspended":
+                raise Suspended
+            value = {"timed_out": True} if status == "timeout" else outcome
+            recorded[key] = value
+        if value.get("timed_out"):
+            raise EventTimeout(f"the result of task {child_id}", key)
+        state = TaskState(value["state"])
+        if state is not TaskState.COMPLETED:
+            raise TaskFailed(child_id, str(state), Failure.from_json(value.get("failure")))
+        return TaskResult(state=state, result=value.get("result"))
+
+    async def progress(self, pct: float, detail: Any = None) -> None:
+        """Record how far the task got (0 to 100) and any JSON ``detail``; shown by ``get_task``
+        and ``durable show``. Extends the lease like a heartbeat."""
+        self._check_lease()
+        await self._write(self._client.set_progress(self.queue, self.run_id, pct, detail))
+        self._control.beat()
+
+    def _next_key(self, name: str) -> str:
+        """The checkpoint name of the next use of ``name`` in this run: ``name``, ``name#2``..."""
+        if not isinstance(name, str) or not name:
+            # refused here, not in a batched write, where it would fail other runs' checkpoints
+            raise InvalidArgument(f"step name must be a non-empty string, got {name!r}")
+        count = self._seen.get(name, 0) + 1
+        self._seen[name] = count
+        return name if count == 1 else f"{name}#{count}"
 
     async def heartbeat(self, extend_by: float | None = None) -> None:
         """Tell the supervisor this run is alive; with ``extend_by`` also extend the lease now."""

@@ -13,14 +13,20 @@ Every error derives from :class:`DurableError`; data travels as attributes::
     ├── InvalidState          the operation does not fit the task's state
     ├── InvalidArgument       an argument the protocol refuses (also a ValueError)
     ├── SchemaError           the database schema does not match this durable
+    ├── EventTimeout          ctx.await_event / ctx.result waited past its timeout (a TimeoutError)
     └── TaskFailed            the awaited task ended failed or cancelled
+
+``Snooze(seconds)`` is not an error: a handler raises (or returns) it to run again later without
+spending an attempt.
 
 Driver errors are translated at the store boundary (``raise ... from exc``).
 """
 
 from __future__ import annotations
 
+import math
 import re
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -110,6 +116,32 @@ class BatcherClosed(DurableError):
 
     def __init__(self) -> None:
         super().__init__("the write batcher is closed")
+
+
+class EventTimeout(DurableError, TimeoutError):
+    """Raised inside a task by ``ctx.await_event`` (or ``ctx.result``) when its timeout passed
+    first. Recorded: a replay of the task raises it again at the same step."""
+
+    def __init__(self, what: str, step: str) -> None:
+        self.step = step
+        super().__init__(f"{what} did not arrive within its timeout (step {step!r})")
+
+
+class Suspended(BaseException):
+    """Internal: the run was parked (a sleep or a wait) and has ended; the executor writes no
+    outcome. A BaseException so that a handler's ``except Exception`` does not swallow it."""
+
+
+class Snooze(Exception):
+    """Raise (or return) ``Snooze(seconds)`` from a handler to run the task again later without
+    spending an attempt."""
+
+    def __init__(self, seconds: float | timedelta) -> None:
+        delay = seconds.total_seconds() if isinstance(seconds, timedelta) else float(seconds)
+        if not (0 <= delay < math.inf):
+            raise ValueError(f"snooze needs a non-negative number of seconds, got {seconds!r}")
+        self.seconds = delay
+        super().__init__(f"snoozed for {delay:g}s")
 
 
 class SchemaError(DurableError):

@@ -8,6 +8,11 @@ Outcomes, written once and shielded from cancellation so shutdown never loses th
 * it stopped heartbeating     -> ``fail(heartbeat_timeout)`` (the supervisor cancelled it)
 * its lease was lost          -> nothing: another run owns the task now
 * the worker is draining      -> ``schedule_run(0)``: released for another worker at once
+* it raised/returned Snooze   -> ``schedule_run(seconds)``: again later, no attempt spent
+* it was parked (sleep, wait) -> nothing: the database ended the run when it parked it
+
+A failure that ends the task for good (its last attempt) calls the task's ``on_discard(ctx,
+error)`` once, after it is recorded.
 """
 
 from __future__ import annotations
@@ -21,7 +26,14 @@ import anyio
 import structlog
 
 from durable.context import RunControl, TaskContext
-from durable.errors import BatcherClosed, DurableError, LeaseLost, NotSerializable
+from durable.errors import (
+    BatcherClosed,
+    DurableError,
+    LeaseLost,
+    NotSerializable,
+    Snooze,
+    Suspended,
+)
 from durable.group_commit import RunWrites
 from durable.records import FailureReason
 from durable.retry import required_seconds
@@ -60,12 +72,16 @@ async def execute(
     claim = control.claim
     ids = control.ids
     outcome: tuple[str, Any] = ("release", None)
+    ctx = TaskContext(client, control, writes, definition.app)
     try:
         with control.scope:
             try:
-                ctx = TaskContext(client, control, writes)
                 result = await _run_handler(definition, ctx, claim.params, claim.timeout)
-                outcome = ("complete", result)
+                outcome = ("snooze", result) if isinstance(result, Snooze) else ("complete", result)
+            except Suspended:
+                outcome = ("suspended", None)
+            except Snooze as exc:
+                outcome = ("snooze", exc)
             except JobTimeout as exc:
                 outcome = ("job_timeout", exc)
             except LeaseLost as exc:
@@ -76,13 +92,13 @@ async def execute(
     except anyio.get_cancelled_exc_class():
         # the worker itself is being cancelled: hand the run back so another worker takes it now
         with anyio.move_on_after(OUTCOME_WRITE_TIMEOUT_S, shield=True):
-            await _write_outcome(client, definition, control, ("release", None), ids, writes)
+            await _write_outcome(client, definition, control, ("release", None), ids, writes, ctx)
         raise
     control.finish()
-    if control.stop_reason is not None:
+    if control.stop_reason is not None and outcome[0] != "suspended":
         outcome = (control.stop_reason, outcome[1])
     with anyio.move_on_after(OUTCOME_WRITE_TIMEOUT_S, shield=True):
-        await _write_outcome(client, definition, control, outcome, ids, writes)
+        await _write_outcome(client, definition, control, outcome, ids, writes, ctx)
 
 
 async def _run_handler(
@@ -113,6 +129,7 @@ async def _write_outcome(
     outcome: tuple[str, Any],
     ids: dict[str, Any],
     writes: RunWrites | None,
+    ctx: TaskContext,
 ) -> None:
     claim = control.claim
     kind, value = outcome
@@ -121,7 +138,7 @@ async def _write_outcome(
             try:
                 encoded = encode_json(value, "result")
             except NotSerializable as exc:  # the result is not JSON: the run failed
-                await _fail(client, definition, control, FailureReason.ERRORED, exc, ids)
+                await _fail(client, definition, control, FailureReason.ERRORED, exc, ids, ctx)
                 return
             if await _complete(client, writes, control, encoded):
                 log.info("run.completed", **ids)
@@ -130,10 +147,15 @@ async def _write_outcome(
         elif kind == "release":
             await client.schedule_run(claim.queue, claim.run_id, 0)
             log.info("run.released", **ids)
+        elif kind == "snooze":
+            await client.schedule_run(claim.queue, claim.run_id, value.seconds)
+            log.info("run.snoozed", snooze_s=value.seconds, **ids)
+        elif kind == "suspended":
+            log.info("run.suspended", **ids)
         elif kind == "lease_lost":
             log.warning("lease.lost", **ids)
         else:
-            await _fail(client, definition, control, FailureReason(kind), value, ids)
+            await _fail(client, definition, control, FailureReason(kind), value, ids, ctx)
     except LeaseLost:
         log.warning("lease.lost", **ids)
     except DurableError as exc:
@@ -161,6 +183,7 @@ async def _fail(
     reason: FailureReason,
     exc: BaseException | None,
     ids: dict[str, Any],
+    ctx: TaskContext,
 ) -> None:
     claim = control.claim
     if exc is None or reason is FailureReason.HEARTBEAT_TIMEOUT:
@@ -182,6 +205,24 @@ async def _fail(
         log.info("task.cancelled", **ids)
     else:
         log.warning("task.dead", reason=str(reason), **ids)
+        if definition is not None and definition.on_discard is not None:
+            error_exc = exc or TimeoutError(error["message"])
+            await _on_discard(definition.on_discard, ctx, error_exc, ids)
+
+
+async def _on_discard(
+    hook: Callable[..., Any], ctx: TaskContext, error: BaseException, ids: dict[str, Any]
+) -> None:
+    """The task's ``on_discard(ctx, error)``: once, after its last attempt failed. Its own
+    error is logged, never raised (the task's outcome is written already)."""
+    try:
+        result = hook(ctx, error)
+        if inspect.isawaitable(result):
+            await result
+    except Exception as exc:
+        log.exception("task.on_discard_failed", error=str(exc), **ids)
+    else:
+        log.info("task.on_discard_called", **ids)
 
 
 async def _custom_delay(

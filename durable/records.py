@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar, TypedDict
 
-from durable.retry import RetryStrategy, seconds
+from durable.retry import RetryStrategy, required_seconds, seconds
 
 JSON = Any
 
@@ -33,7 +34,8 @@ class RunState(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
-    RELEASED = "released"  # ended without an outcome: deferred or released on drain
+    RELEASED = "released"  # ended without an outcome: deferred, snoozed or released on drain
+    SUSPENDED = "suspended"  # parked by a sleep or a wait: a sleeping run takes over
 
 
 class FailureReason(StrEnum):
@@ -42,6 +44,91 @@ class FailureReason(StrEnum):
     HEARTBEAT_TIMEOUT = "heartbeat_timeout"
     CRASH = "crash"
     CANCELLED = "cancelled"
+
+
+TASK_STATES: tuple[str, ...] = tuple(TaskState)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Unique:
+    """Uniqueness beyond idempotency keys: a spawn that duplicates a task (same queue, task name
+    and ``keys`` of params; all of params when ``keys`` is None) created within ``period`` seconds
+    (None: ever) and now in one of ``states`` returns that task instead of a new one.
+
+    ``replace`` lists the fields the duplicate updates on the existing task while it has not
+    started: ``params``, ``headers``, ``tags``, ``max_attempts``, ``priority``, ``scheduled_at``
+    (from ``delay``/``at``). ``debounce`` pushes its start to ``debounce`` seconds after each
+    duplicate (and delays the first spawn as much).
+    """
+
+    keys: Sequence[str] | None = None
+    states: Sequence[str] | None = None
+    period: float | timedelta | None = None
+    replace: Sequence[str] = ()
+    debounce: float | timedelta | None = None
+
+    REPLACEABLE: ClassVar[frozenset[str]] = frozenset(
+        {"params", "headers", "tags", "max_attempts", "priority", "scheduled_at"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.keys is not None and (
+            isinstance(self.keys, str) or not all(isinstance(k, str) for k in self.keys)
+        ):
+            raise ValueError("unique keys must be a list of params keys")
+        if self.states is not None:
+            unknown = set(self.states) - set(TASK_STATES)
+            if isinstance(self.states, str) or unknown:
+                raise ValueError(f"unique states must be task states {TASK_STATES}, got {unknown}")
+        unknown = set(self.replace) - self.REPLACEABLE
+        if isinstance(self.replace, str) or unknown:
+            raise ValueError(f"unique replace: unknown fields {sorted(unknown)}")
+
+    def to_json(self) -> dict[str, JSON]:
+        doc: dict[str, JSON] = {}
+        if self.keys is not None:
+            doc["keys"] = list(self.keys)
+        if self.states is not None:
+            doc["states"] = list(self.states)
+        if (period := seconds(self.period, what="unique period")) is not None:
+            doc["period"] = period
+        if self.replace:
+            doc["replace"] = list(self.replace)
+        if (debounce := seconds(self.debounce, what="unique debounce")) is not None:
+            doc["debounce"] = debounce
+        return doc
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cancellation:
+    """A cancellation policy: the task is cancelled (reason ``cancelled``) when it has not
+    started ``max_delay`` seconds after its scheduled start, or when ``max_duration`` seconds
+    have passed since its first start (all attempts, sleeps and waits included)."""
+
+    max_duration: float | timedelta | None = None
+    max_delay: float | timedelta | None = None
+
+    def to_json(self) -> dict[str, JSON]:
+        doc: dict[str, JSON] = {}
+        if (duration := seconds(self.max_duration, what="max_duration")) is not None:
+            doc["max_duration"] = duration
+        if (delay := seconds(self.max_delay, what="max_delay")) is not None:
+            doc["max_delay"] = delay
+        return doc
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``allowed`` starts of a task name per ``period`` seconds, across all workers."""
+
+    allowed: int
+    period: float | timedelta
+
+    def __post_init__(self) -> None:
+        if self.allowed < 1:
+            raise ValueError("a rate limit allows at least 1 start per period")
+        if required_seconds(self.period, what="rate limit period") <= 0:
+            raise ValueError("a rate limit's period must be positive")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,8 +144,20 @@ class SpawnOptions:
     delay: float | timedelta | None = None
     at: datetime | None = None
     headers: dict[str, JSON] | None = None
+    tags: Sequence[str] | None = None
+    partition_key: str | None = None
+    unique: Unique | None = None
+    cancellation: Cancellation | None = None
+    depends_on: Sequence[uuid.UUID] | None = None
+    parent_task_id: uuid.UUID | None = None
 
     def __post_init__(self) -> None:
+        if self.tags is not None and (
+            isinstance(self.tags, str) or not all(isinstance(t, str) and t for t in self.tags)
+        ):
+            raise ValueError("tags must be a list of non-empty strings")
+        if self.partition_key is not None and not isinstance(self.partition_key, str):
+            raise ValueError("partition_key must be a string")
         if self.max_attempts is not None and self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         if self.delay is not None and self.at is not None:
@@ -89,7 +188,45 @@ class SpawnOptions:
             doc["at"] = self.at.isoformat()
         if self.headers is not None:
             doc["headers"] = self.headers
+        if self.tags:
+            doc["tags"] = list(self.tags)
+        if self.partition_key is not None:
+            doc["partition_key"] = self.partition_key
+        if self.unique is not None:
+            doc["unique"] = self.unique.to_json()
+        if self.cancellation is not None:
+            doc["cancellation"] = self.cancellation.to_json()
+        if self.depends_on:
+            doc["depends_on"] = [str(uuid.UUID(str(d))) for d in self.depends_on]
+        if self.parent_task_id is not None:
+            doc["parent_task_id"] = str(self.parent_task_id)
         return doc
+
+
+class SpawnKwargs(TypedDict, total=False):
+    """The options a spawn takes (see :class:`durable.SpawnOptions`); None means "not given"."""
+
+    idempotency_key: str | None
+    max_attempts: int | None
+    retry: RetryStrategy | None
+    timeout: float | timedelta | None
+    heartbeat_timeout: float | timedelta | None
+    priority: int | None
+    delay: float | timedelta | None
+    at: datetime | None
+    headers: dict[str, Any] | None
+    tags: Sequence[str] | None
+    partition_key: str | None
+    unique: Unique | None
+    cancellation: Cancellation | None
+    depends_on: Sequence[uuid.UUID] | None
+
+
+def spawn_options(defaults: dict[str, Any], overrides: SpawnKwargs) -> SpawnOptions:
+    """``defaults`` with every override that was given (not None) on top."""
+    merged = dict(defaults)
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    return SpawnOptions(**merged)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +320,24 @@ class TaskRecord:
     result: JSON
     failure: Failure | None
     runs: list[RunRecord] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    progress: Progress | None = None
+    partition_key: str | None = None
+    parent_task_id: uuid.UUID | None = None
+    depends_on: list[uuid.UUID] = field(default_factory=list)
+    pending_dependencies: list[uuid.UUID] = field(default_factory=list)
+    waiting_for: list[dict[str, JSON]] = field(default_factory=list)
+    scheduled_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Progress:
+    """What ``ctx.progress()`` last recorded: a percentage, a JSON detail, when, by which run."""
+
+    pct: float
+    detail: JSON = None
+    at: datetime | None = None
+    run_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,3 +369,12 @@ class FailedRun:
     failure_reason: FailureReason
     error: dict[str, JSON] | None
     finished_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ChildTask:
+    """What ``ctx.spawn`` returns: the child's identity, for ``await ctx.result(child)``."""
+
+    task_id: uuid.UUID
+    queue: str
+    task_name: str

@@ -13,7 +13,7 @@ import math
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import anyio
@@ -37,6 +37,7 @@ from durable.records import (
     FailedRun,
     Failure,
     FailureReason,
+    Progress,
     QueueCount,
     RunRecord,
     RunState,
@@ -156,8 +157,15 @@ _GET_RESULT = "select * from durable.get_result($1, $2)"
 _REGISTER_WORKER = "select durable.register_worker($1, $2, $3, $4, $5)"
 _WORKER_HEARTBEAT = "select durable.worker_heartbeat($1, $2)"
 _STOP_WORKER = "select durable.stop_worker($1)"
-_QUEUE_COUNTS = "select * from durable.queue_counts()"
-_LIST_FAILED_RUNS = "select * from durable.list_failed_runs($1, $2)"
+_QUEUE_COUNTS = "select * from durable.queue_counts($1)"
+_LIST_FAILED_RUNS = "select * from durable.list_failed_runs($1, $2, $3)"
+_SLEEP = "select durable.sleep($1, $2, $3, $4, $5)"
+_AWAIT_EVENT = "select status, payload from durable.await_event($1, $2, $3, $4, $5)"
+_AWAIT_TASK = "select status, outcome from durable.await_task($1, $2, $3, $4, $5)"
+_EMIT_EVENT = "select durable.emit_event($1, $2)"
+_SET_PROGRESS = "select durable.set_progress($1, $2, $3, $4)"
+_CANCEL_BY = "select durable.cancel_by($1, $2, $3)"
+_SET_LIMIT = "select durable.set_limit($1, $2, $3, $4, $5)"
 _PRUNE_TASKS = "select durable.prune_tasks($1, $2, $3)"
 _TERMINATE_OTHERS = """
 select pid, pg_terminate_backend(pid) as terminated from pg_stat_activity
@@ -464,6 +472,69 @@ class Store:
             failure=Failure.from_json(row["failure"]),
         )
 
+    # --- parking: sleep, events, children -----------------------------------------------------
+
+    async def sleep(
+        self,
+        queue: str,
+        run_id: uuid.UUID,
+        step: str,
+        seconds: float | None,
+        until: datetime | None,
+    ) -> bool:
+        async with self._translate(run_id=run_id):
+            parked: bool = await self._pool.fetchval(_SLEEP, queue, run_id, step, seconds, until)
+        return parked
+
+    async def await_event(
+        self, queue: str, run_id: uuid.UUID, step: str, event: str, timeout: float | None
+    ) -> tuple[str, Any]:
+        async with self._translate(run_id=run_id):
+            row = await self._pool.fetchrow(_AWAIT_EVENT, queue, run_id, step, event, timeout)
+        assert row is not None
+        return row["status"], row["payload"]
+
+    async def await_task(
+        self, queue: str, run_id: uuid.UUID, step: str, child: uuid.UUID, timeout: float | None
+    ) -> tuple[str, Any]:
+        async with self._translate(run_id=run_id, task_id=child):
+            row = await self._pool.fetchrow(_AWAIT_TASK, queue, run_id, step, child, timeout)
+        assert row is not None
+        return row["status"], row["outcome"]
+
+    async def emit_event(self, name: str, payload: Any) -> int:
+        payload_json = encode_json(payload, f"the payload of event {name!r}")
+        async with self._translate():
+            woken: int = await self._pool.fetchval(_EMIT_EVENT, name, payload_json)
+        return woken
+
+    async def set_progress(self, queue: str, run_id: uuid.UUID, pct: float, detail: Any) -> None:
+        detail_json = encode_json(detail, "the progress detail")
+        async with self._translate(run_id=run_id):
+            await self._pool.execute(_SET_PROGRESS, queue, run_id, pct, detail_json)
+
+    async def cancel_by(
+        self, queue: str | None, task_name: str | None, tags: Sequence[str] | None
+    ) -> int:
+        async with self._translate():
+            count: int = await self._pool.fetchval(
+                _CANCEL_BY, queue, task_name, list(tags) if tags else None
+            )
+        return count
+
+    async def set_limit(
+        self,
+        queue: str,
+        task_name: str,
+        max_running: int | None,
+        rate_allowed: int | None,
+        rate_period: float | None,
+    ) -> None:
+        async with self._translate():
+            await self._pool.execute(
+                _SET_LIMIT, queue, task_name, max_running, rate_allowed, rate_period
+            )
+
     # --- workers --------------------------------------------------------------------------------
 
     async def register_worker(
@@ -483,17 +554,21 @@ class Store:
 
     # --- operator views -------------------------------------------------------------------------
 
-    async def queue_counts(self) -> list[QueueCount]:
+    async def queue_counts(self, tags: Sequence[str] | None = None) -> list[QueueCount]:
         async with self._translate():
-            rows = await self._pool.fetch(_QUEUE_COUNTS)
+            rows = await self._pool.fetch(_QUEUE_COUNTS, list(tags) if tags else None)
         return [
             QueueCount(queue=r["queue"], state=TaskState(r["state"]), count=r["count"])
             for r in rows
         ]
 
-    async def list_failed_runs(self, queue: str | None, limit: int) -> list[FailedRun]:
+    async def list_failed_runs(
+        self, queue: str | None, limit: int, tags: Sequence[str] | None = None
+    ) -> list[FailedRun]:
         async with self._translate():
-            rows = await self._pool.fetch(_LIST_FAILED_RUNS, queue, limit)
+            rows = await self._pool.fetch(
+                _LIST_FAILED_RUNS, queue, limit, list(tags) if tags else None
+            )
         return [
             FailedRun(
                 task_id=r["task_id"],
@@ -573,7 +648,27 @@ class Listener:
 
 
 def _ts(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
+    return _at(value) if value else None
+
+
+def _at(value: str) -> datetime:
+    """A timestamptz from JSON; ``infinity`` (a run waiting for an event or its dependencies)
+    is the latest datetime there is."""
+    if value == "infinity":
+        return datetime.max.replace(tzinfo=UTC)
+    return datetime.fromisoformat(value)
+
+
+def _progress(doc: dict[str, Any] | None) -> Progress | None:
+    if not doc:
+        return None
+    run_id = doc.get("run_id")
+    return Progress(
+        pct=doc["pct"],
+        detail=doc.get("detail"),
+        at=_ts(doc.get("at")),
+        run_id=uuid.UUID(run_id) if run_id else None,
+    )
 
 
 def _task_record(doc: dict[str, Any]) -> TaskRecord:
@@ -583,7 +678,7 @@ def _task_record(doc: dict[str, Any]) -> TaskRecord:
             attempt=r["attempt"],
             state=RunState(r["state"]),
             claimed_by=r["claimed_by"],
-            available_at=datetime.fromisoformat(r["available_at"]),
+            available_at=_at(r["available_at"]),
             started_at=_ts(r["started_at"]),
             finished_at=_ts(r["finished_at"]),
             lease_expires_at=_ts(r["lease_expires_at"]),
@@ -607,4 +702,12 @@ def _task_record(doc: dict[str, Any]) -> TaskRecord:
         result=doc["result"],
         failure=Failure.from_json(doc["failure"]),
         runs=runs,
+        tags=list(doc.get("tags") or ()),
+        progress=_progress(doc.get("progress")),
+        partition_key=doc.get("partition_key"),
+        parent_task_id=uuid.UUID(doc["parent_task_id"]) if doc.get("parent_task_id") else None,
+        depends_on=[uuid.UUID(d) for d in doc.get("depends_on") or ()],
+        pending_dependencies=[uuid.UUID(d) for d in doc.get("pending_dependencies") or ()],
+        waiting_for=list(doc.get("waiting_for") or ()),
+        scheduled_at=_ts(doc.get("scheduled_at")),
     )

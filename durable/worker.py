@@ -26,6 +26,7 @@ import anyio
 import structlog
 
 from durable.context import RunControl
+from durable.cron import run_cron_jobs
 from durable.errors import DatabaseUnavailable, DurableError, check_queue_name
 from durable.executor import execute
 from durable.group_commit import RunWrites
@@ -122,6 +123,7 @@ class Worker:
         await client.register_worker(
             self.worker_id, socket.gethostname(), os.getpid(), opts.queues, ttl
         )
+        await self._record_limits()
         liveness = LivenessThread(client, self.worker_id, ttl, interval=max(ttl / 4, 0.05))
         liveness.start()
         self._listener = await client.listen({CHANNEL_WORK: self._on_work})
@@ -138,6 +140,9 @@ class Worker:
                 )
                 tg.start_soon(supervise_heartbeats, self.active)
                 tg.start_soon(self._keep_listening)
+                crons = [job for job in self.app.crons if job.queue in opts.queues]
+                if crons:
+                    tg.start_soon(run_cron_jobs, self.app, crons)
                 await tg.start(self._writes.run)
                 task_status.started()
                 # A fixed set of runner tasks takes claims from a queue: no task per run. (An
@@ -163,6 +168,18 @@ class Worker:
                 except DurableError as exc:
                     log.warning("worker.stop_not_recorded", worker=self.worker_id, error=str(exc))
             log.info("worker.stopped", worker=self.worker_id)
+
+    async def _record_limits(self) -> None:
+        """The limits of the tasks this worker serves, as their definitions say (the code is
+        the source of truth: a definition without limits removes the task's limits)."""
+        for definition in self.app.registry.values():
+            if definition.queue in self.options.queues:
+                await self.app.client.set_limit(
+                    definition.queue,
+                    definition.name,
+                    concurrency=definition.global_limit,
+                    rate=definition.rate_limit,
+                )
 
     def _on_work(self, queue: str) -> None:
         if queue in self.options.queues:

@@ -51,6 +51,13 @@ PROTOCOL = {
     "list_failed_runs",
     "complete_runs",
     "set_checkpoints",
+    "sleep",
+    "await_event",
+    "await_task",
+    "emit_event",
+    "set_progress",
+    "cancel_by",
+    "set_limit",
 }
 TABLES = ["tasks", "runs", "checkpoints", "workers", "schema_migrations"]
 
