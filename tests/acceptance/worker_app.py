@@ -153,7 +153,9 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, serve_app: durable.Durable | None = None) -> None:
+    """Run a worker of ``serve_app`` (default: this module's app) as the options say. Another
+    test app module runs its own tasks with ``main(serve_app=its_app)`` under ``__main__``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
     parser.add_argument("-q", "--queue", action="append", dest="queues")
     parser.add_argument(
@@ -174,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(json=True)
     anyio.run(
         _serve,
+        serve_app or app,
         queues,
         args.concurrency,
         args.claim_timeout,
@@ -184,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 async def _serve(
+    serve_app: durable.Durable,
     queues: list[str],
     concurrency: int,
     claim_timeout: float,
@@ -194,7 +198,7 @@ async def _serve(
     global _side  # one side pool per worker process, opened here
     _side = await asyncpg.create_pool(os.environ["DURABLE_DSN"], min_size=1, max_size=2)
     try:
-        await app.run_worker(
+        await serve_app.run_worker(
             queues,
             concurrency,
             claim_timeout,
@@ -258,9 +262,10 @@ class WorkerProcess:
 
 @contextlib.asynccontextmanager
 async def worker_process(
-    dsn: str, log_path: Path, worker_id: str, *args: str
+    dsn: str, log_path: Path, worker_id: str, *args: str, script: str = "worker_app.py"
 ) -> AsyncIterator[WorkerProcess]:
-    """Start ``worker_app.py`` as a script on ``dsn``; SIGKILL it on exit if it still runs."""
+    """Start ``script`` (default ``worker_app.py``, in this directory) as a script on ``dsn``;
+    SIGKILL it on exit if it still runs."""
     env = {
         **os.environ,
         "DURABLE_DSN": dsn,
@@ -270,7 +275,7 @@ async def worker_process(
     log = log_path.open("wb")
     try:
         process = await anyio.open_process(
-            [sys.executable, str(HERE / "worker_app.py"), *args],
+            [sys.executable, str(HERE / script), *args],
             stdin=None,
             stdout=log,
             stderr=log,
