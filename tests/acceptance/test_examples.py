@@ -36,7 +36,7 @@ def run_example(name: str, dsn: str) -> str:
 
 
 def test_every_example_is_tested() -> None:
-    tested = {"quickstart.py", "checkpoints.py", "producer.py"}
+    tested = {"quickstart.py", "checkpoints.py", "producer.py", "workflow.py"}
     assert {path.name for path in EXAMPLES.glob("*.py")} == tested
 
 
@@ -73,3 +73,14 @@ def test_producer_spawns_once_per_idempotency_key(dsn: str) -> None:
     assert created[0][:2] == created[2][:2]  # the redelivery got the first delivery's task
     assert "3 deliveries, 2 tasks, charge_card ran 2 times" in out
     assert out.count(": completed {") == 3
+
+
+def test_workflow_parks_on_a_child_a_sleep_and_an_event(dsn: str) -> None:
+    out = run_example("workflow.py", dsn)
+    assert out.count("  charge: 42 for order-") == 1
+    assert re.search(r"task is sleeping, waiting for packed:order-\w+", out)
+    assert "woke 1 task" in out
+    receipt = r"\{'receipt': 'R-order-\w+', 'packed_by': 'warehouse-3'\}"
+    assert re.search(rf"ship_order completed: {receipt}", out)
+    # parked by the sleep and the event (and by the child's result unless it was done already)
+    assert re.search(r"^runs: (suspended, ){2,3}completed$", out, re.MULTILINE)
