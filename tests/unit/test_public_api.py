@@ -5,12 +5,15 @@ import durable
 
 def test_public_names_are_pinned() -> None:
     assert durable.__all__ == [
+        "Cancellation",
         "Checkpoint",
+        "ChildTask",
         "Claim",
         "Client",
         "DatabaseUnavailable",
         "Durable",
         "DurableError",
+        "EventTimeout",
         "Exponential",
         "Failure",
         "FailureReason",
@@ -21,8 +24,11 @@ def test_public_names_are_pinned() -> None:
         "LeaseLost",
         "NotSerializable",
         "PayloadTooLarge",
+        "Progress",
+        "RateLimit",
         "RunRecord",
         "RunState",
+        "Snooze",
         "SpawnInfo",
         "SpawnOptions",
         "TaskContext",
@@ -33,6 +39,7 @@ def test_public_names_are_pinned() -> None:
         "TaskRecord",
         "TaskResult",
         "TaskState",
+        "Unique",
         "UnknownTask",
         "Worker",
     ]
