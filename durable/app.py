@@ -84,6 +84,7 @@ class TaskDefinition:
             "tags": self.tags,
             "unique": self.unique,
             "cancellation": self.cancellation,
+            "on_discard": self.on_discard is not None,
         }
         return spawn_options(defaults, overrides)
 

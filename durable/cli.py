@@ -35,7 +35,15 @@ from durable.config import resolve_dsn
 from durable.embedded import default_home
 from durable.errors import DurableError, check_queue_name
 from durable.migrate import load_migrations
-from durable.records import FailedRun, SpawnOptions, TaskRecord, TaskState
+from durable.records import (
+    FailedRun,
+    Progress,
+    RunRecord,
+    RunState,
+    SpawnOptions,
+    TaskRecord,
+    TaskState,
+)
 from durable.telemetry import configure_logging
 
 __all__ = ["main"]
@@ -50,6 +58,9 @@ CELL_MAX = 60
 VALUE_MAX = 200
 
 _TASK_STATE_LABELS = {TaskState.FAILED: "dead", TaskState.PENDING: "will retry"}
+
+#: How the store reads PostgreSQL's ``infinity``: a run that waits to be woken.
+_NEVER = datetime.max.replace(tzinfo=UTC)
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -170,13 +181,44 @@ def build_parser() -> argparse.ArgumentParser:
     spawn.add_argument("-q", "--queue", default="default", help="queue (default 'default')")
     spawn.add_argument("--idempotency-key", metavar="K", help="spawn once per key and queue")
     spawn.add_argument("--max-attempts", type=_positive_int, metavar="N")
-    spawn.add_argument("--delay", type=_non_negative_float, metavar="S", help="start after S s")
+    when = spawn.add_mutually_exclusive_group()
+    when.add_argument("--delay", type=_non_negative_float, metavar="S", help="start after S s")
+    when.add_argument(
+        "--at",
+        type=_aware_datetime,
+        metavar="ISO8601",
+        help="start at this time, with its offset (e.g. 2030-01-01T09:00:00+02:00, or Z)",
+    )
     spawn.add_argument("--priority", type=int, default=0, metavar="P", help="higher runs first")
+    spawn.add_argument(
+        "--tag", dest="tags", action="append", type=_tag, metavar="T", help="a tag; repeat for more"
+    )
+    spawn.add_argument(
+        "--partition-key", metavar="K", help="claims take runs round-robin across partition keys"
+    )
+    spawn.add_argument(
+        "--depends-on",
+        dest="depends_on",
+        action="append",
+        type=_task_id,
+        metavar="ID",
+        help="start once task ID completed (cancelled if it fails or is cancelled); repeatable",
+    )
 
-    status = add("status", _cmd_status, "count tasks per queue and state", as_json)
+    tag = _Parser(add_help=False)
+    tag.add_argument(
+        "--tag",
+        dest="tags",
+        action="append",
+        type=_tag,
+        metavar="T",
+        help="only tasks carrying tag T; repeat to require several",
+    )
+
+    status = add("status", _cmd_status, "count tasks per queue and state", as_json, tag)
     status.add_argument("-q", "--queue", help="only this queue")
 
-    failed = add("failed", _cmd_failed, "list failed runs, newest first", as_json)
+    failed = add("failed", _cmd_failed, "list failed runs, newest first", as_json, tag)
     failed.add_argument("-q", "--queue", help="only this queue")
     failed.add_argument("--limit", type=_positive_int, default=50, metavar="N")
 
@@ -191,6 +233,30 @@ def build_parser() -> argparse.ArgumentParser:
     show = add("show", _cmd_show, "show a task, its runs and its checkpoints", as_json)
     show.add_argument("task_id", type=_task_id, metavar="ID", help="the task's id (a UUID)")
     show.add_argument("-q", "--queue", help="the task's queue (default: any)")
+
+    emit = add(
+        "emit",
+        _cmd_emit,
+        "emit an event: wake every task waiting for it (a later wait receives it at once)",
+    )
+    emit.add_argument("event", metavar="NAME", help="the event's name")
+    emit.add_argument(
+        "payload",
+        nargs="?",
+        type=_json_value,
+        default=None,
+        metavar="PAYLOAD_JSON",
+        help="the payload the waiters receive (default null)",
+    )
+
+    cancel_by = add(
+        "cancel-by",
+        _cmd_cancel_by,
+        "cancel every unfinished task matching all the filters given (at least one)",
+        tag,
+    )
+    cancel_by.add_argument("-q", "--queue", help="only tasks on this queue")
+    cancel_by.add_argument("--task", dest="task_name", metavar="NAME", help="only this task name")
     return parser
 
 
@@ -209,6 +275,24 @@ def _task_id(text: str) -> uuid.UUID:
         return uuid.UUID(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a task id (a UUID): {text!r}") from None
+
+
+def _aware_datetime(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no timezone — add an offset, e.g. {text}Z or {text}+02:00"
+        )
+    return value
+
+
+def _tag(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("a tag must not be empty")
+    return text
 
 
 def _positive_int(text: str) -> int:
@@ -309,7 +393,11 @@ def _cmd_spawn(args: argparse.Namespace) -> int:
             idempotency_key=args.idempotency_key,
             max_attempts=args.max_attempts,
             delay=args.delay,
+            at=args.at,
             priority=args.priority,
+            tags=args.tags,
+            partition_key=args.partition_key,
+            depends_on=args.depends_on,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -339,7 +427,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     async def status() -> int:
         async with _connect(args) as client:
-            counts = await client.queue_counts()
+            counts = await client.queue_counts(args.tags)
         per_queue: dict[str, dict[str, int]] = {}
         for count in counts:
             if args.queue is None or count.queue == args.queue:
@@ -361,7 +449,7 @@ def _cmd_failed(args: argparse.Namespace) -> int:
 
     async def failed() -> int:
         async with _connect(args) as client:
-            runs = await client.list_failed_runs(args.queue, args.limit)
+            runs = await client.list_failed_runs(args.queue, args.limit, args.tags)
         if args.json:
             _print_json([dataclasses.asdict(run) for run in runs])
         else:
@@ -432,6 +520,38 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
     return _run(cancel)
 
 
+def _cmd_emit(args: argparse.Namespace) -> int:
+    configure_logging(level="warning")
+
+    async def emit() -> int:
+        async with _connect(args) as client:
+            woken = await client.emit_event(args.event, args.payload)
+        print(f"event {args.event!r} emitted: {_count(woken, 'waiting task')} woken")
+        return EXIT_OK
+
+    return _run(emit)
+
+
+def _cmd_cancel_by(args: argparse.Namespace) -> int:
+    configure_logging(level="warning")
+    if args.queue is None and args.task_name is None and not args.tags:
+        raise UsageError("give at least one filter: -q QUEUE, --task NAME or --tag T")
+    if args.queue is not None:
+        check_queue_name(args.queue)
+
+    async def cancel_by() -> int:
+        async with _connect(args) as client:
+            count = await client.cancel_by(args.queue, args.task_name, args.tags)
+        print(f"{_count(count, 'task')} cancelled")
+        return EXIT_OK
+
+    return _run(cancel_by)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _cmd_show(args: argparse.Namespace) -> int:
     configure_logging(level="warning")
 
@@ -449,7 +569,16 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print("runs:")
         print(
             _table(
-                ["attempt", "state", "worker", "started", "finished", "reason", "error"],
+                [
+                    "attempt",
+                    "state",
+                    "worker",
+                    "started",
+                    "finished",
+                    "available",
+                    "reason",
+                    "error",
+                ],
                 (
                     [
                         run.attempt,
@@ -457,6 +586,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
                         run.claimed_by,
                         _when(run.started_at),
                         _when(run.finished_at),
+                        _available_text(run),
                         run.failure_reason,
                         _error_text(run.error),
                     ]
@@ -500,7 +630,62 @@ def _task_text(task: TaskRecord) -> str:
         ),
         ("failure", f"{failure.reason} {failure.message}".strip() if failure else None),
     ]
+    # the fields of the features a task may not use: shown only when set
+    optional: list[tuple[str, object]] = [
+        ("tags", ", ".join(task.tags)),
+        ("partition_key", task.partition_key),
+        ("parent_task_id", task.parent_task_id),
+        (
+            "scheduled_at",
+            _when(task.scheduled_at) if task.scheduled_at != task.created_at else None,
+        ),
+        ("depends_on", ", ".join(str(d) for d in task.depends_on)),
+        ("pending_dependencies", ", ".join(str(d) for d in task.pending_dependencies)),
+        ("waiting_for", "; ".join(_wait_text(wait) for wait in task.waiting_for)),
+        ("wakes_at", _wakes_at(task)),
+        ("progress", _progress_text(task.progress) if task.progress else None),
+    ]
+    fields += [(name, value) for name, value in optional if value]
     return _table(["field", "value"], fields, header=False)
+
+
+def _wait_text(wait: dict[str, Any]) -> str:
+    """One thing a parked task waits for: an event or another task, and until when."""
+    if wait.get("event_name") is not None:
+        what = f"event {wait['event_name']!r}"
+    else:
+        what = f"task {wait.get('child_task_id')}"
+    timeout = wait.get("timeout_at")
+    until = f"timeout {_when(datetime.fromisoformat(timeout))}" if timeout else "no timeout"
+    return f"{what} (step {wait.get('step_name')!r}, {until})"
+
+
+def _wakes_at(task: TaskRecord) -> str | None:
+    """When a task in a durable sleep wakes (a wait shows its timeout in ``waiting_for``)."""
+    if task.state is not TaskState.SLEEPING or task.waiting_for:
+        return None
+    sleeping = [run for run in task.runs if run.state is RunState.SLEEPING]
+    return _available_text(sleeping[-1]) if sleeping else None
+
+
+def _available_text(run: RunRecord) -> str | None:
+    """When a run waiting to be claimed may start; ``when woken`` if only an event, a child's
+    end or its dependencies can make it claimable."""
+    if run.state not in (RunState.PENDING, RunState.SLEEPING):
+        return None
+    if run.available_at == _NEVER:
+        return "when woken"
+    return _when(run.available_at)
+
+
+def _progress_text(progress: Progress) -> str:
+    text = f"{progress.pct:g}%"
+    if progress.detail is not None:
+        detail = progress.detail
+        text += " " + (detail if isinstance(detail, str) else _json_text(detail, CELL_MAX))
+    if progress.at is not None:
+        text += f" (at {_when(progress.at)})"
+    return _clip(text, VALUE_MAX)
 
 
 # --- plumbing ------------------------------------------------------------------------------------

@@ -300,7 +300,11 @@ async def _run_cron_job(app: Durable, job: CronJob) -> None:
         if wait > 0:
             await anyio.sleep(wait)  # the wall clock decides: sleep again if it is not time yet
             continue
-        options = dataclasses.replace(job.options, idempotency_key=job.idempotency_key(slot))
+        # one task per slot: the slot's key decides, not the task's uniqueness (which would make
+        # every later slot a duplicate of the first)
+        options = dataclasses.replace(
+            job.options, idempotency_key=job.idempotency_key(slot), unique=None
+        )
         try:
             handle = await app.spawn_with(job.queue, job.task_name, job.params, options)
         except DurableError as exc:

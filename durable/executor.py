@@ -17,8 +17,10 @@ error)`` once, after it is recorded.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import traceback
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -38,9 +40,10 @@ from durable.group_commit import RunWrites
 from durable.records import FailureReason
 from durable.retry import required_seconds
 from durable.store import RawJson, encode_json
+from durable.telemetry import run_fields
 
 if TYPE_CHECKING:
-    from durable.app import TaskDefinition
+    from durable.app import Durable, TaskDefinition
     from durable.client import Client
 
 log = structlog.get_logger("durable")
@@ -195,8 +198,13 @@ async def _fail(
     else:
         error = error_document(exc)
     retry_in = None
-    if definition is not None and definition.backoff is not None and exc is not None:
-        retry_in = await _custom_delay(definition.backoff, claim.attempt, exc)
+    if (
+        definition is not None
+        and definition.backoff is not None
+        and exc is not None
+        and claim.attempt < claim.max_attempts  # the last attempt has no next delay to compute
+    ):
+        retry_in = await _custom_delay(definition.backoff, claim.attempt, exc, ids)
     next_run = await client.fail(claim.queue, claim.run_id, error, reason, retry_in=retry_in)
     log.info("run.failed", reason=str(reason), error=error.get("message"), **ids)
     if next_run is not None:
@@ -208,6 +216,49 @@ async def _fail(
         if definition is not None and definition.on_discard is not None:
             error_exc = exc or TimeoutError(error["message"])
             await _on_discard(definition.on_discard, ctx, error_exc, ids)
+
+
+#: The task the reaper spawns to call ``on_discard`` of a task whose last attempt crashed.
+DISCARD_TASK = "durable.on_discard"
+
+
+async def run_discard_hook(app: Durable, control: RunControl) -> bool:
+    """Run a ``durable.on_discard`` claim: call the failed task's ``on_discard(ctx, error)``
+    (``ctx`` of its last run, ``error`` a :class:`LeaseLost` saying how its worker was lost),
+    then complete the claim. False when this worker does not know the failed task."""
+    claim = control.claim
+    client = app.client
+    params = claim.params
+    try:
+        record = await client.get_task(None, uuid.UUID(params["task_id"]))
+        definition = app.registry.get(record.task_name)
+        if definition is None:
+            return False
+        if definition.on_discard is not None:
+            failed = dataclasses.replace(
+                claim,
+                run_id=uuid.UUID(params["run_id"]),
+                task_id=record.task_id,
+                queue=record.queue,
+                task_name=record.task_name,
+                params=record.params,
+                headers=record.headers,
+                attempt=params["attempt"],
+                max_attempts=record.max_attempts,
+            )
+            message = (params.get("error") or {}).get("message", "")
+            ctx = TaskContext(client, RunControl(failed), None, app)
+            await _on_discard(
+                definition.on_discard, ctx, LeaseLost(failed.run_id, message), run_fields(failed)
+            )
+        await client.complete(claim.queue, claim.run_id, {"task_id": params["task_id"]})
+    except LeaseLost:
+        log.warning("lease.lost", **control.ids)
+    except DurableError as exc:
+        log.warning("task.on_discard_not_run", error=str(exc), **control.ids)
+    finally:
+        control.finish()
+    return True
 
 
 async def _on_discard(
@@ -226,10 +277,18 @@ async def _on_discard(
 
 
 async def _custom_delay(
-    backoff: Callable[[int, BaseException], Any], attempt: int, exc: BaseException
-) -> float:
-    """The task's own backoff, in seconds; the database adds it to its clock, not ours."""
-    delay: Any = backoff(attempt, exc)
-    if inspect.isawaitable(delay):
-        delay = await delay
-    return required_seconds(delay, what="the backoff's delay")
+    backoff: Callable[[int, BaseException], Any],
+    attempt: int,
+    exc: BaseException,
+    ids: dict[str, Any],
+) -> float | None:
+    """The task's own backoff, in seconds (the database adds it to its clock, not ours); None
+    (the task's retry strategy decides) when the callable raised or gave no valid delay."""
+    try:
+        delay: Any = backoff(attempt, exc)
+        if inspect.isawaitable(delay):
+            delay = await delay
+        return required_seconds(delay, what="the backoff's delay")
+    except Exception as error:  # a broken backoff must not lose the failure
+        log.exception("run.backoff_failed", error=str(error), **ids)
+        return None

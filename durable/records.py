@@ -150,6 +150,9 @@ class SpawnOptions:
     cancellation: Cancellation | None = None
     depends_on: Sequence[uuid.UUID] | None = None
     parent_task_id: uuid.UUID | None = None
+    #: The task has an ``on_discard`` hook (set from ``@app.task``): when its last attempt ends
+    #: by a crash, the reaper spawns a ``durable.on_discard`` task so a worker calls the hook.
+    on_discard: bool = False
 
     def __post_init__(self) -> None:
         if self.tags is not None and (
@@ -200,6 +203,8 @@ class SpawnOptions:
             doc["depends_on"] = [str(uuid.UUID(str(d))) for d in self.depends_on]
         if self.parent_task_id is not None:
             doc["parent_task_id"] = str(self.parent_task_id)
+        if self.on_discard:
+            doc["on_discard"] = True
         return doc
 
 

@@ -28,7 +28,7 @@ import structlog
 from durable.context import RunControl
 from durable.cron import run_cron_jobs
 from durable.errors import DatabaseUnavailable, DurableError, check_queue_name
-from durable.executor import execute
+from durable.executor import DISCARD_TASK, execute, run_discard_hook
 from durable.group_commit import RunWrites
 from durable.heartbeat import (
     CLOSE_TIMEOUT_S,
@@ -305,7 +305,10 @@ class Worker:
         claim = control.claim
         try:
             definition = self.app.registry.get(claim.task_name)
-            if definition is None:
+            if claim.task_name == DISCARD_TASK:
+                if not await run_discard_hook(self.app, control):
+                    await self._defer_unknown(claim)
+            elif definition is None:
                 await self._defer_unknown(claim)
             else:
                 await execute(self.app.client, definition, control, self._writes)

@@ -37,7 +37,8 @@ alter table durable.tasks
     add column unique_key     text,
     add column cancellation   jsonb,
     add column scheduled_at   timestamptz,
-    add column cancel_at      timestamptz;
+    add column cancel_at      timestamptz,
+    add column discard_hook   boolean not null default false;
 
 create index tasks_unique on durable.tasks (queue, unique_key, created_at desc)
     where unique_key is not null;
@@ -87,6 +88,15 @@ create table durable.task_dependencies (
     primary key (task_id, depends_on)
 );
 create index task_dependencies_on on durable.task_dependencies (depends_on);
+
+-- When each partition of a queue last got a run ('' is the unpartitioned runs): claims serve the
+-- partition served longest ago first, so single-run claims take turns too.
+create table durable.partition_turns (
+    queue         text not null,
+    partition_key text not null,
+    served_at     timestamptz not null,
+    primary key (queue, partition_key)
+);
 
 create table durable.limits (
     queue         text not null,
@@ -146,7 +156,7 @@ end $$;
 create function durable.first_cancel_at(p_cancellation jsonb, p_at timestamptz)
 returns timestamptz
 language sql immutable as $$
-    select p_at + make_interval(secs => coalesce(
+    select p_at + make_interval(secs => least(
                durable.seconds(p_cancellation->'max_delay', 'cancellation.max_delay'),
                durable.seconds(p_cancellation->'max_duration', 'cancellation.max_duration')))
 $$;
@@ -331,6 +341,62 @@ begin
     return null;
 end $$;
 
+-- Reap the runs of p_queue whose lease lapsed (see 0001). A task that thereby failed for good and
+-- has an on_discard hook gets a 'durable.on_discard' task on its queue: the worker that ran its
+-- last attempt is gone, so another worker calls the hook (once per task and attempt).
+create or replace function durable.reap_runs(p_queue text, p_now timestamptz) returns integer
+language plpgsql as $$
+declare
+    v_cand   record;
+    v_run    durable.runs;
+    v_reason text;
+    v_error  jsonb;
+    v_next   uuid;
+    v_count  integer := 0;
+begin
+    for v_cand in
+        select r.run_id, r.task_id, r.claimed_by, r.lease_expires_at,
+               case when w.worker_id is null or w.stopped_at is not null or w.expires_at <= p_now
+                        then 'crash'
+                    when w.last_seen_at > r.lease_expires_at then 'heartbeat_timeout'
+               end as reason
+          from durable.runs r
+          left join durable.workers w on w.worker_id = r.claimed_by
+         where r.queue = p_queue and r.state = 'running' and r.lease_expires_at <= p_now
+           -- only runs whose reason is known, so that waiting runs never fill the limit
+           and (w.worker_id is null or w.stopped_at is not null or w.expires_at <= p_now
+                or w.last_seen_at > r.lease_expires_at)
+         limit 100
+    loop
+        continue when v_cand.reason is null;
+        perform 1 from durable.tasks t where t.task_id = v_cand.task_id
+            for no key update skip locked;
+        continue when not found;
+        select * into v_run from durable.runs r where r.run_id = v_cand.run_id for update;
+        continue when v_run.state <> 'running' or v_run.lease_expires_at > p_now;
+        v_reason := v_cand.reason;
+        v_error := jsonb_build_object(
+            'type', case when v_reason = 'crash' then 'WorkerCrashed' else 'HeartbeatTimeout' end,
+            'message', format('lease expired at %s; worker %s %s', v_run.lease_expires_at,
+                              v_run.claimed_by,
+                              case when v_reason = 'crash' then 'is gone'
+                                   else 'is alive but stopped renewing the lease' end));
+        -- two statements: a query does not see what a function it calls wrote
+        v_next := durable.fail_locked_run(v_run, v_reason, v_error, null, p_now);
+        if v_next is null and (select t.discard_hook and t.state = 'failed' from durable.tasks t
+                                where t.task_id = v_run.task_id) then
+            perform durable.spawn(
+                v_run.queue, 'durable.on_discard',
+                jsonb_build_object('task_id', v_run.task_id, 'run_id', v_run.run_id,
+                                   'attempt', v_run.attempt, 'reason', v_reason, 'error', v_error),
+                jsonb_build_object('idempotency_key',
+                                   format('durable:discard:%s:%s', v_run.task_id, v_run.attempt)));
+        end if;
+        v_count := v_count + 1;
+    end loop;
+    return v_count;
+end $$;
+
 -- Cancel the tasks whose cancellation policy says so; re-arm cancel_at of the others. Bounded.
 create function durable.enforce_cancellations(p_now timestamptz) returns integer
 language plpgsql as $$
@@ -370,12 +436,13 @@ begin
                 p_now);
             v_count := v_count + 1;
         else
-            -- not yet: the next moment a policy could apply
+            -- not yet: the next moment a policy could apply (least() skips nulls)
             update durable.tasks t
                set cancel_at = case
                        when v_first is not null then v_first + make_interval(secs => v_max_dur)
-                       when v_max_delay is not null then null  -- unreachable: max_delay passed
-                       else p_now + make_interval(secs => v_max_dur)
+                       else least(coalesce(t.scheduled_at, t.created_at)
+                                      + make_interval(secs => v_max_delay),
+                                  p_now + make_interval(secs => v_max_dur))
                    end
              where t.task_id = v_task.task_id;
         end if;
@@ -440,10 +507,10 @@ begin
     v_per := greatest(2, ceil(v_window::numeric / (coalesce(cardinality(v_parts), 0) + 1))::integer);
 
     with cands as (
-        select c.run_id, c.rank, c.priority, c.available_at
+        select c.run_id, c.partition_key, c.rank, c.priority, c.available_at
           from unnest(coalesce(v_parts, '{}')) as p(pk)
          cross join lateral (
-              select r.run_id, r.priority, r.available_at,
+              select r.run_id, r.partition_key, r.priority, r.available_at,
                      row_number() over (order by r.priority desc, r.available_at, r.run_id) as rank
                 from durable.runs r
                where r.queue = p_queue and r.state in ('pending', 'sleeping')
@@ -454,7 +521,7 @@ begin
                order by r.priority desc, r.available_at, r.run_id
                limit v_per) c
         union all
-        select u.run_id, row_number() over (order by u.priority desc, u.available_at, u.run_id),
+        select u.run_id, '', row_number() over (order by u.priority desc, u.available_at, u.run_id),
                u.priority, u.available_at
           from (select r.run_id, r.priority, r.available_at from durable.runs r
                  where r.queue = p_queue and r.state in ('pending', 'sleeping')
@@ -465,9 +532,18 @@ begin
                  order by r.priority desc, r.available_at, r.run_id
                  limit v_per) u
     )
-    select array_agg(c.run_id order by c.rank, c.priority desc, c.available_at, c.run_id)
+    -- round-robin: every partition's first run, then every partition's second, ...; within a
+    -- round, the partition served longest ago first
+    select array_agg(c.run_id order by c.ord)
       into v_cands
-      from (select * from cands order by rank, priority desc, available_at, run_id limit v_window) c;
+      from (select cands.run_id,
+                   row_number() over (order by cands.rank, t.served_at nulls first, cands.priority desc,
+                                               cands.available_at, cands.run_id) as ord
+              from cands
+              left join durable.partition_turns t
+                     on t.queue = p_queue and t.partition_key = cands.partition_key
+             order by ord
+             limit v_window) c;
 
     select array_agg(x.id order by x.ord) into v_locked
       from (select u.id, u.ord from unnest(coalesce(v_cands, '{}')) with ordinality as u(id, ord)
@@ -485,6 +561,14 @@ begin
              where coalesce(z.n <= v_caps[array_position(v_names, z.task_name)], true)
              order by z.ord
              limit greatest(p_qty, 0)) y;
+
+    if cardinality(v_parts) > 0 then
+        insert into durable.partition_turns as t (queue, partition_key, served_at)
+        select p_queue, coalesce(r.partition_key, ''), p_now
+          from durable.runs r where r.run_id = any(coalesce(v_picked, '{}'))
+         group by 2 order by 2
+        on conflict (queue, partition_key) do update set served_at = excluded.served_at;
+    end if;
 
     -- the starts count against the rate limits
     update durable.limits l
@@ -538,7 +622,10 @@ declare
 begin
     select * into v_run from durable.runs r
      where r.task_id = p_task.task_id and r.state in ('pending', 'running', 'sleeping') for update;
-    if found and v_run.state = 'pending' and v_run.started_at is null then
+    -- only a task that has never started: a retry's or a snooze's pending run has run before
+    if found and v_run.state = 'pending'
+       and not exists (select 1 from durable.runs r
+                        where r.task_id = p_task.task_id and r.started_at is not null) then
         for v_field in select jsonb_array_elements_text(coalesce(v_unique->'replace', '[]')) loop
             case v_field
                 when 'params' then
@@ -580,6 +667,10 @@ begin
                set available_at = greatest(r.available_at, p_now + make_interval(secs => v_debounce))
              where r.run_id = v_run.run_id;
         end if;
+        -- a start moved later moves the moment a max_delay policy applies with it
+        update durable.tasks t
+           set cancel_at = durable.first_cancel_at(t.cancellation, t.scheduled_at)
+         where t.task_id = p_task.task_id and t.cancellation is not null;
     end if;
     return query
         select p_task.task_id, r.run_id, p_task.attempt, false
@@ -674,16 +765,17 @@ begin
     insert into durable.tasks as t (task_id, queue, task_name, params, headers, max_attempts, retry,
                                     timeout_s, heartbeat_timeout_s, priority, idempotency_key,
                                     created_at, tags, partition_key, parent_task_id, depends_on,
-                                    unique_key, cancellation, scheduled_at, cancel_at)
+                                    unique_key, cancellation, scheduled_at, cancel_at, discard_hook)
     values (durable.uuidv7(), p_queue, p_task_name, p_params, coalesce(v_options->'headers', '{}'),
             coalesce((v_options->>'max_attempts')::integer, 3), v_options->'retry',
             durable.seconds(v_options->'timeout', 'timeout'),
             durable.seconds(v_options->'heartbeat_timeout', 'heartbeat_timeout'),
             coalesce((v_options->>'priority')::integer, 0), v_key, v_now,
-            durable.text_list(v_options->'tags', 'tags'), v_options->>'partition_key',
+            durable.text_list(v_options->'tags', 'tags'), nullif(v_options->>'partition_key', ''),
             (v_options->>'parent_task_id')::uuid, v_deps, v_ukey,
             nullif(v_options->'cancellation', 'null'), v_at,
-            durable.first_cancel_at(nullif(v_options->'cancellation', 'null'), v_at))
+            durable.first_cancel_at(nullif(v_options->'cancellation', 'null'), v_at),
+            coalesce((v_options->>'on_discard')::boolean, false))
     on conflict (queue, idempotency_key) where idempotency_key is not null do nothing
     returning * into v_task;
     if not found then
@@ -761,23 +853,24 @@ begin
         insert into durable.tasks (task_id, queue, task_name, params, headers, max_attempts, retry,
                                    timeout_s, heartbeat_timeout_s, priority, idempotency_key,
                                    created_at, tags, partition_key, parent_task_id, cancellation,
-                                   scheduled_at, cancel_at)
+                                   scheduled_at, cancel_at, discard_hook)
         select p.new_id, p_queue, p.task_name, p.params, coalesce(p.o->'headers', '{}'),
                coalesce((p.o->>'max_attempts')::integer, 3), p.o->'retry',
                durable.seconds(p.o->'timeout', 'timeout'),
                durable.seconds(p.o->'heartbeat_timeout', 'heartbeat_timeout'), p.prio, p.key, v_now,
                case when p.o ? 'tags' then durable.text_list(p.o->'tags', 'tags') else '{}' end,
-               p.o->>'partition_key', (p.o->>'parent_task_id')::uuid, p.cancellation,
+               nullif(p.o->>'partition_key', ''), (p.o->>'parent_task_id')::uuid, p.cancellation,
                p.available_at,
                case when p.cancellation is not null
-                    then durable.first_cancel_at(p.cancellation, p.available_at) end
+                    then durable.first_cancel_at(p.cancellation, p.available_at) end,
+               coalesce((p.o->>'on_discard')::boolean, false)
           from prepared p order by p.ord
         on conflict (queue, idempotency_key) where idempotency_key is not null do nothing
         returning task_id
     ), rins as (
         insert into durable.runs (run_id, task_id, queue, attempt, priority, partition_key, state,
                                   available_at, created_at)
-        select p.new_run, p.new_id, p_queue, 1, p.prio, p.o->>'partition_key', 'pending',
+        select p.new_run, p.new_id, p_queue, 1, p.prio, nullif(p.o->>'partition_key', ''), 'pending',
                p.available_at, v_now
           from prepared p join ins on ins.task_id = p.new_id
         returning available_at

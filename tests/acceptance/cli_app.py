@@ -27,3 +27,12 @@ def _prepare(name: str) -> str:
 async def boom(ctx: TaskContext, params: dict[str, Any]) -> None:
     await ctx.step("prepare", _prepare, params.get("name", "?"))
     raise RuntimeError(f"boom on {params.get('name', '?')}")
+
+
+@app.task
+async def wait_for(ctx: TaskContext, params: dict[str, Any]) -> Any:
+    """Reports progress, then parks until event ``params["event"]``; returns its payload."""
+    await ctx.progress(50, "waiting for the event")
+    payload = await ctx.await_event(params["event"])
+    await ctx.progress(100)
+    return payload

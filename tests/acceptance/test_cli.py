@@ -12,9 +12,10 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import anyio.abc
 import pytest
 
 from durable.client import Client
-from durable.records import RunState, SpawnOptions, TaskResult, TaskState
+from durable.records import RunState, SpawnOptions, TaskRecord, TaskResult, TaskState
 
 pytestmark = pytest.mark.anyio
 
@@ -33,7 +34,18 @@ TASKS_TIMEOUT_S = 30.0  # a worker finishing the tasks of a test
 STOP_TIMEOUT_S = 10.0  # SIGTERM to exit
 UNREACHABLE_DSN = "postgresql://nobody@127.0.0.1:1/nowhere"
 
-COMMANDS = ["worker", "migrate", "spawn", "status", "failed", "retry", "cancel", "show"]
+COMMANDS = [
+    "worker",
+    "migrate",
+    "spawn",
+    "status",
+    "failed",
+    "retry",
+    "cancel",
+    "show",
+    "emit",
+    "cancel-by",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +151,41 @@ async def wait_finished(
             await anyio.sleep(0.05)
 
 
+async def wait_task(
+    client: Client, task_id: uuid.UUID, probe: Callable[[TaskRecord], bool], what: str
+) -> TaskRecord:
+    """Re-read the task until ``probe`` holds (a deadline, not a sleep)."""
+    try:
+        with anyio.fail_after(TASKS_TIMEOUT_S):
+            while True:
+                task = await client.get_task(None, task_id)
+                if probe(task):
+                    return task
+                await anyio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
 def rows(table: str) -> list[list[str]]:
     return [line.split() for line in table.splitlines()]
+
+
+def show_fields(out: str) -> dict[str, str]:
+    """The task section of ``durable show``: field -> value."""
+    fields: dict[str, str] = {}
+    for line in out.split("\n\n")[0].splitlines():
+        name, value = line.split(maxsplit=1)
+        fields[name] = value
+    return fields
+
+
+def show_runs(out: str) -> list[list[str]]:
+    """The runs table of ``durable show``, header first, split on runs of two spaces or more."""
+    section = out.split("runs:\n")[1].split("\n\n")[0]
+    return [
+        [cell.strip() for cell in line.strip().split("  ") if cell.strip()]
+        for line in section.splitlines()
+    ]
 
 
 # --- usage ---------------------------------------------------------------------------------------
@@ -416,3 +461,286 @@ async def test_task_id_errors(dsn: str, command: str) -> None:
     unknown = await durable(command, missing, dsn=dsn)
     assert unknown.code == 1
     assert unknown.err_lines == [f"durable: TaskNotFound: no task {missing}"]
+
+
+# --- job options, tags, progress, events, bulk cancel --------------------------------------------
+
+
+async def test_spawn_with_tags_partition_dependency_and_start_time(
+    dsn: str, client: Client
+) -> None:
+    dependency = await client.spawn("default", "add", {"a": 1, "b": 2})
+    info = await spawn(
+        dsn,
+        "add",
+        "--tag",
+        "billing",
+        "--tag",
+        "eu",
+        "--partition-key",
+        "tenant-a",
+        "--depends-on",
+        str(dependency.task_id),
+        "--at",
+        "2030-01-02T03:04:05+02:00",
+    )
+    task = await client.get_task(None, uuid.UUID(info["task_id"]))
+    assert task.tags == ["billing", "eu"]
+    assert task.partition_key == "tenant-a"
+    assert task.depends_on == [dependency.task_id]
+    assert task.pending_dependencies == [dependency.task_id]
+    assert task.scheduled_at == datetime(2030, 1, 2, 1, 4, 5, tzinfo=UTC)
+
+    show = await durable("show", info["task_id"], dsn=dsn)
+    assert show.code == 0, show.err
+    fields = show_fields(show.out)
+    assert fields["tags"] == "billing, eu"
+    assert fields["partition_key"] == "tenant-a"
+    assert fields["depends_on"] == str(dependency.task_id)
+    assert fields["pending_dependencies"] == str(dependency.task_id)
+    assert fields["scheduled_at"] == "2030-01-02 01:04:05Z"
+    assert "progress" not in fields  # fields of features the task does not use are left out
+    assert "waiting_for" not in fields
+    header, run = show_runs(show.out)
+    assert header == [
+        "attempt",
+        "state",
+        "worker",
+        "started",
+        "finished",
+        "available",
+        "reason",
+        "error",
+    ]
+    assert run[:2] == ["1", "pending"]
+    assert "when woken" in run  # only its dependency's completion makes it claimable
+
+    # "Z" is an offset too; without dependencies the run is available at the given time
+    info = await spawn(dsn, "add", "--at", "2030-01-01T00:00:00Z")
+    task = await client.get_task(None, uuid.UUID(info["task_id"]))
+    assert task.scheduled_at == task.runs[0].available_at == datetime(2030, 1, 1, tzinfo=UTC)
+    assert (task.tags, task.partition_key, task.depends_on) == ([], None, [])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--at", "2030-01-01T09:00:00"], "'2030-01-01T09:00:00' has no timezone"),
+        (["--at", "tomorrow"], "not an ISO 8601 time: 'tomorrow'"),
+        (["--at", "2030-01-01T09:00:00Z", "--delay", "5"], "not allowed with argument"),
+        (["--depends-on", "nope"], "not a task id (a UUID): 'nope'"),
+        (["--tag", ""], "a tag must not be empty"),
+    ],
+)
+async def test_spawn_refuses_bad_job_options(dsn: str, args: list[str], message: str) -> None:
+    done = await durable("spawn", "add", *args, dsn=dsn)
+    assert done.code == 2
+    assert done.out == ""
+    assert len(done.err_lines) == 1, done.err
+    assert message in done.err
+
+
+async def test_spawn_depending_on_an_unknown_task_is_a_durable_error(dsn: str) -> None:
+    missing = uuid.uuid4()
+    done = await durable("spawn", "add", "--depends-on", str(missing), dsn=dsn)
+    assert done.code == 1
+    assert done.out == ""
+    assert done.err_lines == [f"durable: InvalidArgument: depends_on names no task: {missing}"]
+
+
+async def test_status_and_failed_filter_by_tags(dsn: str, client: Client) -> None:
+    await client.spawn("default", "add", None, SpawnOptions(tags=["billing"]))
+    await client.spawn("default", "add", None, SpawnOptions(tags=["billing", "eu"]))
+    await client.spawn("default", "add", None)
+    await client.spawn("emails", "send", None, SpawnOptions(tags=["eu"]))
+    # two tasks on queue "jobs" fail for good, one tagged billing
+    dead_billing = await client.spawn(
+        "jobs", "boom", None, SpawnOptions(max_attempts=1, tags=["billing"])
+    )
+    dead_other = await client.spawn("jobs", "boom", None, SpawnOptions(max_attempts=1))
+    for claim in await client.claim("jobs", "cli-test", 60, 2):
+        await client.fail("jobs", claim.run_id, {"type": "RuntimeError", "message": "no"})
+
+    done = await durable("status", "--tag", "billing", dsn=dsn)
+    assert done.code == 0, done.err
+    assert rows(done.out) == [
+        ["queue", "pending", "running", "sleeping", "completed", "failed", "cancelled"],
+        ["default", "2", "0", "0", "0", "0", "0"],
+        ["jobs", "0", "0", "0", "0", "1", "0"],
+    ]
+    done = await durable("status", "--tag", "billing", "--tag", "eu", "--json", dsn=dsn)
+    assert done.code == 0, done.err
+    assert [(row["queue"], row["pending"]) for row in json.loads(done.out)] == [("default", 1)]
+    done = await durable("status", "--tag", "nobody", dsn=dsn)
+    assert rows(done.out) == [
+        ["queue", "pending", "running", "sleeping", "completed", "failed", "cancelled"]
+    ]
+
+    done = await durable("failed", dsn=dsn)
+    assert len(done.out.splitlines()) == 3  # the header and both dead tasks
+    done = await durable("failed", "--tag", "billing", dsn=dsn)
+    assert done.code == 0, done.err
+    [line] = done.out.splitlines()[1:]
+    assert f" {dead_billing.task_id} " in line
+    done = await durable("failed", "-q", "jobs", "--tag", "billing", "--json", dsn=dsn)
+    assert done.code == 0, done.err
+    assert [row["task_id"] for row in json.loads(done.out)] == [str(dead_billing.task_id)]
+    assert str(dead_other.task_id) not in done.out
+
+
+async def test_show_a_parked_task_and_emit_its_event(dsn: str, client: Client) -> None:
+    """Drive the run with the low-level client: progress, then a wait with a timeout."""
+    info = await client.spawn(
+        "default", "report", {"n": 1}, SpawnOptions(tags=["nightly"], partition_key="tenant-b")
+    )
+    [claim] = await client.claim("default", "cli-test", 60)
+    await client.set_progress("default", claim.run_id, 40, {"rows": 400})
+    status, _ = await client.await_event("default", claim.run_id, "pay", "payment", 3600)
+    assert status == "suspended"
+
+    done = await durable("show", str(info.task_id), "--json", dsn=dsn)
+    assert done.code == 0, done.err
+    doc = json.loads(done.out)
+    assert doc["state"] == "sleeping"
+    assert (doc["tags"], doc["partition_key"], doc["parent_task_id"]) == (
+        ["nightly"],
+        "tenant-b",
+        None,
+    )
+    assert (doc["depends_on"], doc["pending_dependencies"]) == ([], [])
+    progress = doc["progress"]
+    assert (progress["pct"], progress["detail"], progress["run_id"]) == (
+        40,
+        {"rows": 400},
+        str(claim.run_id),
+    )
+    datetime.fromisoformat(progress["at"])
+    [wait] = doc["waiting_for"]
+    assert (wait["step_name"], wait["event_name"], wait["child_task_id"]) == (
+        "pay",
+        "payment",
+        None,
+    )
+    timeout_at = datetime.fromisoformat(wait["timeout_at"])
+    datetime.fromisoformat(doc["scheduled_at"])
+    assert [run["state"] for run in doc["runs"]] == ["suspended", "sleeping"]
+    assert [run["attempt"] for run in doc["runs"]] == [1, 1]
+
+    done = await durable("show", str(info.task_id), dsn=dsn)
+    assert done.code == 0, done.err
+    fields = show_fields(done.out)
+    assert fields["state"] == "sleeping"
+    assert fields["tags"] == "nightly"
+    assert fields["partition_key"] == "tenant-b"
+    assert fields["progress"].startswith('40% {"rows": 400} (at ')
+    assert fields["waiting_for"] == (
+        f"event 'payment' (step 'pay', timeout {timeout_at.strftime('%Y-%m-%d %H:%M:%SZ')})"
+    )
+    assert "wakes_at" not in fields  # a wait shows its timeout in waiting_for
+    _, suspended, sleeping = show_runs(done.out)
+    assert suspended[:3] == ["1", "suspended", "cli-test"]
+    assert sleeping[:2] == ["1", "sleeping"]
+    assert timeout_at.strftime("%Y-%m-%d %H:%M:%SZ") in sleeping  # it wakes at the timeout
+
+    done = await durable("emit", "payment", '{"amount": 12}', dsn=dsn)
+    assert done.code == 0, done.err
+    assert done.out.strip() == "event 'payment' emitted: 1 waiting task woken"
+    [claim] = await client.claim("default", "cli-test", 60)  # claimable now, not in an hour
+    assert await client.await_event("default", claim.run_id, "pay", "payment", 3600) == (
+        "received",
+        {"amount": 12},
+    )
+
+
+async def test_emit_wakes_a_task_parked_by_a_worker(dsn: str, client: Client) -> None:
+    info = await spawn(dsn, "wait_for", "--params", '{"event": "go"}', "--tag", "demo")
+    task_id = uuid.UUID(info["task_id"])
+    async with worker("cli_app:app", "-q", "default", "-c", "2", dsn=dsn) as running:
+        await wait_task(client, task_id, lambda t: bool(t.waiting_for), "the task to park")
+
+        show = await durable("show", str(task_id), dsn=dsn)
+        assert show.code == 0, show.err
+        fields = show_fields(show.out)
+        assert fields["state"] == "sleeping"
+        assert fields["tags"] == "demo"
+        assert fields["progress"].startswith("50% waiting for the event (at ")
+        assert fields["waiting_for"] == "event 'go' (step '$event:go', no timeout)"
+        _, suspended, sleeping = show_runs(show.out)
+        assert suspended[:2] == ["1", "suspended"]
+        assert sleeping[:2] == ["1", "sleeping"]
+        assert "when woken" in sleeping
+        status = await durable("status", "--tag", "demo", "--json", dsn=dsn)
+        assert [(row["queue"], row["sleeping"]) for row in json.loads(status.out)] == [
+            ("default", 1)
+        ]
+
+        done = await durable("emit", "go", '{"n": 7}', dsn=dsn)
+        assert done.code == 0, done.err
+        assert done.out.strip() == "event 'go' emitted: 1 waiting task woken"
+        results = await wait_finished(client, [task_id])
+        code = await running.stop()
+    assert code == 0, running.logs.decode()
+    assert results[task_id].state is TaskState.COMPLETED, results[task_id]
+    assert results[task_id].result == {"n": 7}
+    task = await client.get_task(None, task_id)
+    assert task.progress is not None
+    assert task.progress.pct == 100
+    assert task.waiting_for == []
+
+    # nobody waits now: the event is stored (a later wait gets it at once) and nobody is woken
+    done = await durable("emit", "go", dsn=dsn)
+    assert done.code == 0, done.err
+    assert done.out.strip() == "event 'go' emitted: 0 waiting tasks woken"
+
+
+async def test_emit_refuses_a_payload_that_is_not_json(dsn: str) -> None:
+    done = await durable("emit", "go", "{nope}", dsn=dsn)
+    assert done.code == 2
+    assert len(done.err_lines) == 1, done.err
+    assert "argument PAYLOAD_JSON: not JSON" in done.err
+
+
+async def test_cancel_by_cancels_the_unfinished_tasks_matching_every_filter(
+    dsn: str, client: Client
+) -> None:
+    batch = [
+        await client.spawn("default", "add", None, SpawnOptions(tags=["batch-1"])) for _ in range(2)
+    ]
+    tagged_email = await client.spawn("emails", "send", None, SpawnOptions(tags=["batch-1"]))
+    email = await client.spawn("emails", "send", None)
+    other = await client.spawn("emails", "digest", None)
+    finished = await client.spawn("default", "add", None, SpawnOptions(tags=["batch-1"]))
+    await client.cancel("default", finished.task_id)
+
+    none = await durable("cancel-by", dsn=dsn)
+    assert none.code == 2
+    assert none.err_lines == [
+        "durable cancel-by: error: give at least one filter: -q QUEUE, --task NAME or --tag T"
+    ]
+
+    done = await durable("cancel-by", "-q", "default", "--tag", "batch-1", dsn=dsn)
+    assert done.code == 0, done.err
+    assert done.out.strip() == "2 tasks cancelled"
+    for spawned in batch:
+        task = await client.get_task(None, spawned.task_id)
+        assert task.state is TaskState.CANCELLED
+        assert task.failure is not None
+        assert task.failure.error is not None
+        assert task.failure.error["type"] == "CancelledByFilter"
+    assert (await client.get_task(None, tagged_email.task_id)).state is TaskState.PENDING
+
+    done = await durable("cancel-by", "-q", "emails", "--task", "send", dsn=dsn)
+    assert done.code == 0, done.err
+    assert done.out.strip() == "2 tasks cancelled"
+    for spawned in (tagged_email, email):
+        assert (await client.get_task(None, spawned.task_id)).state is TaskState.CANCELLED
+    assert (await client.get_task(None, other.task_id)).state is TaskState.PENDING
+
+    done = await durable("cancel-by", "--tag", "batch-1", dsn=dsn)
+    assert done.code == 0, done.err
+    assert done.out.strip() == "0 tasks cancelled"
+
+    bad = await durable("cancel-by", "-q", "Bad Queue", dsn=dsn)
+    assert bad.code == 1
+    assert len(bad.err_lines) == 1, bad.err
+    assert bad.err.startswith("durable: InvalidQueueName: 'Bad Queue'")
