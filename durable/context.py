@@ -7,7 +7,7 @@ import functools
 import inspect
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Unpack
 
@@ -153,17 +153,14 @@ class TaskContext:
         meanwhile; an event emitted before the wait is received at once. Raises
         :class:`EventTimeout` when ``timeout`` seconds pass first."""
         key = self._next_key(f"$event:{name}")
-        recorded = await self._load_recorded()
-        value = recorded.get(key)
-        if value is None:
-            self._check_lease()
-            status, payload = await self._write(
-                self._client.await_event(self.queue, self.run_id, key, name, timeout)
+
+        async def wait() -> tuple[str, Any]:
+            status, payload = await self._client.await_event(
+                self.queue, self.run_id, key, name, timeout
             )
-            if status == "suspended":
-                raise Suspended
-            value = {"timed_out": True} if status == "timeout" else {"payload": payload}
-            recorded[key] = value
+            return status, {"payload": payload}  # as the step records it
+
+        value = await self._wait(key, wait)
         if value.get("timed_out"):
             raise EventTimeout(f"event {name!r}", key)
         return value.get("payload")
@@ -222,17 +219,9 @@ class TaskContext:
         gets the same outcome without waiting."""
         child_id: uuid.UUID = child if isinstance(child, uuid.UUID) else child.task_id
         key = self._next_key(f"$result:{child_id}")
-        recorded = await self._load_recorded()
-        value = recorded.get(key)
-        if value is None:
-            self._check_lease()
-            status, outcome = await self._write(
-                self._client.await_task(self.queue, self.run_id, key, child_id, timeout)
-            )
-            if status == "suspended":
-                raise Suspended
-            value = {"timed_out": True} if status == "timeout" else outcome
-            recorded[key] = value
+        value = await self._wait(
+            key, lambda: self._client.await_task(self.queue, self.run_id, key, child_id, timeout)
+        )
         if value.get("timed_out"):
             raise EventTimeout(f"the result of task {child_id}", key)
         state = TaskState(value["state"])
@@ -246,6 +235,22 @@ class TaskContext:
         self._check_lease()
         await self._write(self._client.set_progress(self.queue, self.run_id, pct, detail))
         self._control.beat()
+
+    async def _wait(
+        self, key: str, wait: Callable[[], Awaitable[tuple[str, Any]]]
+    ) -> dict[str, Any]:
+        """The recorded value of wait step ``key``; the first time, ``wait()`` asks the database,
+        which answers at once or parks the run (then :class:`Suspended` ends the handler)."""
+        recorded = await self._load_recorded()
+        value: dict[str, Any] | None = recorded.get(key)
+        if value is None:
+            self._check_lease()
+            status, found = await self._write(wait())
+            if status == "suspended":
+                raise Suspended
+            value = {"timed_out": True} if status == "timeout" else found
+            recorded[key] = value
+        return value
 
     def _next_key(self, name: str) -> str:
         """The checkpoint name of the next use of ``name`` in this run: ``name``, ``name#2``..."""

@@ -844,9 +844,7 @@ begin
           from jsonb_array_elements(p_items) with ordinality as x(i, ord)
     ), prepared as (
         select i.*, i.o->>'idempotency_key' as key, coalesce((i.o->>'priority')::integer, 0) as prio,
-               case when i.o ? 'at' then (i.o->>'at')::timestamptz
-                    else v_now + make_interval(secs => coalesce(durable.seconds(i.o->'delay', 'delay'), 0))
-               end as available_at,
+               durable.start_time(i.o, v_now) as available_at,
                nullif(i.o->'cancellation', 'null') as cancellation
           from items i
     ), ins as (
@@ -1264,6 +1262,37 @@ begin
     return true;
 end $$;
 
+-- The wait of step p_step of the live run p_run (locked) for event p_event or task p_child,
+-- recorded on the first call with its timeout: 'timeout' (recorded as the step's checkpoint)
+-- once the timeout passed, else 'suspended' (the run parked until the wait's timeout).
+create function durable.park_on_wait(p_run durable.runs, p_step text, p_event text, p_child uuid,
+                                     p_timeout double precision, p_now timestamptz)
+returns text
+language plpgsql as $$
+declare
+    v_wait durable.waits;
+    v_next uuid;
+begin
+    select * into v_wait from durable.waits w
+     where w.task_id = p_run.task_id and w.step_name = p_step;
+    if not found then
+        insert into durable.waits (task_id, step_name, run_id, event_name, child_task_id,
+                                   timeout_at, created_at)
+        values (p_run.task_id, p_step, p_run.run_id, p_event, p_child,
+                p_now + make_interval(secs => p_timeout), p_now)
+        returning * into v_wait;
+    end if;
+    if v_wait.timeout_at <= p_now then
+        perform durable.record_step(p_run.task_id, p_step, '{"timed_out": true}', p_run.run_id, p_now);
+        delete from durable.waits w where w.task_id = p_run.task_id and w.step_name = p_step;
+        return 'timeout';
+    end if;
+    v_next := durable.suspend_run(p_run, coalesce(v_wait.timeout_at, 'infinity'), p_now);
+    update durable.waits w set run_id = v_next
+     where w.task_id = p_run.task_id and w.step_name = p_step;
+    return 'suspended';
+end $$;
+
 -- Wait for event p_event, as step p_step of the run. status: 'received' (payload), 'timeout'
 -- (the wait's timeout passed: recorded, so a replay times out too) or 'suspended' (parked until
 -- the event or the timeout).
@@ -1277,8 +1306,6 @@ declare
     v_run   durable.runs;
     v_value jsonb;
     v_event durable.events;
-    v_wait  durable.waits;
-    v_next  uuid;
 begin
     if p_step is null or length(p_step) = 0 or p_event is null or length(p_event) = 0 then
         raise exception 'step and event names must not be empty' using errcode = 'DU005';
@@ -1303,24 +1330,8 @@ begin
         return query select 'received'::text, v_event.payload;
         return;
     end if;
-    select * into v_wait from durable.waits w
-     where w.task_id = v_run.task_id and w.step_name = p_step;
-    if not found then
-        insert into durable.waits (task_id, step_name, run_id, event_name, timeout_at, created_at)
-        values (v_run.task_id, p_step, p_run_id, p_event,
-                v_now + make_interval(secs => p_timeout), v_now)
-        returning * into v_wait;
-    end if;
-    if v_wait.timeout_at <= v_now then
-        perform durable.record_step(v_run.task_id, p_step, '{"timed_out": true}', p_run_id, v_now);
-        delete from durable.waits w where w.task_id = v_run.task_id and w.step_name = p_step;
-        return query select 'timeout'::text, null::jsonb;
-        return;
-    end if;
-    v_next := durable.suspend_run(v_run, coalesce(v_wait.timeout_at, 'infinity'), v_now);
-    update durable.waits w set run_id = v_next
-     where w.task_id = v_run.task_id and w.step_name = p_step;
-    return query select 'suspended'::text, null::jsonb;
+    return query select durable.park_on_wait(v_run, p_step, p_event, null, p_timeout, v_now),
+                        null::jsonb;
 end $$;
 
 -- Emit event p_name: stored (a later wait receives it at once; a second emit replaces the
@@ -1368,8 +1379,6 @@ declare
     v_run   durable.runs;
     v_value jsonb;
     v_child durable.tasks;
-    v_wait  durable.waits;
-    v_next  uuid;
 begin
     if p_step is null or length(p_step) = 0 then
         raise exception 'step name must not be empty' using errcode = 'DU005';
@@ -1397,24 +1406,8 @@ begin
         return query select 'done'::text, v_value;
         return;
     end if;
-    select * into v_wait from durable.waits w
-     where w.task_id = v_run.task_id and w.step_name = p_step;
-    if not found then
-        insert into durable.waits (task_id, step_name, run_id, child_task_id, timeout_at, created_at)
-        values (v_run.task_id, p_step, p_run_id, p_child,
-                v_now + make_interval(secs => p_timeout), v_now)
-        returning * into v_wait;
-    end if;
-    if v_wait.timeout_at <= v_now then
-        perform durable.record_step(v_run.task_id, p_step, '{"timed_out": true}', p_run_id, v_now);
-        delete from durable.waits w where w.task_id = v_run.task_id and w.step_name = p_step;
-        return query select 'timeout'::text, null::jsonb;
-        return;
-    end if;
-    v_next := durable.suspend_run(v_run, coalesce(v_wait.timeout_at, 'infinity'), v_now);
-    update durable.waits w set run_id = v_next
-     where w.task_id = v_run.task_id and w.step_name = p_step;
-    return query select 'suspended'::text, null::jsonb;
+    return query select durable.park_on_wait(v_run, p_step, null, p_child, p_timeout, v_now),
+                        null::jsonb;
 end $$;
 
 -- Record a running task's progress (0 to 100, and any JSON detail); fenced like every write of
