@@ -8,7 +8,7 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Unpack, overload
 
@@ -20,7 +20,13 @@ from durable.cron import CronExpr, CronJob
 from durable.errors import TaskFailed, UnknownTask, check_queue_name
 from durable.records import (
     Cancellation,
+    FailedWork,
+    FailedWorkState,
+    FailureGroup,
+    FailureReason,
     RateLimit,
+    ReasonClass,
+    Retention,
     SpawnInfo,
     SpawnKwargs,
     SpawnOptions,
@@ -30,6 +36,7 @@ from durable.records import (
     Unique,
     spawn_options,
 )
+from durable.retention import PruneRule, prune_rules
 from durable.retry import Backoff, RetryStrategy
 from durable.store import CHANNEL_DONE, Listener
 from durable.worker import Worker, WorkerOptions
@@ -65,6 +72,7 @@ class TaskDefinition:
     global_limit: int | None = None
     rate_limit: RateLimit | None = None
     on_discard: DiscardHook | None = None
+    retention: Retention | None = None
 
     async def __call__(self, ctx: Any, params: Any) -> Any:
         """Call the handler directly (no durability): useful in unit tests of the handler."""
@@ -144,8 +152,15 @@ class Durable:
         pool_size: int = 10,
         statement_cache_size: int = 100,
         command_timeout: float | None = 30.0,
+        retention: Retention | None = None,
+        retention_interval: float = 60.0,
     ) -> None:
+        if retention_interval <= 0:
+            raise ValueError("retention_interval must be positive")
         self.default_queue = check_queue_name(default_queue)
+        #: How long finished tasks are kept; workers prune every ``retention_interval`` s.
+        self.retention = retention
+        self.retention_interval = retention_interval
         self.client = Client(
             dsn,
             migrate=migrate,
@@ -186,6 +201,7 @@ class Durable:
         global_limit: int | None = None,
         rate_limit: RateLimit | None = None,
         on_discard: DiscardHook | None = None,
+        retention: Retention | None = None,
     ) -> Callable[[Handler], TaskDefinition]: ...
 
     def task(
@@ -208,6 +224,7 @@ class Durable:
         global_limit: int | None = None,
         rate_limit: RateLimit | None = None,
         on_discard: DiscardHook | None = None,
+        retention: Retention | None = None,
     ) -> TaskDefinition | Callable[[Handler], TaskDefinition]:
         """Register a handler ``(ctx, params) -> JSON``; bare or with options.
 
@@ -217,6 +234,7 @@ class Durable:
         ``global_limit`` (runs at once) and ``rate_limit`` (starts per period) hold across every
         worker: a worker serving the task's queue records them when it starts. ``on_discard(ctx,
         error)`` is called once when the task fails for good (its last attempt failed).
+        ``retention`` overrides the app's for this task name (see :class:`durable.Retention`).
         """
         if global_limit is not None and global_limit < 1:
             raise ValueError("global_limit must be at least 1")
@@ -243,6 +261,7 @@ class Durable:
                 global_limit=global_limit,
                 rate_limit=rate_limit,
                 on_discard=on_discard,
+                retention=retention,
             )
             # validate the defaults now rather than at the first spawn
             definition.options().to_json()
@@ -381,6 +400,72 @@ class Durable:
         count = await self.client.cancel_by(queue, task_name, tags)
         log.info("tasks.cancelled", queue=queue, task_name=task_name, tags=tags, count=count)
         return count
+
+    # --- the operator's view ---------------------------------------------------------------------
+
+    async def failed_work(
+        self,
+        queue: str | None = None,
+        task_name: str | None = None,
+        reason: FailureReason | str | None = None,
+        since: datetime | float | timedelta | None = None,
+        limit: int | None = 100,
+        *,
+        state: FailedWorkState | str | None = None,
+        reason_class: ReasonClass | str | None = None,
+        error_type: str | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> list[FailedWork]:
+        """Failed work, newest failure first: tasks that are dead (``failed``) or will run
+        again (``retrying``), with their reason, reason class, error and recovery."""
+        return await self.client.failed_work(
+            queue,
+            task_name,
+            reason,
+            since,
+            limit,
+            state=state,
+            reason_class=reason_class,
+            error_type=error_type,
+            tags=tags,
+        )
+
+    async def failure_groups(
+        self,
+        queue: str | None = None,
+        task_name: str | None = None,
+        reason: FailureReason | str | None = None,
+        since: datetime | float | timedelta | None = None,
+        *,
+        state: FailedWorkState | str | None = None,
+        reason_class: ReasonClass | str | None = None,
+    ) -> list[FailureGroup]:
+        """Failed work grouped by failure reason x error type x task name, with counts and
+        first/last seen."""
+        return await self.client.failure_groups(
+            queue, task_name, reason, since, state=state, reason_class=reason_class
+        )
+
+    async def replay(
+        self, task_id: uuid.UUID, *, from_step: str | None = None, queue: str | None = None
+    ) -> SpawnInfo:
+        """Run a finished task again from its last checkpoint (or from step ``from_step``)."""
+        info = await self.client.replay(queue, task_id, from_step)
+        log.info(
+            "task.replayed", task_id=str(task_id), from_step=from_step, run_id=str(info.run_id)
+        )
+        return info
+
+    async def discard(self, task_id: uuid.UUID, *, queue: str | None = None) -> TaskState:
+        """End a task for good (a live one is cancelled); returns its state before."""
+        before = await self.client.discard(queue, task_id)
+        log.info("task.discarded", task_id=str(task_id), before=str(before))
+        return before
+
+    def prune_rules(self) -> list[PruneRule]:
+        """The retention rules of this app and its tasks (empty: nothing is pruned by age)."""
+        per_task = {d.name: d.retention for d in self.registry.values() if d.retention}
+        return prune_rules(self.retention, per_task)
 
     def cron(
         self,

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -20,9 +21,13 @@ from durable.records import (
     Checkpoint,
     Claim,
     FailedRun,
+    FailedWork,
+    FailedWorkState,
+    FailureGroup,
     FailureReason,
     QueueCount,
     RateLimit,
+    ReasonClass,
     SpawnInfo,
     SpawnOptions,
     TaskRecord,
@@ -35,6 +40,8 @@ from durable.store import Listener, Store
 log = structlog.get_logger("durable")
 
 _NO_OPTIONS = SpawnOptions()
+
+_E = TypeVar("_E", bound=StrEnum)
 
 
 class Client:
@@ -375,18 +382,110 @@ class Client:
     ) -> list[FailedRun]:
         return await self.store.list_failed_runs(_optional_queue(queue), limit, tags)
 
+    async def failed_work(
+        self,
+        queue: str | None = None,
+        task_name: str | None = None,
+        reason: FailureReason | str | None = None,
+        since: datetime | float | timedelta | None = None,
+        limit: int | None = 100,
+        *,
+        state: FailedWorkState | str | None = None,
+        reason_class: ReasonClass | str | None = None,
+        error_type: str | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> list[FailedWork]:
+        """Tasks whose latest failure is not behind them, newest failure first: dead ones
+        (``state`` failed) and ones that will run again (retrying). ``since`` is a time, or a
+        duration back from now; ``limit`` None returns every match."""
+        if limit is not None and limit < 1:
+            raise InvalidArgument("limit must be at least 1 (or None for every row)")
+        return await self.store.failed_work(
+            _optional_queue(queue),
+            task_name,
+            _enum(FailureReason, reason, "reason"),
+            _since(since),
+            limit,
+            _enum(FailedWorkState, state, "state"),
+            _enum(ReasonClass, reason_class, "reason_class"),
+            error_type,
+            tags,
+        )
+
+    async def failure_groups(
+        self,
+        queue: str | None = None,
+        task_name: str | None = None,
+        reason: FailureReason | str | None = None,
+        since: datetime | float | timedelta | None = None,
+        *,
+        state: FailedWorkState | str | None = None,
+        reason_class: ReasonClass | str | None = None,
+    ) -> list[FailureGroup]:
+        """Failed work grouped by failure reason x error type x task name (and queue), with
+        counts and first/last seen; the most frequent first."""
+        return await self.store.failure_groups(
+            _optional_queue(queue),
+            task_name,
+            _enum(FailureReason, reason, "reason"),
+            _since(since),
+            _enum(FailedWorkState, state, "state"),
+            _enum(ReasonClass, reason_class, "reason_class"),
+        )
+
+    async def finished_counts(self, window_s: float | timedelta = 60.0) -> list[QueueCount]:
+        """Tasks that ended within the last ``window_s`` seconds, per queue and end state."""
+        return await self.store.finished_counts(required_seconds(window_s, "window_s"))
+
+    async def replay(
+        self,
+        queue: str | None,
+        task_id: uuid.UUID,
+        from_step: str | None = None,
+        options: SpawnOptions | None = None,
+    ) -> SpawnInfo:
+        """Run a finished task again with a new run: it resumes after its last checkpoint, or,
+        with ``from_step``, from that step (its checkpoint and every later one are dropped)."""
+        return await self.store.replay(
+            _optional_queue(queue), task_id, from_step, (options or _NO_OPTIONS).to_json()
+        )
+
+    async def discard(self, queue: str | None, task_id: uuid.UUID) -> TaskState:
+        """End a task for good: a live task is cancelled; it leaves the failed work and can no
+        longer be retried or replayed. Returns its state before."""
+        return await self.store.discard(_optional_queue(queue), task_id)
+
     async def prune_tasks(
         self,
         older_than: float | timedelta,
         states: Sequence[TaskState | str] = (TaskState.COMPLETED,),
         *,
         batch: int = 1000,
+        task_names: Sequence[str] | None = None,
+        except_names: Sequence[str] | None = None,
     ) -> int:
         """Delete finished tasks older than ``older_than`` (with their runs and checkpoints) in
-        batches of ``batch``; return how many. Live tasks are never deleted by age."""
+        batches of ``batch``, each its own short transaction; return how many. ``task_names``:
+        only those; ``except_names``: all but those. Live tasks are never deleted by age."""
+        age = required_seconds(older_than, "older_than")
+        if batch < 1:
+            raise InvalidArgument("batch must be at least 1")
+        names = None if task_names is None else list(task_names)
+        excluded = None if except_names is None else list(except_names)
+        total = 0
+        while deleted := await self.store.prune_tasks(
+            age, [str(s) for s in states], batch, names, excluded
+        ):
+            total += deleted
+            if deleted < batch:
+                break
+        return total
+
+    async def prune_bookkeeping(self, older_than: float | timedelta, *, batch: int = 1000) -> int:
+        """Delete events, partition turns and stopped workers older than ``older_than``."""
         age = required_seconds(older_than, "older_than")
         total = 0
-        while deleted := await self.store.prune_tasks(age, [str(s) for s in states], batch):
+        while deleted := await self.store.prune_bookkeeping(age, batch):
             total += deleted
         return total
 
@@ -399,6 +498,25 @@ def _seconds(value: float | timedelta | None, what: str) -> float | None:
         return seconds(value, what=what)
     except ValueError as exc:
         raise InvalidArgument(str(exc)) from exc
+
+
+def _since(value: datetime | float | timedelta | None) -> datetime | None:
+    """A time, or a duration back from now, as a time."""
+    if value is None or isinstance(value, datetime):
+        if value is not None and value.tzinfo is None:
+            raise InvalidArgument("since must be timezone-aware (or a duration back from now)")
+        return value
+    return datetime.now(UTC) - timedelta(seconds=required_seconds(value, "since"))
+
+
+def _enum(kind: type[_E], value: _E | str | None, what: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        return str(kind(value))
+    except ValueError:
+        allowed = ", ".join(member.value for member in kind)
+        raise InvalidArgument(f"{what} {value!r} is not one of: {allowed}") from None
 
 
 def _optional_queue(queue: str | None) -> str | None:

@@ -46,6 +46,31 @@ class FailureReason(StrEnum):
     CANCELLED = "cancelled"
 
 
+class ReasonClass(StrEnum):
+    """A bounded classification of a failure, from its reason and error type (see
+    :mod:`durable.failures`)."""
+
+    TRANSPORT = "transport"
+    VALIDATION = "validation"
+    TIMEOUT = "timeout"
+    CRASH = "crash"
+    EXHAUSTED = "exhausted"
+    UNKNOWN = "unknown"
+
+
+class FailedWorkState(StrEnum):
+    FAILED = "failed"  # dead: runs again only if an operator retries it
+    RETRYING = "retrying"  # failed at least once and will run again (it has a live run)
+
+
+class Recovery(StrEnum):
+    """What an operator's retry of failed work would do."""
+
+    RETRY_FROM_CHECKPOINT = "retry_from_checkpoint"  # a new run replays the recorded steps
+    RETRY = "retry"  # a new run, from the start: nothing was checkpointed
+    NONE = "none"  # nothing to do: the task will run again by itself
+
+
 TASK_STATES: tuple[str, ...] = tuple(TaskState)
 
 
@@ -115,6 +140,34 @@ class Cancellation:
         if (delay := seconds(self.max_delay, what="max_delay")) is not None:
             doc["max_delay"] = delay
         return doc
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Retention:
+    """How long finished tasks are kept, per end state (None: kept until pruned by hand).
+
+    On ``Durable(retention=...)`` it applies to every task name without a rule of its own;
+    on ``@app.task(retention=...)`` to that task (a state it leaves None falls back to the
+    app's). Workers prune in bounded batches, with the tasks' runs and checkpoints."""
+
+    completed: float | timedelta | None = None
+    failed: float | timedelta | None = None
+    cancelled: float | timedelta | None = None
+
+    def __post_init__(self) -> None:
+        for state in ("completed", "failed", "cancelled"):
+            value = seconds(getattr(self, state), what=f"retention of {state} tasks")
+            if value is not None and value < 0:
+                raise ValueError(f"retention of {state} tasks must not be negative")
+
+    def ages(self) -> dict[TaskState, float]:
+        """Seconds to keep, per end state that has a rule."""
+        ages = {
+            TaskState.COMPLETED: seconds(self.completed, what="retention"),
+            TaskState.FAILED: seconds(self.failed, what="retention"),
+            TaskState.CANCELLED: seconds(self.cancelled, what="retention"),
+        }
+        return {state: age for state, age in ages.items() if age is not None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +386,7 @@ class TaskRecord:
     pending_dependencies: list[uuid.UUID] = field(default_factory=list)
     waiting_for: list[dict[str, JSON]] = field(default_factory=list)
     scheduled_at: datetime | None = None
+    discarded_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -374,6 +428,50 @@ class FailedRun:
     failure_reason: FailureReason
     error: dict[str, JSON] | None
     finished_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailedWork:
+    """A task whose latest failure is not behind it: dead (``failed``: its last attempt failed,
+    or it was cancelled) or ``retrying``. Newest failure first in ``failed_work``.
+
+    ``retryable`` is False when the reason class is ``validation``: the same input would fail
+    the same way until the code or the params change. ``recovery`` is what ``retry`` would do.
+    """
+
+    task_id: uuid.UUID
+    run_id: uuid.UUID | None
+    queue: str
+    task_name: str
+    state: FailedWorkState
+    attempt: int
+    max_attempts: int
+    failure_reason: FailureReason
+    reason_class: ReasonClass
+    error: dict[str, JSON] | None
+    failed_at: datetime
+    retryable: bool
+    recovery: Recovery
+    last_checkpoint: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+    @property
+    def error_type(self) -> str | None:
+        return self.error.get("type") if self.error else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailureGroup:
+    """Failed work grouped by failure reason x error type x task name (and queue)."""
+
+    failure_reason: FailureReason
+    reason_class: ReasonClass
+    error_type: str | None
+    task_name: str
+    queue: str
+    count: int
+    first_seen: datetime
+    last_seen: datetime
 
 
 @dataclass(frozen=True, slots=True)

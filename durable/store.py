@@ -35,10 +35,15 @@ from durable.records import (
     Checkpoint,
     Claim,
     FailedRun,
+    FailedWork,
+    FailedWorkState,
     Failure,
+    FailureGroup,
     FailureReason,
     Progress,
     QueueCount,
+    ReasonClass,
+    Recovery,
     RunRecord,
     RunState,
     SpawnInfo,
@@ -166,7 +171,13 @@ _EMIT_EVENT = "select durable.emit_event($1, $2)"
 _SET_PROGRESS = "select durable.set_progress($1, $2, $3, $4)"
 _CANCEL_BY = "select durable.cancel_by($1, $2, $3)"
 _SET_LIMIT = "select durable.set_limit($1, $2, $3, $4, $5)"
-_PRUNE_TASKS = "select durable.prune_tasks($1, $2, $3)"
+_PRUNE_TASKS = "select durable.prune_tasks($1, $2, $3, $4, $5)"
+_PRUNE_BOOKKEEPING = "select durable.prune_bookkeeping($1, $2)"
+_FAILED_WORK = "select * from durable.failed_work($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+_FAILURE_GROUPS = "select * from durable.failure_groups($1, $2, $3, $4, $5, $6)"
+_FINISHED_COUNTS = "select * from durable.finished_counts($1)"
+_REPLAY = "select * from durable.replay($1, $2, $3, $4)"
+_DISCARD = "select durable.discard($1, $2)"
 _TERMINATE_OTHERS = """
 select pid, pg_terminate_backend(pid) as terminated from pg_stat_activity
  where datname = current_database() and pid <> pg_backend_pid()
@@ -585,9 +596,108 @@ class Store:
             for r in rows
         ]
 
-    async def prune_tasks(self, older_than: float, states: Sequence[str], limit: int) -> int:
+    async def failed_work(
+        self,
+        queue: str | None,
+        task_name: str | None,
+        reason: str | None,
+        since: datetime | None,
+        limit: int | None,
+        state: str | None,
+        reason_class: str | None,
+        error_type: str | None,
+        tags: Sequence[str] | None,
+    ) -> list[FailedWork]:
         async with self._translate():
-            deleted: int = await self._pool.fetchval(_PRUNE_TASKS, older_than, list(states), limit)
+            rows = await self._pool.fetch(
+                _FAILED_WORK,
+                queue,
+                task_name,
+                reason,
+                since,
+                limit,
+                state,
+                reason_class,
+                error_type,
+                list(tags) if tags else None,
+            )
+        return [_failed_work(r) for r in rows]
+
+    async def failure_groups(
+        self,
+        queue: str | None,
+        task_name: str | None,
+        reason: str | None,
+        since: datetime | None,
+        state: str | None,
+        reason_class: str | None,
+    ) -> list[FailureGroup]:
+        async with self._translate():
+            rows = await self._pool.fetch(
+                _FAILURE_GROUPS, queue, task_name, reason, since, state, reason_class
+            )
+        return [
+            FailureGroup(
+                failure_reason=FailureReason(r["failure_reason"]),
+                reason_class=ReasonClass(r["reason_class"]),
+                error_type=r["error_type"],
+                task_name=r["task_name"],
+                queue=r["queue"],
+                count=r["count"],
+                first_seen=r["first_seen"],
+                last_seen=r["last_seen"],
+            )
+            for r in rows
+        ]
+
+    async def finished_counts(self, window_s: float) -> list[QueueCount]:
+        async with self._translate():
+            rows = await self._pool.fetch(_FINISHED_COUNTS, window_s)
+        return [
+            QueueCount(queue=r["queue"], state=TaskState(r["state"]), count=r["count"])
+            for r in rows
+        ]
+
+    async def replay(
+        self,
+        queue: str | None,
+        task_id: uuid.UUID,
+        from_step: str | None,
+        options: Mapping[str, Any],
+    ) -> SpawnInfo:
+        options_json = encode_json(dict(options), "options")
+        async with self._translate(task_id=task_id):
+            row = await self._pool.fetchrow(_REPLAY, queue, task_id, from_step, options_json)
+        assert row is not None
+        return SpawnInfo(row["task_id"], row["run_id"], row["attempt"], row["created"])
+
+    async def discard(self, queue: str | None, task_id: uuid.UUID) -> TaskState:
+        async with self._translate(task_id=task_id):
+            before: str = await self._pool.fetchval(_DISCARD, queue, task_id)
+        return TaskState(before)
+
+    async def prune_tasks(
+        self,
+        older_than: float,
+        states: Sequence[str],
+        limit: int,
+        task_names: Sequence[str] | None = None,
+        except_names: Sequence[str] | None = None,
+    ) -> int:
+        async with self._translate():
+            deleted: int = await self._pool.fetchval(
+                _PRUNE_TASKS,
+                older_than,
+                list(states),
+                limit,
+                None if task_names is None else list(task_names),
+                None if except_names is None else list(except_names),
+            )
+        return deleted
+
+    async def prune_bookkeeping(self, older_than: float, limit: int) -> int:
+        async with self._translate():
+            deleted: int = await self._pool.fetchval(_PRUNE_BOOKKEEPING, older_than, limit)
         return deleted
 
     async def terminate_other_sessions(self, wait_s: float = 10.0) -> int:
@@ -710,4 +820,33 @@ def _task_record(doc: dict[str, Any]) -> TaskRecord:
         pending_dependencies=[uuid.UUID(d) for d in doc.get("pending_dependencies") or ()],
         waiting_for=list(doc.get("waiting_for") or ()),
         scheduled_at=_ts(doc.get("scheduled_at")),
+        discarded_at=_ts(doc.get("discarded_at")),
+    )
+
+
+def _failed_work(r: asyncpg.Record) -> FailedWork:
+    state = FailedWorkState(r["state"])
+    reason_class = ReasonClass(r["reason_class"])
+    if state is FailedWorkState.RETRYING:
+        recovery = Recovery.NONE
+    elif r["last_checkpoint"] is not None:
+        recovery = Recovery.RETRY_FROM_CHECKPOINT
+    else:
+        recovery = Recovery.RETRY
+    return FailedWork(
+        task_id=r["task_id"],
+        run_id=r["run_id"],
+        queue=r["queue"],
+        task_name=r["task_name"],
+        state=state,
+        attempt=r["attempt"],
+        max_attempts=r["max_attempts"],
+        failure_reason=FailureReason(r["failure_reason"]),
+        reason_class=reason_class,
+        error=r["error"],
+        failed_at=r["failed_at"],
+        retryable=reason_class is not ReasonClass.VALIDATION,
+        recovery=recovery,
+        last_checkpoint=r["last_checkpoint"],
+        tags=list(r["tags"] or ()),
     )

@@ -58,6 +58,11 @@ PROTOCOL = {
     "set_progress",
     "cancel_by",
     "set_limit",
+    "failed_work",
+    "failure_groups",
+    "finished_counts",
+    "replay",
+    "discard",
 }
 TABLES = ["tasks", "runs", "checkpoints", "workers", "schema_migrations"]
 

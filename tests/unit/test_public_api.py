@@ -15,7 +15,10 @@ def test_public_names_are_pinned() -> None:
         "DurableError",
         "EventTimeout",
         "Exponential",
+        "FailedWork",
+        "FailedWorkState",
         "Failure",
+        "FailureGroup",
         "FailureReason",
         "Fixed",
         "InvalidArgument",
@@ -26,6 +29,9 @@ def test_public_names_are_pinned() -> None:
         "PayloadTooLarge",
         "Progress",
         "RateLimit",
+        "ReasonClass",
+        "Recovery",
+        "Retention",
         "RunRecord",
         "RunState",
         "Snooze",
@@ -42,6 +48,7 @@ def test_public_names_are_pinned() -> None:
         "Unique",
         "UnknownTask",
         "Worker",
+        "reason_class_counts",
     ]
     assert durable.__all__ == sorted(durable.__all__)
     for name in durable.__all__:
@@ -55,4 +62,15 @@ def test_failure_reasons_are_the_contract() -> None:
         "heartbeat_timeout",
         "crash",
         "cancelled",
+    ]
+
+
+def test_reason_classes_are_the_contract() -> None:
+    assert [c.value for c in durable.ReasonClass] == [
+        "transport",
+        "validation",
+        "timeout",
+        "crash",
+        "exhausted",
+        "unknown",
     ]
