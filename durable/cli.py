@@ -34,16 +34,23 @@ from durable.client import Client
 from durable.config import resolve_dsn
 from durable.embedded import default_home
 from durable.errors import DurableError, check_queue_name
+from durable.failures import reason_class_counts
 from durable.migrate import load_migrations
 from durable.records import (
-    FailedRun,
+    FailedWork,
+    FailedWorkState,
+    FailureGroup,
+    FailureReason,
     Progress,
+    ReasonClass,
+    Recovery,
     RunRecord,
     RunState,
     SpawnOptions,
     TaskRecord,
     TaskState,
 )
+from durable.recovery import APPLIES_TO, Action, Change, recover
 from durable.telemetry import configure_logging
 
 __all__ = ["main"]
@@ -57,7 +64,6 @@ EXIT_INTERRUPTED = 130
 CELL_MAX = 60
 VALUE_MAX = 200
 
-_TASK_STATE_LABELS = {TaskState.FAILED: "dead", TaskState.PENDING: "will retry"}
 
 #: How the store reads PostgreSQL's ``infinity``: a run that waits to be woken.
 _NEVER = datetime.max.replace(tzinfo=UTC)
@@ -218,21 +224,131 @@ def build_parser() -> argparse.ArgumentParser:
     status = add("status", _cmd_status, "count tasks per queue and state", as_json, tag)
     status.add_argument("-q", "--queue", help="only this queue")
 
-    failed = add("failed", _cmd_failed, "list failed runs, newest first", as_json, tag)
-    failed.add_argument("-q", "--queue", help="only this queue")
+    work = _Parser(add_help=False)  # the failed-work filters
+    work.add_argument("-q", "--queue", help="only this queue (with ID: the task's queue)")
+    work.add_argument("--task", dest="task_name", metavar="NAME", help="only this task name")
+    work.add_argument("--reason", choices=list(FailureReason), help="only this failure reason")
+    work.add_argument("--reason-class", choices=list(ReasonClass), help="only this reason class")
+    work.add_argument("--error-type", metavar="TYPE", help="only this error type, e.g. KeyError")
+    work.add_argument(
+        "--since",
+        type=_since,
+        metavar="WHEN",
+        help="only failures since WHEN: a duration back from now (30m, 6h, 7d) or an ISO time",
+    )
+
+    failed = add(
+        "failed",
+        _cmd_failed,
+        "failed work: grouped by reason x error type x task name, then each task, newest first",
+        as_json,
+        work,
+        tag,
+    )
+    failed.add_argument("--state", choices=list(FailedWorkState), help="dead or retrying only")
     failed.add_argument("--limit", type=_positive_int, default=50, metavar="N")
 
+    bulk = _Parser(add_help=False)  # acting on what a filter matched
+    bulk.add_argument(
+        "task_id", nargs="?", type=_task_id, metavar="ID", help="one task's id (a UUID)"
+    )
+    bulk.add_argument(
+        "--all", action="store_true", help="every row of the failed work (no filter needed)"
+    )
+    bulk.add_argument(
+        "--limit", type=_positive_int, metavar="N", help="act on the N newest matches only"
+    )
+    bulk.add_argument(
+        "--rate",
+        type=_rate,
+        metavar="N/s",
+        help="at most N tasks per second (or N/m, N/h): try a fix on a few before the rest",
+    )
+    acting = bulk.add_mutually_exclusive_group()
+    acting.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only list what the filter matches (the default without ID and --yes)",
+    )
+    acting.add_argument("--yes", action="store_true", help="act on what the filter matches")
     for name, handler, help_ in (
-        ("retry", _cmd_retry, "give a failed or cancelled task a new run"),
-        ("cancel", _cmd_cancel, "cancel a task that has not finished"),
+        (
+            "retry",
+            _cmd_retry,
+            "give a failed or cancelled task a new run, from its last checkpoint; with filters, "
+            "every dead task of the failed work they match",
+        ),
+        (
+            "cancel",
+            _cmd_cancel,
+            "cancel a task that has not finished; with filters, every retrying task of the "
+            "failed work they match",
+        ),
+        (
+            "discard",
+            _cmd_discard,
+            "end a task for good (a live one is cancelled): it leaves the failed work and can "
+            "no longer be retried; with filters, every task of the failed work they match",
+        ),
     ):
-        sub = add(name, handler, help_)
-        sub.add_argument("task_id", type=_task_id, metavar="ID", help="the task's id (a UUID)")
-        sub.add_argument("-q", "--queue", help="the task's queue (default: any)")
+        sub = add(name, handler, help_, work, tag, bulk)
+        sub.epilog = (
+            "With filters and no ID the command lists what they match and changes nothing "
+            "unless --yes is given."
+        )
 
-    show = add("show", _cmd_show, "show a task, its runs and its checkpoints", as_json)
+    replay = add(
+        "replay",
+        _cmd_replay,
+        "run a finished task again: from its last checkpoint, or from step --from-step",
+    )
+    replay.add_argument("task_id", type=_task_id, metavar="ID", help="the task's id (a UUID)")
+    replay.add_argument("-q", "--queue", help="the task's queue (default: any)")
+    replay.add_argument(
+        "--from-step",
+        metavar="STEP",
+        help="drop this step's checkpoint and every later one: the task runs again from it",
+    )
+
+    prune = add(
+        "prune",
+        _cmd_prune,
+        "delete finished tasks older than an age, with their runs and checkpoints, in batches",
+    )
+    prune.add_argument(
+        "--older-than",
+        type=_duration,
+        required=True,
+        metavar="AGE",
+        help="e.g. 7d, 12h, 30m, or seconds",
+    )
+    prune.add_argument(
+        "--state",
+        dest="states",
+        action="append",
+        choices=[str(s) for s in TaskState if s.finished],
+        help="only tasks that ended so; repeat for more (default: completed, failed, cancelled)",
+    )
+    prune.add_argument(
+        "--task", dest="task_names", action="append", metavar="NAME", help="only this task name"
+    )
+    prune.add_argument(
+        "--batch", type=_positive_int, default=1000, metavar="N", help="tasks per transaction"
+    )
+
+    show = add(
+        "show",
+        _cmd_show,
+        "show a task, every attempt (run) with its error, its checkpoints",
+        as_json,
+    )
     show.add_argument("task_id", type=_task_id, metavar="ID", help="the task's id (a UUID)")
     show.add_argument("-q", "--queue", help="the task's queue (default: any)")
+    show.add_argument(
+        "--tracebacks",
+        action="store_true",
+        help="every failed attempt's traceback (default: the latest one's)",
+    )
 
     emit = add(
         "emit",
@@ -293,6 +409,48 @@ def _tag(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("a tag must not be empty")
     return text
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def _duration(text: str) -> float:
+    """``7d``, ``12h``, ``30m``, ``45s``, ``1w`` or a number of seconds."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        value = float(number) * _UNITS[unit]
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"not a duration (e.g. 7d, 12h, 30m, 45s): {text!r}")
+    return value
+
+
+def _since(text: str) -> datetime | float:
+    """A duration back from now, or an ISO 8601 time with its offset."""
+    try:
+        return _duration(text)
+    except argparse.ArgumentTypeError:
+        pass
+    try:
+        return _aware_datetime(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"not a duration (30m, 6h, 7d) nor an ISO time with offset: {text!r}"
+        ) from None
+
+
+def _rate(text: str) -> float:
+    """``10/s``, ``600/m``, ``100/h`` or a number: actions per second."""
+    number, _, unit = text.partition("/")
+    per = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}.get(unit)
+    try:
+        value = float(number) / per if per else float("nan")
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"not a rate (e.g. 10/s, 30/m): {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -444,52 +602,132 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return _run(status)
 
 
+def _work_filters(args: argparse.Namespace) -> dict[str, Any]:
+    """The failed-work filters given on the command line (queue checked)."""
+    if args.queue is not None:
+        check_queue_name(args.queue)
+    return {
+        "queue": args.queue,
+        "task_name": args.task_name,
+        "reason": args.reason,
+        "since": args.since,
+        "reason_class": args.reason_class,
+        "error_type": args.error_type,
+        "tags": args.tags,
+    }
+
+
 def _cmd_failed(args: argparse.Namespace) -> int:
     configure_logging(level="warning")
+    filters = _work_filters(args)
 
     async def failed() -> int:
         async with _connect(args) as client:
-            runs = await client.list_failed_runs(args.queue, args.limit, args.tags)
+            rows = await client.failed_work(**filters, limit=args.limit, state=args.state)
+            groups = await client.failure_groups(
+                **{k: v for k, v in filters.items() if k not in ("error_type", "tags")},
+                state=args.state,
+            )
+        if args.error_type is not None or args.tags:  # groups have no such filters in SQL
+            keep = {(r.queue, r.task_name, r.failure_reason, r.error_type) for r in rows}
+            groups = [
+                g for g in groups if (g.queue, g.task_name, g.failure_reason, g.error_type) in keep
+            ]
+        classes = reason_class_counts(rows)
         if args.json:
-            _print_json([dataclasses.asdict(run) for run in runs])
-        else:
-            print(_failed_table(runs))
+            _print_json(
+                {
+                    "groups": [dataclasses.asdict(g) for g in groups],
+                    "reason_classes": {str(c): n for c, n in classes.items() if n},
+                    "rows": [dataclasses.asdict(r) for r in rows],
+                }
+            )
+            return EXIT_OK
+        print(_failed_summary(rows, classes, args.limit))
+        if not rows:
+            return EXIT_OK
+        print()
+        print("groups (reason x error type x task name):")
+        print(_groups_table(groups))
+        print()
+        print("tasks, newest failure first:")
+        print(_failed_table(rows))
         return EXIT_OK
 
     return _run(failed)
 
 
-def _failed_table(runs: Sequence[FailedRun]) -> str:
-    headers = [
-        "finished_at",
-        "queue",
-        "task_name",
-        "task_id",
-        "attempt",
-        "reason",
-        "error",
-        "task_state",
-    ]
+def _failed_summary(
+    rows: Sequence[FailedWork], classes: dict[ReasonClass, int], limit: int | None
+) -> str:
+    dead = sum(1 for r in rows if r.state is FailedWorkState.FAILED)
+    more = (
+        " (the newest; raise --limit for more)" if limit is not None and len(rows) == limit else ""
+    )
+    by_class = ", ".join(f"{c} {n}" for c, n in classes.items() if n) or "-"
+    return (
+        f"failed work: {_count(len(rows), 'task')}{more}: {dead} dead, "
+        f"{len(rows) - dead} retrying; by reason class: {by_class}"
+    )
+
+
+def _groups_table(groups: Sequence[FailureGroup]) -> str:
+    headers = ["count", "reason", "class", "error_type", "task_name", "queue", "first_seen"]
+    headers.append("last_seen")
     return _table(
         headers,
         (
             [
-                _when(run.finished_at),
-                run.queue,
-                run.task_name,
-                run.task_id,
-                f"{run.attempt}/{run.max_attempts}",
-                run.failure_reason,
-                _error_text(run.error),
-                _TASK_STATE_LABELS.get(run.task_state, run.task_state),
+                g.count,
+                g.failure_reason,
+                g.reason_class,
+                g.error_type,
+                g.task_name,
+                g.queue,
+                _when(g.first_seen),
+                _when(g.last_seen),
             ]
-            for run in runs
+            for g in groups
         ),
+        indent=2,
     )
+
+
+def _failed_table(rows: Sequence[FailedWork]) -> str:
+    headers = ["failed_at", "queue", "task_name", "task_id", "state", "attempt", "reason"]
+    headers += ["class", "error", "recovery"]
+    return _table(
+        headers,
+        (
+            [
+                _when(row.failed_at),
+                row.queue,
+                row.task_name,
+                row.task_id,
+                row.state,
+                f"{row.attempt}/{row.max_attempts}",
+                row.failure_reason,
+                row.reason_class,
+                _error_text(row.error),
+                _recovery_text(row),
+            ]
+            for row in rows
+        ),
+        indent=2,
+    )
+
+
+def _recovery_text(row: FailedWork) -> str:
+    if row.recovery is Recovery.RETRY_FROM_CHECKPOINT:
+        return f"retry from {row.last_checkpoint!r}"
+    return str(row.recovery)
 
 
 def _cmd_retry(args: argparse.Namespace) -> int:
     configure_logging(level="warning")
+    if args.task_id is None:
+        return _bulk(args, Action.RETRY)
+    _one_task_only(args)
 
     async def retry() -> int:
         async with _connect(args) as client:
@@ -506,6 +744,9 @@ def _cmd_retry(args: argparse.Namespace) -> int:
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
     configure_logging(level="warning")
+    if args.task_id is None:
+        return _bulk(args, Action.CANCEL)
+    _one_task_only(args)
 
     async def cancel() -> int:
         async with _connect(args) as client:
@@ -518,6 +759,152 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _run(cancel)
+
+
+def _cmd_discard(args: argparse.Namespace) -> int:
+    configure_logging(level="warning")
+    if args.task_id is None:
+        return _bulk(args, Action.DISCARD)
+    _one_task_only(args)
+
+    async def discard() -> int:
+        async with _connect(args) as client:
+            task = await client.get_task(args.queue, args.task_id)
+            before = await client.discard(task.queue, args.task_id)
+        ended = "" if before.finished else ", cancelled"
+        print(
+            f"task {task.task_id} ({task.task_name} on {task.queue}): {before} -> discarded"
+            f"{ended} (it will not run again)"
+        )
+        return EXIT_OK
+
+    return _run(discard)
+
+
+def _one_task_only(args: argparse.Namespace) -> None:
+    """With an ID, only -q may narrow it: filters and bulk options are for the other form."""
+    given = [
+        flag
+        for flag, value in (
+            ("--task", args.task_name),
+            ("--reason", args.reason),
+            ("--reason-class", args.reason_class),
+            ("--error-type", args.error_type),
+            ("--since", args.since),
+            ("--tag", args.tags),
+            ("--all", args.all),
+            ("--limit", args.limit),
+            ("--rate", args.rate),
+            ("--dry-run", args.dry_run),
+            ("--yes", args.yes),
+        )
+        if value
+    ]
+    if given:
+        raise UsageError(f"give a task ID or filters, not both ({', '.join(given)} with an ID)")
+
+
+_BULK_VERBS = {Action.RETRY: "retried", Action.CANCEL: "cancelled", Action.DISCARD: "discarded"}
+_BULK_MATCH = {
+    Action.RETRY: "dead tasks (a retry gives each a new run, from its last checkpoint)",
+    Action.CANCEL: "retrying tasks (a cancel stops each from running again)",
+    Action.DISCARD: "tasks (a discard ends each for good: a live one is cancelled)",
+}
+
+
+def _bulk(args: argparse.Namespace, action: Action) -> int:
+    """Retry, cancel or discard the failed work a filter matches: a dry run unless --yes."""
+    filters = _work_filters(args)
+    if not args.all and not any(value for value in filters.values()):
+        raise UsageError(
+            "give a task ID, or filters (-q, --task, --reason, --reason-class, --error-type, "
+            "--since, --tag), or --all"
+        )
+    states = APPLIES_TO[action]
+    state = next(iter(states)) if len(states) == 1 else None
+
+    async def bulk() -> int:
+        async with _connect(args) as client:
+            rows = await client.failed_work(**filters, limit=args.limit, state=state)
+            if not args.yes:
+                print(f"dry run: {_count(len(rows), 'match', 'matches')}: {_BULK_MATCH[action]}")
+                if rows:
+                    print(_failed_table(rows))
+                    print(f"nothing changed: add --yes to {action} them (--rate N/s to throttle)")
+                return EXIT_OK
+            errors = 0
+            async for change in recover(client, rows, action, rate=args.rate):
+                print(_change_text(change), flush=True)
+                errors += not change.changed
+        done = len(rows) - errors
+        print(f"{_BULK_VERBS[action]} {_count(done, 'task')}; {errors} not changed")
+        return EXIT_ERROR if errors else EXIT_OK
+
+    return _run(bulk)
+
+
+def _change_text(change: Change) -> str:
+    head = f"task {change.task_id} ({change.task_name} on {change.queue}): "
+    if change.error is not None:
+        return head + f"not changed: {change.error}"
+    text = head + f"{change.before} -> {change.after}"
+    if change.run_id is not None:
+        text += f", new run {change.run_id} (attempt {change.attempt})"
+    return text
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    configure_logging(level="warning")
+
+    async def replay() -> int:
+        async with _connect(args) as client:
+            before = await client.get_task(args.queue, args.task_id)
+            kept = await client.get_checkpoints(before.queue, args.task_id)
+            info = await client.replay(before.queue, args.task_id, args.from_step)
+        if args.from_step is not None:
+            start = f"from step {args.from_step!r}"
+        elif kept:
+            start = f"after its last checkpoint {kept[-1].step_name!r}"
+        else:
+            start = "from the start (no checkpoint)"
+        print(
+            f"task {info.task_id} ({before.task_name} on {before.queue}): {before.state} -> "
+            f"pending, new run {info.run_id} (attempt {info.attempt}), {start}"
+        )
+        return EXIT_OK
+
+    return _run(replay)
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    configure_logging(level="warning")
+    states = args.states or [str(s) for s in TaskState if s.finished]
+
+    async def prune() -> int:
+        async with _connect(args) as client:
+            counts = {
+                state: await client.prune_tasks(
+                    args.older_than, [state], batch=args.batch, task_names=args.task_names
+                )
+                for state in states
+            }
+            rows = await client.prune_bookkeeping(args.older_than, batch=args.batch)
+        each = ", ".join(f"{n} {state}" for state, n in counts.items())
+        print(
+            f"pruned {_count(sum(counts.values()), 'task')} that ended more than "
+            f"{_age_text(args.older_than)} ago ({each}), with their runs and checkpoints; "
+            f"{rows} old rows of events, partition turns and stopped workers"
+        )
+        return EXIT_OK
+
+    return _run(prune)
+
+
+def _age_text(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 def _cmd_emit(args: argparse.Namespace) -> int:
@@ -548,8 +935,8 @@ def _cmd_cancel_by(args: argparse.Namespace) -> int:
     return _run(cancel_by)
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+def _count(n: int, noun: str, plural: str | None = None) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {plural or noun + 's'}"
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
@@ -595,6 +982,10 @@ def _cmd_show(args: argparse.Namespace) -> int:
                 indent=2,
             )
         )
+        if errors := _errors_text(task, every=args.tracebacks):
+            print()
+            print("errors:")
+            print(errors)
         print()
         print("checkpoints:")
         print(
@@ -610,6 +1001,23 @@ def _cmd_show(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _run(show)
+
+
+def _errors_text(task: TaskRecord, *, every: bool) -> str:
+    """Each failed attempt's error in full; the traceback of the latest (of each: ``every``)."""
+    failed = [run for run in task.runs if run.error or run.failure_reason]
+    lines: list[str] = []
+    for i, run in enumerate(failed):
+        error = run.error or {}
+        message = f"{error.get('type', '')}: {error.get('message', '')}".strip(": ")
+        lines.append(
+            f"  attempt {run.attempt} {run.failure_reason or run.state} on {run.claimed_by or '-'}"
+            f" at {_when(run.finished_at) or '-'}: {message or '-'}"
+        )
+        traceback = error.get("traceback")
+        if traceback and (every or i == len(failed) - 1):
+            lines += ["    " + line for line in str(traceback).rstrip().splitlines()]
+    return "\n".join(lines)
 
 
 def _task_text(task: TaskRecord) -> str:
@@ -630,6 +1038,8 @@ def _task_text(task: TaskRecord) -> str:
         ),
         ("failure", f"{failure.reason} {failure.message}".strip() if failure else None),
     ]
+    if task.discarded_at is not None:
+        fields.append(("discarded_at", _when(task.discarded_at)))
     # the fields of the features a task may not use: shown only when set
     optional: list[tuple[str, object]] = [
         ("tags", ", ".join(task.tags)),

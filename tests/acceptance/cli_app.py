@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
-from durable import Durable, TaskContext
+from durable import Durable, Fixed, TaskContext
 
 app = Durable()
 
@@ -36,3 +38,32 @@ async def wait_for(ctx: TaskContext, params: dict[str, Any]) -> Any:
     payload = await ctx.await_event(params["event"])
     await ctx.progress(100)
     return payload
+
+
+def _fetch() -> dict[str, float]:
+    return {"pid": os.getpid(), "at": time.time()}
+
+
+@app.task(max_attempts=1)
+async def flaky(ctx: TaskContext, params: Any) -> dict[str, float]:
+    """Fails while the worker runs with ``$FLAKY_BROKEN`` set, after its checkpointed step."""
+    fetched: dict[str, float] = await ctx.step("fetch", _fetch)
+    if os.environ.get("FLAKY_BROKEN"):
+        raise ConnectionError("payment gateway unreachable")
+    return fetched
+
+
+@app.task(max_attempts=5, retry=Fixed(3600))
+async def unlucky(ctx: TaskContext, params: Any) -> None:
+    """Fails every attempt; the next one is an hour away (it stays retrying)."""
+    raise TimeoutError("upstream too slow")
+
+
+def _stamp(step: str) -> list[Any]:
+    return [step, time.time()]
+
+
+@app.task
+async def pipeline(ctx: TaskContext, params: Any) -> list[Any]:
+    """Three checkpointed steps, each recording when it ran."""
+    return [await ctx.step(step, _stamp, step) for step in ("a", "b", "c")]

@@ -45,6 +45,9 @@ COMMANDS = [
     "show",
     "emit",
     "cancel-by",
+    "discard",
+    "replay",
+    "prune",
 ]
 
 
@@ -181,7 +184,12 @@ def show_fields(out: str) -> dict[str, str]:
 
 def show_runs(out: str) -> list[list[str]]:
     """The runs table of ``durable show``, header first, split on runs of two spaces or more."""
-    section = out.split("runs:\n")[1].split("\n\n")[0]
+    return section_rows(out, "runs:")
+
+
+def section_rows(out: str, title: str) -> list[list[str]]:
+    """The table under line ``title``, header first, split on runs of two spaces or more."""
+    section = out.split(title + "\n")[1].split("\n\n")[0]
     return [
         [cell.strip() for cell in line.strip().split("  ") if cell.strip()]
         for line in section.splitlines()
@@ -362,22 +370,35 @@ async def test_failed_retry_and_show(dsn: str, client: Client) -> None:
 
     failed = await durable("failed", dsn=dsn)
     assert failed.code == 0, failed.err
-    header, *lines = failed.out.splitlines()
-    assert header.split() == [
-        "finished_at",
+    assert failed.out.startswith("failed work: 1 task: 1 dead, 0 retrying; by reason class: ")
+    groups = section_rows(failed.out, "groups (reason x error type x task name):")
+    assert groups[0][:6] == ["count", "reason", "class", "error_type", "task_name", "queue"]
+    assert groups[1][:6] == ["1", "errored", "unknown", "RuntimeError", "boom", "default"]
+    header, *lines = section_rows(failed.out, "tasks, newest failure first:")
+    assert header == [
+        "failed_at",
         "queue",
         "task_name",
         "task_id",
+        "state",
         "attempt",
         "reason",
+        "class",
         "error",
-        "task_state",
+        "recovery",
     ]
     assert len(lines) == 1
-    line = lines[0]
-    for cell in ("default", "boom", str(task_id), "1/1", "errored", "RuntimeError: boom on x"):
-        assert f" {cell} " in line, line
-    assert line.endswith(" dead")
+    assert lines[0][1:] == [
+        "default",
+        "boom",
+        str(task_id),
+        "failed",
+        "1/1",
+        "errored",
+        "unknown",
+        "RuntimeError: boom on x",
+        "retry from 'prepare'",
+    ]
 
     show = await durable("show", str(task_id), dsn=dsn)
     assert show.code == 0, show.err
@@ -403,13 +424,15 @@ async def test_failed_retry_and_show(dsn: str, client: Client) -> None:
 
     failed = await durable("failed", "--json", dsn=dsn)
     assert failed.code == 0, failed.err
-    [row] = json.loads(failed.out)
-    assert (row["task_id"], row["task_state"], row["failure_reason"]) == (
+    [row] = json.loads(failed.out)["rows"]
+    assert (row["task_id"], row["state"], row["failure_reason"], row["recovery"]) == (
         str(task_id),
-        "pending",
+        "retrying",
         "errored",
+        "none",
     )
-    assert (await durable("failed", dsn=dsn)).out.splitlines()[1].endswith(" will retry")
+    retrying = section_rows((await durable("failed", dsn=dsn)).out, "tasks, newest failure first:")
+    assert retrying[1][4] == "retrying"
 
     again = await durable("retry", str(task_id), dsn=dsn)
     assert again.code == 1
@@ -450,7 +473,7 @@ async def test_show_json(dsn: str, client: Client) -> None:
     assert [run["run_id"] for run in doc["runs"]] == [str(info.run_id)]
 
 
-@pytest.mark.parametrize("command", ["retry", "cancel", "show"])
+@pytest.mark.parametrize("command", ["retry", "cancel", "show", "discard", "replay"])
 async def test_task_id_errors(dsn: str, command: str) -> None:
     bad = await durable(command, "not-a-uuid", dsn=dsn)
     assert bad.code == 2
@@ -577,14 +600,14 @@ async def test_status_and_failed_filter_by_tags(dsn: str, client: Client) -> Non
     ]
 
     done = await durable("failed", dsn=dsn)
-    assert len(done.out.splitlines()) == 3  # the header and both dead tasks
+    assert len(section_rows(done.out, "tasks, newest failure first:")) == 3  # header, 2 tasks
     done = await durable("failed", "--tag", "billing", dsn=dsn)
     assert done.code == 0, done.err
-    [line] = done.out.splitlines()[1:]
-    assert f" {dead_billing.task_id} " in line
+    [line] = section_rows(done.out, "tasks, newest failure first:")[1:]
+    assert line[3] == str(dead_billing.task_id)
     done = await durable("failed", "-q", "jobs", "--tag", "billing", "--json", dsn=dsn)
     assert done.code == 0, done.err
-    assert [row["task_id"] for row in json.loads(done.out)] == [str(dead_billing.task_id)]
+    assert [row["task_id"] for row in json.loads(done.out)["rows"]] == [str(dead_billing.task_id)]
     assert str(dead_other.task_id) not in done.out
 
 

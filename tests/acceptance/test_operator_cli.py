@@ -1,0 +1,161 @@
+"""Each operator action end to end: the real CLI and a real worker (``durable worker cli_app:app``).
+
+Failed work is found by filter and grouped; a bulk retry is a dry run until ``--yes``, then goes
+at the given rate and resumes from the checkpoint; bulk cancel stops retrying work; discard ends a
+task for good; replay runs a finished task again from a step; prune deletes old finished tasks;
+``show`` keeps every attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import cli_app
+import pytest
+from test_cli import durable, section_rows, wait_finished, wait_task, worker
+
+from durable.client import Client
+from durable.records import FailedWorkState, ReasonClass, RunState, TaskState
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+
+async def _spawn_many(client: Client, task: str, n: int) -> list[uuid.UUID]:
+    """``n`` tasks spawned with their ``@app.task`` options (``durable spawn`` has no app)."""
+    options = cli_app.app.registry[task].options()
+    return [(await client.spawn("default", task, None, options)).task_id for _ in range(n)]
+
+
+async def test_find_group_and_redrive_failed_work(dsn: str, client: Client) -> None:
+    flaky = await _spawn_many(client, "flaky", 3)
+    async with worker("cli_app:app", dsn=dsn, FLAKY_BROKEN="1") as broken:
+        await wait_finished(client, flaky)
+        assert await broken.stop() == 0
+    first_fetch = {t: (await client.get_checkpoints("default", t))[0].value for t in flaky}
+
+    # the failed-work view: grouped, classified, filterable
+    done = await durable("failed", "--reason-class", "transport", dsn=dsn)
+    assert done.code == 0, done.err
+    assert "by reason class: transport 3" in done.out
+    [_header, group] = section_rows(done.out, "groups (reason x error type x task name):")
+    assert group[:6] == ["3", "errored", "transport", "ConnectionError", "flaky", "default"]
+    doc = json.loads((await durable("failed", "--task", "flaky", "--json", dsn=dsn)).out)
+    assert doc["reason_classes"] == {"transport": 3}
+    assert {row["recovery"] for row in doc["rows"]} == {"retry_from_checkpoint"}
+
+    # bulk retry: a dry run by default changes nothing
+    dry = await durable("retry", "--task", "flaky", "--reason", "errored", dsn=dsn)
+    assert dry.code == 0, dry.err
+    assert dry.out.startswith("dry run: 3 matches: dead tasks")
+    assert "nothing changed: add --yes" in dry.out
+    assert [(await client.get_task(None, t)).state for t in flaky] == [TaskState.FAILED] * 3
+
+    async with worker("cli_app:app", dsn=dsn) as fixed:
+        # try the fix on one first ...
+        one = await durable("retry", "--task", "flaky", "--yes", "--limit", "1", dsn=dsn)
+        assert one.code == 0, one.err
+        assert one.out.splitlines()[-1] == "retried 1 task; 0 not changed"
+        [tried] = [t for t in flaky if str(t) in one.out]
+        results = await wait_finished(client, [tried])
+        assert results[tried].state is TaskState.COMPLETED
+        # ... it resumed from its checkpoint: the step's recorded value, not a new one
+        assert results[tried].result == first_fetch[tried]
+        # ... then the rest, throttled
+        rest = await durable(
+            "retry", "--queue", "default", "--reason-class", "transport", "--yes", "--rate", "20/s",
+            dsn=dsn,
+        )  # fmt: skip
+        assert rest.code == 0, rest.err
+        lines = rest.out.splitlines()
+        assert len(lines) == 3
+        assert all("failed -> pending, new run" in line for line in lines[:2])
+        assert lines[2] == "retried 2 tasks; 0 not changed"
+        results = await wait_finished(client, flaky)
+        assert {r.state for r in results.values()} == {TaskState.COMPLETED}
+        assert {t: results[t].result for t in flaky} == first_fetch
+        assert await fixed.stop() == 0
+    assert await client.failed_work(task_name="flaky") == []
+
+    # every attempt is kept and shown
+    show = await durable("show", str(tried), dsn=dsn)
+    runs = section_rows(show.out, "runs:")
+    assert [row[:2] for row in runs[1:]] == [["1", "failed"], ["2", "completed"]], show.out
+    worker_ids = {run.claimed_by for run in (await client.get_task(None, tried)).runs}
+    assert len(worker_ids) == 2  # two workers, each named on its attempt
+    assert all(str(w) in show.out for w in worker_ids)
+    errors = show.out.split("errors:\n")[1].split("\n\n")[0]
+    assert "attempt 1 errored on " in errors
+    assert "ConnectionError: payment gateway unreachable" in errors
+    assert "Traceback (most recent call last)" in errors
+
+
+async def test_bulk_cancel_discard_replay_and_prune(dsn: str, client: Client) -> None:
+    unlucky = await _spawn_many(client, "unlucky", 2)
+    [pipeline] = await _spawn_many(client, "pipeline", 1)
+    [doomed] = await _spawn_many(client, "flaky", 1)
+    async with worker("cli_app:app", dsn=dsn, FLAKY_BROKEN="1") as running:
+        await wait_finished(client, [pipeline, doomed])
+        for task_id in unlucky:
+            await wait_task(client, task_id, lambda t: t.failure is not None, "a first failure")
+        assert await running.stop() == 0
+
+    rows = await client.failed_work()
+    assert {(r.task_id, r.state, r.reason_class) for r in rows} == {
+        (unlucky[0], FailedWorkState.RETRYING, ReasonClass.TIMEOUT),
+        (unlucky[1], FailedWorkState.RETRYING, ReasonClass.TIMEOUT),
+        (doomed, FailedWorkState.FAILED, ReasonClass.TRANSPORT),
+    }
+
+    # bulk cancel acts on retrying work only
+    dry = await durable("cancel", "--all", dsn=dsn)
+    assert dry.out.startswith("dry run: 2 matches: retrying tasks")
+    done = await durable("cancel", "--reason-class", "timeout", "--yes", dsn=dsn)
+    assert done.code == 0, done.err
+    assert done.out.count("retrying -> cancelled") == 2
+    assert [(await client.get_task(None, t)).state for t in unlucky] == [TaskState.CANCELLED] * 2
+
+    # discard ends a task for good: out of the failed work, never retried
+    done = await durable("discard", str(doomed), dsn=dsn)
+    assert done.code == 0, done.err
+    assert done.out.strip().endswith("failed -> discarded (it will not run again)")
+    assert doomed not in {r.task_id for r in await client.failed_work()}
+    again = await durable("retry", str(doomed), dsn=dsn)
+    assert again.code == 1
+    assert "was discarded" in again.err
+    # a bulk discard of what is left: the two cancelled tasks
+    done = await durable("discard", "--task", "unlucky", "--yes", dsn=dsn)
+    assert done.out.splitlines()[-1] == "discarded 2 tasks; 0 not changed"
+    assert await client.failed_work() == []
+
+    # replay a completed task from step b: a keeps its value, b and c run again
+    before = {c.step_name: c.value for c in await client.get_checkpoints("default", pipeline)}
+    done = await durable("replay", str(pipeline), "--from-step", "b", dsn=dsn)
+    assert done.code == 0, done.err
+    assert "completed -> pending" in done.out
+    assert "from step 'b'" in done.out
+    async with worker("cli_app:app", dsn=dsn) as running:
+        results = await wait_finished(client, [pipeline])
+        assert await running.stop() == 0
+    after = {c.step_name: c.value for c in await client.get_checkpoints("default", pipeline)}
+    assert after["a"] == before["a"]
+    assert after["b"] != before["b"]
+    assert after["c"] != before["c"]
+    result: Any = results[pipeline].result
+    assert result == [after["a"], after["b"], after["c"]]
+    task = await client.get_task(None, pipeline)
+    assert [run.state for run in task.runs] == [RunState.COMPLETED, RunState.COMPLETED]
+
+    # prune: old finished tasks go in bounded batches; a live task stays
+    live = await client.spawn("default", "add", {"a": 1, "b": 2})
+    done = await durable("prune", "--older-than", "0s", "--batch", "1", dsn=dsn)
+    assert done.code == 0, done.err
+    assert done.out.startswith("pruned 4 tasks that ended more than 0s ago")
+    assert "(1 completed, 1 failed, 2 cancelled)" in done.out
+    counts = await client.queue_counts()
+    assert [(c.state, c.count) for c in counts] == [(TaskState.PENDING, 1)]
+    assert (await client.get_task(None, live.task_id)).state is TaskState.PENDING
+    bad = await durable("prune", "--older-than", "soon", dsn=dsn)
+    assert bad.code == 2
+    assert "not a duration" in bad.err
