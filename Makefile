@@ -3,8 +3,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v p
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
+SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test lint format bench bench-peers soak chaos clean
+.PHONY: demo test lint format browser bench bench-peers soak chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "durable needs Python >= 3.11"'
@@ -15,8 +16,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## run the quickstart on the embedded PostgreSQL (no database needed)
 	env -u DURABLE_DSN $(PY) examples/quickstart.py
 
-test: lint  ## lint, then the whole suite ($$DURABLE_TEST_DSN, else the embedded server)
+test: lint browser  ## lint, then the whole suite ($$DURABLE_TEST_DSN, else the embedded server)
 	$(VENV)/bin/pytest
+
+# The dashboard's browser test drives Debian's headless Chromium through ChromeDriver.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium and chromium-driver for the browser test"; \
+		$(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 \
+		|| { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }; \
+	else echo "the browser test needs chromium and chromedriver on PATH" >&2; exit 1; fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
