@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import importlib
 import json
 import math
@@ -32,6 +33,7 @@ import anyio
 from durable.app import Durable
 from durable.client import Client
 from durable.config import resolve_dsn
+from durable.dashboard import serve
 from durable.embedded import default_home
 from durable.errors import DurableError, check_queue_name
 from durable.failures import reason_class_counts
@@ -363,6 +365,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="PAYLOAD_JSON",
         help="the payload the waiters receive (default null)",
+    )
+
+    dashboard = add(
+        "dashboard",
+        _cmd_dashboard,
+        "serve the web dashboard: queues, failed work, tasks; retry and cancel buttons",
+    )
+    dashboard.add_argument(
+        "--port", type=_port, default=8080, metavar="PORT", help="default 8080 (0: any free)"
+    )
+    dashboard.add_argument(
+        "--host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address to listen on (default 127.0.0.1; there is no login: keep it on loopback "
+        "or behind an authenticating proxy)",
+    )
+    dashboard.add_argument(
+        "--read-only", action="store_true", help="no retry or cancel: buttons hidden, POST refused"
     )
 
     cancel_by = add(
@@ -905,6 +926,43 @@ def _age_text(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{seconds / size:g}{unit}"
     return f"{seconds:g}s"
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    configure_logging(level="info")
+
+    async def dashboard() -> int:
+        # each open browser polls every second: a few connections
+        async with Client(args.dsn, pool_size=4) as client, anyio.create_task_group() as tg:
+            _print_embedded(client)
+            try:
+                port = await tg.start(
+                    functools.partial(
+                        serve, client, host=args.host, port=args.port, read_only=args.read_only
+                    )
+                )
+            except OSError as exc:
+                _err(f"durable: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
+                return EXIT_ERROR
+            host = f"[{args.host}]" if ":" in args.host else args.host
+            mode = " (read-only)" if args.read_only else ""
+            _err(f"durable: dashboard on http://{host}:{port}/{mode}; Ctrl-C stops it")
+        return EXIT_OK
+
+    try:
+        return _run(dashboard)
+    except KeyboardInterrupt:  # Ctrl-C is how a dashboard stops
+        return EXIT_OK
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port (0-65535): {text!r}")
+    return value
 
 
 def _cmd_emit(args: argparse.Namespace) -> int:

@@ -48,6 +48,7 @@ COMMANDS = [
     "discard",
     "replay",
     "prune",
+    "dashboard",
 ]
 
 

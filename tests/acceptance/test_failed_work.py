@@ -51,7 +51,9 @@ async def test_handler_errors_are_classified_and_old_work_is_pruned(dsn: str) ->
 
         # completed work and scratch's failures go (age 0); charge and parse stay an hour
         with anyio.fail_after(DEADLINE_S):
-            while not await _gone(app, done.task_id) or not await _gone(app, handles[2].task_id):
+            while True:
+                if await _gone(app, done.task_id) and await _gone(app, handles[2].task_id):
+                    break
                 await anyio.sleep(0.05)
 
         rows = await app.failed_work()

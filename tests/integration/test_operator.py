@@ -83,9 +83,7 @@ async def test_failed_work_lists_dead_and_retrying_tasks_with_reason_classes(
     assert [r.task_id for r in await client.failed_work(reason="crash")] == [retrying.task_id]
     assert [r.task_id for r in await client.failed_work(task_name="ship")] == [cancelled.task_id]
     assert [r.task_id for r in await client.failed_work(state="retrying")] == [retrying.task_id]
-    assert [r.task_id for r in await client.failed_work(reason_class="transport")] == [
-        dead.task_id
-    ]
+    assert [r.task_id for r in await client.failed_work(reason_class="transport")] == [dead.task_id]
     assert [r.task_id for r in await client.failed_work(error_type="ConnectionError")] == [
         dead.task_id
     ]

@@ -1,0 +1,109 @@
+"""The app the dashboard's browser tests run in-process, with a worker and the dashboard beside it.
+
+``fetch_feed`` fails with a transport error (``ConnectionError``) while its :class:`Upstream` is
+down, after checkpointing its download and reporting progress; a test brings the upstream up
+before it clicks Retry, so the retried run completes (replaying the checkpointed step).
+``always_down`` keeps failing and waits an hour between attempts (it stays ``retrying``);
+``send_digest`` is spawned with a delay (it stays ``pending``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+
+from durable import Durable, Fixed, RunState, TaskContext, TaskRecord, TaskState
+from durable.dashboard import serve
+
+QUEUE = "default"
+
+
+class Upstream:
+    """The service ``fetch_feed`` talks to; a test flips ``up`` (from any thread)."""
+
+    def __init__(self) -> None:
+        self.up = False
+
+
+def make_app(dsn: str, upstream: Upstream) -> Durable:
+    app = Durable(dsn)
+
+    def download(url: str) -> str:
+        return f"<rss><item>{url}</item><item>2</item></rss>"
+
+    @app.task(name="fetch_feed", queue=QUEUE, max_attempts=1)
+    async def fetch_feed(ctx: TaskContext, params: Any) -> dict[str, Any]:
+        body = await ctx.step("download", download, params["url"])
+        await ctx.progress(50, "downloaded, parsing")
+        if not upstream.up:
+            raise ConnectionError(f"{params['url']}: the upstream is down (on purpose)")
+        await ctx.progress(100, "parsed")
+        return {"items": body.count("<item>")}
+
+    @app.task(name="always_down", queue=QUEUE, max_attempts=3, retry=Fixed(3600))
+    async def always_down(ctx: TaskContext, params: Any) -> None:
+        raise ConnectionError("the mail server refused the connection (on purpose)")
+
+    @app.task(name="send_digest", queue=QUEUE)
+    async def send_digest(ctx: TaskContext, params: Any) -> None:
+        return None
+
+    return app
+
+
+@contextlib.asynccontextmanager
+async def running(app: Durable, *, read_only: bool = False) -> AsyncIterator[str]:
+    """A worker of ``app`` on :data:`QUEUE` and the dashboard on a free port; yields its URL."""
+    async with app, anyio.create_task_group() as tg:
+        worker = await tg.start(
+            functools.partial(
+                app.run_worker,
+                [QUEUE],
+                4,
+                5.0,
+                poll_interval=0.1,
+                grace_period=1.0,
+                handle_signals=False,
+            )
+        )
+        try:
+            async with anyio.create_task_group() as web:
+                port = await web.start(
+                    functools.partial(serve, app.client, port=0, read_only=read_only)
+                )
+                try:
+                    yield f"http://127.0.0.1:{port}"
+                finally:
+                    web.cancel_scope.cancel()
+        finally:
+            worker.drain()
+
+
+async def wait_task(
+    app: Durable,
+    task_id: uuid.UUID,
+    state: TaskState,
+    *,
+    failed_runs: int = 0,
+    timeout: float = 15.0,
+) -> TaskRecord:
+    """Poll the task until it is in ``state`` with at least ``failed_runs`` failed runs."""
+    record: TaskRecord | None = None
+    try:
+        with anyio.fail_after(timeout):
+            while True:
+                record = await app.get_task(task_id)
+                failed = sum(run.state is RunState.FAILED for run in record.runs)
+                if record.state is state and failed >= failed_runs:
+                    return record
+                await anyio.sleep(0.05)
+    except TimeoutError:
+        last = record and (record.state, [run.state for run in record.runs])
+        raise AssertionError(
+            f"task {task_id} not {state} with {failed_runs} failed runs in {timeout}s: {last}"
+        ) from None
