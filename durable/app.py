@@ -511,11 +511,16 @@ class Durable:
         unknown_task_defer: float = 60.0,
         worker_id: str | None = None,
         handle_signals: bool = True,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
+        metrics_interval: float = 5.0,
         task_status: anyio.abc.TaskStatus[Worker] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Claim and run tasks until cancelled or, with ``handle_signals``, SIGTERM/SIGINT drain.
 
-        ``queues`` defaults to every queue a registered task uses.
+        ``queues`` defaults to every queue a registered task uses. With ``metrics_port`` (0: any
+        free port) the worker serves Prometheus metrics at ``http://metrics_host:port/metrics``
+        (needs ``durable[metrics]``), refreshing queue depths every ``metrics_interval`` seconds.
         """
         if queues is None:
             queues = sorted({d.queue for d in self.registry.values()}) or [self.default_queue]
@@ -527,6 +532,9 @@ class Durable:
             grace_period=grace_period,
             unknown_task_defer=unknown_task_defer,
             worker_id=worker_id,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+            metrics_interval=metrics_interval,
         )
         async with self:
             worker = Worker(self, options)
@@ -543,10 +551,10 @@ async def _run_then_stop(
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    try:
-        await worker.run(task_status=task_status)
-    finally:
-        scope.cancel()  # the worker is done: stop watching signals
+    # Not in a finally: cancelling the scope there would swallow an error the worker raises
+    # before it started (tg.start() would see a cancelled scope, not the error).
+    await worker.run(task_status=task_status)
+    scope.cancel()  # the worker is done: stop watching signals
 
 
 async def _drain_on_signal(worker: Worker) -> None:

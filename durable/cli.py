@@ -173,6 +173,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM/SIGINT, how long running tasks may finish before their leases are "
         "released (default 30); a second signal releases them at once",
     )
+    worker.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (needs durable[metrics]; "
+        "0 picks a free port, logged as metrics.serving)",
+    )
+    worker.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="interface of the metrics endpoint (default 127.0.0.1; 0.0.0.0 to be scraped "
+        "from other machines or containers)",
+    )
+    worker.add_argument(
+        "--metrics-interval",
+        type=_positive_float,
+        default=5.0,
+        metavar="S",
+        help="how often the queue depth gauge is refreshed (default 5)",
+    )
     worker.epilog = (
         "MODULE is imported with the current directory on sys.path. --dsn sets $DURABLE_DSN "
         "before the import, so it applies to an app created as Durable(); an app created with "
@@ -520,6 +541,9 @@ def _cmd_worker(args: argparse.Namespace) -> int:
                 args.concurrency,
                 args.claim_timeout,
                 grace_period=args.grace_period,
+                metrics_port=args.metrics_port,
+                metrics_host=args.metrics_host,
+                metrics_interval=args.metrics_interval,
             )
         return EXIT_OK
 

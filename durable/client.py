@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from durable import embedded
+from durable import embedded, tracing
 from durable.config import resolve_dsn
 from durable.errors import DatabaseUnavailable, InvalidArgument, check_queue_name
 from durable.records import (
@@ -159,7 +159,11 @@ class Client:
         options: SpawnOptions | None = None,
     ) -> SpawnInfo:
         check_queue_name(queue)
-        return await self.store.spawn(queue, task_name, params, (options or _NO_OPTIONS).to_json())
+        with tracing.spawning(queue, task_name) as traced:
+            document = traced.options(options or _NO_OPTIONS).to_json()
+            info = await self.store.spawn(queue, task_name, params, document)
+            traced.spawned(info)
+        return info
 
     async def spawn_many(
         self,
@@ -168,11 +172,18 @@ class Client:
     ) -> list[SpawnInfo]:
         """Spawn many tasks in one round trip: ``items`` are ``(task_name, params[, options])``."""
         check_queue_name(queue)
-        prepared = [
-            (item[0], item[1], (item[2] if len(item) > 2 and item[2] else _NO_OPTIONS).to_json())
-            for item in items
-        ]
-        return await self.store.spawn_many(queue, prepared)
+        with tracing.spawning_many(queue, (item[0] for item in items)) as traced:
+            prepared = [
+                (
+                    item[0],
+                    item[1],
+                    traced.options(item[2] if len(item) > 2 and item[2] else _NO_OPTIONS).to_json(),
+                )
+                for item in items
+            ]
+            infos = await self.store.spawn_many(queue, prepared)
+            traced.spawned_many(infos)
+        return infos
 
     async def claim(
         self, queue: str, worker_id: str, claim_timeout: float | timedelta = 60.0, qty: int = 1

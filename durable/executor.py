@@ -22,7 +22,7 @@ import inspect
 import traceback
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import structlog
@@ -36,8 +36,9 @@ from durable.errors import (
     Snooze,
     Suspended,
 )
+from durable.failures import classify_error
 from durable.group_commit import RunWrites
-from durable.records import FailureReason
+from durable.records import Claim, FailureReason
 from durable.retry import required_seconds
 from durable.store import RawJson, encode_json
 from durable.telemetry import run_fields
@@ -56,12 +57,79 @@ class JobTimeout(TimeoutError):
     """The run outlived the task's ``timeout``."""
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """How a run ended, as written: what observers (metrics, tracing) are told.
+
+    ``outcome``: completed, failed (with ``reason``), released, snoozed, suspended, lease_lost,
+    or unwritten (the write failed or timed out: the lease lapses and the reaper decides).
+    ``error``: the handler's exception, when a failure has one.
+    """
+
+    outcome: str
+    reason: FailureReason | None = None
+    error: BaseException | None = None
+
+
+_COMPLETED = RunOutcome("completed")
+_RELEASED = RunOutcome("released")
+_SNOOZED = RunOutcome("snoozed")
+_SUSPENDED = RunOutcome("suspended")
+_LEASE_LOST = RunOutcome("lease_lost")
+_UNWRITTEN = RunOutcome("unwritten")
+
+
+class RunWatch(Protocol):
+    def run_ended(self, ended: RunOutcome) -> None: ...
+
+
+class RunObserver(Protocol):
+    """Watches the runs a worker executes (metrics, tracing). ``run_started`` is called in the
+    run's task before its handler; the watch it returns (None: not this run) is told how the run
+    ended once the outcome is written, in the same task. Without observers nothing is called."""
+
+    def run_started(self, claim: Claim) -> RunWatch | None: ...
+
+
+def combine_observers(*observers: RunObserver | None) -> RunObserver | None:
+    """One observer for the given ones (None among them: absent); None when there are none."""
+    present = tuple(o for o in observers if o is not None)
+    if len(present) <= 1:
+        return present[0] if present else None
+    return _Observers(present)
+
+
+class _Observers:
+    __slots__ = ("_observers",)
+
+    def __init__(self, observers: tuple[RunObserver, ...]) -> None:
+        self._observers = observers
+
+    def run_started(self, claim: Claim) -> RunWatch | None:
+        watches = [w for o in self._observers if (w := o.run_started(claim)) is not None]
+        if len(watches) <= 1:
+            return watches[0] if watches else None
+        return _Watches(watches)
+
+
+class _Watches:
+    __slots__ = ("_watches",)
+
+    def __init__(self, watches: list[RunWatch]) -> None:
+        self._watches = watches
+
+    def run_ended(self, ended: RunOutcome) -> None:
+        for watch in reversed(self._watches):  # the last started ends first (tracing's context)
+            watch.run_ended(ended)
+
+
 def error_document(exc: BaseException) -> dict[str, Any]:
     return {
         "type": type(exc).__qualname__,
         "module": type(exc).__module__,
         "message": str(exc),
         "traceback": "".join(traceback.format_exception(exc)),
+        "reason_class": str(classify_error(exc)),
     }
 
 
@@ -70,12 +138,15 @@ async def execute(
     definition: TaskDefinition,
     control: RunControl,
     writes: RunWrites | None = None,
+    observer: RunObserver | None = None,
 ) -> None:
     """Run ``control.claim`` to its outcome. Never raises for the handler's sake."""
     claim = control.claim
     ids = control.ids
     outcome: tuple[str, Any] = ("release", None)
     ctx = TaskContext(client, control, writes, definition.app)
+    watch = observer.run_started(claim) if observer is not None else None
+    ended = _UNWRITTEN
     try:
         with control.scope:
             try:
@@ -95,13 +166,19 @@ async def execute(
     except anyio.get_cancelled_exc_class():
         # the worker itself is being cancelled: hand the run back so another worker takes it now
         with anyio.move_on_after(OUTCOME_WRITE_TIMEOUT_S, shield=True):
-            await _write_outcome(client, definition, control, ("release", None), ids, writes, ctx)
+            ended = await _write_outcome(
+                client, definition, control, ("release", None), ids, writes, ctx
+            )
+        if watch is not None:
+            watch.run_ended(ended)
         raise
     control.finish()
     if control.stop_reason is not None and outcome[0] != "suspended":
         outcome = (control.stop_reason, outcome[1])
     with anyio.move_on_after(OUTCOME_WRITE_TIMEOUT_S, shield=True):
-        await _write_outcome(client, definition, control, outcome, ids, writes, ctx)
+        ended = await _write_outcome(client, definition, control, outcome, ids, writes, ctx)
+    if watch is not None:
+        watch.run_ended(ended)
 
 
 async def _run_handler(
@@ -133,7 +210,7 @@ async def _write_outcome(
     ids: dict[str, Any],
     writes: RunWrites | None,
     ctx: TaskContext,
-) -> None:
+) -> RunOutcome:
     claim = control.claim
     kind, value = outcome
     try:
@@ -142,27 +219,35 @@ async def _write_outcome(
                 encoded = encode_json(value, "result")
             except NotSerializable as exc:  # the result is not JSON: the run failed
                 await _fail(client, definition, control, FailureReason.ERRORED, exc, ids, ctx)
-                return
+                return RunOutcome("failed", FailureReason.ERRORED, exc)
             if await _complete(client, writes, control, encoded):
                 log.info("run.completed", **ids)
-            else:
-                log.warning("lease.lost", **ids)
-        elif kind == "release":
+                return _COMPLETED
+            log.warning("lease.lost", **ids)
+            return _LEASE_LOST
+        if kind == "release":
             await client.schedule_run(claim.queue, claim.run_id, 0)
             log.info("run.released", **ids)
-        elif kind == "snooze":
+            return _RELEASED
+        if kind == "snooze":
             await client.schedule_run(claim.queue, claim.run_id, value.seconds)
             log.info("run.snoozed", snooze_s=value.seconds, **ids)
-        elif kind == "suspended":
+            return _SNOOZED
+        if kind == "suspended":
             log.info("run.suspended", **ids)
-        elif kind == "lease_lost":
+            return _SUSPENDED
+        if kind == "lease_lost":
             log.warning("lease.lost", **ids)
-        else:
-            await _fail(client, definition, control, FailureReason(kind), value, ids, ctx)
+            return _LEASE_LOST
+        reason = FailureReason(kind)
+        await _fail(client, definition, control, reason, value, ids, ctx)
+        return RunOutcome("failed", reason, value if isinstance(value, BaseException) else None)
     except LeaseLost:
         log.warning("lease.lost", **ids)
+        return _LEASE_LOST
     except DurableError as exc:
         log.exception("run.outcome_not_written", outcome=kind, error=str(exc), **ids)
+        return _UNWRITTEN
 
 
 async def _complete(

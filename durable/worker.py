@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING
 import anyio
 import structlog
 
+from durable import tracing
 from durable.context import RunControl
 from durable.cron import run_cron_jobs
 from durable.errors import DatabaseUnavailable, DurableError, check_queue_name
-from durable.executor import DISCARD_TASK, execute, run_discard_hook
+from durable.executor import DISCARD_TASK, combine_observers, execute, run_discard_hook
 from durable.group_commit import RunWrites
 from durable.heartbeat import (
     CLOSE_TIMEOUT_S,
@@ -39,7 +40,9 @@ from durable.heartbeat import (
     supervise_heartbeats,
     within,
 )
+from durable.metrics import WorkerMetrics
 from durable.records import Claim
+from durable.retention import run_retention
 from durable.store import CHANNEL_WORK, Listener
 from durable.telemetry import run_fields
 
@@ -63,6 +66,12 @@ class WorkerOptions:
     grace_period: float = 30.0
     unknown_task_defer: float = 60.0
     worker_id: str | None = None
+    #: Serve Prometheus metrics on this port (0: any free one); None: no metrics, nothing
+    #: imported. The host defaults to the loopback interface: opening the metrics to the
+    #: network (``0.0.0.0``) is the operator's choice.
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_interval: float = 5.0
 
     def __post_init__(self) -> None:
         for queue in self.queues:
@@ -73,6 +82,10 @@ class WorkerOptions:
             raise ValueError("concurrency must be at least 1")
         if self.claim_timeout <= 0 or self.poll_interval <= 0 or self.grace_period < 0:
             raise ValueError("claim_timeout and poll_interval must be positive, grace_period >= 0")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError("metrics_port must be between 0 and 65535")
+        if self.metrics_interval <= 0:
+            raise ValueError("metrics_interval must be positive")
 
 
 class Worker:
@@ -95,6 +108,19 @@ class Worker:
         self._listener: Listener | None = None
         self._db_timeout = db_timeout(options.claim_timeout)
         self._writes = RunWrites(app.client, timeout_s=self._db_timeout)
+        self.metrics: WorkerMetrics | None = None
+        if options.metrics_port is not None:
+            self.metrics = WorkerMetrics(
+                queues=options.queues,
+                host=options.metrics_host,
+                port=options.metrics_port,
+                interval=options.metrics_interval,
+                tasks=[
+                    (d.queue, d.name) for d in app.registry.values() if d.queue in options.queues
+                ],
+            )
+        # what watches each run (metrics, tracing); None: nothing is called per run
+        self._observer = combine_observers(self.metrics, tracing.run_observer())
 
     @property
     def draining(self) -> bool:
@@ -134,6 +160,8 @@ class Worker:
             concurrency=opts.concurrency,
         )
         try:
+            if self.metrics is not None:
+                await self.metrics.listen()  # a port in use fails here, not in the task group
             async with anyio.create_task_group() as tg:
                 tg.start_soon(
                     renew_leases, client, self.worker_id, self.active, ttl, max(ttl / 3, 0.05)
@@ -143,7 +171,11 @@ class Worker:
                 crons = [job for job in self.app.crons if job.queue in opts.queues]
                 if crons:
                     tg.start_soon(run_cron_jobs, self.app, crons)
+                if rules := self.app.prune_rules():
+                    tg.start_soon(run_retention, client, rules, self.app.retention_interval)
                 await tg.start(self._writes.run)
+                if self.metrics is not None:
+                    await tg.start(self.metrics.run, client, self._db_timeout)
                 task_status.started()
                 # A fixed set of runner tasks takes claims from a queue: no task per run. (An
                 # asyncio queue: its get() costs nothing when a claim is waiting; durable runs on
@@ -160,6 +192,8 @@ class Worker:
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
+                if self.metrics is not None:
+                    await self.metrics.close()
                 if self._listener is not None:
                     await self._listener.close()
                 await anyio.to_thread.run_sync(liveness.stop)
@@ -311,7 +345,7 @@ class Worker:
             elif definition is None:
                 await self._defer_unknown(claim)
             else:
-                await execute(self.app.client, definition, control, self._writes)
+                await execute(self.app.client, definition, control, self._writes, self._observer)
         finally:
             self.active.pop(claim.run_id, None)
             self._slot_freed.set()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -768,3 +769,15 @@ async def test_cancel_by_cancels_the_unfinished_tasks_matching_every_filter(
     assert bad.code == 1
     assert len(bad.err_lines) == 1, bad.err
     assert bad.err.startswith("durable: InvalidQueueName: 'Bad Queue'")
+
+
+async def test_worker_refuses_a_metrics_port_in_use(dsn: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = await durable(
+            "worker", "cli_app:app", "--metrics-port", str(port), "--grace-period", "0", dsn=dsn
+        )
+    assert done.code == 1, done.err
+    assert f"durable: InvalidArgument: cannot serve metrics on 127.0.0.1:{port}" in done.err

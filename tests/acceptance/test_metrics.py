@@ -1,0 +1,264 @@
+"""Prometheus metrics of an in-process worker, scraped over HTTP; and durable without the optional
+extras installed (``prometheus_client`` and ``opentelemetry`` blocked in a subprocess)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import urllib.error
+import urllib.request
+from typing import Any
+
+import anyio
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from worker_app import QUEUE, running_worker, wait_finished, wait_for
+
+from durable import Durable, InvalidArgument, TaskContext, TaskState
+from durable.worker import Worker, WorkerOptions
+
+pytestmark = pytest.mark.anyio
+
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
+    def get() -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, exc.read().decode()
+
+    return await anyio.to_thread.run_sync(get)
+
+
+def parse(text: str) -> Samples:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+async def test_worker_serves_run_counters_durations_queue_depth_and_lease_losses(
+    dsn: str,
+) -> None:
+    app = Durable(dsn)
+    cancel_me = anyio.Event()
+
+    @app.task
+    async def ok(ctx: TaskContext, params: Any) -> Any:
+        return params
+
+    @app.task(max_attempts=1)
+    async def boom(ctx: TaskContext, params: Any) -> None:
+        raise RuntimeError("boom")
+
+    @app.task(max_attempts=1, timeout=0.2)
+    async def slow(ctx: TaskContext, params: Any) -> None:
+        await anyio.sleep(30)
+
+    @app.task
+    async def cancelled_while_running(ctx: TaskContext, params: Any) -> None:
+        cancel_me.set()
+        await anyio.sleep(30)  # the cancel makes the run lose its lease: the worker stops it
+
+    async with running_worker(app, metrics_port=0, metrics_interval=0.1) as worker:
+        assert worker.metrics is not None
+        port = worker.metrics.port
+        assert port > 0
+        handles = [await ok.spawn(i) for i in range(3)]
+        handles += [await boom.spawn(), await slow.spawn()]
+        for handle in handles:
+            await wait_finished(app.client, handle.task_id, timeout=10)
+        later = await ok.spawn("later", delay=3600)  # stays pending
+        victim = await cancelled_while_running.spawn()
+        with anyio.fail_after(10):
+            await cancel_me.wait()
+        await app.cancel(victim.task_id)
+
+        async def scraped() -> Samples | None:
+            status, text = await scrape(port)
+            assert status == 200
+            samples = parse(text)
+            lost = value(
+                samples, "durable_lease_lost_total", queue=QUEUE, task_name=victim.task_name
+            )
+            pending = value(samples, "durable_queue_depth", queue=QUEUE, state="pending")
+            return samples if lost == 1 and pending == 1 else None
+
+        samples = await wait_for(scraped, timeout=15, what="the lease loss and the queue depth")
+        _, text = await scrape(port)
+        not_found, _ = await scrape(port, "/other")
+
+    run = {"queue": QUEUE}
+    assert value(samples, "durable_runs_started_total", **run, task_name="ok") == 3
+    assert value(samples, "durable_runs_completed_total", **run, task_name="ok") == 3
+    assert value(samples, "durable_runs_completed_total", **run, task_name="boom") == 0
+    for task_name, reason in [("boom", "errored"), ("slow", "job_timeout")]:
+        assert value(samples, "durable_runs_started_total", **run, task_name=task_name) == 1
+        assert (
+            value(samples, "durable_runs_failed_total", **run, task_name=task_name, reason=reason)
+            == 1
+        )
+        count = value(
+            samples,
+            "durable_run_duration_seconds_count",
+            **run,
+            task_name=task_name,
+            outcome="failed",
+        )
+        assert count == 1
+    assert value(samples, "durable_runs_failed_total", **run, task_name="ok", reason="errored") == 0
+    durations = {"task_name": "ok", "outcome": "completed"}
+    assert value(samples, "durable_run_duration_seconds_count", **run, **durations) == 3
+    assert value(samples, "durable_run_duration_seconds_bucket", **run, **durations, le="+Inf") == 3
+    slow_sum = value(
+        samples, "durable_run_duration_seconds_sum", **run, task_name="slow", outcome="failed"
+    )
+    assert slow_sum is not None
+    assert slow_sum >= 0.2  # its timeout
+    lost = {"task_name": "cancelled_while_running", "outcome": "lease_lost"}
+    assert value(samples, "durable_run_duration_seconds_count", **run, **lost) == 1
+
+    depth = {
+        state: value(samples, "durable_queue_depth", **run, state=state) for state in TaskState
+    }
+    assert depth == {
+        TaskState.PENDING: 1,
+        TaskState.RUNNING: 0,
+        TaskState.SLEEPING: 0,
+        TaskState.COMPLETED: 3,
+        TaskState.FAILED: 2,
+        TaskState.CANCELLED: 1,
+    }
+
+    # labels are queue, task name, reason, outcome, state (and the histogram's le): never an id
+    label_names = {name for (_, labels) in samples for name, _ in labels}
+    assert label_names <= {"queue", "task_name", "reason", "outcome", "state", "le"}
+    assert not UUID_RE.search(text)
+    assert str(later.task_id) not in text
+    assert not_found == 404
+
+    # the endpoint stopped with the worker
+    with pytest.raises(OSError, match="refused"):
+        await scrape(port)
+
+
+async def test_two_workers_in_one_process_have_registries_of_their_own(dsn: str) -> None:
+    app = Durable(dsn)
+
+    @app.task
+    async def ok(ctx: TaskContext, params: Any) -> Any:
+        return params
+
+    async with (
+        running_worker(app, metrics_port=0) as first,
+        running_worker(app, metrics_port=0) as second,
+    ):
+        assert first.metrics is not None
+        assert second.metrics is not None
+        assert first.metrics.port != second.metrics.port
+        assert first.metrics.registry is not second.metrics.registry
+
+
+async def test_a_metrics_port_in_use_is_a_clear_error(dsn: str) -> None:
+    app = Durable(dsn)
+    async with running_worker(app, metrics_port=0) as first:
+        assert first.metrics is not None
+        second = Worker(app, WorkerOptions(queues=(QUEUE,), metrics_port=first.metrics.port))
+        with pytest.raises(InvalidArgument, match="in use; choose another metrics port"):
+            await second.run()
+
+
+def test_bad_metrics_options_are_refused() -> None:
+    with pytest.raises(ValueError, match="metrics_port"):
+        WorkerOptions(queues=("q",), metrics_port=70000)
+    with pytest.raises(ValueError, match="metrics_interval"):
+        WorkerOptions(queues=("q",), metrics_port=0, metrics_interval=0)
+
+
+WITHOUT_EXTRAS = """
+import sys
+
+sys.modules["prometheus_client"] = None  # as if not installed: importing it raises ImportError
+sys.modules["opentelemetry"] = None
+
+import anyio
+
+import durable
+from durable import tracing
+
+
+def extras_imported():
+    return sorted(
+        name
+        for name, module in sys.modules.items()
+        if name.startswith(("prometheus_client", "opentelemetry")) and module is not None
+    )
+
+
+async def main():
+    assert not tracing.AVAILABLE
+    app = durable.Durable(sys.argv[1])
+
+    @app.task
+    async def hello(ctx, params):
+        return params + 1
+
+    async with app, anyio.create_task_group() as tg:
+        worker = await tg.start(app.run_worker, None, 2, 5.0)
+        assert worker.metrics is None
+        handle = await hello.spawn(41, headers={"k": "v"})
+        assert (await handle.result(timeout=10)).result == 42
+        assert (await app.get_task(handle.task_id)).headers == {"k": "v"}
+        worker.drain()
+    try:
+        await app.run_worker(metrics_port=0, handle_signals=False)
+    except durable.InvalidArgument as exc:
+        print("refused:", exc)
+    assert extras_imported() == [], extras_imported()
+
+
+anyio.run(main)
+"""
+
+
+def test_without_the_extras_durable_runs_and_a_metrics_port_is_a_clear_error(dsn: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(WITHOUT_EXTRAS), dsn],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "refused: a metrics port needs prometheus-client" in done.stdout
+    assert "pip install 'durable[metrics]'" in done.stdout
+
+
+def test_importing_durable_imports_no_metrics_library() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, durable; assert 'prometheus_client' not in sys.modules, 'imported'",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
