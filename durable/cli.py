@@ -48,6 +48,7 @@ from durable.records import (
     Recovery,
     RunRecord,
     RunState,
+    SpawnInfo,
     SpawnOptions,
     TaskRecord,
     TaskState,
@@ -778,13 +779,18 @@ def _cmd_retry(args: argparse.Namespace) -> int:
         async with _connect(args) as client:
             before = await client.get_task(args.queue, args.task_id)
             info = await client.retry(before.queue, args.task_id)
-        print(
-            f"task {info.task_id} ({before.task_name} on {before.queue}): {before.state} -> "
-            f"pending, new run {info.run_id} (attempt {info.attempt})"
-        )
+        print(_restarted_text(before, info))
         return EXIT_OK
 
     return _run(retry)
+
+
+def _restarted_text(before: TaskRecord, info: SpawnInfo) -> str:
+    """What a retry or a replay changed: the task's state before, and its new run."""
+    return (
+        f"task {info.task_id} ({before.task_name} on {before.queue}): {before.state} -> "
+        f"pending, new run {info.run_id} (attempt {info.attempt})"
+    )
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
@@ -912,10 +918,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             start = f"after its last checkpoint {kept[-1].step_name!r}"
         else:
             start = "from the start (no checkpoint)"
-        print(
-            f"task {info.task_id} ({before.task_name} on {before.queue}): {before.state} -> "
-            f"pending, new run {info.run_id} (attempt {info.attempt}), {start}"
-        )
+        print(f"{_restarted_text(before, info)}, {start}")
         return EXIT_OK
 
     return _run(replay)
