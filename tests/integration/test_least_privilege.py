@@ -63,6 +63,7 @@ PROTOCOL = {
     "finished_counts",
     "replay",
     "discard",
+    "spawn_batch",
 }
 TABLES = ["tasks", "runs", "checkpoints", "workers", "schema_migrations"]
 
