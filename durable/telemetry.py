@@ -5,6 +5,12 @@ Events, one per transition, each with ``queue``, ``task_name``, ``task_id``, ``r
 ``task.spawned``, ``run.claimed``, ``run.completed``, ``run.failed`` (with ``reason``),
 ``run.retry_scheduled``, ``task.dead``, ``task.cancelled``, ``lease.lost``; and
 ``worker.started`` / ``worker.stopped``.
+
+Operators' actions: ``task.replayed``, ``task.discarded``, ``task.recovered`` and
+``task.recovery_skipped`` (bulk recovery, with ``action``); ``retention.pruned`` /
+``retention.failed`` (a worker's pruning); ``metrics.serving`` and ``metrics.*_failed`` (the
+Prometheus endpoint); ``dashboard.started`` / ``dashboard.stopped`` /
+``dashboard.request_failed``.
 """
 
 from __future__ import annotations
