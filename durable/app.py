@@ -439,11 +439,20 @@ class Durable:
         *,
         state: FailedWorkState | str | None = None,
         reason_class: ReasonClass | str | None = None,
+        error_type: str | None = None,
+        tags: Sequence[str] | None = None,
     ) -> list[FailureGroup]:
         """Failed work grouped by failure reason x error type x task name, with counts and
-        first/last seen."""
+        first/last seen (the filters are :meth:`failed_work`'s)."""
         return await self.client.failure_groups(
-            queue, task_name, reason, since, state=state, reason_class=reason_class
+            queue,
+            task_name,
+            reason,
+            since,
+            state=state,
+            reason_class=reason_class,
+            error_type=error_type,
+            tags=tags,
         )
 
     async def replay(

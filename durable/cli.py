@@ -670,15 +670,7 @@ def _cmd_failed(args: argparse.Namespace) -> int:
     async def failed() -> int:
         async with _connect(args) as client:
             rows = await client.failed_work(**filters, limit=args.limit, state=args.state)
-            groups = await client.failure_groups(
-                **{k: v for k, v in filters.items() if k not in ("error_type", "tags")},
-                state=args.state,
-            )
-        if args.error_type is not None or args.tags:  # groups have no such filters in SQL
-            keep = {(r.queue, r.task_name, r.failure_reason, r.error_type) for r in rows}
-            groups = [
-                g for g in groups if (g.queue, g.task_name, g.failure_reason, g.error_type) in keep
-            ]
+            groups = await client.failure_groups(**filters, state=args.state)
         classes = reason_class_counts(rows)
         if args.json:
             _print_json(

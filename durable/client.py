@@ -433,9 +433,11 @@ class Client:
         *,
         state: FailedWorkState | str | None = None,
         reason_class: ReasonClass | str | None = None,
+        error_type: str | None = None,
+        tags: Sequence[str] | None = None,
     ) -> list[FailureGroup]:
         """Failed work grouped by failure reason x error type x task name (and queue), with
-        counts and first/last seen; the most frequent first."""
+        counts and first/last seen; the most frequent first. The filters are failed_work's."""
         return await self.store.failure_groups(
             _optional_queue(queue),
             task_name,
@@ -443,6 +445,8 @@ class Client:
             _since(since),
             _enum(FailedWorkState, state, "state"),
             _enum(ReasonClass, reason_class, "reason_class"),
+            error_type,
+            tags,
         )
 
     async def finished_counts(self, window_s: float | timedelta = 60.0) -> list[QueueCount]:

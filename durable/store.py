@@ -175,7 +175,7 @@ _SET_LIMIT = "select durable.set_limit($1, $2, $3, $4, $5)"
 _PRUNE_TASKS = "select durable.prune_tasks($1, $2, $3, $4, $5)"
 _PRUNE_BOOKKEEPING = "select durable.prune_bookkeeping($1, $2)"
 _FAILED_WORK = "select * from durable.failed_work($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-_FAILURE_GROUPS = "select * from durable.failure_groups($1, $2, $3, $4, $5, $6)"
+_FAILURE_GROUPS = "select * from durable.failure_groups($1, $2, $3, $4, $5, $6, $7, $8)"
 _FINISHED_COUNTS = "select * from durable.finished_counts($1)"
 _REPLAY = "select * from durable.replay($1, $2, $3, $4)"
 _DISCARD = "select durable.discard($1, $2)"
@@ -654,10 +654,20 @@ class Store:
         since: datetime | None,
         state: str | None,
         reason_class: str | None,
+        error_type: str | None,
+        tags: Sequence[str] | None,
     ) -> list[FailureGroup]:
         async with self._translate():
             rows = await self._pool.fetch(
-                _FAILURE_GROUPS, queue, task_name, reason, since, state, reason_class
+                _FAILURE_GROUPS,
+                queue,
+                task_name,
+                reason,
+                since,
+                state,
+                reason_class,
+                error_type,
+                list(tags) if tags else None,
             )
         return [
             FailureGroup(

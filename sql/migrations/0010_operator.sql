@@ -73,10 +73,12 @@ security definer set search_path = pg_catalog, pg_temp as $$
      limit p_limit
 $$;
 
--- Failed work grouped by failure reason x error type x task name (and queue), most frequent first.
+-- Failed work grouped by failure reason x error type x task name (and queue), most frequent first;
+-- the filters are failed_work's.
 create function durable.failure_groups(p_queue text, p_task_name text, p_reason text,
                                        p_since timestamptz, p_state text default null,
-                                       p_reason_class text default null)
+                                       p_reason_class text default null,
+                                       p_error_type text default null, p_tags text[] default null)
 returns table (failure_reason text, reason_class text, error_type text, task_name text,
                queue text, count bigint, first_seen timestamptz, last_seen timestamptz)
 language sql stable
@@ -84,7 +86,7 @@ security definer set search_path = pg_catalog, pg_temp as $$
     select w.failure_reason, w.reason_class, w.error->>'type', w.task_name, w.queue, count(*),
            min(w.failed_at), max(w.failed_at)
       from durable.failed_work(p_queue, p_task_name, p_reason, p_since, null, p_state,
-                               p_reason_class) w
+                               p_reason_class, p_error_type, p_tags) w
      group by 1, 2, 3, 4, 5
      order by count(*) desc, max(w.failed_at) desc
 $$;

@@ -211,3 +211,18 @@ async def test_retention_rules_prune_by_task_name_and_end_state(client: Client, 
         assert (await at_two_hours.queue_counts()) != []
     counts = {(c.state, c.count) for c in await client.queue_counts()}
     assert counts == {(TaskState.COMPLETED, 1), (TaskState.FAILED, 2), (TaskState.PENDING, 1)}
+
+
+async def test_failure_groups_take_the_failed_work_filters(client: Client) -> None:
+    for tags, error in ((["eu"], "KeyError"), (["eu"], "KeyError"), (["us"], "KeyError")):
+        await client.spawn(Q, "sync", None, SpawnOptions(max_attempts=1, tags=tags))
+        (claim,) = await client.claim(Q, "w1", 30)
+        await client.fail(Q, claim.run_id, {"type": error})
+    claim = await _run_once(client, "sync")
+    await client.fail(Q, claim.run_id, {"type": "OSError"})
+
+    [eu] = await client.failure_groups(tags=["eu"])
+    assert (eu.error_type, eu.count) == ("KeyError", 2)
+    [keys] = await client.failure_groups(error_type="KeyError")
+    assert keys.count == 3
+    assert await client.failure_groups(error_type="KeyError", tags=["nobody"]) == []
