@@ -345,7 +345,7 @@ class Store:
         async with self._translate():
             row = await self._pool.fetchrow(_SPAWN, queue, task_name, params_json, options_json)
         assert row is not None
-        return SpawnInfo(row["task_id"], row["run_id"], row["attempt"], row["created"])
+        return _spawn_info(row)
 
     async def spawn_many(
         self, queue: str, items: Sequence[tuple[str, Any, Mapping[str, Any]]]
@@ -376,7 +376,7 @@ class Store:
             payload = encode_json(docs, "params")
             async with self._translate():
                 rows = await self._pool.fetch(_SPAWN_MANY, queue, payload)
-        return [SpawnInfo(r["task_id"], r["run_id"], r["attempt"], r["created"]) for r in rows]
+        return [_spawn_info(r) for r in rows]
 
     async def claim(
         self, queue: str, worker_id: str, claim_timeout: float, qty: int
@@ -489,7 +489,7 @@ class Store:
         async with self._translate(task_id=task_id):
             row = await self._pool.fetchrow(_RETRY, queue, task_id, options_json)
         assert row is not None
-        return SpawnInfo(row["task_id"], row["run_id"], row["attempt"], row["created"])
+        return _spawn_info(row)
 
     async def get_task(self, queue: str | None, task_id: uuid.UUID) -> TaskRecord:
         async with self._translate(task_id=task_id):
@@ -591,10 +591,7 @@ class Store:
     async def queue_counts(self, tags: Sequence[str] | None = None) -> list[QueueCount]:
         async with self._translate():
             rows = await self._pool.fetch(_QUEUE_COUNTS, list(tags) if tags else None)
-        return [
-            QueueCount(queue=r["queue"], state=TaskState(r["state"]), count=r["count"])
-            for r in rows
-        ]
+        return _queue_counts(rows)
 
     async def list_failed_runs(
         self, queue: str | None, limit: int, tags: Sequence[str] | None = None
@@ -686,10 +683,7 @@ class Store:
     async def finished_counts(self, window_s: float) -> list[QueueCount]:
         async with self._translate():
             rows = await self._pool.fetch(_FINISHED_COUNTS, window_s)
-        return [
-            QueueCount(queue=r["queue"], state=TaskState(r["state"]), count=r["count"])
-            for r in rows
-        ]
+        return _queue_counts(rows)
 
     async def replay(
         self,
@@ -702,7 +696,7 @@ class Store:
         async with self._translate(task_id=task_id):
             row = await self._pool.fetchrow(_REPLAY, queue, task_id, from_step, options_json)
         assert row is not None
-        return SpawnInfo(row["task_id"], row["run_id"], row["attempt"], row["created"])
+        return _spawn_info(row)
 
     async def discard(self, queue: str | None, task_id: uuid.UUID) -> TaskState:
         async with self._translate(task_id=task_id):
@@ -884,6 +878,16 @@ def _shared_options(
             return None
         seen = options
     return shared
+
+
+def _spawn_info(r: asyncpg.Record) -> SpawnInfo:
+    return SpawnInfo(r["task_id"], r["run_id"], r["attempt"], r["created"])
+
+
+def _queue_counts(rows: list[asyncpg.Record]) -> list[QueueCount]:
+    return [
+        QueueCount(queue=r["queue"], state=TaskState(r["state"]), count=r["count"]) for r in rows
+    ]
 
 
 def _failed_work(r: asyncpg.Record) -> FailedWork:
