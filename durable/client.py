@@ -173,15 +173,14 @@ class Client:
         """Spawn many tasks in one round trip: ``items`` are ``(task_name, params[, options])``."""
         check_queue_name(queue)
         with tracing.spawning_many(queue, (item[0] for item in items)) as traced:
-            # items usually share one options object (or none): encode each distinct one once
-            encoded: dict[int, dict[str, Any]] = {}
-            prepared = []
-            for item in items:
-                options = item[2] if len(item) > 2 and item[2] else _NO_OPTIONS
-                doc = encoded.get(id(options))
-                if doc is None:
-                    doc = encoded[id(options)] = traced.options(options).to_json()
-                prepared.append((item[0], item[1], doc))
+            prepared = [
+                (
+                    item[0],
+                    item[1],
+                    traced.options(item[2] if len(item) > 2 and item[2] else _NO_OPTIONS).to_json(),
+                )
+                for item in items
+            ]
             infos = await self.store.spawn_many(queue, prepared)
             traced.spawned_many(infos)
         return infos

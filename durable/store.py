@@ -145,7 +145,6 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 # --- queries: one per SQL function --------------------------------------------------------------
 _SPAWN = "select * from durable.spawn($1, $2, $3, $4)"
 _SPAWN_MANY = "select * from durable.spawn_many($1, $2)"
-_SPAWN_BATCH = "select * from durable.spawn_batch($1, $2, $3, $4, $5)"
 _CLAIM = "select * from durable.claim($1, $2, $3, $4)"
 _COMPLETE = "select durable.complete($1, $2, $3)"
 _COMPLETE_RUNS = "select run_id, completed from durable.complete_runs($1, $2, $3)"
@@ -350,32 +349,10 @@ class Store:
     async def spawn_many(
         self, queue: str, items: Sequence[tuple[str, Any, Mapping[str, Any]]]
     ) -> list[SpawnInfo]:
-        """One statement: ``spawn_batch`` (typed arrays) when the items share their options but
-        for the idempotency key, else ``spawn_many`` (one JSON document, options per item)."""
-        if not items:
-            return []
-        shared = _shared_options(items)
-        if shared is not None:
-            names = [name for name, _, _ in items]
-            params = [encode_json(p, "params") for _, p, _ in items]
-            if (size := sum(map(len, params))) > MAX_PAYLOAD_BYTES:  # a batch is one value
-                raise PayloadTooLarge("params", size, MAX_PAYLOAD_BYTES)
-            keys = [o.get("idempotency_key") for _, _, o in items]
-            options = encode_json(shared, "options")
-            async with self._translate():
-                rows = await self._pool.fetch(
-                    _SPAWN_BATCH,
-                    queue,
-                    names,
-                    params,
-                    keys if any(k is not None for k in keys) else None,
-                    options,
-                )
-        else:
-            docs = [{"task_name": name, "params": p, "options": dict(o)} for name, p, o in items]
-            payload = encode_json(docs, "params")
-            async with self._translate():
-                rows = await self._pool.fetch(_SPAWN_MANY, queue, payload)
+        docs = [{"task_name": name, "params": p, "options": dict(o)} for name, p, o in items]
+        payload = encode_json(docs, "params")
+        async with self._translate():
+            rows = await self._pool.fetch(_SPAWN_MANY, queue, payload)
         return [_spawn_info(r) for r in rows]
 
     async def claim(
@@ -849,35 +826,6 @@ def _task_record(doc: dict[str, Any]) -> TaskRecord:
         scheduled_at=_ts(doc.get("scheduled_at")),
         discarded_at=_ts(doc.get("discarded_at")),
     )
-
-
-#: Options that spawn_batch cannot share across items: spawn_many handles them item by item.
-_PER_ITEM_OPTIONS: Final = frozenset({"unique", "depends_on"})
-
-
-def _shared_options(
-    items: Sequence[tuple[str, Any, Mapping[str, Any]]],
-) -> Mapping[str, Any] | None:
-    """The options every item has but for its idempotency key, or None when they differ (or
-    need spawn_many). Items usually share one options object: compared by identity first."""
-    shared: Mapping[str, Any] | None = None
-    seen: Mapping[str, Any] | None = None
-    for _, _, options in items:
-        if options is seen:
-            continue
-        rest = (
-            {k: v for k, v in options.items() if k != "idempotency_key"}
-            if "idempotency_key" in options
-            else options
-        )
-        if shared is None:
-            if not _PER_ITEM_OPTIONS.isdisjoint(rest):
-                return None
-            shared = rest
-        elif rest != shared:
-            return None
-        seen = options
-    return shared
 
 
 def _spawn_info(r: asyncpg.Record) -> SpawnInfo:

@@ -63,7 +63,6 @@ PROTOCOL = {
     "finished_counts",
     "replay",
     "discard",
-    "spawn_batch",
 }
 TABLES = ["tasks", "runs", "checkpoints", "workers", "schema_migrations"]
 
