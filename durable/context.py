@@ -52,13 +52,21 @@ class RunControl:
         self.last_beat = time.monotonic()
         self.scope = anyio.CancelScope()
         self.stop_reason: str | None = None  # "lease_lost" | "heartbeat_timeout" | "release"
+        self.started = False  # the handler was called (a claimed-ahead run waits for a slot)
         self.finished = False  # the handler is done; only its outcome write is left
 
     def beat(self) -> None:
         self.last_beat = time.monotonic()
 
+    def start(self) -> None:
+        """The handler starts now: its heartbeat clock starts with it."""
+        self.started = True
+        self.beat()
+
     def finish(self) -> None:
         """The handler is done (its outcome write may still be in flight): its slot is free."""
+        if self.finished:
+            return
         self.finished = True
         if self._on_finish is not None:
             self._on_finish()

@@ -148,7 +148,9 @@ async def supervise_heartbeats(active: Mapping[uuid.UUID, RunControl]) -> None:
         now = time.monotonic()
         for control in list(active.values()):
             limit = control.claim.heartbeat_timeout
-            if limit is not None and not control.finished and now - control.last_beat > limit:
+            if limit is None or not control.started or control.finished:
+                continue  # a run waiting for a handler slot has no heartbeat to miss yet
+            if now - control.last_beat > limit:
                 control.stop("heartbeat_timeout")
 
 

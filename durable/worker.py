@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -55,6 +56,39 @@ log = structlog.get_logger("durable")
 CLAIM_GATHER_S = 0.005
 #: How often the LISTEN connection is checked for having been lost.
 LISTENER_CHECK_S = 0.5
+#: Claim ahead enough runs to cover this many claim round trips at the recent finish rate.
+CLAIM_AHEAD_ROUND_TRIPS = 2.0
+
+
+class ClaimAhead:
+    """How many runs to claim beyond the free handler slots, so that handlers that finish
+    while a claim is on the wire find a run waiting instead of an idle slot.
+
+    The figure is what the recent handler-finish rate frees during a couple of claim round
+    trips, capped at ``limit``: up to the cap for short tasks, zero for tasks that take far
+    longer than a round trip (a worker never sits on runs another worker could start now).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.runs = 0
+        self._done = 0
+        self._since = time.monotonic()
+        self._rate = 0.0  # handlers finished per second (smoothed)
+        self._latency = 0.0  # seconds per claim round trip (smoothed)
+
+    def handler_done(self) -> None:
+        self._done += 1
+
+    def claimed(self, latency: float) -> None:
+        """A claim came back after ``latency`` seconds: update the rate and the figure."""
+        now = time.monotonic()
+        if (window := now - self._since) > 0:
+            self._rate = (self._rate + self._done / window) / 2
+            self._done, self._since = 0, now
+        self._latency = (self._latency + latency) / 2 if self._latency else latency
+        ahead = self._rate * self._latency * CLAIM_AHEAD_ROUND_TRIPS
+        self.runs = min(self.limit, int(ahead))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,6 +132,9 @@ class Worker:
             f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         )
         self.active: dict[uuid.UUID, RunControl] = {}
+        # a handler slot per concurrency unit: claimed-ahead runs wait here for one
+        self._handler_slots = asyncio.Semaphore(options.concurrency)
+        self._ahead = ClaimAhead(limit=options.concurrency)
         self._wake = anyio.Event()
         self._slot_freed = anyio.Event()
         self._draining = anyio.Event()
@@ -136,8 +173,8 @@ class Worker:
         self._retry_now.set()
         self._wake.set()
         self._slot_freed.set()
-        if force:
-            for control in list(self.active.values()):
+        for control in list(self.active.values()):
+            if force or not control.started:  # a claimed-ahead run goes back at once
                 control.stop("release")
 
     async def run(
@@ -180,7 +217,8 @@ class Worker:
                 # A fixed set of runner tasks takes claims from a queue: no task per run. (An
                 # asyncio queue: its get() costs nothing when a claim is waiting; durable runs on
                 # asyncio only, as asyncpg does.)
-                runners = 2 * opts.concurrency  # handlers, plus runs writing their outcome
+                # handlers, runs writing their outcome, and runs claimed ahead
+                runners = 3 * opts.concurrency + self._ahead.limit
                 claimed: asyncio.Queue[RunControl | None] = asyncio.Queue()
                 async with anyio.create_task_group() as runs:
                     for _ in range(runners):
@@ -304,7 +342,9 @@ class Worker:
                 free = self._free_slots()
                 if free <= 0 or self._draining.is_set():
                     break
+                claimed_at = time.monotonic()
                 claims = await self._claim(queue, free, backoff)
+                self._ahead.claimed(time.monotonic() - claimed_at)
                 if claims is None:
                     unavailable = True  # backed off already: start over
                     break
@@ -318,18 +358,25 @@ class Worker:
                 await self._wake.wait()
 
     def _free_slots(self) -> int:
-        """Handlers that may start now: ``concurrency`` run at once. A run whose handler returned
-        frees its slot while its outcome is written (batched); at most ``concurrency`` such
-        writes wait at once, so claims overlap with completions without piling them up."""
-        concurrency = self.options.concurrency
-        running = sum(1 for control in self.active.values() if not control.finished)
-        return min(concurrency - running, 2 * concurrency - len(self.active))
+        """Runs to claim now: ``concurrency`` handlers run at once, and a few runs more are
+        claimed ahead of free slots when tasks are short (:class:`ClaimAhead`). A run whose
+        handler returned frees its slot while its outcome is written (batched); at most
+        ``2 x concurrency`` such writes wait at once, so claims overlap with completions (two
+        batches' worth: one in flight, one gathering) without piling them up."""
+        limit = self.options.concurrency + self._ahead.runs
+        unfinished = sum(1 for control in self.active.values() if not control.finished)
+        return min(limit - unfinished, limit + 2 * self.options.concurrency - len(self.active))
 
     def _start(self, runs: asyncio.Queue[RunControl | None], claim: Claim) -> None:
-        control = RunControl(claim, on_finish=lambda: self._slot_freed.set())
+        control = RunControl(claim, on_finish=self._handler_done)
         self.active[claim.run_id] = control
         log.info("run.claimed", **control.ids, worker=self.worker_id)
-        runs.put_nowait(control)  # a runner is free: at most 2 x concurrency runs are active
+        runs.put_nowait(control)  # a runner is free: there are as many as active runs can be
+
+    def _handler_done(self) -> None:
+        self._handler_slots.release()
+        self._ahead.handler_done()
+        self._slot_freed.set()
 
     async def _runner(self, claimed: asyncio.Queue[RunControl | None]) -> None:
         while (control := await claimed.get()) is not None:
@@ -337,21 +384,35 @@ class Worker:
 
     async def _run_one(self, control: RunControl) -> None:
         claim = control.claim
+        holds_slot = False
         try:
+            try:
+                await self._handler_slots.acquire()
+            except anyio.get_cancelled_exc_class():
+                await self._hand_back(control, 0)  # the worker is cancelled: never started
+                raise
+            holds_slot = True
+            if control.stop_reason is not None or self._draining.is_set():
+                if control.stop_reason != "lease_lost":
+                    await self._hand_back(control, 0)  # draining: another worker takes it now
+                return
             definition = self.app.registry.get(claim.task_name)
             if claim.task_name == DISCARD_TASK:
                 if not await run_discard_hook(self.app, control):
-                    await self._defer_unknown(claim)
+                    await self._defer_unknown(control)
             elif definition is None:
-                await self._defer_unknown(claim)
+                await self._defer_unknown(control)
             else:
                 await execute(self.app.client, definition, control, self._writes, self._observer)
         finally:
             self.active.pop(claim.run_id, None)
+            if holds_slot and not control.finished:
+                control.finish()  # frees the handler slot
             self._slot_freed.set()
 
-    async def _defer_unknown(self, claim: Claim) -> None:
+    async def _defer_unknown(self, control: RunControl) -> None:
         """A task this worker's code does not know (a rolling deploy): hand it back for later."""
+        claim = control.claim
         if claim.task_name not in self._unknown_logged:
             self._unknown_logged.add(claim.task_name)
             log.warning(
@@ -359,16 +420,22 @@ class Worker:
                 **run_fields(claim),
                 defer_s=self.options.unknown_task_defer,
             )
+        await self._hand_back(control, self.options.unknown_task_defer)
+
+    async def _hand_back(self, control: RunControl, delay: float) -> None:
+        """Give a run this worker will not start back to its queue, due in ``delay`` seconds."""
+        claim = control.claim
         with anyio.CancelScope(shield=True):
             try:
                 await within(
                     self._db_timeout,
-                    self.app.client.schedule_run(
-                        claim.queue, claim.run_id, self.options.unknown_task_defer
-                    ),
+                    self.app.client.schedule_run(claim.queue, claim.run_id, delay),
                 )
             except DurableError as exc:
-                log.warning("run.defer_failed", run_id=str(claim.run_id), error=str(exc))
+                log.warning("run.hand_back_failed", **control.ids, error=str(exc))
+            else:
+                if delay == 0:
+                    log.info("run.released", **control.ids)
 
     async def _finish_or_release(self) -> None:
         """Draining: wait up to the grace period, then release what still runs."""
