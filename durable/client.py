@@ -173,11 +173,12 @@ class Client:
         """Spawn many tasks in one round trip: ``items`` are ``(task_name, params[, options])``."""
         check_queue_name(queue)
         with tracing.spawning_many(queue, (item[0] for item in items)) as traced:
+            no_options = traced.options(_NO_OPTIONS).to_json()  # shared by items without any
             prepared = [
                 (
                     item[0],
                     item[1],
-                    traced.options(item[2] if len(item) > 2 and item[2] else _NO_OPTIONS).to_json(),
+                    traced.options(item[2]).to_json() if len(item) > 2 and item[2] else no_options,
                 )
                 for item in items
             ]

@@ -349,7 +349,10 @@ class Store:
     async def spawn_many(
         self, queue: str, items: Sequence[tuple[str, Any, Mapping[str, Any]]]
     ) -> list[SpawnInfo]:
-        docs = [{"task_name": name, "params": p, "options": dict(o)} for name, p, o in items]
+        docs = [
+            {"task_name": name, "params": p, "options": o if isinstance(o, dict) else dict(o)}
+            for name, p, o in items
+        ]
         payload = encode_json(docs, "params")
         async with self._translate():
             rows = await self._pool.fetch(_SPAWN_MANY, queue, payload)
