@@ -146,6 +146,35 @@ async def test_spawn_many_returns_one_result_per_item_in_order(client: Client) -
     assert params == list(range(20))
 
 
+async def test_a_batch_without_options_stores_what_any_other_spawn_stores(
+    client: Client, dsn: str
+) -> None:
+    # a batch of items without options takes spawn_many's plain path; the others do not
+    [plain] = await client.spawn_many(Q, [("job", 1)])
+    mixed, _ = await client.spawn_many(Q, [("job", 1), ("job", 2, SpawnOptions(tags=["t"]))])
+    single = await client.spawn(Q, "job", 1)
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = [
+            await conn.fetchrow(
+                """
+                select to_jsonb(t) - '{task_id,created_at,scheduled_at}'::text[] as task,
+                       to_jsonb(r) - '{run_id,task_id,created_at,available_at}'::text[] as run,
+                       t.scheduled_at = t.created_at and r.available_at = r.created_at as now
+                  from durable.tasks t join durable.runs r using (task_id)
+                 where t.task_id = $1
+                """,
+                info.task_id,
+            )
+            for info in (plain, mixed, single)
+        ]
+    finally:
+        await conn.close()
+    assert [row["now"] for row in rows] == [True, True, True]
+    assert rows[0]["task"] == rows[1]["task"] == rows[2]["task"]
+    assert rows[0]["run"] == rows[1]["run"] == rows[2]["run"]
+
+
 async def test_spawn_many_honours_keys_within_the_batch_and_existing(client: Client) -> None:
     old = await client.spawn(Q, "job", "old", SpawnOptions(idempotency_key="old"))
     infos = await client.spawn_many(
