@@ -155,19 +155,17 @@ async def test_a_batch_without_options_stores_what_any_other_spawn_stores(
     single = await client.spawn(Q, "job", 1)
     conn = await asyncpg.connect(dsn)
     try:
-        rows = [
-            await conn.fetchrow(
-                """
-                select to_jsonb(t) - '{task_id,created_at,scheduled_at}'::text[] as task,
-                       to_jsonb(r) - '{run_id,task_id,created_at,available_at}'::text[] as run,
-                       t.scheduled_at = t.created_at and r.available_at = r.created_at as now
-                  from durable.tasks t join durable.runs r using (task_id)
-                 where t.task_id = $1
-                """,
-                info.task_id,
-            )
-            for info in (plain, mixed, single)
-        ]
+        rows = await conn.fetch(
+            """
+            select to_jsonb(t) - '{task_id,created_at,scheduled_at}'::text[] as task,
+                   to_jsonb(r) - '{run_id,task_id,created_at,available_at}'::text[] as run,
+                   t.scheduled_at = t.created_at and r.available_at = r.created_at as now
+              from unnest($1::uuid[]) with ordinality as u(task_id, ord)
+              join durable.tasks t using (task_id) join durable.runs r using (task_id)
+             order by u.ord
+            """,
+            [plain.task_id, mixed.task_id, single.task_id],
+        )
     finally:
         await conn.close()
     assert [row["now"] for row in rows] == [True, True, True]
