@@ -56,25 +56,32 @@ async def spawn_short(app: Durable, n: int) -> list[uuid.UUID]:
     return [info.task_id for info in infos]
 
 
+async def run_until(app: Durable, watch: Watch, concurrency: int, handler_calls: int) -> None:
+    """One worker until the handlers were called ``handler_calls`` times in all, then drained
+    (``drain`` returns at once; the worker stops when its runs are done)."""
+    watch.stop_after = handler_calls
+    watch.enough = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        worker: Worker = await tg.start(
+            lambda task_status: app.run_worker(
+                [QUEUE], concurrency, handle_signals=False, task_status=task_status
+            )
+        )
+        watch.worker = worker
+        with anyio.fail_after(60):
+            await watch.enough.wait()
+        worker.drain()
+
+
 async def test_short_tasks_are_claimed_ahead_but_never_run_beyond_the_concurrency(
     dsn: str,
 ) -> None:
     watch = Watch()
     app = short_task_app(dsn, watch)
     n, concurrency = 600, 4
-    watch.stop_after = n
     async with app:
         await spawn_short(app, n)
-        async with anyio.create_task_group() as tg:
-            worker: Worker = await tg.start(
-                lambda task_status: app.run_worker(
-                    [QUEUE], concurrency, handle_signals=False, task_status=task_status
-                )
-            )
-            watch.worker = worker
-            with anyio.fail_after(60):
-                await watch.enough.wait()
-            worker.drain()
+        await run_until(app, watch, concurrency, n)
         counts = await app.client.queue_counts()
     assert watch.most_running <= concurrency
     assert watch.saw_waiting, "no run was ever claimed ahead of a free slot"
@@ -87,23 +94,9 @@ async def test_a_drain_hands_back_runs_claimed_ahead_without_running_them(dsn: s
     watch = Watch()
     app = short_task_app(dsn, watch)
     n, concurrency = 400, 2
-    watch.stop_after = 100
     async with app:
         task_ids = await spawn_short(app, n)
-        async with anyio.create_task_group() as tg:
-            worker: Worker = await tg.start(
-                lambda task_status: app.run_worker(
-                    [QUEUE],
-                    concurrency,
-                    grace_period=30,
-                    handle_signals=False,
-                    task_status=task_status,
-                )
-            )
-            watch.worker = worker
-            with anyio.fail_after(60):
-                await watch.enough.wait()
-            worker.drain()  # returns at once; the worker stops when its runs are done
+        await run_until(app, watch, concurrency, 100)
         ran_before_drain = dict(watch.calls)
         records = [await app.client.get_task(None, task_id) for task_id in task_ids]
         released = 0
@@ -121,17 +114,6 @@ async def test_a_drain_hands_back_runs_claimed_ahead_without_running_them(dsn: s
         assert released, "the drain found no run claimed ahead to hand back"
 
         # another worker finishes the rest: every task's handler ran exactly once in all
-        watch.stop_after = n
-        watch.enough = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            second: Worker = await tg.start(
-                lambda task_status: app.run_worker(
-                    [QUEUE], concurrency, handle_signals=False, task_status=task_status
-                )
-            )
-            watch.worker = second
-            with anyio.fail_after(60):
-                await watch.enough.wait()
-            second.drain()
+        await run_until(app, watch, concurrency, n)
     assert set(watch.calls.values()) == {1}
     assert len(watch.calls) == n
