@@ -217,7 +217,8 @@ class Worker:
                 # A fixed set of runner tasks takes claims from a queue: no task per run. (An
                 # asyncio queue: its get() costs nothing when a claim is waiting; durable runs on
                 # asyncio only, as asyncpg does.)
-                # handlers, runs writing their outcome, and runs claimed ahead
+                # as many as runs can be active: handlers and runs claimed ahead, plus up to
+                # 2 x concurrency runs writing their outcome (see _free_slots)
                 runners = 3 * opts.concurrency + self._ahead.limit
                 claimed: asyncio.Queue[RunControl | None] = asyncio.Queue()
                 async with anyio.create_task_group() as runs:
@@ -344,10 +345,10 @@ class Worker:
                     break
                 claimed_at = time.monotonic()
                 claims = await self._claim(queue, free, backoff)
-                self._ahead.claimed(time.monotonic() - claimed_at)
                 if claims is None:
                     unavailable = True  # backed off already: start over
                     break
+                self._ahead.claimed(time.monotonic() - claimed_at)
                 claimed_full = claimed_full or len(claims) == free
                 for claim in claims:
                     self._start(runs, claim)
