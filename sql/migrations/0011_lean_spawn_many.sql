@@ -56,69 +56,65 @@ begin
         select array_agg(i.new_id order by i.ord), array_agg(i.new_run order by i.ord)
           into v_ids, v_runs
           from items i;
-        perform pg_notify('durable_work', p_queue);
-        return query
-            select u.id, u.rid, 1, true
-              from unnest(v_ids, v_runs) with ordinality as u(id, rid, ord)
-             order by u.ord;
-        return;
-    end if;
-    if v_one_by_one then
+        v_ready := cardinality(v_ids);  -- every item is due now, and every one a new task
+    elsif v_one_by_one then
         return query
             select s.* from jsonb_array_elements(p_items) with ordinality as x(i, ord)
              cross join lateral durable.spawn(p_queue, x.i->>'task_name', x.i->'params',
                                               coalesce(x.i->'options', '{}')) s
              order by x.ord;
         return;
+    else
+        with items as materialized (
+            select x.ord, x.i->>'task_name' as task_name, coalesce(x.i->'params', 'null') as params,
+                   coalesce(x.i->'options', '{}') as o, durable.uuidv7_seq(v_ms, x.ord) as new_id,
+                   durable.uuidv7_seq(v_ms, x.ord) as new_run
+              from jsonb_array_elements(p_items) with ordinality as x(i, ord)
+        ), prepared as (
+            select i.*, i.o->>'idempotency_key' as key, coalesce((i.o->>'priority')::integer, 0) as prio,
+                   case when i.o ? 'at' or i.o ? 'delay' then durable.start_time(i.o, v_now)
+                        else v_now end as available_at,
+                   nullif(i.o->'cancellation', 'null') as cancellation
+              from items i
+        ), ins as (
+            insert into durable.tasks (task_id, queue, task_name, params, headers, max_attempts, retry,
+                                       timeout_s, heartbeat_timeout_s, priority, idempotency_key,
+                                       created_at, tags, partition_key, parent_task_id, cancellation,
+                                       scheduled_at, cancel_at, discard_hook)
+            select p.new_id, p_queue, p.task_name, p.params, coalesce(p.o->'headers', '{}'),
+                   coalesce((p.o->>'max_attempts')::integer, 3), p.o->'retry',
+                   case when p.o ? 'timeout' then durable.seconds(p.o->'timeout', 'timeout') end,
+                   case when p.o ? 'heartbeat_timeout'
+                        then durable.seconds(p.o->'heartbeat_timeout', 'heartbeat_timeout') end,
+                   p.prio, p.key, v_now,
+                   case when p.o ? 'tags' then durable.text_list(p.o->'tags', 'tags') else '{}' end,
+                   nullif(p.o->>'partition_key', ''), (p.o->>'parent_task_id')::uuid, p.cancellation,
+                   p.available_at,
+                   case when p.cancellation is not null
+                        then durable.first_cancel_at(p.cancellation, p.available_at) end,
+                   coalesce((p.o->>'on_discard')::boolean, false)
+              from prepared p order by p.ord
+            on conflict (queue, idempotency_key) where idempotency_key is not null do nothing
+            returning task_id
+        ), rins as (
+            insert into durable.runs (run_id, task_id, queue, attempt, priority, partition_key, state,
+                                      available_at, created_at)
+            select p.new_run, p.new_id, p_queue, 1, p.prio, nullif(p.o->>'partition_key', ''), 'pending',
+                   p.available_at, v_now
+              from prepared p join ins on ins.task_id = p.new_id
+            returning available_at
+        )
+        select array_agg(p.new_id order by p.ord), array_agg(p.new_run order by p.ord),
+               array_agg(p.key order by p.ord), array_agg(ins.task_id is not null order by p.ord),
+               (select count(*) from rins where rins.available_at <= v_now)
+          into v_ids, v_runs, v_keys, v_created, v_ready
+          from prepared p left join ins on ins.task_id = p.new_id;
     end if;
-    with items as materialized (
-        select x.ord, x.i->>'task_name' as task_name, coalesce(x.i->'params', 'null') as params,
-               coalesce(x.i->'options', '{}') as o, durable.uuidv7_seq(v_ms, x.ord) as new_id,
-               durable.uuidv7_seq(v_ms, x.ord) as new_run
-          from jsonb_array_elements(p_items) with ordinality as x(i, ord)
-    ), prepared as (
-        select i.*, i.o->>'idempotency_key' as key, coalesce((i.o->>'priority')::integer, 0) as prio,
-               case when i.o ? 'at' or i.o ? 'delay' then durable.start_time(i.o, v_now)
-                    else v_now end as available_at,
-               nullif(i.o->'cancellation', 'null') as cancellation
-          from items i
-    ), ins as (
-        insert into durable.tasks (task_id, queue, task_name, params, headers, max_attempts, retry,
-                                   timeout_s, heartbeat_timeout_s, priority, idempotency_key,
-                                   created_at, tags, partition_key, parent_task_id, cancellation,
-                                   scheduled_at, cancel_at, discard_hook)
-        select p.new_id, p_queue, p.task_name, p.params, coalesce(p.o->'headers', '{}'),
-               coalesce((p.o->>'max_attempts')::integer, 3), p.o->'retry',
-               case when p.o ? 'timeout' then durable.seconds(p.o->'timeout', 'timeout') end,
-               case when p.o ? 'heartbeat_timeout'
-                    then durable.seconds(p.o->'heartbeat_timeout', 'heartbeat_timeout') end,
-               p.prio, p.key, v_now,
-               case when p.o ? 'tags' then durable.text_list(p.o->'tags', 'tags') else '{}' end,
-               nullif(p.o->>'partition_key', ''), (p.o->>'parent_task_id')::uuid, p.cancellation,
-               p.available_at,
-               case when p.cancellation is not null
-                    then durable.first_cancel_at(p.cancellation, p.available_at) end,
-               coalesce((p.o->>'on_discard')::boolean, false)
-          from prepared p order by p.ord
-        on conflict (queue, idempotency_key) where idempotency_key is not null do nothing
-        returning task_id
-    ), rins as (
-        insert into durable.runs (run_id, task_id, queue, attempt, priority, partition_key, state,
-                                  available_at, created_at)
-        select p.new_run, p.new_id, p_queue, 1, p.prio, nullif(p.o->>'partition_key', ''), 'pending',
-               p.available_at, v_now
-          from prepared p join ins on ins.task_id = p.new_id
-        returning available_at
-    )
-    select array_agg(p.new_id order by p.ord), array_agg(p.new_run order by p.ord),
-           array_agg(p.key order by p.ord), array_agg(ins.task_id is not null order by p.ord),
-           (select count(*) from rins where rins.available_at <= v_now)
-      into v_ids, v_runs, v_keys, v_created, v_ready
-      from prepared p left join ins on ins.task_id = p.new_id;
     if v_ready > 0 then
         perform pg_notify('durable_work', p_queue);
     end if;
-    if false <> all(v_created) then  -- every item made a new task: nothing to look up
+    -- every item made a new task (the plain path leaves v_created null): nothing to look up
+    if v_created is null or false <> all(v_created) then
         return query
             select u.id, u.rid, 1, true
               from unnest(v_ids, v_runs) with ordinality as u(id, rid, ord)
