@@ -52,14 +52,14 @@ class RunControl:
         self.last_beat = time.monotonic()
         self.scope = anyio.CancelScope()
         self.stop_reason: str | None = None  # "lease_lost" | "heartbeat_timeout" | "release"
-        self.started = False  # the handler was called (a claimed-ahead run waits for a slot)
+        self.started = False  # it holds a handler slot (a claimed-ahead run waits for one)
         self.finished = False  # the handler is done; only its outcome write is left
 
     def beat(self) -> None:
         self.last_beat = time.monotonic()
 
     def start(self) -> None:
-        """The handler starts now: its heartbeat clock starts with it."""
+        """It got its handler slot and runs now: its heartbeat clock starts with it."""
         self.started = True
         self.beat()
 

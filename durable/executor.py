@@ -147,7 +147,6 @@ async def execute(
     ctx = TaskContext(client, control, writes, definition.app)
     watch = observer.run_started(claim) if observer is not None else None
     ended = _UNWRITTEN
-    control.start()
     try:
         with control.scope:
             try:

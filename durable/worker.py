@@ -397,6 +397,7 @@ class Worker:
                 if control.stop_reason != "lease_lost":
                     await self._hand_back(control, 0)  # draining: another worker takes it now
                 return
+            control.start()  # its handler, discard hook or unknown-task deferral runs now
             definition = self.app.registry.get(claim.task_name)
             if claim.task_name == DISCARD_TASK:
                 if not await run_discard_hook(self.app, control):
