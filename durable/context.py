@@ -42,6 +42,17 @@ if TYPE_CHECKING:
     from durable.group_commit import RunWrites
 
 
+@functools.cache
+def _scope_class() -> type[anyio.CancelScope]:
+    return type(anyio.CancelScope())
+
+
+def cancel_scope(*, shield: bool = False) -> anyio.CancelScope:
+    """``anyio.CancelScope(shield=shield)`` for the per-run hot path: the event loop's own scope
+    class, looked up once (durable runs on asyncio only) instead of on every call."""
+    return _scope_class()(shield=shield)
+
+
 class RunControl:
     """The executor's handle on one run: liveness marks and the reason it was stopped."""
 
@@ -50,7 +61,7 @@ class RunControl:
         self.ids = run_fields(claim)  # the run's log fields, computed once
         self._on_finish = on_finish
         self.last_beat = time.monotonic()
-        self.scope = anyio.CancelScope()
+        self.scope = cancel_scope()
         self.stop_reason: str | None = None  # "lease_lost" | "heartbeat_timeout" | "release"
         self.started = False  # it holds a handler slot (a claimed-ahead run waits for one)
         self.finished = False  # the handler is done; only its outcome write is left

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 import structlog
 
-from durable.context import RunControl, TaskContext
+from durable.context import RunControl, TaskContext, cancel_scope
 from durable.errors import (
     BatcherClosed,
     DurableError,
@@ -49,7 +49,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("durable")
 
-#: How long an outcome write may take during shutdown before it is given up.
+#: How long an outcome write may take during shutdown before it is given up (a batched
+#: completion is bounded by its batcher's own deadline instead).
 OUTCOME_WRITE_TIMEOUT_S = 15.0
 
 
@@ -175,7 +176,11 @@ async def execute(
     control.finish()
     if control.stop_reason is not None and outcome[0] != "suspended":
         outcome = (control.stop_reason, outcome[1])
-    with anyio.move_on_after(OUTCOME_WRITE_TIMEOUT_S, shield=True):
+    if outcome[0] == "complete" and writes is not None:
+        shield = cancel_scope(shield=True)  # the common case: no timer to set and clear
+    else:
+        shield = anyio.move_on_after(OUTCOME_WRITE_TIMEOUT_S, shield=True)
+    with shield:
         ended = await _write_outcome(client, definition, control, outcome, ids, writes, ctx)
     if watch is not None:
         watch.run_ended(ended)
