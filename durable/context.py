@@ -56,10 +56,16 @@ def cancel_scope(*, shield: bool = False) -> anyio.CancelScope:
 class RunControl:
     """The executor's handle on one run: liveness marks and the reason it was stopped."""
 
-    def __init__(self, claim: Claim, on_finish: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        claim: Claim,
+        on_finish: Callable[[], None] | None = None,
+        on_end: Callable[[RunControl], None] | None = None,
+    ) -> None:
         self.claim = claim
         self.ids = run_fields(claim)  # the run's log fields, computed once
         self._on_finish = on_finish
+        self._on_end = on_end
         self.last_beat = time.monotonic()
         self.scope = cancel_scope()
         self.stop_reason: str | None = None  # "lease_lost" | "heartbeat_timeout" | "release"
@@ -81,6 +87,11 @@ class RunControl:
         self.finished = True
         if self._on_finish is not None:
             self._on_finish()
+
+    def end(self) -> None:
+        """Its outcome is written (or given up): the worker lets go of it."""
+        if self._on_end is not None:
+            self._on_end(self)
 
     def stop(self, reason: str) -> None:
         """Cancel the run's scope, remembering why (the first reason wins)."""

@@ -140,8 +140,12 @@ async def execute(
     control: RunControl,
     writes: RunWrites | None = None,
     observer: RunObserver | None = None,
-) -> None:
-    """Run ``control.claim`` to its outcome. Never raises for the handler's sake."""
+) -> bool:
+    """Run ``control.claim`` to its outcome. Never raises for the handler's sake.
+
+    True when the outcome, a completion, was handed to the batcher without waiting for it (no
+    observer is watching the run): ``control.end()`` is called once it is written. False: the
+    outcome is written (or given up) already."""
     claim = control.claim
     ids = control.ids
     outcome: tuple[str, Any] = ("release", None)
@@ -177,13 +181,39 @@ async def execute(
     if control.stop_reason is not None and outcome[0] != "suspended":
         outcome = (control.stop_reason, outcome[1])
     if outcome[0] == "complete" and writes is not None:
-        shield = cancel_scope(shield=True)  # the common case: no timer to set and clear
+        if watch is None and _hand_over(writes, control, outcome[1]):
+            return True
+        shield = cancel_scope(shield=True)  # no timer to set and clear: the batcher bounds it
     else:
         shield = anyio.move_on_after(OUTCOME_WRITE_TIMEOUT_S, shield=True)
     with shield:
         ended = await _write_outcome(client, definition, control, outcome, ids, writes, ctx)
     if watch is not None:
         watch.run_ended(ended)
+    return False
+
+
+def _hand_over(writes: RunWrites, control: RunControl, result: Any) -> bool:
+    """Queue the run's completion without waiting for it (the short task's hot path); False
+    when it cannot be (the result is not JSON, the batcher is closing): write it as usual."""
+    try:
+        encoded = encode_json(result, "result")
+    except NotSerializable:
+        return False
+    ids = control.ids
+
+    def written(ok: bool, error: DurableError | None) -> None:
+        if error is not None:
+            log.error("run.outcome_not_written", outcome="complete", error=str(error), **ids)
+        elif ok:
+            log.info("run.completed", **ids)
+        else:
+            log.warning("lease.lost", **ids)
+        control.end()
+
+    return writes.completions.hand_over(
+        control.claim.queue, (control.claim.run_id, encoded), written
+    )
 
 
 async def _run_handler(

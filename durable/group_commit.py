@@ -6,6 +6,10 @@ behind a completion): completions (``complete_runs``) and checkpoints (``set_che
 Nothing waits to fill a batch: under light load every write goes out at once; under load, writes
 queue up behind the one in flight and share the next. Each item is still fenced on its own: it
 comes back False when its run's lease was lost, and the rest of the batch goes on.
+
+A writer either awaits its item (:meth:`GroupCommit.submit`) or hands it over with a callback
+(:meth:`GroupCommit.hand_over`: a short task's runner goes on to its next run at once). A batcher
+that is closing writes what it was given before it stops.
 """
 
 from __future__ import annotations
@@ -28,14 +32,17 @@ MAX_BATCH = 500
 Item = TypeVar("Item")
 #: Writes one queue's items in one statement; per item, whether its run still held its lease.
 WriteBatch = Callable[[str, list[Item]], Awaitable[Sequence[bool]]]
+#: Told how a handed-over item's write went: written (False: the lease was lost), or the error.
+OnWritten = Callable[[bool, DurableError | None], None]
 
 
 class _Pending(Generic[Item]):
-    __slots__ = ("error", "item", "queue", "written")
+    __slots__ = ("error", "item", "on_written", "queue", "written")
 
-    def __init__(self, queue: str, item: Item) -> None:
+    def __init__(self, queue: str, item: Item, on_written: OnWritten | None = None) -> None:
         self.queue = queue
         self.item = item
+        self.on_written = on_written
         self.written = False
         self.error: DurableError | None = None
 
@@ -73,6 +80,16 @@ class GroupCommit(Generic[Item]):
             raise pending.error
         return pending.written
 
+    def hand_over(self, queue: str, item: Item, on_written: OnWritten) -> bool:
+        """Queue ``item`` for the next write without waiting for it: ``on_written`` is called
+        (in the batcher's task) once it is written or has failed. False when the batcher is
+        closed: nothing was queued."""
+        if self._closed:
+            return False
+        self._next.items.append(_Pending(queue, item, on_written))
+        self._ready.set()
+        return True
+
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
@@ -85,12 +102,14 @@ class GroupCommit(Generic[Item]):
                 # shielded: a batch in flight is finished (or failed) even while shutting down
                 with anyio.CancelScope(shield=True):
                     await self._write(batch.items)
-                batch.done.set()
+                _finish(batch)
         finally:
-            self._closed = True
-            for pending in self._next.items:
-                pending.error = BatcherClosed()
-            self._next.done.set()
+            self._closed = True  # later items are written by their writers, one by one
+            batch = self._next
+            if batch.items:  # what was queued before closing is written, not dropped
+                with anyio.CancelScope(shield=True):
+                    await self._write(batch.items)
+            _finish(batch)
 
     async def _write(self, batch: list[_Pending[Item]]) -> None:
         by_queue: dict[str, list[_Pending[Item]]] = defaultdict(list)
@@ -109,6 +128,14 @@ class GroupCommit(Generic[Item]):
                 else:
                     for pending, ok in zip(items, written, strict=True):
                         pending.written = ok
+
+
+def _finish(batch: _Batch[Any]) -> None:
+    """Tell a written (or failed) batch's writers: callbacks first, then those who wait."""
+    for pending in batch.items:
+        if pending.on_written is not None:
+            pending.on_written(pending.written, pending.error)
+    batch.done.set()
 
 
 class RunWrites:

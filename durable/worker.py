@@ -27,7 +27,7 @@ import anyio
 import structlog
 
 from durable import tracing
-from durable.context import RunControl
+from durable.context import RunControl, cancel_scope
 from durable.cron import run_cron_jobs
 from durable.errors import DatabaseUnavailable, DurableError, check_queue_name
 from durable.executor import DISCARD_TASK, combine_observers, execute, run_discard_hook
@@ -231,6 +231,7 @@ class Worker:
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
+                await self._hand_back_unstarted()
                 if self.metrics is not None:
                     await self.metrics.close()
                 if self._listener is not None:
@@ -302,10 +303,13 @@ class Worker:
         waiting out the backoff delay, or less when drained or the LISTEN connection is back)."""
         opts = self.options
         try:
-            claims = await within(
-                self._db_timeout,
-                self.app.client.claim(queue, self.worker_id, opts.claim_timeout, free),
-            )
+            # shielded: runs a claim took are handed back if the worker is cancelled meanwhile
+            # (see run's finally), not left to lapse into a crash
+            with cancel_scope(shield=True):
+                claims = await within(
+                    self._db_timeout,
+                    self.app.client.claim(queue, self.worker_id, opts.claim_timeout, free),
+                )
         except DatabaseUnavailable as exc:
             delay = self._unavailable("claim", backoff, exc)
             if not self._draining.is_set():
@@ -369,7 +373,7 @@ class Worker:
         return min(limit - unfinished, limit + 2 * self.options.concurrency - len(self.active))
 
     def _start(self, runs: asyncio.Queue[RunControl | None], claim: Claim) -> None:
-        control = RunControl(claim, on_finish=self._handler_done)
+        control = RunControl(claim, on_finish=self._handler_done, on_end=self._run_ended)
         self.active[claim.run_id] = control
         log.info("run.claimed", **control.ids, worker=self.worker_id)
         runs.put_nowait(control)  # a runner is free: there are as many as active runs can be
@@ -379,13 +383,17 @@ class Worker:
         self._ahead.handler_done()
         self._slot_freed.set()
 
+    def _run_ended(self, control: RunControl) -> None:
+        self.active.pop(control.claim.run_id, None)
+        self._slot_freed.set()
+
     async def _runner(self, claimed: asyncio.Queue[RunControl | None]) -> None:
         while (control := await claimed.get()) is not None:
             await self._run_one(control)
 
     async def _run_one(self, control: RunControl) -> None:
         claim = control.claim
-        holds_slot = False
+        holds_slot = handed_over = False
         try:
             try:
                 await self._handler_slots.acquire()
@@ -405,12 +413,14 @@ class Worker:
             elif definition is None:
                 await self._defer_unknown(control)
             else:
-                await execute(self.app.client, definition, control, self._writes, self._observer)
+                handed_over = await execute(
+                    self.app.client, definition, control, self._writes, self._observer
+                )
         finally:
-            self.active.pop(claim.run_id, None)
             if holds_slot and not control.finished:
                 control.finish()  # frees the handler slot
-            self._slot_freed.set()
+            if not handed_over:  # else the batcher ends it once its completion is written
+                control.end()
 
     async def _defer_unknown(self, control: RunControl) -> None:
         """A task this worker's code does not know (a rolling deploy): hand it back for later."""
@@ -438,6 +448,13 @@ class Worker:
             else:
                 if delay == 0:
                     log.info("run.released", **control.ids)
+
+    async def _hand_back_unstarted(self) -> None:
+        """Runs claimed but never started, left when the worker was cancelled outright (a
+        drain starts none and hands them back itself): back to their queue, due now."""
+        for control in [c for c in self.active.values() if not c.started]:
+            await self._hand_back(control, 0)
+            self.active.pop(control.claim.run_id, None)
 
     async def _finish_or_release(self) -> None:
         """Draining: wait up to the grace period, then release what still runs."""

@@ -1,5 +1,7 @@
 """A worker claims short tasks ahead of its free slots, yet never runs more handlers at once
-than its concurrency, and a drain hands the runs it claimed ahead straight back."""
+than its concurrency, and a drain hands the runs it claimed ahead straight back. Completions
+are queued for the batcher without the runner waiting: a worker cancelled outright still
+writes the ones it queued."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ class Watch:
 
     def __init__(self) -> None:
         self.calls: Counter[int] = Counter()
+        self.returned: Counter[int] = Counter()
         self.running = 0
         self.most_running = 0
         self.saw_waiting = False
@@ -43,6 +46,7 @@ def short_task_app(dsn: str, watch: Watch) -> Durable:
             watch.saw_waiting = True
         try:
             await anyio.sleep(0.001)
+            watch.returned[params["i"]] += 1
         finally:
             watch.running -= 1
         if sum(watch.calls.values()) >= watch.stop_after:
@@ -117,3 +121,34 @@ async def test_a_drain_hands_back_runs_claimed_ahead_without_running_them(dsn: s
         await run_until(app, watch, concurrency, n)
     assert set(watch.calls.values()) == {1}
     assert len(watch.calls) == n
+
+
+async def test_a_cancelled_worker_writes_the_completions_it_queued(dsn: str) -> None:
+    watch = Watch()
+    app = short_task_app(dsn, watch)
+    n, concurrency = 1000, 20
+    async with app:
+        task_ids = await spawn_short(app, n)
+        watch.stop_after = 300
+        async with anyio.create_task_group() as tg:  # cancelled below: no drain
+            await tg.start(
+                lambda task_status: app.run_worker(
+                    [QUEUE], concurrency, handle_signals=False, task_status=task_status
+                )
+            )
+            with anyio.fail_after(60):
+                await watch.enough.wait()
+            tg.cancel_scope.cancel()
+        returned = set(watch.returned)
+        assert returned
+        for task_id in task_ids:
+            record = await app.client.get_task(None, task_id)
+            if record.params["i"] in returned:  # its handler returned: its completion is written
+                assert record.state is TaskState.COMPLETED, record
+            else:  # cancelled mid-handler or never started: handed back, no attempt spent
+                assert record.state is TaskState.PENDING, record
+                assert all(r.failure_reason is None for r in record.runs), record
+
+        await run_until(app, watch, concurrency, n + len(watch.calls) - len(returned))
+    assert sorted(watch.returned) == list(range(n))
+    assert set(watch.returned.values()) == {1}, "a completed task ran again"
