@@ -3,8 +3,9 @@
 ``make bench`` measures durable alone; ``make bench-peers`` adds pgqueuer, procrastinate, Absurd
 and DBOS, each installed from PyPI into a virtual environment of its own under ``bench/.venvs``.
 Every cell is the median of ``--repeat`` runs, each in a fresh database created for it and dropped
-after, on ``$DURABLE_DSN`` if set, else the embedded server. The machine's ceiling (``pgbench``
-simple-update at 1 and 8 clients) is printed with the table. It reports; it asserts nothing.
+after, on ``$DURABLE_DSN`` if set, else the embedded server; the systems take turns (round by
+round, one run of each). The machine's ceiling (``pgbench`` simple-update at 1 and 8 clients) is
+printed with the table. It reports; it asserts nothing.
 """
 
 from __future__ import annotations
@@ -363,14 +364,17 @@ async def main(args: argparse.Namespace) -> None:
         if args.pgbench_seconds:
             ceiling = await pgbench_ceiling(server.dsn, args.pgbench_seconds)
         for workload in workloads:
-            for system in systems:
-                row = next(r for r in table_rows if r.workload == workload)
-                if row.only and row.only != system:
-                    continue
-                cell = cells.setdefault((workload, system), Cell())
-                here = [*options, f"--n={args.steps_n}"] if workload == "steps3" else options
-                repeat = args.backlog_repeat if workload == "backlog" else args.repeat
-                for _ in range(repeat):
+            row = next(r for r in table_rows if r.workload == workload)
+            here = [*options, f"--n={args.steps_n}"] if workload == "steps3" else options
+            repeat = args.backlog_repeat if workload == "backlog" else args.repeat
+            # the systems take turns, one run each per round: a machine whose speed drifts over
+            # minutes slows every column alike, so the ratios hold
+            turns = [s for s in systems if not row.only or row.only == s]
+            for _ in range(repeat):
+                for system in turns:
+                    cell = cells.setdefault((workload, system), Cell())
+                    if cell.skipped() is not None:
+                        continue  # a skip is the same every time
                     result = await measure(server.dsn, system, workload, here, args.timeout)
                     print(
                         f"  {system:13} {workload:13} {json.dumps(result)}",
@@ -381,8 +385,6 @@ async def main(args: argparse.Namespace) -> None:
                         cell.errors.append(result["error"])
                     else:
                         cell.values.append(result)
-                    if "skip" in result:
-                        break  # a skip is the same every time
     print()
     print(render(table_rows, systems, cells))
     print()
