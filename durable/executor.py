@@ -18,6 +18,7 @@ error)`` once, after it is recorded.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import traceback
 import uuid
@@ -229,12 +230,18 @@ async def _run_handler(
 
 
 async def _call(fn: Callable[..., Any], ctx: TaskContext, params: Any) -> Any:
-    if inspect.iscoroutinefunction(fn):
+    if _is_async(fn):
         return await fn(ctx, params)
     result = await anyio.to_thread.run_sync(fn, ctx, params, abandon_on_cancel=True)
     if inspect.isawaitable(result):
         return await result
     return result
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_async(fn: Callable[..., Any]) -> bool:
+    """Whether a handler is a coroutine function (asked once per handler, not once per run)."""
+    return inspect.iscoroutinefunction(fn)
 
 
 async def _write_outcome(

@@ -67,6 +67,7 @@ value), options, a result, a step's value, an error. Larger values raise
 jsonb value is about 255 MiB, but every claim, retry and replay carries the value again."""
 
 _JSON_NUL: Final = b"\\u0000"
+_NULL: Final = RawJson(b"null")
 
 
 def encode_json(value: Any, what: str) -> RawJson:
@@ -76,6 +77,8 @@ def encode_json(value: Any, what: str) -> RawJson:
     integers beyond 64 bits, NaN and infinities), a NUL character (jsonb cannot store
     ``\\u0000``) and more than :data:`MAX_PAYLOAD_BYTES` of JSON (:class:`PayloadTooLarge`).
     """
+    if value is None:
+        return _NULL  # what most handlers return
     if isinstance(value, RawJson):
         return value
     try:
