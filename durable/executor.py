@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 import structlog
 
-from durable.context import RunControl, TaskContext, cancel_scope
+from durable.context import RunControl, TaskContext
 from durable.errors import (
     BatcherClosed,
     DurableError,
@@ -50,8 +50,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("durable")
 
-#: How long an outcome write may take during shutdown before it is given up (a batched
-#: completion is bounded by its batcher's own deadline instead).
+#: How long an outcome write may take during shutdown before it is given up (a completion
+#: handed over to the batcher is bounded by the batcher's own deadline instead).
 OUTCOME_WRITE_TIMEOUT_S = 15.0
 
 
@@ -181,13 +181,14 @@ async def execute(
     control.finish()
     if control.stop_reason is not None and outcome[0] != "suspended":
         outcome = (control.stop_reason, outcome[1])
-    if outcome[0] == "complete" and writes is not None:
-        if watch is None and _hand_over(writes, control, outcome[1]):
-            return True
-        shield = cancel_scope(shield=True)  # no timer to set and clear: the batcher bounds it
-    else:
-        shield = anyio.move_on_after(OUTCOME_WRITE_TIMEOUT_S, shield=True)
-    with shield:
+    if (
+        outcome[0] == "complete"
+        and writes is not None
+        and watch is None
+        and _hand_over(writes, control, outcome[1])
+    ):
+        return True
+    with anyio.move_on_after(OUTCOME_WRITE_TIMEOUT_S, shield=True):
         ended = await _write_outcome(client, definition, control, outcome, ids, writes, ctx)
     if watch is not None:
         watch.run_ended(ended)
