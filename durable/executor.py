@@ -207,15 +207,22 @@ def _hand_over(writes: RunWrites, control: RunControl, result: Any) -> bool:
     def written(ok: bool, error: DurableError | None) -> None:
         if error is not None:
             log.error("run.outcome_not_written", outcome="complete", error=str(error), **ids)
-        elif ok:
-            log.info("run.completed", **ids)
         else:
-            log.warning("lease.lost", **ids)
+            _completion_written(ok, ids)
         control.end()
 
     return writes.completions.hand_over(
         control.claim.queue, (control.claim.run_id, encoded), written
     )
+
+
+def _completion_written(completed: bool, ids: dict[str, Any]) -> RunOutcome:
+    """Log a completion's write: completed, or refused because the run lost its lease."""
+    if completed:
+        log.info("run.completed", **ids)
+        return _COMPLETED
+    log.warning("lease.lost", **ids)
+    return _LEASE_LOST
 
 
 async def _run_handler(
@@ -263,11 +270,7 @@ async def _write_outcome(
             except NotSerializable as exc:  # the result is not JSON: the run failed
                 await _fail(client, definition, control, FailureReason.ERRORED, exc, ids, ctx)
                 return RunOutcome("failed", FailureReason.ERRORED, exc)
-            if await _complete(client, writes, control, encoded):
-                log.info("run.completed", **ids)
-                return _COMPLETED
-            log.warning("lease.lost", **ids)
-            return _LEASE_LOST
+            return _completion_written(await _complete(client, writes, control, encoded), ids)
         if kind == "release":
             await client.schedule_run(claim.queue, claim.run_id, 0)
             log.info("run.released", **ids)

@@ -70,11 +70,10 @@ class GroupCommit(Generic[Item]):
         self._closed = False
 
     async def submit(self, queue: str, item: Item) -> bool:
-        if self._closed:
+        pending = _Pending(queue, item)
+        batch = self._join(pending)
+        if batch is None:
             raise BatcherClosed
-        batch, pending = self._next, _Pending(queue, item)
-        batch.items.append(pending)
-        self._ready.set()
         await batch.done.wait()
         if pending.error is not None:
             raise pending.error
@@ -84,11 +83,16 @@ class GroupCommit(Generic[Item]):
         """Queue ``item`` for the next write without waiting for it: ``on_written`` is called
         (in the batcher's task) once it is written or has failed. False when the batcher is
         closed: nothing was queued."""
+        return self._join(_Pending(queue, item, on_written)) is not None
+
+    def _join(self, pending: _Pending[Item]) -> _Batch[Item] | None:
+        """Add ``pending`` to the batch the next write takes; None when the batcher is closed."""
         if self._closed:
-            return False
-        self._next.items.append(_Pending(queue, item, on_written))
+            return None
+        batch = self._next
+        batch.items.append(pending)
         self._ready.set()
-        return True
+        return batch
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED

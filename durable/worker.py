@@ -454,7 +454,7 @@ class Worker:
         drain starts none and hands them back itself): back to their queue, due now."""
         for control in [c for c in self.active.values() if not c.started]:
             await self._hand_back(control, 0)
-            self.active.pop(control.claim.run_id, None)
+            control.end()
 
     async def _finish_or_release(self) -> None:
         """Draining: wait up to the grace period, then release what still runs."""
