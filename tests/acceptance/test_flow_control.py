@@ -586,11 +586,12 @@ async def test_a_global_limit_holds_across_three_workers(
                 return True if n >= n_tasks else None
 
             await wait_for(all_done, timeout=40, what=f"{n_tasks} limited tasks to run")
+            # a handler notes done_exec before its outcome commits: let the workers write it
+            records = [await wait_finished(client, s.task_id, timeout=10) for s in spawned]
 
         rows = await side.fetch("select task_id, step, at from step_exec order by at")
         done = await side.fetch("select task_id from done_exec")
 
-    records = [await client.get_task(None, s.task_id) for s in spawned]
     assert all(r.state is TaskState.COMPLETED for r in records)
     assert all(len(r.runs) == 1 for r in records)  # no lease lost, no retry
     assert Counter(r["task_id"] for r in done) == dict.fromkeys((s.task_id for s in spawned), 1)
@@ -619,12 +620,13 @@ async def test_a_rate_limit_spreads_the_starts_over_its_periods(
                 return True if n >= n_tasks else None
 
             await wait_for(all_done, timeout=30, what=f"{n_tasks} rated tasks to run")
+            # a handler notes done_exec before its outcome commits: let the worker write it
+            records = [await wait_finished(client, s.task_id, timeout=10) for s in spawned]
 
         recorded = sorted(
             r["at"] for r in await side.fetch("select at from step_exec where step = 'start'")
         )
 
-    records = [await client.get_task(None, s.task_id) for s in spawned]
     assert all(r.state is TaskState.COMPLETED for r in records)
     claimed = sorted(r.runs[0].started_at for r in records if r.runs[0].started_at is not None)
     assert len(claimed) == len(recorded) == n_tasks
