@@ -17,9 +17,9 @@ import anyio
 import asyncpg
 
 from durable.client import Client
-from durable.config import resolve_dsn
-from durable.embedded import start_embedded, stop_embedded
-from durable.store import describe_dsn
+from durable.protocol.dsn import resolve_dsn
+from durable.protocol.embedded import start_embedded, stop_embedded
+from durable.protocol.store import describe_dsn
 
 # Query keys that would name another database than the URL's path (asyncpg reads ``database``).
 _DATABASE_KEYS = frozenset({"database", "dbname"})

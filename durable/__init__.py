@@ -1,9 +1,18 @@
-"""durable: durable asyncio tasks on PostgreSQL."""
+"""durable: durable asyncio tasks on PostgreSQL.
 
-from durable.app import Durable, TaskDefinition, TaskHandle
+The public face: every name a user needs, re-exported from the layer that defines it (see
+``docs/architecture.md``). Importing it also plugs the optional surfaces, tracing and metrics,
+into the client and the runtime (they install themselves when imported; each costs nothing
+until used).
+"""
+
+from importlib import metadata as _metadata
+
+from durable import metrics as _metrics  # noqa: F401 — installs itself (see above)
+from durable import tracing as _tracing  # noqa: F401 — installs itself (see above)
+from durable.app import Durable
 from durable.client import Client
-from durable.context import TaskContext
-from durable.errors import (
+from durable.protocol.errors import (
     DatabaseUnavailable,
     DurableError,
     EventTimeout,
@@ -18,8 +27,8 @@ from durable.errors import (
     TaskNotFound,
     UnknownTask,
 )
-from durable.failures import reason_class_counts
-from durable.records import (
+from durable.protocol.failures import reason_class_counts
+from durable.protocol.records import (
     Cancellation,
     Checkpoint,
     ChildTask,
@@ -43,8 +52,15 @@ from durable.records import (
     TaskState,
     Unique,
 )
-from durable.retry import Exponential, Fixed
-from durable.worker import Worker
+from durable.protocol.retry import Exponential, Fixed
+from durable.runtime.context import TaskContext
+from durable.runtime.registry import TaskDefinition, TaskHandle
+from durable.runtime.worker import Worker
+
+try:
+    __version__ = _metadata.version("durable")
+except _metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "Cancellation",

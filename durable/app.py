@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import signal
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Unpack, overload
@@ -16,15 +15,11 @@ import anyio
 import structlog
 
 from durable.client import Client
-from durable.cron import CronExpr, CronJob
-from durable.errors import TaskFailed, UnknownTask, check_queue_name
-from durable.records import (
-    Cancellation,
+from durable.protocol.records import (
     FailedWork,
     FailedWorkState,
     FailureGroup,
     FailureReason,
-    RateLimit,
     ReasonClass,
     Retention,
     SpawnInfo,
@@ -33,108 +28,13 @@ from durable.records import (
     TaskRecord,
     TaskResult,
     TaskState,
-    Unique,
-    spawn_options,
 )
-from durable.retention import PruneRule, prune_rules
-from durable.retry import Backoff, RetryStrategy
-from durable.store import CHANNEL_DONE, Listener
-from durable.worker import Worker, WorkerOptions
+from durable.runtime.cron import CronJob
+from durable.runtime.registry import Handler, Registry, TaskDefinition, TaskHandle, TaskKwargs
+from durable.runtime.retention import PruneRule
+from durable.runtime.worker import Worker, WorkerKwargs, WorkerOptions
 
 log = structlog.get_logger("durable")
-
-Handler = Callable[..., Any]
-#: ``on_discard(ctx, error)``, sync or async: the task failed for good.
-DiscardHook = Callable[[Any, BaseException], Any]
-
-#: How often a result() waiter checks that the LISTEN connection is still open (no query).
-LISTENER_CHECK_S = 1.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TaskDefinition:
-    """A registered handler and its default spawn options."""
-
-    app: Durable
-    name: str
-    fn: Handler
-    queue: str
-    max_attempts: int | None = None
-    retry: RetryStrategy | None = None
-    timeout: float | timedelta | None = None
-    heartbeat_timeout: float | timedelta | None = None
-    priority: int = 0
-    headers: dict[str, Any] | None = None
-    backoff: Backoff | None = None
-    tags: Sequence[str] | None = None
-    unique: Unique | None = None
-    cancellation: Cancellation | None = None
-    global_limit: int | None = None
-    rate_limit: RateLimit | None = None
-    on_discard: DiscardHook | None = None
-    retention: Retention | None = None
-
-    async def __call__(self, ctx: Any, params: Any) -> Any:
-        """Call the handler directly (no durability): useful in unit tests of the handler."""
-        result = self.fn(ctx, params)
-        if inspect.isawaitable(result):
-            return await result
-        return result
-
-    def options(self, **overrides: Unpack[SpawnKwargs]) -> SpawnOptions:
-        defaults = {
-            "max_attempts": self.max_attempts,
-            "retry": self.retry,
-            "timeout": self.timeout,
-            "heartbeat_timeout": self.heartbeat_timeout,
-            "priority": self.priority,
-            "headers": self.headers,
-            "tags": self.tags,
-            "unique": self.unique,
-            "cancellation": self.cancellation,
-            "on_discard": self.on_discard is not None,
-        }
-        return spawn_options(defaults, overrides)
-
-    async def spawn(
-        self, params: Any = None, *, queue: str | None = None, **options: Unpack[SpawnKwargs]
-    ) -> TaskHandle:
-        """Spawn this task; options given here override the ones on ``@app.task``."""
-        return await self.app.spawn_with(
-            queue or self.queue, self.name, params, self.options(**options)
-        )
-
-
-@dataclass(slots=True)
-class TaskHandle:
-    """What a spawn returns: the task's identity, and ``await handle.result()``."""
-
-    app: Durable
-    queue: str
-    task_name: str
-    task_id: uuid.UUID
-    run_id: uuid.UUID
-    attempt: int
-    created: bool
-
-    async def result(self, timeout: float | None = None) -> TaskResult:
-        """Wait until the task ends; raise :class:`TaskFailed` if it failed or was cancelled."""
-        return await self.app.result(self.task_id, timeout=timeout, queue=self.queue)
-
-
-@dataclass(slots=True)
-class _ResultWaiters:
-    events: dict[uuid.UUID, set[anyio.Event]] = field(default_factory=dict)
-
-    def notify(self, payload: str) -> None:
-        """A ``durable_done`` payload: one task id, or several separated by commas."""
-        for text in payload.split(","):
-            try:
-                task_id = uuid.UUID(text)
-            except ValueError:
-                continue
-            for event in self.events.pop(task_id, ()):
-                event.set()
 
 
 class Durable:
@@ -155,12 +55,6 @@ class Durable:
         retention: Retention | None = None,
         retention_interval: float = 60.0,
     ) -> None:
-        if retention_interval <= 0:
-            raise ValueError("retention_interval must be positive")
-        self.default_queue = check_queue_name(default_queue)
-        #: How long finished tasks are kept; workers prune every ``retention_interval`` s.
-        self.retention = retention
-        self.retention_interval = retention_interval
         self.client = Client(
             dsn,
             migrate=migrate,
@@ -168,12 +62,31 @@ class Durable:
             statement_cache_size=statement_cache_size,
             command_timeout=command_timeout,
         )
-        self.registry: dict[str, TaskDefinition] = {}
-        self.crons: list[CronJob] = []
-        self._waiters = _ResultWaiters()
-        self._listener: Listener | None = None
-        self._listener_lock = anyio.Lock()
+        #: The tasks, cron jobs and retention rules of this app: what its workers run.
+        self.registry = Registry(
+            self.client,
+            default_queue=default_queue,
+            retention=retention,
+            retention_interval=retention_interval,
+        )
         self._entered = 0
+
+    @property
+    def default_queue(self) -> str:
+        return self.registry.default_queue
+
+    @property
+    def retention(self) -> Retention | None:
+        """How long finished tasks are kept; workers prune every ``retention_interval`` s."""
+        return self.registry.retention
+
+    @property
+    def retention_interval(self) -> float:
+        return self.registry.retention_interval
+
+    @property
+    def crons(self) -> list[CronJob]:
+        return self.registry.crons
 
     # --- registry -------------------------------------------------------------------------------
 
@@ -182,49 +95,11 @@ class Durable:
 
     @overload
     def task(
-        self,
-        fn: None = None,
-        /,
-        *,
-        name: str | None = None,
-        queue: str | None = None,
-        max_attempts: int | None = None,
-        retry: RetryStrategy | None = None,
-        timeout: float | timedelta | None = None,
-        heartbeat_timeout: float | timedelta | None = None,
-        priority: int = 0,
-        headers: dict[str, Any] | None = None,
-        backoff: Backoff | None = None,
-        tags: Sequence[str] | None = None,
-        unique: Unique | None = None,
-        cancellation: Cancellation | None = None,
-        global_limit: int | None = None,
-        rate_limit: RateLimit | None = None,
-        on_discard: DiscardHook | None = None,
-        retention: Retention | None = None,
+        self, fn: None = None, /, **options: Unpack[TaskKwargs]
     ) -> Callable[[Handler], TaskDefinition]: ...
 
     def task(
-        self,
-        fn: Handler | None = None,
-        /,
-        *,
-        name: str | None = None,
-        queue: str | None = None,
-        max_attempts: int | None = None,
-        retry: RetryStrategy | None = None,
-        timeout: float | timedelta | None = None,
-        heartbeat_timeout: float | timedelta | None = None,
-        priority: int = 0,
-        headers: dict[str, Any] | None = None,
-        backoff: Backoff | None = None,
-        tags: Sequence[str] | None = None,
-        unique: Unique | None = None,
-        cancellation: Cancellation | None = None,
-        global_limit: int | None = None,
-        rate_limit: RateLimit | None = None,
-        on_discard: DiscardHook | None = None,
-        retention: Retention | None = None,
+        self, fn: Handler | None = None, /, **options: Unpack[TaskKwargs]
     ) -> TaskDefinition | Callable[[Handler], TaskDefinition]:
         """Register a handler ``(ctx, params) -> JSON``; bare or with options.
 
@@ -236,37 +111,12 @@ class Durable:
         error)`` is called once when the task fails for good (its last attempt failed).
         ``retention`` overrides the app's for this task name (see :class:`durable.Retention`).
         """
-        if global_limit is not None and global_limit < 1:
+        global_limit = options.get("global_limit")
+        if global_limit is not None and global_limit < 1:  # refused before the decorator is used
             raise ValueError("global_limit must be at least 1")
 
         def register(handler: Handler) -> TaskDefinition:
-            task_name = name or handler.__name__
-            if task_name in self.registry:
-                raise ValueError(f"a task named {task_name!r} is already registered")
-            definition = TaskDefinition(
-                app=self,
-                name=task_name,
-                fn=handler,
-                queue=check_queue_name(queue or self.default_queue),
-                max_attempts=max_attempts,
-                retry=retry,
-                timeout=timeout,
-                heartbeat_timeout=heartbeat_timeout,
-                priority=priority,
-                headers=headers,
-                backoff=backoff,
-                tags=tags,
-                unique=unique,
-                cancellation=cancellation,
-                global_limit=global_limit,
-                rate_limit=rate_limit,
-                on_discard=on_discard,
-                retention=retention,
-            )
-            # validate the defaults now rather than at the first spawn
-            definition.options().to_json()
-            self.registry[task_name] = definition
-            return definition
+            return self.registry.register(handler, **options)
 
         return register(fn) if fn is not None else register
 
@@ -287,9 +137,6 @@ class Durable:
         self._entered -= 1
         if self._entered == 0:
             with anyio.CancelScope(shield=True):
-                listener, self._listener = self._listener, None
-                if listener is not None:
-                    await listener.close()
                 await self.client.close()
 
     # --- producing ------------------------------------------------------------------------------
@@ -304,31 +151,12 @@ class Durable:
     ) -> TaskHandle:
         """Spawn by name. A producer that does not register the task must name its ``queue``;
         the options of ``@app.task`` apply only where the task is registered."""
-        definition = self.registry.get(task_name)
-        if definition is not None:
-            return await self.spawn_with(
-                queue or definition.queue, task_name, params, definition.options(**options)
-            )
-        if queue is None:
-            raise UnknownTask(task_name)
-        return await self.spawn_with(queue, task_name, params, spawn_options({}, options))
+        return await self.registry.spawn(task_name, params, queue=queue, **options)
 
     async def spawn_with(
         self, queue: str, task_name: str, params: Any, options: SpawnOptions
     ) -> TaskHandle:
-        info: SpawnInfo = await self.client.spawn(queue, task_name, params, options)
-        log.info(
-            "task.spawned",
-            queue=queue,
-            task_name=task_name,
-            task_id=str(info.task_id),
-            run_id=str(info.run_id),
-            attempt=info.attempt,
-            created=info.created,
-        )
-        return TaskHandle(
-            self, queue, task_name, info.task_id, info.run_id, info.attempt, info.created
-        )
+        return await self.registry.spawn_with(queue, task_name, params, options)
 
     # --- results and operations -----------------------------------------------------------------
 
@@ -336,41 +164,7 @@ class Durable:
         self, task_id: uuid.UUID, *, timeout: float | None = None, queue: str | None = None
     ) -> TaskResult:
         """Wait for the task to end (woken by NOTIFY); raise :class:`TaskFailed` unless done."""
-        await self._ensure_listener()
-        with anyio.fail_after(timeout):
-            while True:
-                event = anyio.Event()
-                self._waiters.events.setdefault(task_id, set()).add(event)
-                try:
-                    outcome = await self.client.get_result(queue, task_id)
-                    if outcome.state.finished:
-                        break
-                    await self._until_notified(event)
-                finally:
-                    waiting = self._waiters.events.get(task_id)
-                    if waiting is not None:
-                        waiting.discard(event)
-                        if not waiting:
-                            del self._waiters.events[task_id]
-        if outcome.state is not TaskState.COMPLETED:
-            raise TaskFailed(task_id, str(outcome.state), outcome.failure)
-        return outcome
-
-    async def _until_notified(self, event: anyio.Event) -> None:
-        """Wait for the task's notification, or for the LISTEN connection to have been lost and
-        re-opened (a notification may have been missed meanwhile): no query per waiting task."""
-        while True:
-            with anyio.move_on_after(LISTENER_CHECK_S):
-                await event.wait()
-                return
-            if self._listener is None or self._listener.closed:
-                await self._ensure_listener()
-                return
-
-    async def _ensure_listener(self) -> None:
-        async with self._listener_lock:
-            if self._listener is None or self._listener.closed:
-                self._listener = await self.client.listen({CHANNEL_DONE: self._waiters.notify})
+        return await self.client.result(queue, task_id, timeout=timeout)
 
     async def cancel(self, task_id: uuid.UUID, *, queue: str | None = None) -> None:
         await self.client.cancel(queue, task_id)
@@ -473,8 +267,7 @@ class Durable:
 
     def prune_rules(self) -> list[PruneRule]:
         """The retention rules of this app and its tasks (empty: nothing is pruned by age)."""
-        per_task = {d.name: d.retention for d in self.registry.values() if d.retention}
-        return prune_rules(self.retention, per_task)
+        return self.registry.prune_rules()
 
     def cron(
         self,
@@ -489,64 +282,38 @@ class Durable:
         """Spawn ``task`` with ``params`` at every slot of cron expression ``expr`` (UTC), once
         per slot however many workers run the scheduler: every worker serving the task's queue
         runs it, and the slot's idempotency key keeps one spawn per slot."""
-        definition = self.registry.get(task) if isinstance(task, str) else task
-        task_name = task if isinstance(task, str) else task.name
-        task_queue = queue or (definition.queue if definition else None)
-        if task_queue is None:
-            raise UnknownTask(task_name)
-        job = CronJob(
-            name=name or f"{task_name}:{expr}",
-            schedule=CronExpr.parse(expr),
-            task_name=task_name,
-            queue=check_queue_name(task_queue),
-            params=params,
-            options=definition.options(**options) if definition else spawn_options({}, options),
-        )
-        if any(existing.name == job.name for existing in self.crons):
-            raise ValueError(f"a cron job named {job.name!r} is already registered")
-        self.crons.append(job)
-        return job
+        return self.registry.add_cron(expr, task, params, name=name, queue=queue, **options)
 
     # --- consuming ------------------------------------------------------------------------------
 
     async def run_worker(
         self,
-        queues: list[str] | tuple[str, ...] | None = None,
-        concurrency: int = 10,
-        claim_timeout: float = 60.0,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        claim_timeout: float | None = None,
         *,
-        poll_interval: float = 2.0,
-        grace_period: float = 30.0,
-        unknown_task_defer: float = 60.0,
-        worker_id: str | None = None,
         handle_signals: bool = True,
-        metrics_port: int | None = None,
-        metrics_host: str = "127.0.0.1",
-        metrics_interval: float = 5.0,
         task_status: anyio.abc.TaskStatus[Worker] = anyio.TASK_STATUS_IGNORED,
+        **options: Unpack[WorkerKwargs],
     ) -> None:
         """Claim and run tasks until cancelled or, with ``handle_signals``, SIGTERM/SIGINT drain.
 
-        ``queues`` defaults to every queue a registered task uses. With ``metrics_port`` (0: any
-        free port) the worker serves Prometheus metrics at ``http://metrics_host:port/metrics``
-        (needs ``durable[metrics]``), refreshing queue depths every ``metrics_interval`` seconds.
+        ``queues`` defaults to every queue a registered task uses; the other options and their
+        defaults are :class:`~durable.runtime.worker.WorkerOptions`'s (``concurrency=10``,
+        ``claim_timeout=60.0``, ...). With ``metrics_port`` (0: any free port) the worker serves
+        Prometheus metrics at ``http://metrics_host:port/metrics`` (needs ``durable[metrics]``),
+        refreshing queue depths every ``metrics_interval`` seconds.
         """
         if queues is None:
             queues = sorted({d.queue for d in self.registry.values()}) or [self.default_queue]
-        options = WorkerOptions(
-            queues=tuple(queues),
-            concurrency=concurrency,
-            claim_timeout=claim_timeout,
-            poll_interval=poll_interval,
-            grace_period=grace_period,
-            unknown_task_defer=unknown_task_defer,
-            worker_id=worker_id,
-            metrics_port=metrics_port,
-            metrics_host=metrics_host,
-            metrics_interval=metrics_interval,
+        worker_options = WorkerOptions(queues=tuple(queues), **options)
+        worker_options = dataclasses.replace(
+            worker_options,
+            concurrency=worker_options.concurrency if concurrency is None else concurrency,
+            claim_timeout=worker_options.claim_timeout if claim_timeout is None else claim_timeout,
         )
         async with self:
-            worker = Worker(self, options)
+            worker = Worker(self.registry, worker_options)
             async with anyio.create_task_group() as tg:
                 if handle_signals and threading.current_thread() is threading.main_thread():
                     tg.start_soon(_drain_on_signal, worker)

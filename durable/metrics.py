@@ -32,16 +32,18 @@ import anyio
 import anyio.abc
 import structlog
 
-from durable.errors import DurableError, InvalidArgument
-from durable.heartbeat import within
-from durable.records import FailureReason, TaskState
+from durable.client import Client
+from durable.protocol.errors import DurableError, InvalidArgument
+from durable.protocol.records import Claim, FailureReason, TaskState
+from durable.runtime import instruments
+from durable.runtime.deadlines import within
+from durable.runtime.outcome import Outcome, RunEnded
 
 if TYPE_CHECKING:
     from prometheus_client import Counter, Histogram
 
     from durable.client import Client
-    from durable.executor import RunOutcome
-    from durable.records import Claim
+    from durable.protocol.records import Claim
 
 log = structlog.get_logger("durable")
 
@@ -239,23 +241,23 @@ class _TaskSeries:
         self.failed: dict[str, Counter] = {}  # by failure reason
         self.duration: dict[str, Histogram] = {}  # by outcome
 
-    def observe(self, ended: RunOutcome, elapsed: float) -> None:
-        outcome = ended.outcome
+    def observe(self, ended: RunEnded, elapsed: float) -> None:
+        outcome = ended.outcome.label
         duration = self.duration.get(outcome)
         if duration is None:
             duration = self.duration[outcome] = self._metrics.run_duration.labels(
                 *self._task, outcome
             )
         duration.observe(elapsed)
-        if outcome == "completed":
+        if ended.outcome is Outcome.COMPLETED:
             self.completed.inc()
-        elif outcome == "failed":
+        elif ended.reason is not None:
             reason = str(ended.reason)
             failed = self.failed.get(reason)
             if failed is None:
                 failed = self.failed[reason] = self._metrics.runs_failed.labels(*self._task, reason)
             failed.inc()
-        elif outcome == "lease_lost":
+        elif ended.outcome is Outcome.LEASE_LOST:
             self.lease_lost.inc()
 
 
@@ -268,7 +270,7 @@ class _RunMetrics:
         self._series = series
         self._started = started
 
-    def run_ended(self, ended: RunOutcome) -> None:
+    def run_ended(self, ended: RunEnded) -> None:
         self._series.observe(ended, time.perf_counter() - self._started)
 
 
@@ -299,3 +301,12 @@ def _response(status: bytes, content_type: bytes, body: bytes, *, head_only: boo
         b"Connection: close\r\n\r\n"
     )
     return head if head_only else head + body
+
+
+def _worker_metrics(
+    queues: Sequence[str], host: str, port: int, interval: float, tasks: Iterable[tuple[str, str]]
+) -> WorkerMetrics:
+    return WorkerMetrics(queues=queues, host=host, port=port, interval=interval, tasks=tasks)
+
+
+instruments.install_metrics(_worker_metrics)

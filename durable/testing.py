@@ -32,13 +32,13 @@ import structlog
 
 from durable.app import Durable
 from durable.client import Client
-from durable.context import RunControl
-from durable.errors import DatabaseUnavailable, UnknownTask, check_queue_name
-from durable.executor import execute
-from durable.records import Claim, RunRecord, RunState, TaskRecord
-from durable.retry import seconds
-from durable.store import Store
-from durable.telemetry import run_fields
+from durable.protocol.durations import seconds
+from durable.protocol.errors import DatabaseUnavailable, UnknownTask, check_queue_name
+from durable.protocol.records import Claim, RunRecord, RunState, TaskRecord
+from durable.protocol.store import Store
+from durable.runtime.context import RunControl, run_fields
+from durable.runtime.executor import execute
+from durable.runtime.outcome import Outcome
 
 __all__ = ["Harness", "RunOutcome"]
 
@@ -348,7 +348,7 @@ class Harness:
         return RunOutcome(
             claim=claim,
             crashed=crashed,
-            lease_lost=control.stop_reason == "lease_lost",
+            lease_lost=control.stop_reason is Outcome.LEASE_LOST,
             checkpoints=tuple(faults.written),
             task=await client.get_task(claim.queue, claim.task_id),
         )

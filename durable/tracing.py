@@ -31,7 +31,11 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from durable.records import JSON, FailureReason, SpawnInfo, SpawnOptions
+from durable.client import instruments as client_instruments
+from durable.client.instruments import NO_TRACE, SpawnTrace
+from durable.protocol.records import JSON, Claim, FailureReason, SpawnInfo, SpawnOptions
+from durable.runtime import instruments as runtime_instruments
+from durable.runtime.outcome import Outcome, RunEnded
 
 try:
     from opentelemetry import context as otel_context
@@ -48,8 +52,7 @@ if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.trace import Span, Tracer, TracerProvider
 
-    from durable.executor import RunOutcome
-    from durable.records import Claim
+    from durable.protocol.records import Claim
 
 #: The header whose presence means the caller chose the task's trace context itself.
 TRACEPARENT = "traceparent"
@@ -94,37 +97,6 @@ def _tracer_from(provider: TracerProvider) -> Tracer | None:
 
 
 # --- spawn ----------------------------------------------------------------------------------------
-
-
-class SpawnTrace:
-    """What ``Client.spawn`` does for tracing: ``with`` it around the spawn, pass each task's
-    options through :meth:`options`, report the spawn. This base does nothing (no tracing)."""
-
-    __slots__ = ()
-
-    def __enter__(self) -> SpawnTrace:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
-
-    def options(self, options: SpawnOptions) -> SpawnOptions:
-        """``options`` with the trace context in its headers (a new object; never mutated)."""
-        return options
-
-    def spawned(self, info: SpawnInfo) -> None:
-        return None
-
-    def spawned_many(self, infos: list[SpawnInfo]) -> None:
-        return None
-
-
-_NO_TRACE = SpawnTrace()
 
 
 class _Propagate(SpawnTrace):
@@ -182,7 +154,7 @@ class _SpawnSpan(SpawnTrace):
 def spawning(queue: str, task_name: str) -> SpawnTrace:
     """The tracing of one spawn of ``task_name`` on ``queue``."""
     if not AVAILABLE:
-        return _NO_TRACE
+        return NO_TRACE
     tracer = _tracer()
     if tracer is None:
         return _propagating()
@@ -196,7 +168,7 @@ def spawning(queue: str, task_name: str) -> SpawnTrace:
 def spawning_many(queue: str, task_names: Iterable[str]) -> SpawnTrace:
     """The tracing of one ``spawn_many`` on ``queue``: one span for the batch."""
     if not AVAILABLE:
-        return _NO_TRACE
+        return NO_TRACE
     tracer = _tracer()
     if tracer is None:
         return _propagating()
@@ -215,10 +187,10 @@ def spawning_many(queue: str, task_names: Iterable[str]) -> SpawnTrace:
 
 def _propagating() -> SpawnTrace:
     if not trace.get_current_span().get_span_context().is_valid:
-        return _NO_TRACE
+        return NO_TRACE
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
-    return _Propagate(carrier) if carrier else _NO_TRACE
+    return _Propagate(carrier) if carrier else NO_TRACE
 
 
 def _with_trace_headers(options: SpawnOptions, carrier: dict[str, str]) -> SpawnOptions:
@@ -247,15 +219,15 @@ class _RunSpan:
         self._span = span
         self._token = token
 
-    def run_ended(self, ended: RunOutcome) -> None:
+    def run_ended(self, ended: RunEnded) -> None:
         span = self._span
-        span.set_attribute("durable.outcome", ended.outcome)
+        span.set_attribute("durable.outcome", ended.outcome.label)
         if ended.reason is not None:
             span.set_attribute("durable.failure_reason", str(ended.reason))
         if ended.error is not None:
             span.record_exception(ended.error)
-        if ended.outcome in ("lease_lost", "unwritten") or (
-            ended.outcome == "failed" and ended.reason is not FailureReason.CANCELLED
+        if ended.outcome in (Outcome.LEASE_LOST, Outcome.UNWRITTEN) or (
+            ended.reason is not None and ended.reason is not FailureReason.CANCELLED
         ):
             reason = ended.reason or ended.outcome
             detail = f"{reason}: {ended.error}" if ended.error is not None else str(reason)
@@ -296,3 +268,19 @@ class RunTracer:
 def run_observer() -> RunTracer | None:
     """The worker's tracing observer; None when OpenTelemetry is not installed."""
     return RunTracer() if AVAILABLE else None
+
+
+class _SpawnTracer:
+    """The spawn tracing the client calls (installed below)."""
+
+    __slots__ = ()
+
+    def spawning(self, queue: str, task_name: str) -> SpawnTrace:
+        return spawning(queue, task_name)
+
+    def spawning_many(self, queue: str, task_names: Iterable[str]) -> SpawnTrace:
+        return spawning_many(queue, task_names)
+
+
+client_instruments.install_spawn_tracer(_SpawnTracer())
+runtime_instruments.install_run_observer(run_observer)

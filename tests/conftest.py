@@ -19,8 +19,8 @@ import asyncpg
 import pytest
 
 from durable.client import Client
-from durable.embedded import EmbeddedServer
-from durable.store import Store
+from durable.protocol.embedded import EmbeddedServer
+from durable.protocol.store import Store
 
 
 @pytest.fixture(scope="session")

@@ -46,7 +46,7 @@ from durable.dashboard.http import (
     encode_response,
     read_request,
 )
-from durable.errors import (
+from durable.protocol.errors import (
     DatabaseUnavailable,
     DurableError,
     InvalidArgument,

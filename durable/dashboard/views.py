@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 
 from durable.client import Client
-from durable.failures import reason_class_counts
-from durable.records import (
+from durable.protocol.failures import reason_class_counts
+from durable.protocol.records import (
     FailedWork,
     FailedWorkState,
     FailureGroup,

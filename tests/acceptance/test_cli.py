@@ -25,7 +25,7 @@ import anyio.abc
 import pytest
 
 from durable.client import Client
-from durable.records import RunState, SpawnOptions, TaskRecord, TaskResult, TaskState
+from durable.protocol.records import RunState, SpawnOptions, TaskRecord, TaskResult, TaskState
 
 pytestmark = pytest.mark.anyio
 

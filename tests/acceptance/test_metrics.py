@@ -18,7 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from worker_app import QUEUE, running_worker, wait_finished, wait_for
 
 from durable import Durable, InvalidArgument, TaskContext, TaskState
-from durable.worker import Worker, WorkerOptions
+from durable.metrics import WorkerMetrics
+from durable.runtime.worker import Worker, WorkerOptions
 
 pytestmark = pytest.mark.anyio
 
@@ -167,8 +168,8 @@ async def test_two_workers_in_one_process_have_registries_of_their_own(dsn: str)
         running_worker(app, metrics_port=0) as first,
         running_worker(app, metrics_port=0) as second,
     ):
-        assert first.metrics is not None
-        assert second.metrics is not None
+        assert isinstance(first.metrics, WorkerMetrics)
+        assert isinstance(second.metrics, WorkerMetrics)
         assert first.metrics.port != second.metrics.port
         assert first.metrics.registry is not second.metrics.registry
 
@@ -177,7 +178,9 @@ async def test_a_metrics_port_in_use_is_a_clear_error(dsn: str) -> None:
     app = Durable(dsn)
     async with running_worker(app, metrics_port=0) as first:
         assert first.metrics is not None
-        second = Worker(app, WorkerOptions(queues=(QUEUE,), metrics_port=first.metrics.port))
+        second = Worker(
+            app.registry, WorkerOptions(queues=(QUEUE,), metrics_port=first.metrics.port)
+        )
         with pytest.raises(InvalidArgument, match="in use; choose another metrics port"):
             await second.run()
 

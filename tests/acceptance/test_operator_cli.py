@@ -17,7 +17,7 @@ import pytest
 from test_cli import durable, section_rows, wait_finished, wait_task, worker
 
 from durable.client import Client
-from durable.records import FailedWorkState, ReasonClass, RunState, TaskState
+from durable.protocol.records import FailedWorkState, ReasonClass, RunState, TaskState
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

@@ -56,7 +56,7 @@ from durable import (
     TaskState,
     Unique,
 )
-from durable.cron import CronExpr
+from durable.runtime.cron import CronExpr
 
 pytestmark = pytest.mark.anyio
 

@@ -40,8 +40,8 @@ import anyio.abc
 import asyncpg
 
 import durable
-from durable.telemetry import configure_logging
-from durable.worker import Worker
+from durable.cli.logs import configure_logging
+from durable.runtime.worker import Worker
 
 QUEUE = "default"
 HERE = Path(__file__).resolve().parent

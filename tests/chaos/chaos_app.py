@@ -29,7 +29,7 @@ import anyio
 import asyncpg
 
 import durable
-from durable.telemetry import configure_logging
+from durable.cli.logs import configure_logging
 
 QUEUE = "chaos"
 TASK_NAME = "chaos_steps"

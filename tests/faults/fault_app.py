@@ -58,7 +58,7 @@ import anyio.abc
 import structlog
 
 import durable
-from durable.telemetry import configure_logging
+from durable.cli.logs import configure_logging
 
 QUEUE = "default"
 HERE = Path(__file__).resolve().parent

@@ -37,7 +37,7 @@ from durable import (
     TaskResult,
     TaskState,
 )
-from durable.embedded import EmbeddedServer
+from durable.protocol.embedded import EmbeddedServer
 
 pytestmark = pytest.mark.anyio
 

@@ -14,7 +14,7 @@ from fault_app import QUEUE, fault_worker, wait_all_finished, wait_event, wait_f
 from fault_proxy import tcp_proxy
 
 from durable import Client, FailureReason, RunState, SpawnOptions, TaskState
-from durable.store import describe_dsn
+from durable.protocol.store import describe_dsn
 
 pytestmark = pytest.mark.anyio
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import with_database
 
 from durable.client import Client
-from durable.errors import (
+from durable.protocol.errors import (
     DatabaseUnavailable,
     DurableError,
     InvalidArgument,
@@ -21,7 +21,7 @@ from durable.errors import (
     NotSerializable,
     TaskNotFound,
 )
-from durable.records import SpawnOptions
+from durable.protocol.records import SpawnOptions
 
 pytestmark = pytest.mark.anyio
 

@@ -12,8 +12,8 @@ import asyncpg
 import pytest
 
 from durable.client import Client
-from durable.errors import InvalidState, LeaseLost
-from durable.records import (
+from durable.protocol.errors import InvalidState, LeaseLost
+from durable.protocol.records import (
     FailureReason,
     RunState,
     SpawnInfo,

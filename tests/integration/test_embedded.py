@@ -14,8 +14,8 @@ import anyio
 import asyncpg
 import pytest
 
-from durable.embedded import EmbeddedServer, default_home, start_embedded, stop_embedded
-from durable.errors import DatabaseUnavailable
+from durable.protocol.embedded import EmbeddedServer, default_home, start_embedded, stop_embedded
+from durable.protocol.errors import DatabaseUnavailable
 
 pytestmark = pytest.mark.embedded
 
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHILD = """
 import asyncio, pathlib, sys, time
 import asyncpg
-from durable.embedded import EmbeddedServer
+from durable.protocol.embedded import EmbeddedServer
 
 server = EmbeddedServer(pathlib.Path(sys.argv[1]))
 dsn = server.start()

@@ -23,7 +23,7 @@ from conftest import with_database
 
 import durable
 from durable import Durable, TaskContext, TaskState
-from durable.migrate import load_migrations
+from durable.protocol.migrate import load_migrations
 
 pytestmark = pytest.mark.anyio
 

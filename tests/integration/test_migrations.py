@@ -10,11 +10,11 @@ import asyncpg
 import pytest
 from conftest import with_database
 
-from durable import migrate
 from durable.client import Client
-from durable.errors import SchemaError
-from durable.migrate import load_migrations
-from durable.store import Store
+from durable.protocol import migrate
+from durable.protocol.errors import SchemaError
+from durable.protocol.migrate import load_migrations
+from durable.protocol.store import Store
 
 pytestmark = pytest.mark.anyio
 

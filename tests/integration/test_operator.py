@@ -8,8 +8,8 @@ import pytest
 
 import durable
 from durable.client import Client
-from durable.errors import InvalidArgument, InvalidState
-from durable.records import (
+from durable.protocol.errors import InvalidArgument, InvalidState
+from durable.protocol.records import (
     FailedWorkState,
     FailureReason,
     ReasonClass,
@@ -18,7 +18,7 @@ from durable.records import (
     SpawnOptions,
     TaskState,
 )
-from durable.retention import prune, prune_rules
+from durable.runtime.retention import prune, prune_rules
 
 pytestmark = pytest.mark.anyio
 

@@ -27,15 +27,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from durable.client import Client
-from durable.errors import (
+from durable.protocol.codec import MAX_PAYLOAD_BYTES, RawJson
+from durable.protocol.errors import (
     QUEUE_NAME_RE,
     InvalidArgument,
     InvalidQueueName,
     NotSerializable,
     PayloadTooLarge,
 )
-from durable.records import SpawnOptions, TaskState
-from durable.store import MAX_PAYLOAD_BYTES, RawJson
+from durable.protocol.records import SpawnOptions, TaskState
 
 T = TypeVar("T")
 

@@ -17,8 +17,8 @@ import asyncpg
 import pytest
 
 from durable.client import Client
-from durable.errors import InvalidArgument, InvalidState, LeaseLost, TaskNotFound
-from durable.records import (
+from durable.protocol.errors import InvalidArgument, InvalidState, LeaseLost, TaskNotFound
+from durable.protocol.records import (
     FailureReason,
     RunRecord,
     RunState,
@@ -26,8 +26,8 @@ from durable.records import (
     SpawnOptions,
     TaskState,
 )
-from durable.retry import DEFAULT_RETRY, Exponential, Fixed, RetryStrategy, delay_bounds
-from durable.store import CHANNEL_DONE, CHANNEL_WORK
+from durable.protocol.retry import DEFAULT_RETRY, Exponential, Fixed, RetryStrategy, delay_bounds
+from durable.protocol.store import CHANNEL_DONE, CHANNEL_WORK
 
 pytestmark = pytest.mark.anyio
 
@@ -764,7 +764,7 @@ async def test_list_failed_runs_lists_failed_runs_newest_first(client: Client) -
     assert await client.list_failed_runs("other") == []
 
 
-# --- durable.next_delay: the SQL backoff agrees with durable.retry.delay_bounds ---------------
+# --- durable.next_delay: the SQL backoff agrees with durable.protocol.retry.delay_bounds ------
 
 _SAMPLE = """
 select min(d), max(d) from (select durable.next_delay($1, $2) as d from generate_series(1, 400)) s

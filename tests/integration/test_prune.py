@@ -8,8 +8,8 @@ import asyncpg
 import pytest
 
 from durable.client import Client
-from durable.errors import InvalidArgument
-from durable.records import FailureReason, TaskState
+from durable.protocol.errors import InvalidArgument
+from durable.protocol.records import FailureReason, TaskState
 
 pytestmark = pytest.mark.anyio
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from durable.cron import CronExpr
-from durable.errors import InvalidArgument
+from durable.protocol.errors import InvalidArgument
+from durable.runtime.cron import CronExpr
 
 
 def utc(

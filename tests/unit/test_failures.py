@@ -7,9 +7,9 @@ import socket
 
 import pytest
 
-from durable.errors import DatabaseUnavailable, NotSerializable
-from durable.failures import classify_error
-from durable.records import ReasonClass
+from durable.protocol.errors import DatabaseUnavailable, NotSerializable
+from durable.protocol.failures import classify_error
+from durable.protocol.records import ReasonClass
 
 
 class PaymentGatewayDown(ConnectionError):

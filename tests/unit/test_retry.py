@@ -7,13 +7,13 @@ from datetime import timedelta
 
 import pytest
 
-from durable.retry import (
+from durable.protocol.durations import seconds
+from durable.protocol.retry import (
     DEFAULT_RETRY,
     Exponential,
     Fixed,
     delay_bounds,
     retry_from_json,
-    seconds,
 )
 
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from durable.records import FailedWork, ReasonClass
+from durable.protocol.records import FailedWork, ReasonClass
 
 _TIMEOUT_TYPES = frozenset({"builtins.TimeoutError"})
 _TIMEOUT_SUFFIXES = ("Timeout", "TimeoutError", "TimeoutException")
@@ -59,7 +59,7 @@ _TRANSPORT_TYPES = frozenset(
         "socket.herror",
         "ssl.SSLError",
         "urllib.error.URLError",
-        "durable.errors.DatabaseUnavailable",
+        "durable.protocol.errors.DatabaseUnavailable",
     }
 )
 _TRANSPORT_SUFFIXES = (
@@ -78,8 +78,8 @@ _VALIDATION_TYPES = frozenset(
         "builtins.AttributeError",
         "builtins.AssertionError",
         "builtins.NotImplementedError",
-        "durable.errors.NotSerializable",
-        "durable.errors.UnknownTask",
+        "durable.protocol.errors.NotSerializable",
+        "durable.protocol.errors.UnknownTask",
     }
 )
 _VALIDATION_SUFFIXES = ("ValidationError",)

@@ -9,78 +9,31 @@
 * :class:`LivenessThread`: the worker's liveness from a thread with its own connection, so a
   handler that blocks the event loop lets its lease lapse (reaped as ``heartbeat_timeout``)
   without the worker looking dead (which would read as ``crash``).
-* :func:`within` and :class:`ReconnectBackoff`: every worker call to the database has a deadline
-  (a stalled connection must not hang the worker), and retries while the database is unreachable
-  wait exponentially longer, capped, with jitter.
+
+Every call here has a deadline (:mod:`durable.runtime.deadlines`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Mapping
-from typing import TypeVar
+from collections.abc import Mapping
 
 import anyio
 import structlog
 
 from durable.client import Client
-from durable.context import RunControl
-from durable.errors import DatabaseUnavailable, DurableError
-from durable.store import Store
-from durable.telemetry import run_fields
+from durable.protocol.errors import DurableError
+from durable.protocol.store import Store
+from durable.runtime.context import RunControl, run_fields
+from durable.runtime.deadlines import CLOSE_TIMEOUT_S, db_timeout, within
+from durable.runtime.outcome import Outcome
 
 log = structlog.get_logger("durable")
 
-T = TypeVar("T")
-
 SUPERVISE_TICK_S = 0.1
-#: The first reconnect delay, doubled per failed attempt up to RECONNECT_MAX_S (with jitter).
-RECONNECT_BASE_S = 0.05
-RECONNECT_MAX_S = 5.0
-#: How long closing a connection to an unreachable database may take before it is dropped.
-CLOSE_TIMEOUT_S = 2.0
-#: The least deadline of a worker's call to the database (tests use leases of a second or less).
-MIN_DB_TIMEOUT_S = 0.5
-
-
-def db_timeout(claim_timeout: float) -> float:
-    """The deadline of one worker call to the database: half a lease, so a worker cut off from
-    the database notices while its leases still hold (but never under MIN_DB_TIMEOUT_S)."""
-    return max(claim_timeout / 2, MIN_DB_TIMEOUT_S)
-
-
-async def within(timeout_s: float, op: Awaitable[T]) -> T:
-    """``await op``, or raise :class:`DatabaseUnavailable` if it takes longer than ``timeout_s``
-    (a stalled connection; asyncpg cancels the statement and drops the connection)."""
-    try:
-        with anyio.fail_after(timeout_s):
-            return await op
-    except TimeoutError as exc:
-        raise DatabaseUnavailable(f"no answer from the database within {timeout_s:g}s") from exc
-
-
-class ReconnectBackoff:
-    """Delays between attempts while the database is unreachable: ``base * 2**n``, at most
-    ``cap``, each drawn from its upper half (jitter, so many workers do not retry in step)."""
-
-    def __init__(self, base: float = RECONNECT_BASE_S, cap: float = RECONNECT_MAX_S) -> None:
-        self.base = base
-        self.cap = cap
-        self.attempt = 0  # failed attempts since the last success
-
-    def next_delay(self) -> float:
-        self.attempt += 1
-        ceiling = min(self.cap, self.base * 2 ** min(self.attempt - 1, 32))
-        return random.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> int:
-        """A success: start over; returns how many attempts had failed."""
-        failed, self.attempt = self.attempt, 0
-        return failed
 
 
 async def renew_leases(
@@ -116,7 +69,7 @@ async def renew_leases(
         for run_id in lost:
             control = active.get(run_id)
             if control is not None and not control.finished:
-                control.stop("lease_lost")
+                control.stop(Outcome.LEASE_LOST)
 
 
 def _stop_lapsed(
@@ -138,7 +91,7 @@ def _stop_lapsed(
                 worker=worker_id,
                 unrenewed_s=round(now - renewed_at, 3),
             )
-            control.stop("lease_lost")
+            control.stop(Outcome.LEASE_LOST)
 
 
 async def supervise_heartbeats(active: Mapping[uuid.UUID, RunControl]) -> None:
@@ -151,7 +104,7 @@ async def supervise_heartbeats(active: Mapping[uuid.UUID, RunControl]) -> None:
             if limit is None or not control.started or control.finished:
                 continue  # a run waiting for a handler slot has no heartbeat to miss yet
             if now - control.last_beat > limit:
-                control.stop("heartbeat_timeout")
+                control.stop(Outcome.HEARTBEAT_TIMEOUT)
 
 
 class LivenessThread:

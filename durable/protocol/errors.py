@@ -27,10 +27,9 @@ from __future__ import annotations
 import math
 import re
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from durable.records import Failure
+from durable.protocol.states import Failure
 
 QUEUE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 

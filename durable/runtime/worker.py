@@ -21,34 +21,34 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TypedDict
 
 import anyio
 import structlog
 
-from durable import tracing
-from durable.context import RunControl, cancel_scope
-from durable.cron import run_cron_jobs
-from durable.errors import DatabaseUnavailable, DurableError, check_queue_name
-from durable.executor import DISCARD_TASK, combine_observers, execute, run_discard_hook
-from durable.group_commit import RunWrites
-from durable.heartbeat import (
-    CLOSE_TIMEOUT_S,
-    LivenessThread,
-    ReconnectBackoff,
-    db_timeout,
-    renew_leases,
-    supervise_heartbeats,
-    within,
+from durable.protocol.errors import (
+    DatabaseUnavailable,
+    DurableError,
+    InvalidArgument,
+    check_queue_name,
 )
-from durable.metrics import WorkerMetrics
-from durable.records import Claim
-from durable.retention import run_retention
-from durable.store import CHANNEL_WORK, Listener
-from durable.telemetry import run_fields
-
-if TYPE_CHECKING:
-    from durable.app import Durable
+from durable.protocol.records import Claim
+from durable.protocol.store import CHANNEL_WORK, Listener
+from durable.runtime.context import RunControl, cancel_scope, run_fields
+from durable.runtime.cron import run_cron_jobs
+from durable.runtime.deadlines import CLOSE_TIMEOUT_S, ReconnectBackoff, db_timeout, within
+from durable.runtime.executor import DISCARD_TASK, execute, run_discard_hook
+from durable.runtime.group_commit import RunWrites
+from durable.runtime.instruments import (
+    WorkerMetrics,
+    combine_observers,
+    run_observers,
+    worker_metrics,
+)
+from durable.runtime.leases import LivenessThread, renew_leases, supervise_heartbeats
+from durable.runtime.outcome import Outcome
+from durable.runtime.registry import Registry
+from durable.runtime.retention import run_retention
 
 log = structlog.get_logger("durable")
 
@@ -91,8 +91,25 @@ class ClaimAhead:
         self.runs = min(self.limit, int(ahead))
 
 
+class WorkerKwargs(TypedDict, total=False):
+    """The worker options ``run_worker`` takes by keyword besides ``queues``, ``concurrency`` and
+    ``claim_timeout`` (see :class:`WorkerOptions`, which holds their defaults); a test holds the
+    two equal."""
+
+    poll_interval: float
+    grace_period: float
+    unknown_task_defer: float
+    worker_id: str | None
+    metrics_port: int | None
+    metrics_host: str
+    metrics_interval: float
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerOptions:
+    """How a worker runs; the one place that holds the defaults (``run_worker`` and ``durable
+    worker`` take them from here)."""
+
     queues: tuple[str, ...]
     concurrency: int = 10
     claim_timeout: float = 60.0
@@ -123,10 +140,12 @@ class WorkerOptions:
 
 
 class Worker:
-    """``await Worker(app, options).run()`` until cancelled or drained."""
+    """``await Worker(registry, options).run()`` until cancelled or drained: runs the tasks of
+    ``registry`` (a :class:`Durable`'s ``app.registry``), through the registry's client."""
 
-    def __init__(self, app: Durable, options: WorkerOptions) -> None:
-        self.app = app
+    def __init__(self, registry: Registry, options: WorkerOptions) -> None:
+        self.registry = registry
+        self.client = registry.client
         self.options = options
         self.worker_id = options.worker_id or (
             f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -144,20 +163,22 @@ class Worker:
         self._unknown_logged: set[str] = set()
         self._listener: Listener | None = None
         self._db_timeout = db_timeout(options.claim_timeout)
-        self._writes = RunWrites(app.client, timeout_s=self._db_timeout)
+        self._writes = RunWrites(self.client, timeout_s=self._db_timeout)
         self.metrics: WorkerMetrics | None = None
         if options.metrics_port is not None:
-            self.metrics = WorkerMetrics(
-                queues=options.queues,
-                host=options.metrics_host,
-                port=options.metrics_port,
-                interval=options.metrics_interval,
-                tasks=[
-                    (d.queue, d.name) for d in app.registry.values() if d.queue in options.queues
-                ],
+            self.metrics = worker_metrics(
+                options.queues,
+                options.metrics_host,
+                options.metrics_port,
+                options.metrics_interval,
+                [(d.queue, d.name) for d in registry.definitions_on(options.queues)],
             )
+            if self.metrics is None:
+                raise InvalidArgument(
+                    "a metrics port needs durable's metrics — pip install 'durable[metrics]'"
+                )
         # what watches each run (metrics, tracing); None: nothing is called per run
-        self._observer = combine_observers(self.metrics, tracing.run_observer())
+        self._observer = combine_observers(self.metrics, *run_observers())
 
     @property
     def draining(self) -> bool:
@@ -175,13 +196,13 @@ class Worker:
         self._slot_freed.set()
         for control in list(self.active.values()):
             if force or not control.started:  # a claimed-ahead run goes back at once
-                control.stop("release")
+                control.stop(Outcome.RELEASED)
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         opts = self.options
-        client = self.app.client
+        client = self.client
         ttl = opts.claim_timeout
         await client.register_worker(
             self.worker_id, socket.gethostname(), os.getpid(), opts.queues, ttl
@@ -205,11 +226,11 @@ class Worker:
                 )
                 tg.start_soon(supervise_heartbeats, self.active)
                 tg.start_soon(self._keep_listening)
-                crons = [job for job in self.app.crons if job.queue in opts.queues]
+                crons = [job for job in self.registry.crons if job.queue in opts.queues]
                 if crons:
-                    tg.start_soon(run_cron_jobs, self.app, crons)
-                if rules := self.app.prune_rules():
-                    tg.start_soon(run_retention, client, rules, self.app.retention_interval)
+                    tg.start_soon(run_cron_jobs, client, crons)
+                if rules := self.registry.prune_rules():
+                    tg.start_soon(run_retention, client, rules, self.registry.retention_interval)
                 await tg.start(self._writes.run)
                 if self.metrics is not None:
                     await tg.start(self.metrics.run, client, self._db_timeout)
@@ -246,14 +267,13 @@ class Worker:
     async def _record_limits(self) -> None:
         """The limits of the tasks this worker serves, as their definitions say (the code is
         the source of truth: a definition without limits removes the task's limits)."""
-        for definition in self.app.registry.values():
-            if definition.queue in self.options.queues:
-                await self.app.client.set_limit(
-                    definition.queue,
-                    definition.name,
-                    concurrency=definition.global_limit,
-                    rate=definition.rate_limit,
-                )
+        for definition in self.registry.definitions_on(self.options.queues):
+            await self.client.set_limit(
+                definition.queue,
+                definition.name,
+                concurrency=definition.global_limit,
+                rate=definition.rate_limit,
+            )
 
     def _on_work(self, queue: str) -> None:
         if queue in self.options.queues:
@@ -273,7 +293,7 @@ class Worker:
                 self._listener = None
             try:
                 self._listener = await within(
-                    self._db_timeout, self.app.client.listen({CHANNEL_WORK: self._on_work})
+                    self._db_timeout, self.client.listen({CHANNEL_WORK: self._on_work})
                 )
             except DurableError as exc:
                 self._listen_now = anyio.Event()
@@ -308,7 +328,7 @@ class Worker:
             with cancel_scope(shield=True):
                 claims = await within(
                     self._db_timeout,
-                    self.app.client.claim(queue, self.worker_id, opts.claim_timeout, free),
+                    self.client.claim(queue, self.worker_id, opts.claim_timeout, free),
                 )
         except DatabaseUnavailable as exc:
             delay = self._unavailable("claim", backoff, exc)
@@ -402,19 +422,19 @@ class Worker:
                 raise
             holds_slot = True
             if control.stop_reason is not None or self._draining.is_set():
-                if control.stop_reason != "lease_lost":
+                if control.stop_reason is not Outcome.LEASE_LOST:
                     await self._hand_back(control, 0)  # draining: another worker takes it now
                 return
             control.start()  # its handler, discard hook or unknown-task deferral runs now
-            definition = self.app.registry.get(claim.task_name)
+            definition = self.registry.get(claim.task_name)
             if claim.task_name == DISCARD_TASK:
-                if not await run_discard_hook(self.app, control):
+                if not await run_discard_hook(self.client, self.registry, control):
                     await self._defer_unknown(control)
             elif definition is None:
                 await self._defer_unknown(control)
             else:
                 handed_over = await execute(
-                    self.app.client, definition, control, self._writes, self._observer
+                    self.client, definition, control, self._writes, self._observer
                 )
         finally:
             if holds_slot and not control.finished:
@@ -441,7 +461,7 @@ class Worker:
             try:
                 await within(
                     self._db_timeout,
-                    self.app.client.schedule_run(claim.queue, claim.run_id, delay),
+                    self.client.schedule_run(claim.queue, claim.run_id, delay),
                 )
             except DurableError as exc:
                 log.warning("run.hand_back_failed", **control.ids, error=str(exc))
@@ -463,4 +483,4 @@ class Worker:
                 await self._slot_freed.wait()
                 self._slot_freed = anyio.Event()
         for control in list(self.active.values()):
-            control.stop("release")
+            control.stop(Outcome.RELEASED)

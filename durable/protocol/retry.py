@@ -18,18 +18,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from durable.protocol import durations
+
 #: A custom backoff: ``(attempt, error) -> seconds``; evaluated by the worker, not by SQL.
 Backoff = Callable[[int, BaseException], float | timedelta | Awaitable[float | timedelta]]
-
-
-def seconds(value: float | timedelta | None, *, what: str) -> float | None:
-    """Normalise a duration (seconds or timedelta) to float seconds; reject negatives."""
-    if value is None:
-        return None
-    result = value.total_seconds() if isinstance(value, timedelta) else float(value)
-    if not (0 <= result < math.inf):  # also refuses NaN
-        raise ValueError(f"{what} must be a non-negative duration of finite seconds, got {value!r}")
-    return result
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,7 +31,7 @@ class Fixed:
     seconds: float
 
     def __init__(self, seconds: float | timedelta) -> None:
-        object.__setattr__(self, "seconds", required_seconds(seconds, "Fixed(seconds)"))
+        object.__setattr__(self, "seconds", durations.seconds(seconds, what="Fixed(seconds)"))
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": "fixed", "seconds": self.seconds}
@@ -104,10 +96,3 @@ def _capped_exponential(strategy: Exponential, n: int) -> float:
     if cap <= base or n * math.log(factor) >= math.log(cap / base):
         return cap
     return float(base * factor**n)
-
-
-def required_seconds(value: float | timedelta, what: str) -> float:
-    """:func:`seconds` for a duration that must be given."""
-    result = seconds(value, what=what)
-    assert result is not None
-    return result

@@ -31,14 +31,16 @@ from typing import Any, NoReturn
 import anyio
 
 from durable.app import Durable
+from durable.cli.logs import configure_logging
 from durable.client import Client
-from durable.config import resolve_dsn
+from durable.client.recovery import APPLIES_TO, Action, Change, recover
 from durable.dashboard import serve
-from durable.embedded import default_home
-from durable.errors import DurableError, check_queue_name
-from durable.failures import reason_class_counts
-from durable.migrate import load_migrations
-from durable.records import (
+from durable.protocol.dsn import resolve_dsn
+from durable.protocol.embedded import default_home
+from durable.protocol.errors import DurableError, check_queue_name
+from durable.protocol.failures import reason_class_counts
+from durable.protocol.migrate import load_migrations
+from durable.protocol.records import (
     FailedWork,
     FailedWorkState,
     FailureGroup,
@@ -53,8 +55,6 @@ from durable.records import (
     TaskRecord,
     TaskState,
 )
-from durable.recovery import APPLIES_TO, Action, Change, recover
-from durable.telemetry import configure_logging
 
 __all__ = ["main"]
 

@@ -2,74 +2,36 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any, ClassVar, TypedDict
 
-from durable.retry import RetryStrategy, required_seconds, seconds
+from durable.protocol.durations import seconds
+from durable.protocol.retry import RetryStrategy
+from durable.protocol.states import (
+    JSON,
+    FailedWorkState,
+    Failure,
+    FailureReason,
+    ReasonClass,
+    Recovery,
+    RunState,
+    TaskState,
+)
 
-JSON = Any
-
-
-class TaskState(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    SLEEPING = "sleeping"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self in (TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED)
-
-
-class RunState(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    SLEEPING = "sleeping"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    RELEASED = "released"  # ended without an outcome: deferred, snoozed or released on drain
-    SUSPENDED = "suspended"  # parked by a sleep or a wait: a sleeping run takes over
-
-
-class FailureReason(StrEnum):
-    ERRORED = "errored"
-    JOB_TIMEOUT = "job_timeout"
-    HEARTBEAT_TIMEOUT = "heartbeat_timeout"
-    CRASH = "crash"
-    CANCELLED = "cancelled"
-
-
-class ReasonClass(StrEnum):
-    """A bounded classification of a failure, from its reason and error type (see
-    :mod:`durable.failures`)."""
-
-    TRANSPORT = "transport"
-    VALIDATION = "validation"
-    TIMEOUT = "timeout"
-    CRASH = "crash"
-    EXHAUSTED = "exhausted"
-    UNKNOWN = "unknown"
-
-
-class FailedWorkState(StrEnum):
-    FAILED = "failed"  # dead: runs again only if an operator retries it
-    RETRYING = "retrying"  # failed at least once and will run again (it has a live run)
-
-
-class Recovery(StrEnum):
-    """What an operator's retry of failed work would do."""
-
-    RETRY_FROM_CHECKPOINT = "retry_from_checkpoint"  # a new run replays the recorded steps
-    RETRY = "retry"  # a new run, from the start: nothing was checkpointed
-    NONE = "none"  # nothing to do: the task will run again by itself
-
+__all__ = [
+    "JSON",
+    "FailedWorkState",
+    "Failure",
+    "FailureReason",
+    "ReasonClass",
+    "Recovery",
+    "RunState",
+    "TaskState",
+]
 
 TASK_STATES: tuple[str, ...] = tuple(TaskState)
 
@@ -180,32 +142,87 @@ class RateLimit:
     def __post_init__(self) -> None:
         if self.allowed < 1:
             raise ValueError("a rate limit allows at least 1 start per period")
-        if required_seconds(self.period, what="rate limit period") <= 0:
+        if seconds(self.period, what="rate limit period") <= 0:
             raise ValueError("a rate limit's period must be positive")
+
+
+def _meta(
+    *, to_json: Callable[[Any], JSON] | None = None, cli: str | None = None
+) -> dict[str, Any]:
+    """What a field of :class:`SpawnOptions` says of itself: how it goes into the options
+    document (``to_json``; by default as it is) and, when ``durable spawn`` offers it, the help
+    of its flag (``cli``)."""
+    return {"to_json": to_json, "cli": cli}
+
+
+def _uuid_list(ids: Sequence[uuid.UUID]) -> list[str]:
+    return [str(uuid.UUID(str(d))) for d in ids]
+
+
+def _duration(what: str) -> Callable[[Any], JSON]:
+    return lambda value: seconds(value, what=what)
+
+
+def _to_json(value: Any) -> JSON:
+    return value.to_json()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SpawnOptions:
-    """Options of one spawn. Durations are seconds (float) or ``timedelta``."""
+    """Options of one spawn. Durations are seconds (float) or ``timedelta``.
 
-    idempotency_key: str | None = None
-    max_attempts: int | None = None
-    retry: RetryStrategy | None = None
-    timeout: float | timedelta | None = None
-    heartbeat_timeout: float | timedelta | None = None
-    priority: int = 0
-    delay: float | timedelta | None = None
-    at: datetime | None = None
-    headers: dict[str, JSON] | None = None
-    tags: Sequence[str] | None = None
-    partition_key: str | None = None
-    unique: Unique | None = None
-    cancellation: Cancellation | None = None
-    depends_on: Sequence[uuid.UUID] | None = None
-    parent_task_id: uuid.UUID | None = None
+    Its fields are the one list of spawn options: they make the ``options`` document the SQL
+    protocol takes (:meth:`to_json`), the keyword arguments of ``spawn`` and ``@app.task``
+    (:class:`SpawnKwargs`, :class:`DefinitionOptions`; a test holds them equal) and the flags of
+    ``durable spawn``.
+    """
+
+    idempotency_key: str | None = field(
+        default=None, metadata=_meta(cli="a second spawn with this key returns the first task")
+    )
+    max_attempts: int | None = field(
+        default=None, metadata=_meta(cli="attempts before the task fails for good (default 3)")
+    )
+    retry: RetryStrategy | None = field(default=None, metadata=_meta(to_json=_to_json))
+    timeout: float | timedelta | None = field(
+        default=None, metadata=_meta(to_json=_duration("timeout"), cli="seconds a run may take")
+    )
+    heartbeat_timeout: float | timedelta | None = field(
+        default=None,
+        metadata=_meta(
+            to_json=_duration("heartbeat_timeout"), cli="seconds a run may go without a heartbeat"
+        ),
+    )
+    priority: int = field(default=0, metadata=_meta(cli="higher runs first (default 0)"))
+    delay: float | timedelta | None = field(
+        default=None,
+        metadata=_meta(to_json=_duration("delay"), cli="seconds from now before the first start"),
+    )
+    at: datetime | None = field(
+        default=None,
+        metadata=_meta(
+            to_json=datetime.isoformat, cli="the first start: an ISO 8601 time with its offset"
+        ),
+    )
+    headers: dict[str, JSON] | None = field(default=None, metadata=_meta())
+    tags: Sequence[str] | None = field(
+        default=None, metadata=_meta(to_json=list, cli="a tag (repeat for several)")
+    )
+    partition_key: str | None = field(
+        default=None, metadata=_meta(cli="claims take turns across partitions of a queue")
+    )
+    unique: Unique | None = field(default=None, metadata=_meta(to_json=_to_json))
+    cancellation: Cancellation | None = field(default=None, metadata=_meta(to_json=_to_json))
+    depends_on: Sequence[uuid.UUID] | None = field(
+        default=None,
+        metadata=_meta(
+            to_json=_uuid_list, cli="a task that must complete first (repeat for several)"
+        ),
+    )
+    parent_task_id: uuid.UUID | None = field(default=None, metadata=_meta(to_json=str))
     #: The task has an ``on_discard`` hook (set from ``@app.task``): when its last attempt ends
     #: by a crash, the reaper spawns a ``durable.on_discard`` task so a worker calls the hook.
-    on_discard: bool = False
+    on_discard: bool = field(default=False, metadata=_meta())
 
     def __post_init__(self) -> None:
         if self.tags is not None and (
@@ -224,67 +241,63 @@ class SpawnOptions:
             raise ValueError("headers must be a JSON object (a dict)")
 
     def to_json(self) -> dict[str, JSON]:
-        """The ``options`` document the SQL protocol takes (only the fields that are set)."""
+        """The ``options`` document the SQL protocol takes: every field that is set (not None,
+        not its default of 0 or False, not an empty list), encoded as its field says."""
         doc: dict[str, JSON] = {}
-        if self.idempotency_key is not None:
-            doc["idempotency_key"] = self.idempotency_key
-        if self.max_attempts is not None:
-            doc["max_attempts"] = self.max_attempts
-        if self.retry is not None:
-            doc["retry"] = self.retry.to_json()
-        if (timeout := seconds(self.timeout, what="timeout")) is not None:
-            doc["timeout"] = timeout
-        if (hb := seconds(self.heartbeat_timeout, what="heartbeat_timeout")) is not None:
-            doc["heartbeat_timeout"] = hb
-        if self.priority:
-            doc["priority"] = self.priority
-        if (delay := seconds(self.delay, what="delay")) is not None:
-            doc["delay"] = delay
-        if self.at is not None:
-            doc["at"] = self.at.isoformat()
-        if self.headers is not None:
-            doc["headers"] = self.headers
-        if self.tags:
-            doc["tags"] = list(self.tags)
-        if self.partition_key is not None:
-            doc["partition_key"] = self.partition_key
-        if self.unique is not None:
-            doc["unique"] = self.unique.to_json()
-        if self.cancellation is not None:
-            doc["cancellation"] = self.cancellation.to_json()
-        if self.depends_on:
-            doc["depends_on"] = [str(uuid.UUID(str(d))) for d in self.depends_on]
-        if self.parent_task_id is not None:
-            doc["parent_task_id"] = str(self.parent_task_id)
-        if self.on_discard:
-            doc["on_discard"] = True
+        for name, encode in _SPAWN_FIELDS:
+            value = getattr(self, name)
+            if value is None or value is False or (value == 0 and name == "priority"):
+                continue
+            if isinstance(value, list | tuple) and not value:
+                continue
+            doc[name] = value if encode is None else encode(value)
         return doc
 
+    def merged(self, overrides: Mapping[str, Any]) -> SpawnOptions:
+        """These options with every override that was given (not None) on top."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(self, **given) if given else self
 
-class SpawnKwargs(TypedDict, total=False):
-    """The options a spawn takes (see :class:`durable.SpawnOptions`); None means "not given"."""
 
-    idempotency_key: str | None
+#: (name, encoder) of each spawn option, in the order of the fields.
+_SPAWN_FIELDS: tuple[tuple[str, Callable[[Any], JSON] | None], ...] = tuple(
+    (f.name, f.metadata["to_json"]) for f in dataclasses.fields(SpawnOptions)
+)
+
+
+class DefinitionOptions(TypedDict, total=False):
+    """The spawn options a task definition (``@app.task``) sets for every spawn of the task;
+    None means "not given"."""
+
     max_attempts: int | None
     retry: RetryStrategy | None
     timeout: float | timedelta | None
     heartbeat_timeout: float | timedelta | None
     priority: int | None
-    delay: float | timedelta | None
-    at: datetime | None
     headers: dict[str, Any] | None
     tags: Sequence[str] | None
-    partition_key: str | None
     unique: Unique | None
     cancellation: Cancellation | None
+
+
+class SpawnKwargs(DefinitionOptions, total=False):
+    """The options one spawn takes (see :class:`SpawnOptions`): a definition's, and those that
+    belong to one spawn only."""
+
+    idempotency_key: str | None
+    delay: float | timedelta | None
+    at: datetime | None
+    partition_key: str | None
     depends_on: Sequence[uuid.UUID] | None
 
 
-def spawn_options(defaults: dict[str, Any], overrides: SpawnKwargs) -> SpawnOptions:
-    """``defaults`` with every override that was given (not None) on top."""
-    merged = dict(defaults)
-    merged.update({k: v for k, v in overrides.items() if v is not None})
-    return SpawnOptions(**merged)
+def spawn_options(overrides: Mapping[str, Any]) -> SpawnOptions:
+    """The options of a spawn of a task nobody registered here: the overrides given, on the
+    defaults."""
+    return _NO_OPTIONS.merged(overrides)
+
+
+_NO_OPTIONS = SpawnOptions()
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,34 +324,6 @@ class Claim:
     heartbeat_timeout: float | None
     lease_expires_at: datetime
     has_checkpoints: bool
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Failure:
-    """Why a task's last run failed: the reason, and the error when the handler raised."""
-
-    reason: FailureReason
-    run_id: uuid.UUID | None = None
-    attempt: int | None = None
-    error: dict[str, JSON] | None = None
-
-    @property
-    def message(self) -> str:
-        if not self.error:
-            return ""
-        return f"{self.error.get('type', '')}: {self.error.get('message', '')}".strip(": ")
-
-    @classmethod
-    def from_json(cls, doc: dict[str, JSON] | None) -> Failure | None:
-        if not doc:
-            return None
-        run_id = doc.get("run_id")
-        return cls(
-            reason=FailureReason(doc["reason"]),
-            run_id=uuid.UUID(run_id) if run_id else None,
-            attempt=doc.get("attempt"),
-            error=doc.get("error"),
-        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

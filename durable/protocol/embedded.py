@@ -34,7 +34,7 @@ from urllib.parse import quote
 import anyio.to_thread
 import structlog
 
-from durable.errors import DatabaseUnavailable
+from durable.protocol.errors import DatabaseUnavailable
 
 __all__ = ["EmbeddedServer", "default_home", "start_embedded", "stop_embedded"]
 

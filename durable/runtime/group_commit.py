@@ -23,9 +23,9 @@ import anyio
 import anyio.abc
 
 from durable.client import Client
-from durable.errors import BatcherClosed, DurableError
-from durable.heartbeat import within
-from durable.store import RawJson
+from durable.protocol.codec import RawJson
+from durable.protocol.errors import BatcherClosed, DurableError
+from durable.runtime.deadlines import within
 
 MAX_BATCH = 500
 

@@ -30,16 +30,14 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import MAXYEAR, UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import structlog
 
-from durable.errors import DurableError, InvalidArgument
-from durable.records import SpawnOptions
-
-if TYPE_CHECKING:
-    from durable.app import Durable
+from durable.client import Client
+from durable.protocol.errors import DurableError, InvalidArgument
+from durable.protocol.records import SpawnOptions
 
 __all__ = ["CronExpr", "CronJob", "run_cron_jobs"]
 
@@ -103,7 +101,8 @@ class CronExpr:
 
     @classmethod
     def parse(cls, expr: str) -> CronExpr:
-        """Parse ``expr``; raise :class:`~durable.errors.InvalidArgument` naming the bad field."""
+        """Parse ``expr``; raise :class:`~durable.protocol.errors.InvalidArgument` naming the bad
+        field."""
         if not isinstance(expr, str):
             raise InvalidArgument(f"a cron expression must be a string, got {expr!r}")
         text = expr.strip()
@@ -285,15 +284,15 @@ class CronJob:
         return f"durable:cron:{self.name}:{slot.isoformat()}"
 
 
-async def run_cron_jobs(app: Durable, jobs: Sequence[CronJob]) -> None:
+async def run_cron_jobs(client: Client, jobs: Sequence[CronJob]) -> None:
     """Fire every job at each of its slots until cancelled (a worker runs this for the jobs of
     its queues). A slot missed while the database was unreachable is logged and skipped."""
     async with anyio.create_task_group() as tg:
         for job in jobs:
-            tg.start_soon(_run_cron_job, app, job)
+            tg.start_soon(_run_cron_job, client, job)
 
 
-async def _run_cron_job(app: Durable, job: CronJob) -> None:
+async def _run_cron_job(client: Client, job: CronJob) -> None:
     slot = job.schedule.next_after(datetime.now(UTC))
     while True:
         wait = (slot - datetime.now(UTC)).total_seconds()
@@ -306,7 +305,7 @@ async def _run_cron_job(app: Durable, job: CronJob) -> None:
             job.options, idempotency_key=job.idempotency_key(slot), unique=None
         )
         try:
-            handle = await app.spawn_with(job.queue, job.task_name, job.params, options)
+            info = await client.spawn(job.queue, job.task_name, job.params, options)
         except DurableError as exc:
             log.warning("cron.spawn_failed", cron=job.name, slot=slot.isoformat(), error=str(exc))
         else:
@@ -314,7 +313,7 @@ async def _run_cron_job(app: Durable, job: CronJob) -> None:
                 "cron.fired",
                 cron=job.name,
                 slot=slot.isoformat(),
-                task_id=str(handle.task_id),
-                created=handle.created,
+                task_id=str(info.task_id),
+                created=info.created,
             )
         slot = job.schedule.next_after(max(slot, datetime.now(UTC) - _LATE_SLOT))

@@ -9,13 +9,16 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Unpack
+from typing import Any, Unpack
 
 import anyio
 import orjson
 import structlog
 
-from durable.errors import (
+from durable.client import Client
+from durable.protocol import durations
+from durable.protocol.codec import RawJson, encode_json
+from durable.protocol.errors import (
     BatcherClosed,
     EventTimeout,
     InvalidArgument,
@@ -23,23 +26,28 @@ from durable.errors import (
     Suspended,
     TaskFailed,
 )
-from durable.records import (
+from durable.protocol.records import (
     ChildTask,
     Claim,
     Failure,
     SpawnKwargs,
     TaskResult,
     TaskState,
-    spawn_options,
 )
-from durable.retry import required_seconds, seconds
-from durable.store import RawJson, encode_json
-from durable.telemetry import run_fields
+from durable.runtime.group_commit import RunWrites
+from durable.runtime.outcome import Outcome
+from durable.runtime.registry import Registry, TaskDefinition
 
-if TYPE_CHECKING:
-    from durable.app import Durable, TaskDefinition
-    from durable.client import Client
-    from durable.group_commit import RunWrites
+
+def run_fields(claim: Claim) -> dict[str, Any]:
+    """The keys every run event carries: queue, task_name, task_id, run_id, attempt."""
+    return {
+        "queue": claim.queue,
+        "task_name": claim.task_name,
+        "task_id": str(claim.task_id),
+        "run_id": str(claim.run_id),
+        "attempt": claim.attempt,
+    }
 
 
 @functools.cache
@@ -68,7 +76,8 @@ class RunControl:
         self._on_end = on_end
         self.last_beat = time.monotonic()
         self.scope = cancel_scope()
-        self.stop_reason: str | None = None  # "lease_lost" | "heartbeat_timeout" | "release"
+        #: Why the worker stopped the run: lease_lost, heartbeat_timeout or released.
+        self.stop_reason: Outcome | None = None
         self.started = False  # it holds a handler slot (a claimed-ahead run waits for one)
         self.finished = False  # the handler is done; only its outcome write is left
 
@@ -93,7 +102,7 @@ class RunControl:
         if self._on_end is not None:
             self._on_end(self)
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: Outcome) -> None:
         """Cancel the run's scope, remembering why (the first reason wins)."""
         if self.stop_reason is None:
             self.stop_reason = reason
@@ -106,13 +115,13 @@ class TaskContext:
     def __init__(
         self,
         client: Client,
+        registry: Registry,
         control: RunControl,
         writes: RunWrites | None = None,
-        app: Durable | None = None,
     ) -> None:
         claim = control.claim
         self._client = client
-        self._app = app
+        self._registry = registry
         self._control = control
         self._writes = writes
         self.task_id: uuid.UUID = claim.task_id
@@ -158,7 +167,7 @@ class TaskContext:
         """Durable sleep, recorded as step ``name``: the run is parked (its worker slot freed)
         and the task resumes after ``seconds`` on whichever worker claims it then, even across
         restarts of every worker; finished steps are replayed, not re-run."""
-        await self._sleep(name, seconds=required_seconds(seconds, "sleep seconds"))
+        await self._sleep(name, seconds=durations.seconds(seconds, what="sleep seconds"))
 
     async def sleep_until(self, name: str, when: datetime) -> None:
         """:meth:`sleep` until ``when`` (timezone-aware)."""
@@ -212,19 +221,11 @@ class TaskContext:
         recorded = await self._load_recorded()
         if key not in recorded:
             self._check_lease()
-            definition = (
-                task
-                if not isinstance(task, str)
-                else (self._app.registry.get(task) if self._app is not None else None)
-            )
             if options.get("idempotency_key") is None:
                 options["idempotency_key"] = f"durable:child:{self.task_id}:{key}"
-            spawn_opts = (
-                definition.options(**options)
-                if definition is not None
-                else spawn_options({}, options)
+            child_queue, _, spawn_opts = self._registry.resolve(
+                task, queue, options, fallback_queue=self.queue
             )
-            child_queue = queue or (definition.queue if definition is not None else self.queue)
             info = await self._write(
                 self._client.spawn(
                     child_queue,
@@ -298,7 +299,7 @@ class TaskContext:
         if extend_by is not None:
             await self._write(
                 self._client.extend_claim(
-                    self.queue, self.run_id, seconds(extend_by, what="extend_by")
+                    self.queue, self.run_id, durations.seconds(extend_by, what="extend_by")
                 )
             )
 
@@ -315,14 +316,14 @@ class TaskContext:
         await self._client.set_checkpoint(self.queue, self.run_id, key, encoded, None)
 
     def _check_lease(self) -> None:
-        if self._control.stop_reason == "lease_lost":
+        if self._control.stop_reason is Outcome.LEASE_LOST:
             raise LeaseLost(self.run_id, "the worker found the lease lost")
 
     async def _write(self, op: Any) -> Any:
         try:
             return await op
         except LeaseLost:
-            self._control.stop("lease_lost")
+            self._control.stop(Outcome.LEASE_LOST)
             raise
 
     async def _load_recorded(self) -> dict[str, Any]:

@@ -12,12 +12,20 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Any, TypeVar
 
+import anyio
 import structlog
 
-from durable import embedded, tracing
-from durable.config import resolve_dsn
-from durable.errors import DatabaseUnavailable, InvalidArgument, check_queue_name
-from durable.records import (
+from durable.client import instruments
+from durable.client.results import ResultWaiters
+from durable.protocol import durations, embedded
+from durable.protocol.dsn import resolve_dsn
+from durable.protocol.errors import (
+    DatabaseUnavailable,
+    InvalidArgument,
+    TaskFailed,
+    check_queue_name,
+)
+from durable.protocol.records import (
     Checkpoint,
     Claim,
     FailedRun,
@@ -34,8 +42,7 @@ from durable.records import (
     TaskResult,
     TaskState,
 )
-from durable.retry import required_seconds, seconds
-from durable.store import Listener, Store
+from durable.protocol.store import Listener, Store
 
 log = structlog.get_logger("durable")
 
@@ -72,6 +79,7 @@ class Client:
         self._server_settings = dict(server_settings or {})
         self._store: Store | None = None
         self._embedded: embedded.EmbeddedServer | None = None
+        self._results = ResultWaiters(self.listen)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -99,6 +107,7 @@ class Client:
             raise
 
     async def close(self) -> None:
+        await self._results.close()
         store, self._store = self._store, None
         if store is not None:
             await store.close()
@@ -159,7 +168,7 @@ class Client:
         options: SpawnOptions | None = None,
     ) -> SpawnInfo:
         check_queue_name(queue)
-        with tracing.spawning(queue, task_name) as traced:
+        with instruments.spawn_tracer.spawning(queue, task_name) as traced:
             document = traced.options(options or _NO_OPTIONS).to_json()
             info = await self.store.spawn(queue, task_name, params, document)
             traced.spawned(info)
@@ -172,7 +181,7 @@ class Client:
     ) -> list[SpawnInfo]:
         """Spawn many tasks in one round trip: ``items`` are ``(task_name, params[, options])``."""
         check_queue_name(queue)
-        with tracing.spawning_many(queue, (item[0] for item in items)) as traced:
+        with instruments.spawn_tracer.spawning_many(queue, (item[0] for item in items)) as traced:
             no_options = traced.options(_NO_OPTIONS).to_json()  # shared by items without any
             prepared = [
                 (
@@ -191,7 +200,7 @@ class Client:
     ) -> list[Claim]:
         check_queue_name(queue)
         return await self.store.claim(
-            queue, worker_id, required_seconds(claim_timeout, "claim_timeout"), qty
+            queue, worker_id, durations.seconds(claim_timeout, what="claim_timeout"), qty
         )
 
     async def complete(self, queue: str, run_id: uuid.UUID, result: Any = None) -> None:
@@ -225,14 +234,14 @@ class Client:
             error,
             FailureReason(reason),
             retry_at,
-            seconds(retry_in, what="retry_in"),
+            durations.seconds(retry_in, what="retry_in"),
         )
 
     async def extend_claim(
         self, queue: str, run_id: uuid.UUID, extend_by: float | timedelta | None = None
     ) -> datetime:
         return await self.store.extend_claim(
-            check_queue_name(queue), run_id, seconds(extend_by, what="extend_by")
+            check_queue_name(queue), run_id, durations.seconds(extend_by, what="extend_by")
         )
 
     async def set_checkpoint(
@@ -244,7 +253,11 @@ class Client:
         extend_by: float | timedelta | None = None,
     ) -> None:
         await self.store.set_checkpoint(
-            check_queue_name(queue), run_id, step, value, seconds(extend_by, what="extend_by")
+            check_queue_name(queue),
+            run_id,
+            step,
+            value,
+            durations.seconds(extend_by, what="extend_by"),
         )
 
     async def set_checkpoints(
@@ -262,7 +275,7 @@ class Client:
         self, queue: str, run_id: uuid.UUID, defer_seconds: float | timedelta
     ) -> uuid.UUID:
         return await self.store.schedule_run(
-            check_queue_name(queue), run_id, required_seconds(defer_seconds, "defer_seconds")
+            check_queue_name(queue), run_id, durations.seconds(defer_seconds, what="defer_seconds")
         )
 
     async def cancel(self, queue: str | None, task_id: uuid.UUID) -> None:
@@ -281,6 +294,17 @@ class Client:
     async def get_result(self, queue: str | None, task_id: uuid.UUID) -> TaskResult:
         return await self.store.get_result(_optional_queue(queue), task_id)
 
+    async def result(
+        self, queue: str | None, task_id: uuid.UUID, *, timeout: float | None = None
+    ) -> TaskResult:
+        """Wait until the task ends (woken by NOTIFY) and return its outcome; raise
+        :class:`TaskFailed` if it failed or was cancelled, ``TimeoutError`` after ``timeout``."""
+        with anyio.fail_after(timeout):
+            outcome = await self._results.wait(task_id, lambda: self.get_result(queue, task_id))
+        if outcome.state is not TaskState.COMPLETED:
+            raise TaskFailed(task_id, str(outcome.state), outcome.failure)
+        return outcome
+
     # --- parking: sleep, events, children; progress; limits -------------------------------------
 
     async def sleep(
@@ -298,7 +322,11 @@ class Client:
         if until is not None and until.tzinfo is None:
             raise InvalidArgument("sleep_until needs a timezone-aware datetime")
         return await self.store.sleep(
-            check_queue_name(queue), run_id, step, _seconds(seconds, "sleep seconds"), until
+            check_queue_name(queue),
+            run_id,
+            step,
+            durations.seconds(seconds, what="sleep seconds"),
+            until,
         )
 
     async def await_event(
@@ -312,7 +340,7 @@ class Client:
         """Wait for ``event`` as step ``step``: ``("received", payload)``, ``("timeout", None)``
         or ``("suspended", None)`` (the run was parked until the event or the timeout)."""
         return await self.store.await_event(
-            check_queue_name(queue), run_id, step, event, _seconds(timeout, "timeout")
+            check_queue_name(queue), run_id, step, event, durations.seconds(timeout, what="timeout")
         )
 
     async def await_task(
@@ -326,7 +354,7 @@ class Client:
         """Wait for task ``child`` to end as step ``step``: ``("done", {state, result,
         failure})``, ``("timeout", None)`` or ``("suspended", None)``."""
         return await self.store.await_task(
-            check_queue_name(queue), run_id, step, child, _seconds(timeout, "timeout")
+            check_queue_name(queue), run_id, step, child, durations.seconds(timeout, what="timeout")
         )
 
     async def emit_event(self, name: str, payload: Any = None) -> int:
@@ -363,7 +391,7 @@ class Client:
             task_name,
             concurrency,
             rate.allowed if rate else None,
-            required_seconds(rate.period, "rate period") if rate else None,
+            durations.seconds(rate.period, what="rate period") if rate else None,
         )
 
     # --- workers and operators ------------------------------------------------------------------
@@ -451,7 +479,7 @@ class Client:
 
     async def finished_counts(self, window_s: float | timedelta = 60.0) -> list[QueueCount]:
         """Tasks that ended within the last ``window_s`` seconds, per queue and end state."""
-        return await self.store.finished_counts(required_seconds(window_s, "window_s"))
+        return await self.store.finished_counts(durations.seconds(window_s, what="window_s"))
 
     async def replay(
         self,
@@ -483,7 +511,7 @@ class Client:
         """Delete finished tasks older than ``older_than`` (with their runs and checkpoints) in
         batches of ``batch``, each its own short transaction; return how many. ``task_names``:
         only those; ``except_names``: all but those. Live tasks are never deleted by age."""
-        age = required_seconds(older_than, "older_than")
+        age = durations.seconds(older_than, what="older_than")
         if batch < 1:
             raise InvalidArgument("batch must be at least 1")
         names = None if task_names is None else list(task_names)
@@ -499,7 +527,7 @@ class Client:
 
     async def prune_bookkeeping(self, older_than: float | timedelta, *, batch: int = 1000) -> int:
         """Delete events, partition turns and stopped workers older than ``older_than``."""
-        age = required_seconds(older_than, "older_than")
+        age = durations.seconds(older_than, what="older_than")
         total = 0
         while deleted := await self.store.prune_bookkeeping(age, batch):
             total += deleted
@@ -509,20 +537,13 @@ class Client:
         return await self.store.listen(handlers)
 
 
-def _seconds(value: float | timedelta | None, what: str) -> float | None:
-    try:
-        return seconds(value, what=what)
-    except ValueError as exc:
-        raise InvalidArgument(str(exc)) from exc
-
-
 def _since(value: datetime | float | timedelta | None) -> datetime | None:
     """A time, or a duration back from now, as a time."""
     if value is None or isinstance(value, datetime):
         if value is not None and value.tzinfo is None:
             raise InvalidArgument("since must be timezone-aware (or a duration back from now)")
         return value
-    return datetime.now(UTC) - timedelta(seconds=required_seconds(value, "since"))
+    return datetime.now(UTC) - timedelta(seconds=durations.seconds(value, what="since"))
 
 
 def _enum(kind: type[_E], value: _E | str | None, what: str) -> str | None:

@@ -1,42 +1,14 @@
-"""Structured logs. The library only calls ``structlog.get_logger("durable")``; the CLI configures.
-
-Events, one per transition, each with ``queue``, ``task_name``, ``task_id``, ``run_id`` and
-``attempt``:
-``task.spawned``, ``run.claimed``, ``run.completed``, ``run.failed`` (with ``reason``),
-``run.retry_scheduled``, ``task.dead``, ``task.cancelled``, ``lease.lost``; and
-``worker.started`` / ``worker.stopped``.
-
-Operators' actions: ``task.replayed``, ``task.discarded``, ``task.recovered`` and
-``task.recovery_skipped`` (bulk recovery, with ``action``); ``retention.pruned`` /
-``retention.failed`` (a worker's pruning); ``metrics.serving`` and ``metrics.*_failed`` (the
-Prometheus endpoint); ``dashboard.started`` / ``dashboard.stopped`` /
-``dashboard.request_failed``.
-"""
+"""Logging for the command line: the library only calls ``structlog.get_logger("durable")``;
+the CLI installs the production recipe here."""
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 import structlog
-
-if TYPE_CHECKING:
-    from durable.records import Claim
-
-log = structlog.get_logger("durable")
-
-
-def run_fields(claim: Claim) -> dict[str, Any]:
-    """The keys every run event carries: queue, task_name, task_id, run_id, attempt."""
-    return {
-        "queue": claim.queue,
-        "task_name": claim.task_name,
-        "task_id": str(claim.task_id),
-        "run_id": str(claim.run_id),
-        "attempt": claim.attempt,
-    }
 
 
 def configure_logging(*, json: bool | None = None, level: str = "info") -> None:

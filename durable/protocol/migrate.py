@@ -16,7 +16,7 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
-from durable.errors import SchemaError
+from durable.protocol.errors import SchemaError
 
 log = structlog.get_logger("durable")
 
@@ -53,7 +53,7 @@ def migrations_dir() -> Path:
     packaged = Path(str(importlib.resources.files("durable"))) / "_sql" / "migrations"
     if packaged.is_dir():
         return packaged
-    return Path(__file__).resolve().parent.parent / "sql" / "migrations"
+    return Path(__file__).resolve().parents[2] / "sql" / "migrations"
 
 
 def load_migrations(directory: Path | None = None) -> list[Migration]:

@@ -17,8 +17,8 @@ import anyio
 import structlog
 
 from durable.client import Client
-from durable.errors import DurableError
-from durable.records import FailedWork, FailedWorkState, TaskState
+from durable.protocol.errors import DurableError
+from durable.protocol.records import FailedWork, FailedWorkState, TaskState
 
 log = structlog.get_logger("durable")
 

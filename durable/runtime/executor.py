@@ -23,30 +23,30 @@ import inspect
 import traceback
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import anyio
 import structlog
 
-from durable.context import RunControl, TaskContext
-from durable.errors import (
+from durable.client import Client
+from durable.protocol.codec import RawJson, encode_json
+from durable.protocol.durations import seconds
+from durable.protocol.errors import (
     BatcherClosed,
     DurableError,
+    InvalidArgument,
     LeaseLost,
     NotSerializable,
     Snooze,
     Suspended,
 )
-from durable.failures import classify_error
-from durable.group_commit import RunWrites
-from durable.records import Claim, FailureReason
-from durable.retry import required_seconds
-from durable.store import RawJson, encode_json
-from durable.telemetry import run_fields
-
-if TYPE_CHECKING:
-    from durable.app import Durable, TaskDefinition
-    from durable.client import Client
+from durable.protocol.failures import classify_error
+from durable.protocol.records import FailureReason
+from durable.runtime.context import RunControl, TaskContext, run_fields
+from durable.runtime.group_commit import RunWrites
+from durable.runtime.instruments import RunObserver
+from durable.runtime.outcome import Outcome, RunEnded
+from durable.runtime.registry import Registry, TaskDefinition
 
 log = structlog.get_logger("durable")
 
@@ -57,72 +57,6 @@ OUTCOME_WRITE_TIMEOUT_S = 15.0
 
 class JobTimeout(TimeoutError):
     """The run outlived the task's ``timeout``."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RunOutcome:
-    """How a run ended, as written: what observers (metrics, tracing) are told.
-
-    ``outcome``: completed, failed (with ``reason``), released, snoozed, suspended, lease_lost,
-    or unwritten (the write failed or timed out: the lease lapses and the reaper decides).
-    ``error``: the handler's exception, when a failure has one.
-    """
-
-    outcome: str
-    reason: FailureReason | None = None
-    error: BaseException | None = None
-
-
-_COMPLETED = RunOutcome("completed")
-_RELEASED = RunOutcome("released")
-_SNOOZED = RunOutcome("snoozed")
-_SUSPENDED = RunOutcome("suspended")
-_LEASE_LOST = RunOutcome("lease_lost")
-_UNWRITTEN = RunOutcome("unwritten")
-
-
-class RunWatch(Protocol):
-    def run_ended(self, ended: RunOutcome) -> None: ...
-
-
-class RunObserver(Protocol):
-    """Watches the runs a worker executes (metrics, tracing). ``run_started`` is called in the
-    run's task before its handler; the watch it returns (None: not this run) is told how the run
-    ended once the outcome is written, in the same task. Without observers nothing is called."""
-
-    def run_started(self, claim: Claim) -> RunWatch | None: ...
-
-
-def combine_observers(*observers: RunObserver | None) -> RunObserver | None:
-    """One observer for the given ones (None among them: absent); None when there are none."""
-    present = tuple(o for o in observers if o is not None)
-    if len(present) <= 1:
-        return present[0] if present else None
-    return _Observers(present)
-
-
-class _Observers:
-    __slots__ = ("_observers",)
-
-    def __init__(self, observers: tuple[RunObserver, ...]) -> None:
-        self._observers = observers
-
-    def run_started(self, claim: Claim) -> RunWatch | None:
-        watches = [w for o in self._observers if (w := o.run_started(claim)) is not None]
-        if len(watches) <= 1:
-            return watches[0] if watches else None
-        return _Watches(watches)
-
-
-class _Watches:
-    __slots__ = ("_watches",)
-
-    def __init__(self, watches: list[RunWatch]) -> None:
-        self._watches = watches
-
-    def run_ended(self, ended: RunOutcome) -> None:
-        for watch in reversed(self._watches):  # the last started ends first (tracing's context)
-            watch.run_ended(ended)
 
 
 def error_document(exc: BaseException) -> dict[str, Any]:
@@ -148,48 +82,47 @@ async def execute(
     observer is watching the run): ``control.end()`` is called once it is written. False: the
     outcome is written (or given up) already."""
     claim = control.claim
-    ids = control.ids
-    outcome: tuple[str, Any] = ("release", None)
-    ctx = TaskContext(client, control, writes, definition.app)
+    outcome, value = Outcome.RELEASED, None
+    ctx = TaskContext(client, definition.registry, control, writes)
     watch = observer.run_started(claim) if observer is not None else None
     ended = _UNWRITTEN
     try:
         with control.scope:
             try:
-                result = await _run_handler(definition, ctx, claim.params, claim.timeout)
-                outcome = ("snooze", result) if isinstance(result, Snooze) else ("complete", result)
+                value = await _run_handler(definition, ctx, claim.params, claim.timeout)
+                outcome = Outcome.SNOOZED if isinstance(value, Snooze) else Outcome.COMPLETED
             except Suspended:
-                outcome = ("suspended", None)
+                outcome = Outcome.SUSPENDED
             except Snooze as exc:
-                outcome = ("snooze", exc)
+                outcome, value = Outcome.SNOOZED, exc
             except JobTimeout as exc:
-                outcome = ("job_timeout", exc)
+                outcome, value = Outcome.JOB_TIMEOUT, exc
             except LeaseLost as exc:
-                control.stop_reason = control.stop_reason or "lease_lost"
-                outcome = ("lease_lost", exc)
+                control.stop_reason = control.stop_reason or Outcome.LEASE_LOST
+                outcome, value = Outcome.LEASE_LOST, exc
             except Exception as exc:  # noqa: BLE001 — a handler's error is data: recorded on the run
-                outcome = ("errored", exc)
+                outcome, value = Outcome.ERRORED, exc
     except anyio.get_cancelled_exc_class():
         # the worker itself is being cancelled: hand the run back so another worker takes it now
         with anyio.move_on_after(OUTCOME_WRITE_TIMEOUT_S, shield=True):
             ended = await _write_outcome(
-                client, definition, control, ("release", None), ids, writes, ctx
+                client, definition, control, Outcome.RELEASED, None, writes, ctx
             )
         if watch is not None:
             watch.run_ended(ended)
         raise
     control.finish()
-    if control.stop_reason is not None and outcome[0] != "suspended":
-        outcome = (control.stop_reason, outcome[1])
+    if control.stop_reason is not None and outcome is not Outcome.SUSPENDED:
+        outcome = control.stop_reason
     if (
-        outcome[0] == "complete"
+        outcome is Outcome.COMPLETED
         and writes is not None
         and watch is None
-        and _hand_over(writes, control, outcome[1])
+        and _hand_over(writes, control, value)
     ):
         return True
     with anyio.move_on_after(OUTCOME_WRITE_TIMEOUT_S, shield=True):
-        ended = await _write_outcome(client, definition, control, outcome, ids, writes, ctx)
+        ended = await _write_outcome(client, definition, control, outcome, value, writes, ctx)
     if watch is not None:
         watch.run_ended(ended)
     return False
@@ -206,7 +139,9 @@ def _hand_over(writes: RunWrites, control: RunControl, result: Any) -> bool:
 
     def written(ok: bool, error: DurableError | None) -> None:
         if error is not None:
-            log.error("run.outcome_not_written", outcome="complete", error=str(error), **ids)
+            log.error(
+                "run.outcome_not_written", outcome=str(Outcome.COMPLETED), error=str(error), **ids
+            )
         else:
             _completion_written(ok, ids)
         control.end()
@@ -216,7 +151,15 @@ def _hand_over(writes: RunWrites, control: RunControl, result: Any) -> bool:
     )
 
 
-def _completion_written(completed: bool, ids: dict[str, Any]) -> RunOutcome:
+_COMPLETED = RunEnded(Outcome.COMPLETED)
+_RELEASED = RunEnded(Outcome.RELEASED)
+_SNOOZED = RunEnded(Outcome.SNOOZED)
+_SUSPENDED = RunEnded(Outcome.SUSPENDED)
+_LEASE_LOST = RunEnded(Outcome.LEASE_LOST)
+_UNWRITTEN = RunEnded(Outcome.UNWRITTEN)
+
+
+def _completion_written(completed: bool, ids: dict[str, Any]) -> RunEnded:
     """Log a completion's write: completed, or refused because the run lost its lease."""
     if completed:
         log.info("run.completed", **ids)
@@ -254,45 +197,44 @@ def _is_async(fn: Callable[..., Any]) -> bool:
 
 async def _write_outcome(
     client: Client,
-    definition: TaskDefinition | None,
+    definition: TaskDefinition,
     control: RunControl,
-    outcome: tuple[str, Any],
-    ids: dict[str, Any],
+    outcome: Outcome,
+    value: Any,
     writes: RunWrites | None,
     ctx: TaskContext,
-) -> RunOutcome:
+) -> RunEnded:
     claim = control.claim
-    kind, value = outcome
+    ids = control.ids
     try:
-        if kind == "complete":
+        if outcome is Outcome.COMPLETED:
             try:
                 encoded = encode_json(value, "result")
             except NotSerializable as exc:  # the result is not JSON: the run failed
-                await _fail(client, definition, control, FailureReason.ERRORED, exc, ids, ctx)
-                return RunOutcome("failed", FailureReason.ERRORED, exc)
+                await _fail(client, definition, control, Outcome.ERRORED, exc, ctx)
+                return RunEnded(Outcome.ERRORED, exc)
             return _completion_written(await _complete(client, writes, control, encoded), ids)
-        if kind == "release":
+        if outcome is Outcome.RELEASED:
             await client.schedule_run(claim.queue, claim.run_id, 0)
             log.info("run.released", **ids)
             return _RELEASED
-        if kind == "snooze":
+        if outcome is Outcome.SNOOZED:
             await client.schedule_run(claim.queue, claim.run_id, value.seconds)
             log.info("run.snoozed", snooze_s=value.seconds, **ids)
             return _SNOOZED
-        if kind == "suspended":
+        if outcome is Outcome.SUSPENDED:
             log.info("run.suspended", **ids)
             return _SUSPENDED
-        if kind == "lease_lost":
+        if outcome is Outcome.LEASE_LOST:
             log.warning("lease.lost", **ids)
             return _LEASE_LOST
-        reason = FailureReason(kind)
-        await _fail(client, definition, control, reason, value, ids, ctx)
-        return RunOutcome("failed", reason, value if isinstance(value, BaseException) else None)
+        await _fail(client, definition, control, outcome, value, ctx)
+        return RunEnded(outcome, value if isinstance(value, BaseException) else None)
     except LeaseLost:
         log.warning("lease.lost", **ids)
         return _LEASE_LOST
     except DurableError as exc:
-        log.exception("run.outcome_not_written", outcome=kind, error=str(exc), **ids)
+        log.exception("run.outcome_not_written", outcome=str(outcome), error=str(exc), **ids)
         return _UNWRITTEN
 
 
@@ -312,14 +254,16 @@ async def _complete(
 
 async def _fail(
     client: Client,
-    definition: TaskDefinition | None,
+    definition: TaskDefinition,
     control: RunControl,
-    reason: FailureReason,
+    outcome: Outcome,
     exc: BaseException | None,
-    ids: dict[str, Any],
     ctx: TaskContext,
 ) -> None:
     claim = control.claim
+    ids = control.ids
+    reason = outcome.failure_reason
+    assert reason is not None, outcome
     if exc is None or reason is FailureReason.HEARTBEAT_TIMEOUT:
         limit = claim.heartbeat_timeout
         error: dict[str, Any] = {
@@ -330,8 +274,7 @@ async def _fail(
         error = error_document(exc)
     retry_in = None
     if (
-        definition is not None
-        and definition.backoff is not None
+        definition.backoff is not None
         and exc is not None
         and claim.attempt < claim.max_attempts  # the last attempt has no next delay to compute
     ):
@@ -340,11 +283,9 @@ async def _fail(
     log.info("run.failed", reason=str(reason), error=error.get("message"), **ids)
     if next_run is not None:
         log.info("run.retry_scheduled", next_run_id=str(next_run), **ids)
-    elif reason is FailureReason.CANCELLED:
-        log.info("task.cancelled", **ids)
     else:
         log.warning("task.dead", reason=str(reason), **ids)
-        if definition is not None and definition.on_discard is not None:
+        if definition.on_discard is not None:
             error_exc = exc or TimeoutError(error["message"])
             await _on_discard(definition.on_discard, ctx, error_exc, ids)
 
@@ -353,16 +294,15 @@ async def _fail(
 DISCARD_TASK = "durable.on_discard"
 
 
-async def run_discard_hook(app: Durable, control: RunControl) -> bool:
+async def run_discard_hook(client: Client, registry: Registry, control: RunControl) -> bool:
     """Run a ``durable.on_discard`` claim: call the failed task's ``on_discard(ctx, error)``
     (``ctx`` of its last run, ``error`` a :class:`LeaseLost` saying how its worker was lost),
     then complete the claim. False when this worker does not know the failed task."""
     claim = control.claim
-    client = app.client
     params = claim.params
     try:
         record = await client.get_task(None, uuid.UUID(params["task_id"]))
-        definition = app.registry.get(record.task_name)
+        definition = registry.get(record.task_name)
         if definition is None:
             return False
         if definition.on_discard is not None:
@@ -378,7 +318,7 @@ async def run_discard_hook(app: Durable, control: RunControl) -> bool:
                 max_attempts=record.max_attempts,
             )
             message = (params.get("error") or {}).get("message", "")
-            ctx = TaskContext(client, RunControl(failed), None, app)
+            ctx = TaskContext(client, registry, RunControl(failed))
             await _on_discard(
                 definition.on_discard, ctx, LeaseLost(failed.run_id, message), run_fields(failed)
             )
@@ -419,7 +359,10 @@ async def _custom_delay(
         delay: Any = backoff(attempt, exc)
         if inspect.isawaitable(delay):
             delay = await delay
-        return required_seconds(delay, what="the backoff's delay")
+        if delay is None:
+            raise InvalidArgument("the backoff returned no delay")  # noqa: TRY301 — logged below
+        delay_s: float = seconds(delay, what="the backoff's delay")
     except Exception as error:  # a broken backoff must not lose the failure
         log.exception("run.backoff_failed", error=str(error), **ids)
         return None
+    return delay_s

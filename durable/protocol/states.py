@@ -1,0 +1,97 @@
+"""The protocol's closed vocabularies: the states of tasks and runs, failure reasons and their
+classes, and a task's failure as recorded. A leaf: it imports nothing of durable, so the errors
+(``TaskFailed`` carries a :class:`Failure`) and the records can both use it."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+JSON = Any
+
+
+class TaskState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SLEEPING = "sleeping"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED)
+
+
+class RunState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SLEEPING = "sleeping"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    RELEASED = "released"  # ended without an outcome: deferred, snoozed or released on drain
+    SUSPENDED = "suspended"  # parked by a sleep or a wait: a sleeping run takes over
+
+
+class FailureReason(StrEnum):
+    ERRORED = "errored"
+    JOB_TIMEOUT = "job_timeout"
+    HEARTBEAT_TIMEOUT = "heartbeat_timeout"
+    CRASH = "crash"
+    CANCELLED = "cancelled"
+
+
+class ReasonClass(StrEnum):
+    """A bounded classification of a failure, from its reason and error type (see
+    :mod:`durable.protocol.failures`)."""
+
+    TRANSPORT = "transport"
+    VALIDATION = "validation"
+    TIMEOUT = "timeout"
+    CRASH = "crash"
+    EXHAUSTED = "exhausted"
+    UNKNOWN = "unknown"
+
+
+class FailedWorkState(StrEnum):
+    FAILED = "failed"  # dead: runs again only if an operator retries it
+    RETRYING = "retrying"  # failed at least once and will run again (it has a live run)
+
+
+class Recovery(StrEnum):
+    """What an operator's retry of failed work would do."""
+
+    RETRY_FROM_CHECKPOINT = "retry_from_checkpoint"  # a new run replays the recorded steps
+    RETRY = "retry"  # a new run, from the start: nothing was checkpointed
+    NONE = "none"  # nothing to do: the task will run again by itself
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Failure:
+    """Why a task's last run failed: the reason, and the error when the handler raised."""
+
+    reason: FailureReason
+    run_id: uuid.UUID | None = None
+    attempt: int | None = None
+    error: dict[str, JSON] | None = None
+
+    @property
+    def message(self) -> str:
+        if not self.error:
+            return ""
+        return f"{self.error.get('type', '')}: {self.error.get('message', '')}".strip(": ")
+
+    @classmethod
+    def from_json(cls, doc: dict[str, JSON] | None) -> Failure | None:
+        if not doc:
+            return None
+        run_id = doc.get("run_id")
+        return cls(
+            reason=FailureReason(doc["reason"]),
+            run_id=uuid.UUID(run_id) if run_id else None,
+            attempt=doc.get("attempt"),
+            error=doc.get("error"),
+        )

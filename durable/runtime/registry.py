@@ -1,0 +1,251 @@
+"""The registry: the tasks, cron jobs and retention rules an app declares, and the client they
+spawn through. The runtime (worker, executor, context, cron) is given a registry, never the app.
+
+It is also the one place that turns a task, given by definition or by name, and the options of
+one spawn into a queue and a :class:`SpawnOptions` (:meth:`Registry.resolve`): ``app.spawn``,
+``ctx.spawn``, ``app.cron`` and ``definition.spawn`` all go through it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Unpack
+
+import structlog
+
+from durable.client import Client
+from durable.protocol.errors import UnknownTask, check_queue_name
+from durable.protocol.records import (
+    DefinitionOptions,
+    RateLimit,
+    Retention,
+    SpawnInfo,
+    SpawnKwargs,
+    SpawnOptions,
+    TaskResult,
+    spawn_options,
+)
+from durable.protocol.retry import Backoff
+from durable.runtime.cron import CronExpr, CronJob
+from durable.runtime.retention import PruneRule, prune_rules
+
+log = structlog.get_logger("durable")
+
+Handler = Callable[..., Any]
+#: ``on_discard(ctx, error)``, sync or async: the task failed for good.
+DiscardHook = Callable[[Any, BaseException], Any]
+
+
+#: The spawn options a definition sets (the others of TaskKwargs are its own).
+_DEFINITION_OPTIONS = frozenset(DefinitionOptions.__annotations__)
+
+
+class TaskKwargs(DefinitionOptions, total=False):
+    """What ``@app.task`` takes: the spawn options every spawn of the task gets, and the options
+    only a definition has."""
+
+    name: str | None
+    queue: str | None
+    backoff: Backoff | None
+    global_limit: int | None
+    rate_limit: RateLimit | None
+    on_discard: DiscardHook | None
+    retention: Retention | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskDefinition:
+    """A registered handler, its queue and the options every spawn of it gets."""
+
+    registry: Registry = field(repr=False, compare=False)
+    name: str
+    fn: Handler
+    queue: str
+    #: The spawn options of ``@app.task``; a spawn's own options go on top.
+    defaults: SpawnOptions = field(default_factory=SpawnOptions)
+    backoff: Backoff | None = None
+    global_limit: int | None = None
+    rate_limit: RateLimit | None = None
+    on_discard: DiscardHook | None = None
+    retention: Retention | None = None
+
+    async def __call__(self, ctx: Any, params: Any) -> Any:
+        """Call the handler directly (no durability): useful in unit tests of the handler."""
+        result = self.fn(ctx, params)
+        if inspect.isawaitable(result):
+            return await result
+        return result
+
+    def options(self, **overrides: Unpack[SpawnKwargs]) -> SpawnOptions:
+        """The options of one spawn: this definition's, with ``overrides`` on top."""
+        return self.defaults.merged(overrides)
+
+    async def spawn(
+        self, params: Any = None, *, queue: str | None = None, **options: Unpack[SpawnKwargs]
+    ) -> TaskHandle:
+        """Spawn this task; options given here override the ones on ``@app.task``."""
+        return await self.registry.spawn(self, params, queue=queue, **options)
+
+
+@dataclass(slots=True)
+class TaskHandle:
+    """What a spawn returns: the task's identity, and ``await handle.result()``."""
+
+    client: Client = field(repr=False, compare=False)
+    queue: str
+    task_name: str
+    task_id: uuid.UUID
+    run_id: uuid.UUID
+    attempt: int
+    created: bool
+
+    async def result(self, timeout: float | None = None) -> TaskResult:
+        """Wait until the task ends; raise :class:`TaskFailed` if it failed or was cancelled."""
+        return await self.client.result(self.queue, self.task_id, timeout=timeout)
+
+
+class Registry(Mapping[str, TaskDefinition]):
+    """Task definitions by name, cron jobs and retention rules; ``client`` spawns them."""
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        default_queue: str = "default",
+        retention: Retention | None = None,
+        retention_interval: float = 60.0,
+    ) -> None:
+        if retention_interval <= 0:
+            raise ValueError("retention_interval must be positive")
+        self.client = client
+        self.default_queue = check_queue_name(default_queue)
+        #: How long finished tasks are kept; workers prune every ``retention_interval`` s.
+        self.retention = retention
+        self.retention_interval = retention_interval
+        self.crons: list[CronJob] = []
+        self._tasks: dict[str, TaskDefinition] = {}
+
+    def __getitem__(self, name: str) -> TaskDefinition:
+        return self._tasks[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tasks)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def register(self, fn: Handler, **options: Unpack[TaskKwargs]) -> TaskDefinition:
+        """Register handler ``fn`` under ``name`` (default: its ``__name__``)."""
+        global_limit = options.get("global_limit")
+        if global_limit is not None and global_limit < 1:
+            raise ValueError("global_limit must be at least 1")
+        task_name = options.get("name") or fn.__name__
+        if task_name in self._tasks:
+            raise ValueError(f"a task named {task_name!r} is already registered")
+        on_discard = options.get("on_discard")
+        spawn_defaults = {
+            k: v for k, v in options.items() if k in DefinitionOptions.__annotations__
+        }
+        definition = TaskDefinition(
+            registry=self,
+            name=task_name,
+            fn=fn,
+            queue=check_queue_name(options.get("queue") or self.default_queue),
+            defaults=spawn_options({**spawn_defaults, "on_discard": on_discard is not None}),
+            backoff=options.get("backoff"),
+            global_limit=global_limit,
+            rate_limit=options.get("rate_limit"),
+            on_discard=on_discard,
+            retention=options.get("retention"),
+        )
+        definition.defaults.to_json()  # validate the defaults now rather than at the first spawn
+        self._tasks[task_name] = definition
+        return definition
+
+    def resolve(
+        self,
+        task: TaskDefinition | str,
+        queue: str | None,
+        overrides: Mapping[str, Any],
+        *,
+        fallback_queue: str | None = None,
+    ) -> tuple[str, str, SpawnOptions]:
+        """The queue, task name and options of a spawn of ``task``: a registered task gets its
+        definition's queue and options under the ones given; an unknown one runs on ``queue``,
+        else ``fallback_queue``, with only the options given (:class:`UnknownTask` if neither
+        queue is known)."""
+        definition = self._tasks.get(task) if isinstance(task, str) else task
+        task_name = task if isinstance(task, str) else task.name
+        if definition is not None:
+            return queue or definition.queue, task_name, definition.defaults.merged(overrides)
+        target = queue or fallback_queue
+        if target is None:
+            raise UnknownTask(task_name)
+        return target, task_name, spawn_options(overrides)
+
+    async def spawn(
+        self,
+        task: TaskDefinition | str,
+        params: Any = None,
+        *,
+        queue: str | None = None,
+        **options: Unpack[SpawnKwargs],
+    ) -> TaskHandle:
+        """Spawn ``task`` (see :meth:`resolve`)."""
+        target, task_name, resolved = self.resolve(task, queue, options)
+        return await self.spawn_with(target, task_name, params, resolved)
+
+    async def spawn_with(
+        self, queue: str, task_name: str, params: Any, options: SpawnOptions
+    ) -> TaskHandle:
+        """Spawn with options resolved already."""
+        info: SpawnInfo = await self.client.spawn(queue, task_name, params, options)
+        log.info(
+            "task.spawned",
+            queue=queue,
+            task_name=task_name,
+            task_id=str(info.task_id),
+            run_id=str(info.run_id),
+            attempt=info.attempt,
+            created=info.created,
+        )
+        return TaskHandle(
+            self.client, queue, task_name, info.task_id, info.run_id, info.attempt, info.created
+        )
+
+    def add_cron(
+        self,
+        expr: str,
+        task: TaskDefinition | str,
+        params: Any = None,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        **options: Unpack[SpawnKwargs],
+    ) -> CronJob:
+        """Spawn ``task`` with ``params`` at every slot of ``expr`` (see ``Durable.cron``)."""
+        target, task_name, resolved = self.resolve(task, queue, options)
+        job = CronJob(
+            name=name or f"{task_name}:{expr}",
+            schedule=CronExpr.parse(expr),
+            task_name=task_name,
+            queue=check_queue_name(target),
+            params=params,
+            options=resolved,
+        )
+        if any(existing.name == job.name for existing in self.crons):
+            raise ValueError(f"a cron job named {job.name!r} is already registered")
+        self.crons.append(job)
+        return job
+
+    def prune_rules(self) -> list[PruneRule]:
+        """The retention rules of the app and its tasks (empty: nothing is pruned by age)."""
+        per_task = {d.name: d.retention for d in self._tasks.values() if d.retention}
+        return prune_rules(self.retention, per_task)
+
+    def definitions_on(self, queues: Sequence[str]) -> list[TaskDefinition]:
+        """The definitions whose queue is one of ``queues``."""
+        return [d for d in self._tasks.values() if d.queue in queues]
