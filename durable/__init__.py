@@ -55,6 +55,7 @@ from durable.protocol.records import (
 from durable.protocol.retry import Exponential, Fixed
 from durable.runtime.context import TaskContext
 from durable.runtime.registry import TaskDefinition, TaskHandle
+from durable.runtime.sync_context import SyncTaskContext
 from durable.runtime.worker import Worker
 
 try:
@@ -95,6 +96,7 @@ __all__ = [
     "Snooze",
     "SpawnInfo",
     "SpawnOptions",
+    "SyncTaskContext",
     "TaskContext",
     "TaskDefinition",
     "TaskFailed",

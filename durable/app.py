@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import signal
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Unpack, overload
+from typing import Any, Protocol, TypeVar, Unpack, cast, overload
 
 import anyio
 import structlog
@@ -29,12 +30,27 @@ from durable.protocol.records import (
     TaskResult,
     TaskState,
 )
+from durable.runtime.context import TaskContext
 from durable.runtime.cron import CronJob
 from durable.runtime.registry import Handler, Registry, TaskDefinition, TaskHandle, TaskKwargs
 from durable.runtime.retention import PruneRule
+from durable.runtime.sync_context import SyncTaskContext
 from durable.runtime.worker import Worker, WorkerKwargs, WorkerOptions
 
 log = structlog.get_logger("durable")
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+
+class TaskDecorator(Protocol):
+    """What ``@app.task(...)`` with options returns: it registers the handler it decorates."""
+
+    @overload
+    def __call__(self, fn: Callable[[TaskContext, P], Awaitable[R]], /) -> TaskDefinition[P, R]: ...
+
+    @overload
+    def __call__(self, fn: Callable[[SyncTaskContext, P], R], /) -> TaskDefinition[P, R]: ...
 
 
 class Durable:
@@ -91,17 +107,22 @@ class Durable:
     # --- registry -------------------------------------------------------------------------------
 
     @overload
-    def task(self, fn: Handler, /) -> TaskDefinition: ...
+    def task(self, fn: Callable[[TaskContext, P], Awaitable[R]], /) -> TaskDefinition[P, R]: ...
 
     @overload
-    def task(
-        self, fn: None = None, /, **options: Unpack[TaskKwargs]
-    ) -> Callable[[Handler], TaskDefinition]: ...
+    def task(self, fn: Callable[[SyncTaskContext, P], R], /) -> TaskDefinition[P, R]: ...
+
+    @overload
+    def task(self, fn: None = None, /, **options: Unpack[TaskKwargs]) -> TaskDecorator: ...
 
     def task(
         self, fn: Handler | None = None, /, **options: Unpack[TaskKwargs]
-    ) -> TaskDefinition | Callable[[Handler], TaskDefinition]:
+    ) -> TaskDefinition[Any, Any] | TaskDecorator:
         """Register a handler ``(ctx, params) -> JSON``; bare or with options.
+
+        An ``async def`` handler takes a :class:`TaskContext`; a plain ``def`` one runs in a
+        worker thread and takes a :class:`SyncTaskContext`, whose calls block. The definition
+        is typed from the handler: ``TaskDefinition[P, R]`` for ``(ctx, params: P) -> R``.
 
         The task's stored name is its contract: pass ``name=`` for anything long-lived, so that
         renaming the function does not strand tasks in flight.
@@ -115,10 +136,9 @@ class Durable:
         if global_limit is not None and global_limit < 1:  # refused before the decorator is used
             raise ValueError("global_limit must be at least 1")
 
-        def register(handler: Handler) -> TaskDefinition:
-            return self.registry.register(handler, **options)
-
-        return register(fn) if fn is not None else register
+        if fn is not None:
+            return self.registry.register(fn, **options)
+        return cast(TaskDecorator, functools.partial(self.registry.register, **options))
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -148,21 +168,21 @@ class Durable:
         *,
         queue: str | None = None,
         **options: Unpack[SpawnKwargs],
-    ) -> TaskHandle:
+    ) -> TaskHandle[Any]:
         """Spawn by name. A producer that does not register the task must name its ``queue``;
         the options of ``@app.task`` apply only where the task is registered."""
         return await self.registry.spawn(task_name, params, queue=queue, **options)
 
     async def spawn_with(
         self, queue: str, task_name: str, params: Any, options: SpawnOptions
-    ) -> TaskHandle:
+    ) -> TaskHandle[Any]:
         return await self.registry.spawn_with(queue, task_name, params, options)
 
     # --- results and operations -----------------------------------------------------------------
 
     async def result(
         self, task_id: uuid.UUID, *, timeout: float | None = None, queue: str | None = None
-    ) -> TaskResult:
+    ) -> TaskResult[Any]:
         """Wait for the task to end (woken by NOTIFY); raise :class:`TaskFailed` unless done."""
         return await self.client.result(queue, task_id, timeout=timeout)
 
@@ -272,7 +292,7 @@ class Durable:
     def cron(
         self,
         expr: str,
-        task: TaskDefinition | str,
+        task: TaskDefinition[Any, Any] | str,
         params: Any = None,
         *,
         name: str | None = None,

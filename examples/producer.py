@@ -41,7 +41,7 @@ async def charge_card(ctx: TaskContext, event: dict[str, Any]) -> dict[str, Any]
     }
 
 
-async def on_webhook(event: dict[str, Any]) -> TaskHandle:
+async def on_webhook(event: dict[str, Any]) -> TaskHandle[Any]:
     """What the service does per delivery: spawn by name, keyed by the event id.
 
     Options are stored with the task when it is spawned. ``service`` does not register

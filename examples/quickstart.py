@@ -19,13 +19,13 @@ from typing import Any
 import anyio
 import structlog
 
-from durable import Durable, Fixed, TaskContext
+from durable import Durable, Fixed, SyncTaskContext, TaskContext, TaskHandle
 
 app = Durable()  # Durable(dsn) > $DURABLE_DSN > the embedded server under $DURABLE_HOME
 
 
 @app.task
-def add(ctx: TaskContext, params: dict[str, int]) -> int:
+def add(ctx: SyncTaskContext, params: dict[str, int]) -> int:
     return params["a"] + params["b"]
 
 
@@ -68,7 +68,7 @@ async def main() -> None:
         where = app.client.embedded_home
         print(f"database: {f'embedded PostgreSQL, data in {where}' if where else '$DURABLE_DSN'}")
 
-        handles = [
+        handles: list[TaskHandle[Any]] = [
             await add.spawn({"a": 2, "b": 3}),
             await flaky.spawn({"url": "https://example.com/feed"}),
             await report.spawn({"day": "2024-06-01"}),

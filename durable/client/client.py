@@ -291,12 +291,12 @@ class Client:
     async def get_task(self, queue: str | None, task_id: uuid.UUID) -> TaskRecord:
         return await self.store.get_task(_optional_queue(queue), task_id)
 
-    async def get_result(self, queue: str | None, task_id: uuid.UUID) -> TaskResult:
+    async def get_result(self, queue: str | None, task_id: uuid.UUID) -> TaskResult[Any]:
         return await self.store.get_result(_optional_queue(queue), task_id)
 
     async def result(
         self, queue: str | None, task_id: uuid.UUID, *, timeout: float | None = None
-    ) -> TaskResult:
+    ) -> TaskResult[Any]:
         """Wait until the task ends (woken by NOTIFY) and return its outcome; raise
         :class:`TaskFailed` if it failed or was cancelled, ``TimeoutError`` after ``timeout``."""
         with anyio.fail_after(timeout):

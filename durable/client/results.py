@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import anyio
 
@@ -20,7 +21,7 @@ from durable.protocol.store import CHANNEL_DONE, Listener
 LISTENER_CHECK_S = 1.0
 
 Listen = Callable[[Mapping[str, Callable[[str], None]]], Awaitable[Listener]]
-ReadResult = Callable[[], Awaitable[TaskResult]]
+ReadResult = Callable[[], Awaitable[TaskResult[Any]]]
 
 
 class ResultWaiters:
@@ -32,7 +33,7 @@ class ResultWaiters:
         self._listener: Listener | None = None
         self._lock = anyio.Lock()
 
-    async def wait(self, task_id: uuid.UUID, read: ReadResult) -> TaskResult:
+    async def wait(self, task_id: uuid.UUID, read: ReadResult) -> TaskResult[Any]:
         """``read()`` the task's outcome until it has ended, waking on its notification."""
         await self._ensure_listener()
         while True:

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, TypedDict
+from typing import Any, ClassVar, Generic, TypedDict, TypeVar
 
 from durable.protocol.durations import seconds
 from durable.protocol.retry import RetryStrategy
@@ -34,6 +34,9 @@ __all__ = [
 ]
 
 TASK_STATES: tuple[str, ...] = tuple(TaskState)
+
+#: The result type of a task: what its handler returns.
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -327,9 +330,12 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TaskResult:
+class TaskResult(Generic[R]):
+    """A task's outcome: its state, its result (what the handler returned, typed ``R`` by the
+    task's definition; None unless the task completed) and why it failed, if it did."""
+
     state: TaskState
-    result: JSON = None
+    result: R = None  # type: ignore[assignment]  # None until the task completed
     failure: Failure | None = None
 
 

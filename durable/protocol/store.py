@@ -419,7 +419,7 @@ class Store:
             doc = await self._pool.fetchval(_GET_TASK, queue, task_id)
         return _task_record(doc)
 
-    async def get_result(self, queue: str | None, task_id: uuid.UUID) -> TaskResult:
+    async def get_result(self, queue: str | None, task_id: uuid.UUID) -> TaskResult[Any]:
         async with self._translate(task_id=task_id):
             row = await self._pool.fetchrow(_GET_RESULT, queue, task_id)
         assert row is not None

@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any, Unpack
+from typing import Any, Final, ParamSpec, TypeVar, Unpack, overload
 
 import anyio
 import orjson
@@ -37,6 +37,13 @@ from durable.protocol.records import (
 from durable.runtime.group_commit import RunWrites
 from durable.runtime.outcome import Outcome
 from durable.runtime.registry import Registry, TaskDefinition
+
+A = ParamSpec("A")
+T = TypeVar("T")
+P = TypeVar("P")
+
+#: What :meth:`TaskContext.begin_step` returns for a step that has no checkpoint yet.
+NOT_RECORDED: Final = object()
 
 
 def run_fields(claim: Claim) -> dict[str, Any]:
@@ -134,32 +141,64 @@ class TaskContext:
         self._recorded: dict[str, Any] | None = None if claim.has_checkpoints else {}
         self._seen: dict[str, int] = {}
 
+    @property
+    def stopped(self) -> bool:
+        """The worker stopped this run, or its handler is done: nothing more runs for it."""
+        return self._control.finished or self._control.stop_reason is not None
+
     @functools.cached_property
     def log(self) -> Any:
         """A structlog logger bound to this run's identity (bound on first use)."""
         return structlog.get_logger("durable").bind(**self._control.ids)
 
-    async def step(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn(*args)`` once for this task and checkpoint its JSON result.
+    @overload
+    async def step(
+        self, name: str, fn: Callable[A, Awaitable[T]], /, *args: A.args, **kwargs: A.kwargs
+    ) -> T: ...
+
+    @overload
+    async def step(
+        self, name: str, fn: Callable[A, T], /, *args: A.args, **kwargs: A.kwargs
+    ) -> T: ...
+
+    async def step(
+        self, name: str, fn: Callable[A, Any], /, *args: A.args, **kwargs: A.kwargs
+    ) -> Any:
+        """Run ``fn(*args, **kwargs)`` once for this task and checkpoint its JSON result; return
+        it (typed as what ``fn`` returns, sync or async).
 
         On a later attempt the recorded value is returned without calling ``fn``. The same name
         used again within one run (a loop) gets its own checkpoint: ``name``, ``name#2``, ...
         Sync functions run in a worker thread.
         """
+        key, recorded = await self.begin_step(name)
+        if recorded is not NOT_RECORDED:
+            return recorded
+        if inspect.iscoroutinefunction(fn):
+            value = await fn(*args, **kwargs)
+        else:
+            value = await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+            if inspect.isawaitable(value):
+                value = await value
+        return await self.end_step(key, value)
+
+    async def begin_step(self, name: str) -> tuple[str, Any]:
+        """The first half of :meth:`step`: the step's checkpoint name and its recorded value
+        (:data:`NOT_RECORDED` when its body must run now)."""
         key = self._next_key(name)
         recorded = await self._load_recorded()
         if key in recorded:
-            return recorded[key]
+            return key, recorded[key]
         self._check_lease()  # a run known to have lost its lease starts no more step bodies
-        if inspect.iscoroutinefunction(fn):
-            value = await fn(*args)
-        else:
-            value = await anyio.to_thread.run_sync(fn, *args)
-            if inspect.isawaitable(value):
-                value = await value
+        return key, NOT_RECORDED
+
+    async def end_step(self, key: str, value: Any) -> Any:
+        """The second half of :meth:`step`: checkpoint ``value`` as step ``key``; return it as
+        recorded (what a replay will return)."""
         encoded = encode_json(value, f"the value of step {key!r}")
         await self._write(self._checkpoint(key, encoded))
         self._control.beat()
+        recorded = await self._load_recorded()
         recorded[key] = orjson.loads(bytes(encoded))
         return recorded[key]
 
@@ -206,8 +245,8 @@ class TaskContext:
 
     async def spawn(
         self,
-        task: TaskDefinition | str,
-        params: Any = None,
+        task: TaskDefinition[P, Any] | str,
+        params: P | None = None,
         *,
         name: str | None = None,
         queue: str | None = None,
@@ -243,7 +282,7 @@ class TaskContext:
 
     async def result(
         self, child: ChildTask | uuid.UUID | Any, *, timeout: float | timedelta | None = None
-    ) -> TaskResult:
+    ) -> TaskResult[Any]:
         """Wait for a task (a child from :meth:`spawn`, or any task id) to end, parked
         meanwhile. Returns its :class:`TaskResult`; raises :class:`TaskFailed` if it failed or
         was cancelled, :class:`EventTimeout` if ``timeout`` passed first. Recorded: a replay

@@ -47,6 +47,7 @@ from durable.runtime.group_commit import RunWrites
 from durable.runtime.instruments import RunObserver
 from durable.runtime.outcome import Outcome, RunEnded
 from durable.runtime.registry import Registry, TaskDefinition
+from durable.runtime.sync_context import SyncTaskContext
 
 log = structlog.get_logger("durable")
 
@@ -71,7 +72,7 @@ def error_document(exc: BaseException) -> dict[str, Any]:
 
 async def execute(
     client: Client,
-    definition: TaskDefinition,
+    definition: TaskDefinition[Any, Any],
     control: RunControl,
     writes: RunWrites | None = None,
     observer: RunObserver | None = None,
@@ -169,7 +170,7 @@ def _completion_written(completed: bool, ids: dict[str, Any]) -> RunEnded:
 
 
 async def _run_handler(
-    definition: TaskDefinition, ctx: TaskContext, params: Any, timeout: float | None
+    definition: TaskDefinition[Any, Any], ctx: TaskContext, params: Any, timeout: float | None
 ) -> Any:
     fn = definition.fn
     if timeout is None:
@@ -183,7 +184,9 @@ async def _run_handler(
 async def _call(fn: Callable[..., Any], ctx: TaskContext, params: Any) -> Any:
     if _is_async(fn):
         return await fn(ctx, params)
-    result = await anyio.to_thread.run_sync(fn, ctx, params, abandon_on_cancel=True)
+    # a plain def runs in a thread, with a context whose calls block it (SyncTaskContext)
+    sync_ctx = SyncTaskContext(ctx)
+    result = await anyio.to_thread.run_sync(fn, sync_ctx, params, abandon_on_cancel=True)
     if inspect.isawaitable(result):
         return await result
     return result
@@ -197,7 +200,7 @@ def _is_async(fn: Callable[..., Any]) -> bool:
 
 async def _write_outcome(
     client: Client,
-    definition: TaskDefinition,
+    definition: TaskDefinition[Any, Any],
     control: RunControl,
     outcome: Outcome,
     value: Any,
@@ -254,7 +257,7 @@ async def _complete(
 
 async def _fail(
     client: Client,
-    definition: TaskDefinition,
+    definition: TaskDefinition[Any, Any],
     control: RunControl,
     outcome: Outcome,
     exc: BaseException | None,

@@ -12,7 +12,7 @@ import inspect
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Unpack
+from typing import Any, Generic, TypeVar, Unpack, cast, overload
 
 import structlog
 
@@ -38,6 +38,10 @@ Handler = Callable[..., Any]
 #: ``on_discard(ctx, error)``, sync or async: the task failed for good.
 DiscardHook = Callable[[Any, BaseException], Any]
 
+#: A task's params type (its handler's second parameter) and result type (what it returns).
+P = TypeVar("P")
+R = TypeVar("R")
+
 
 #: The spawn options a definition sets (the others of TaskKwargs are its own).
 _DEFINITION_OPTIONS = frozenset(DefinitionOptions.__annotations__)
@@ -57,8 +61,11 @@ class TaskKwargs(DefinitionOptions, total=False):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TaskDefinition:
-    """A registered handler, its queue and the options every spawn of it gets."""
+class TaskDefinition(Generic[P, R]):
+    """A registered handler, its queue and the options every spawn of it gets.
+
+    Typed from the handler: ``TaskDefinition[P, R]`` spawns with params of type ``P`` and its
+    handles' results are ``R``."""
 
     registry: Registry = field(repr=False, compare=False)
     name: str
@@ -72,26 +79,41 @@ class TaskDefinition:
     on_discard: DiscardHook | None = None
     retention: Retention | None = None
 
-    async def __call__(self, ctx: Any, params: Any) -> Any:
+    async def __call__(self, ctx: Any, params: P) -> R:
         """Call the handler directly (no durability): useful in unit tests of the handler."""
         result = self.fn(ctx, params)
         if inspect.isawaitable(result):
-            return await result
-        return result
+            return cast(R, await result)
+        return cast(R, result)
 
     def options(self, **overrides: Unpack[SpawnKwargs]) -> SpawnOptions:
         """The options of one spawn: this definition's, with ``overrides`` on top."""
         return self.defaults.merged(overrides)
 
+    @overload
+    async def spawn(
+        self: TaskDefinition[None, R],
+        params: None = None,
+        *,
+        queue: str | None = None,
+        **options: Unpack[SpawnKwargs],
+    ) -> TaskHandle[R]: ...
+
+    @overload
+    async def spawn(
+        self, params: P, *, queue: str | None = None, **options: Unpack[SpawnKwargs]
+    ) -> TaskHandle[R]: ...
+
     async def spawn(
         self, params: Any = None, *, queue: str | None = None, **options: Unpack[SpawnKwargs]
-    ) -> TaskHandle:
+    ) -> TaskHandle[R]:
         """Spawn this task; options given here override the ones on ``@app.task``."""
-        return await self.registry.spawn(self, params, queue=queue, **options)
+        handle = await self.registry.spawn(self, params, queue=queue, **options)
+        return cast(TaskHandle[R], handle)
 
 
 @dataclass(slots=True)
-class TaskHandle:
+class TaskHandle(Generic[R]):
     """What a spawn returns: the task's identity, and ``await handle.result()``."""
 
     client: Client = field(repr=False, compare=False)
@@ -102,12 +124,13 @@ class TaskHandle:
     attempt: int
     created: bool
 
-    async def result(self, timeout: float | None = None) -> TaskResult:
+    async def result(self, timeout: float | None = None) -> TaskResult[R]:
         """Wait until the task ends; raise :class:`TaskFailed` if it failed or was cancelled."""
-        return await self.client.result(self.queue, self.task_id, timeout=timeout)
+        outcome = await self.client.result(self.queue, self.task_id, timeout=timeout)
+        return cast(TaskResult[R], outcome)
 
 
-class Registry(Mapping[str, TaskDefinition]):
+class Registry(Mapping[str, "TaskDefinition[Any, Any]"]):
     """Task definitions by name, cron jobs and retention rules; ``client`` spawns them."""
 
     def __init__(
@@ -126,9 +149,9 @@ class Registry(Mapping[str, TaskDefinition]):
         self.retention = retention
         self.retention_interval = retention_interval
         self.crons: list[CronJob] = []
-        self._tasks: dict[str, TaskDefinition] = {}
+        self._tasks: dict[str, TaskDefinition[Any, Any]] = {}
 
-    def __getitem__(self, name: str) -> TaskDefinition:
+    def __getitem__(self, name: str) -> TaskDefinition[Any, Any]:
         return self._tasks[name]
 
     def __iter__(self) -> Iterator[str]:
@@ -137,7 +160,7 @@ class Registry(Mapping[str, TaskDefinition]):
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def register(self, fn: Handler, **options: Unpack[TaskKwargs]) -> TaskDefinition:
+    def register(self, fn: Handler, **options: Unpack[TaskKwargs]) -> TaskDefinition[Any, Any]:
         """Register handler ``fn`` under ``name`` (default: its ``__name__``)."""
         global_limit = options.get("global_limit")
         if global_limit is not None and global_limit < 1:
@@ -149,7 +172,7 @@ class Registry(Mapping[str, TaskDefinition]):
         spawn_defaults = {
             k: v for k, v in options.items() if k in DefinitionOptions.__annotations__
         }
-        definition = TaskDefinition(
+        definition: TaskDefinition[Any, Any] = TaskDefinition(
             registry=self,
             name=task_name,
             fn=fn,
@@ -167,7 +190,7 @@ class Registry(Mapping[str, TaskDefinition]):
 
     def resolve(
         self,
-        task: TaskDefinition | str,
+        task: TaskDefinition[Any, Any] | str,
         queue: str | None,
         overrides: Mapping[str, Any],
         *,
@@ -188,19 +211,19 @@ class Registry(Mapping[str, TaskDefinition]):
 
     async def spawn(
         self,
-        task: TaskDefinition | str,
+        task: TaskDefinition[Any, Any] | str,
         params: Any = None,
         *,
         queue: str | None = None,
         **options: Unpack[SpawnKwargs],
-    ) -> TaskHandle:
+    ) -> TaskHandle[Any]:
         """Spawn ``task`` (see :meth:`resolve`)."""
         target, task_name, resolved = self.resolve(task, queue, options)
         return await self.spawn_with(target, task_name, params, resolved)
 
     async def spawn_with(
         self, queue: str, task_name: str, params: Any, options: SpawnOptions
-    ) -> TaskHandle:
+    ) -> TaskHandle[Any]:
         """Spawn with options resolved already."""
         info: SpawnInfo = await self.client.spawn(queue, task_name, params, options)
         log.info(
@@ -219,7 +242,7 @@ class Registry(Mapping[str, TaskDefinition]):
     def add_cron(
         self,
         expr: str,
-        task: TaskDefinition | str,
+        task: TaskDefinition[Any, Any] | str,
         params: Any = None,
         *,
         name: str | None = None,
@@ -246,6 +269,6 @@ class Registry(Mapping[str, TaskDefinition]):
         per_task = {d.name: d.retention for d in self._tasks.values() if d.retention}
         return prune_rules(self.retention, per_task)
 
-    def definitions_on(self, queues: Sequence[str]) -> list[TaskDefinition]:
+    def definitions_on(self, queues: Sequence[str]) -> list[TaskDefinition[Any, Any]]:
         """The definitions whose queue is one of ``queues``."""
         return [d for d in self._tasks.values() if d.queue in queues]

@@ -147,7 +147,7 @@ async def worker(*args: str, dsn: str | None, **env: str) -> AsyncIterator[Worke
 
 async def wait_finished(
     client: Client, task_ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, TaskResult]:
+) -> dict[uuid.UUID, TaskResult[Any]]:
     with anyio.fail_after(TASKS_TIMEOUT_S):
         while True:
             results = {task_id: await client.get_result(None, task_id) for task_id in task_ids}

@@ -296,7 +296,7 @@ async def test_concurrent_duplicates_create_exactly_one_task(dsn: str) -> None:
     async def import_feed(ctx: TaskContext, params: Any) -> None:
         return None
 
-    handles: list[TaskHandle] = []
+    handles: list[TaskHandle[Any]] = []
 
     async def spawn_one(i: int) -> None:
         handles.append(await import_feed.spawn({"feed": "f", "i": i}, unique=Unique(keys=["feed"])))

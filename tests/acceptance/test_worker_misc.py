@@ -17,6 +17,7 @@ from durable import (
     FailureReason,
     Fixed,
     RunState,
+    SyncTaskContext,
     TaskContext,
     TaskFailed,
     TaskRecord,
@@ -117,7 +118,7 @@ async def test_a_plain_def_handler_runs_in_a_thread(dsn: str) -> None:
     app = Durable(dsn)
 
     @app.task
-    def add(ctx: TaskContext, params: Any) -> dict[str, Any]:
+    def add(ctx: SyncTaskContext, params: Any) -> dict[str, Any]:
         return {
             "sum": params["a"] + params["b"],
             "in_main_thread": threading.current_thread() is threading.main_thread(),
@@ -253,3 +254,74 @@ async def test_an_empty_step_name_fails_only_its_own_run(dsn: str) -> None:
         assert [(await h.result(timeout=10)).result for h in good] == [f"s{i}" for i in range(10)]
         with pytest.raises(TaskFailed, match="step name"):
             await bad.result(timeout=10)
+
+
+async def test_a_plain_def_handler_uses_its_context_synchronously(dsn: str) -> None:
+    app = Durable(dsn)
+    executed: list[str] = []
+
+    def double(x: int) -> int:
+        executed.append(f"double {x}")
+        return 2 * x
+
+    async def triple(x: int) -> int:
+        executed.append(f"triple {x}")
+        return 3 * x
+
+    @app.task(queue=QUEUE, name="child_of_sync")
+    async def child(ctx: TaskContext, params: Any) -> int:
+        return int(params["n"]) + 1
+
+    @app.task(queue=QUEUE, max_attempts=2, retry=Fixed(0))
+    def sync_parent(ctx: SyncTaskContext, params: Any) -> dict[str, Any]:
+        a = ctx.step("double", double, 5)
+        b = ctx.step("triple", triple, 5)
+        ctx.heartbeat()
+        ctx.progress(50.0, {"a": a})
+        ctx.sleep("nap", 0)  # a time already past returns at once
+        spawned = ctx.spawn(child, {"n": a + b})
+        got = ctx.result(spawned, timeout=10)
+        event = ctx.await_event("sync-test-event", timeout=10)
+        if ctx.attempt == 1:
+            raise RuntimeError("fail after the steps, so that attempt 2 replays them")
+        return {"a": a, "b": b, "child": got.result, "event": event}
+
+    async with running_worker(app):
+        await app.emit_event("sync-test-event", {"ok": True})
+        handle = await sync_parent.spawn(None)
+        outcome = await handle.result(timeout=20)
+        record = await app.get_task(handle.task_id)
+
+    assert outcome.result == {"a": 10, "b": 15, "child": 26, "event": {"ok": True}}
+    assert executed == ["double 5", "triple 5"]  # attempt 2 replayed both steps
+    assert record.progress is not None
+    assert record.progress.pct == 50.0
+    assert [run.state for run in record.runs][-1] is RunState.COMPLETED
+
+
+async def test_a_plain_def_handler_past_its_timeout_is_stopped_at_its_next_call(dsn: str) -> None:
+    app = Durable(dsn)
+    calls_after_timeout: list[str] = []
+
+    @app.task(queue=QUEUE, max_attempts=1, timeout=0.3)
+    def slow(ctx: SyncTaskContext, params: Any) -> None:
+        import time
+
+        time.sleep(0.6)  # past the timeout: the worker records job_timeout meanwhile
+        try:
+            ctx.step("after", lambda: 1)
+        finally:
+            calls_after_timeout.append("unwound")
+
+    async with running_worker(app):
+        handle = await slow.spawn(None)
+        with pytest.raises(TaskFailed) as failed:
+            await handle.result(timeout=10)
+        with anyio.fail_after(5):
+            while not calls_after_timeout:  # noqa: ASYNC110 — the abandoned thread unwinds
+                await anyio.sleep(0.05)
+        checkpoints = await app.client.get_checkpoints(QUEUE, handle.task_id)
+
+    assert failed.value.failure is not None
+    assert failed.value.failure.reason is FailureReason.JOB_TIMEOUT
+    assert checkpoints == []  # the stopped handler wrote nothing more

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import asyncpg
@@ -211,7 +212,7 @@ async def test_a_result_waiter_whose_listen_connection_dies_still_sees_the_outco
     outcome."""
     async with Durable(dsn) as app, anyio.create_task_group() as tg:
         handle = await app.spawn("job", {"n": 1}, queue=QUEUE)
-        outcome: list[TaskResult] = []
+        outcome: list[TaskResult[Any]] = []
 
         async def wait() -> None:
             outcome.append(await handle.result(timeout=20))

@@ -37,6 +37,7 @@ def test_public_names_are_pinned() -> None:
         "Snooze",
         "SpawnInfo",
         "SpawnOptions",
+        "SyncTaskContext",
         "TaskContext",
         "TaskDefinition",
         "TaskFailed",

@@ -1,0 +1,48 @@
+"""A user's module, as a user writes it: `mypy --strict` must pass on it with durable installed
+(tests/unit/test_user_typing.py checks it from outside the repository, through the py.typed
+marker, and checks that the mistakes in bad_user_app.txt are caught)."""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+from durable import Durable, SyncTaskContext, TaskContext, TaskResult
+
+app = Durable()
+
+
+class Greeting(TypedDict):
+    name: str
+
+
+def shout(text: str, *, times: int = 1) -> str:
+    return text.upper() * times
+
+
+async def fetch_length(url: str) -> int:
+    return len(url)
+
+
+@app.task(name="greet", max_attempts=2)
+async def greet(ctx: TaskContext, params: Greeting) -> str:
+    loud: str = await ctx.step("shout", shout, params["name"], times=2)
+    size: int = await ctx.step("fetch", fetch_length, "https://example.com")
+    return f"{loud} {size}"
+
+
+@app.task
+def count(ctx: SyncTaskContext, params: list[int]) -> int:
+    total: int = ctx.step("sum", sum, params)
+    ctx.heartbeat()
+    ctx.progress(100.0)
+    return total
+
+
+async def produce() -> tuple[str, int]:
+    async with app:
+        handle = await greet.spawn({"name": "ada"}, idempotency_key="greet-ada")
+        outcome: TaskResult[str] = await handle.result(timeout=10)
+        text: str = outcome.result
+        counted = await (await count.spawn([1, 2, 3])).result()
+        number: int = counted.result
+        return text, number
