@@ -40,7 +40,8 @@ log = structlog.get_logger("durable")
 class Durable:
     """The application: register tasks, spawn them, await results, run workers.
 
-    ``Durable(dsn)`` > ``$DURABLE_DSN`` > the embedded PostgreSQL under ``$DURABLE_HOME``.
+    ``Durable(dsn)`` > ``$DURABLE_DSN`` > the embedded PostgreSQL under ``$DURABLE_HOME`` (the
+    ``durable[embedded]`` extra; without it, connecting raises ``DatabaseUnavailable``).
     """
 
     def __init__(
