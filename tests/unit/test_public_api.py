@@ -1,5 +1,7 @@
 """The public face of the package is pinned: a change to it is a deliberate change to this list."""
 
+from importlib import metadata
+
 import durable
 
 
@@ -75,3 +77,8 @@ def test_reason_classes_are_the_contract() -> None:
         "exhausted",
         "unknown",
     ]
+
+
+def test_version_is_the_installed_distributions() -> None:
+    assert durable.__version__ == metadata.version("durable")
+    assert "__version__" not in durable.__all__  # a dunder, not one of the pinned names
