@@ -13,9 +13,9 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar, Unpack, cast, overload
 
 import anyio
-import structlog
 
 from durable.client import Client
+from durable.protocol.log import get_logger
 from durable.protocol.records import (
     FailedWork,
     FailedWorkState,
@@ -37,7 +37,7 @@ from durable.runtime.retention import PruneRule
 from durable.runtime.sync_context import SyncTaskContext
 from durable.runtime.worker import Worker, WorkerKwargs, WorkerOptions
 
-log = structlog.get_logger("durable")
+log = get_logger()
 
 P = TypeVar("P")
 R = TypeVar("R")

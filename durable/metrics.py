@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
-import structlog
 
 from durable.client import Client
 from durable.protocol.errors import DurableError, InvalidArgument
+from durable.protocol.log import get_logger
 from durable.protocol.records import Claim, FailureReason, TaskState
 from durable.runtime import instruments
 from durable.runtime.deadlines import within
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from durable.client import Client
     from durable.protocol.records import Claim
 
-log = structlog.get_logger("durable")
+log = get_logger()
 
 #: Run durations, in seconds: durable runs last from milliseconds to hours.
 DURATION_BUCKETS = (

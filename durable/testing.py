@@ -28,12 +28,12 @@ from types import TracebackType
 from typing import Any, Final
 
 import anyio
-import structlog
 
 from durable.app import Durable
 from durable.client import Client
 from durable.protocol.durations import seconds
 from durable.protocol.errors import DatabaseUnavailable, UnknownTask, check_queue_name
+from durable.protocol.log import get_logger
 from durable.protocol.records import Claim, RunRecord, RunState, TaskRecord
 from durable.protocol.store import Store
 from durable.runtime.context import RunControl, run_fields
@@ -42,7 +42,7 @@ from durable.runtime.outcome import Outcome
 
 __all__ = ["Harness", "RunOutcome"]
 
-log = structlog.get_logger("durable")
+log = get_logger()
 
 #: Connections of the harness's own pool (claims, checkpoints and outcomes run one at a time).
 _POOL_SIZE: Final = 4

@@ -6,6 +6,7 @@ One template database per session with every migration applied; each test gets i
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -21,6 +22,13 @@ import pytest
 from durable.client import Client
 from durable.protocol.embedded import EmbeddedServer
 from durable.protocol.store import Store
+
+
+@pytest.fixture(autouse=True, scope="session")
+def durable_logs_at_debug() -> None:
+    """durable logs through the stdlib logger ``durable`` (WARNING by default, as any library's);
+    the tests assert its events (``structlog.testing.capture_logs``), so let every level in."""
+    logging.getLogger("durable").setLevel(logging.DEBUG)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import anyio
-import structlog
 
 from durable.client import instruments
 from durable.client.results import ResultWaiters
@@ -25,6 +24,7 @@ from durable.protocol.errors import (
     TaskFailed,
     check_queue_name,
 )
+from durable.protocol.log import get_logger
 from durable.protocol.records import (
     Checkpoint,
     Claim,
@@ -44,7 +44,7 @@ from durable.protocol.records import (
 )
 from durable.protocol.store import Listener, Store
 
-log = structlog.get_logger("durable")
+log = get_logger()
 
 _NO_OPTIONS = SpawnOptions()
 

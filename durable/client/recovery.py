@@ -14,13 +14,13 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import anyio
-import structlog
 
 from durable.client import Client
 from durable.protocol.errors import DurableError
+from durable.protocol.log import get_logger
 from durable.protocol.records import FailedWork, FailedWorkState, TaskState
 
-log = structlog.get_logger("durable")
+log = get_logger()
 
 
 class Action(StrEnum):

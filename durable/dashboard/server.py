@@ -34,7 +34,6 @@ from importlib import resources
 
 import anyio
 import anyio.abc
-import structlog
 
 from durable.client import Client
 from durable.dashboard import views
@@ -53,10 +52,11 @@ from durable.protocol.errors import (
     InvalidState,
     TaskNotFound,
 )
+from durable.protocol.log import get_logger
 
 __all__ = ["Dashboard", "serve"]
 
-log = structlog.get_logger("durable")
+log = get_logger()
 
 #: How long a client may take to send its request, and to take the response.
 READ_TIMEOUT_S = 10.0

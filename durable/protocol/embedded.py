@@ -34,13 +34,13 @@ from pathlib import Path
 from urllib.parse import quote
 
 import anyio.to_thread
-import structlog
 
 from durable.protocol.errors import DatabaseUnavailable
+from durable.protocol.log import get_logger
 
 __all__ = ["EmbeddedServer", "default_home", "start_embedded", "stop_embedded"]
 
-logger = structlog.get_logger("durable")
+logger = get_logger()
 
 PG_USER = "durable_pg"
 PORT = 5432

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
-import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 from durable.protocol.errors import SchemaError
+from durable.protocol.log import get_logger
 
-log = structlog.get_logger("durable")
+log = get_logger()
 
 _LOCK_KEY = 0x6475726162  # "durab": one key for every durable migrator
 _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")

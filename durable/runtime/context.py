@@ -13,7 +13,6 @@ from typing import Any, Final, ParamSpec, TypeVar, Unpack, overload
 
 import anyio
 import orjson
-import structlog
 
 from durable.client import Client
 from durable.protocol import durations
@@ -26,6 +25,7 @@ from durable.protocol.errors import (
     Suspended,
     TaskFailed,
 )
+from durable.protocol.log import get_logger
 from durable.protocol.records import (
     ChildTask,
     Claim,
@@ -149,7 +149,7 @@ class TaskContext:
     @functools.cached_property
     def log(self) -> Any:
         """A structlog logger bound to this run's identity (bound on first use)."""
-        return structlog.get_logger("durable").bind(**self._control.ids)
+        return get_logger().bind(**self._control.ids)
 
     @overload
     async def step(

@@ -33,15 +33,15 @@ from datetime import MAXYEAR, UTC, datetime, timedelta
 from typing import Any
 
 import anyio
-import structlog
 
 from durable.client import Client
 from durable.protocol.errors import DurableError, InvalidArgument
+from durable.protocol.log import get_logger
 from durable.protocol.records import SpawnOptions
 
 __all__ = ["CronExpr", "CronJob", "run_cron_jobs"]
 
-log = structlog.get_logger("durable")
+log = get_logger()
 
 #: After a stall (a slow spawn, a suspended process), slots older than this are skipped rather
 #: than fired late one after another.

@@ -26,7 +26,6 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-import structlog
 
 from durable.client import Client
 from durable.protocol.codec import RawJson, encode_json
@@ -41,6 +40,7 @@ from durable.protocol.errors import (
     Suspended,
 )
 from durable.protocol.failures import classify_error
+from durable.protocol.log import get_logger
 from durable.protocol.records import FailureReason
 from durable.runtime.context import RunControl, TaskContext, run_fields
 from durable.runtime.group_commit import RunWrites
@@ -49,7 +49,7 @@ from durable.runtime.outcome import Outcome, RunEnded
 from durable.runtime.registry import Registry, TaskDefinition
 from durable.runtime.sync_context import SyncTaskContext
 
-log = structlog.get_logger("durable")
+log = get_logger()
 
 #: How long an outcome write may take during shutdown before it is given up (a completion
 #: handed over to the batcher is bounded by the batcher's own deadline instead).

@@ -22,16 +22,16 @@ import uuid
 from collections.abc import Mapping
 
 import anyio
-import structlog
 
 from durable.client import Client
 from durable.protocol.errors import DurableError
+from durable.protocol.log import get_logger
 from durable.protocol.store import Store
 from durable.runtime.context import RunControl, run_fields
 from durable.runtime.deadlines import CLOSE_TIMEOUT_S, db_timeout, within
 from durable.runtime.outcome import Outcome
 
-log = structlog.get_logger("durable")
+log = get_logger()
 
 SUPERVISE_TICK_S = 0.1
 

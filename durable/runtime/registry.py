@@ -14,10 +14,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, Unpack, cast, overload
 
-import structlog
-
 from durable.client import Client
 from durable.protocol.errors import UnknownTask, check_queue_name
+from durable.protocol.log import get_logger
 from durable.protocol.records import (
     DefinitionOptions,
     RateLimit,
@@ -32,7 +31,7 @@ from durable.protocol.retry import Backoff
 from durable.runtime.cron import CronExpr, CronJob
 from durable.runtime.retention import PruneRule, prune_rules
 
-log = structlog.get_logger("durable")
+log = get_logger()
 
 Handler = Callable[..., Any]
 #: ``on_discard(ctx, error)``, sync or async: the task failed for good.

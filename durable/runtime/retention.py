@@ -14,13 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import anyio
-import structlog
 
 from durable.client import Client
 from durable.protocol.errors import DurableError
+from durable.protocol.log import get_logger
 from durable.protocol.records import Retention, TaskState
 
-log = structlog.get_logger("durable")
+log = get_logger()
 
 FINISHED = (TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED)
 

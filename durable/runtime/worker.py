@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 import anyio
-import structlog
 
 from durable.protocol.errors import (
     DatabaseUnavailable,
@@ -32,6 +31,7 @@ from durable.protocol.errors import (
     InvalidArgument,
     check_queue_name,
 )
+from durable.protocol.log import get_logger
 from durable.protocol.records import Claim
 from durable.protocol.store import CHANNEL_WORK, Listener
 from durable.runtime.context import RunControl, cancel_scope, run_fields
@@ -50,7 +50,7 @@ from durable.runtime.outcome import Outcome
 from durable.runtime.registry import Registry
 from durable.runtime.retention import run_retention
 
-log = structlog.get_logger("durable")
+log = get_logger()
 
 #: With a backlog and few free slots, how long to wait for more slots to free before claiming.
 CLAIM_GATHER_S = 0.005
