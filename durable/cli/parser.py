@@ -15,6 +15,7 @@ from durable.cli.commands.show import cmd_show
 from durable.cli.commands.tasks import cmd_cancel_by, cmd_emit, cmd_spawn, cmd_status
 from durable.cli.commands.worker import cmd_migrate, cmd_worker
 from durable.cli.exits import EXIT_USAGE
+from durable.cli.options import add_spawn_flags
 from durable.protocol.records import FailedWorkState, FailureReason, ReasonClass, TaskState
 
 #: A command: the parsed arguments in, the exit code out.
@@ -125,38 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="params (default null)",
     )
     spawn.add_argument("-q", "--queue", default="default", help="queue (default 'default')")
-    spawn.add_argument("--idempotency-key", metavar="K", help="spawn once per key and queue")
-    spawn.add_argument("--max-attempts", type=arguments.positive_int, metavar="N")
-    when = spawn.add_mutually_exclusive_group()
-    when.add_argument(
-        "--delay", type=arguments.non_negative_float, metavar="S", help="start after S s"
-    )
-    when.add_argument(
-        "--at",
-        type=arguments.aware_datetime,
-        metavar="ISO8601",
-        help="start at this time, with its offset (e.g. 2030-01-01T09:00:00+02:00, or Z)",
-    )
-    spawn.add_argument("--priority", type=int, default=0, metavar="P", help="higher runs first")
-    spawn.add_argument(
-        "--tag",
-        dest="tags",
-        action="append",
-        type=arguments.tag,
-        metavar="T",
-        help="a tag; repeat for more",
-    )
-    spawn.add_argument(
-        "--partition-key", metavar="K", help="claims take runs round-robin across partition keys"
-    )
-    spawn.add_argument(
-        "--depends-on",
-        dest="depends_on",
-        action="append",
-        type=arguments.task_id,
-        metavar="ID",
-        help="start once task ID completed (cancelled if it fails or is cancelled); repeatable",
-    )
+    add_spawn_flags(spawn)
 
     tag = _Parser(add_help=False)
     tag.add_argument(

@@ -268,6 +268,13 @@ async def test_spawn_passes_its_options(dsn: str, client: Client) -> None:
     assert task.runs[0].available_at > task.created_at
 
 
+async def test_spawn_passes_the_timeouts(dsn: str, client: Client) -> None:
+    info = await spawn(dsn, "add", "--timeout", "30", "--heartbeat-timeout", "5")
+    [claim] = await client.claim("default", "cli-test", 60)
+    assert claim.task_id == uuid.UUID(info["task_id"])
+    assert (claim.timeout, claim.heartbeat_timeout) == (30.0, 5.0)
+
+
 async def test_spawn_refuses_params_that_are_not_json(dsn: str) -> None:
     done = await durable("spawn", "add", "--params", "{a: 1}", dsn=dsn)
     assert done.code == 2

@@ -8,24 +8,16 @@ import json
 from durable.cli import session
 from durable.cli.exits import EXIT_OK, UsageError
 from durable.cli.logs import configure_logging
+from durable.cli.options import spawn_options
 from durable.cli.render import count, print_json, table
 from durable.protocol.errors import check_queue_name
-from durable.protocol.records import SpawnOptions, TaskState
+from durable.protocol.records import TaskState
 
 
 def cmd_spawn(args: argparse.Namespace) -> int:
     configure_logging(level="warning")
     try:
-        options = SpawnOptions(
-            idempotency_key=args.idempotency_key,
-            max_attempts=args.max_attempts,
-            delay=args.delay,
-            at=args.at,
-            priority=args.priority,
-            tags=args.tags,
-            partition_key=args.partition_key,
-            depends_on=args.depends_on,
-        )
+        options = spawn_options(args)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
