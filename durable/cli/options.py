@@ -121,8 +121,8 @@ def spawn_options(args: argparse.Namespace) -> SpawnOptions:
     return SpawnOptions(**given)
 
 
-#: WorkerOptions's defaults, by field: the one place they live.
-WORKER_DEFAULTS: Mapping[str, object] = {
+#: WorkerOptions's defaults by field name, read from its dataclass fields (where they live).
+_WORKER_DEFAULTS: Mapping[str, object] = {
     field.name: field.default
     for field in dataclasses.fields(WorkerOptions)
     if field.default is not dataclasses.MISSING
@@ -131,12 +131,12 @@ WORKER_DEFAULTS: Mapping[str, object] = {
 
 def worker_help(name: str, text: str) -> str:
     """``text`` with ``{default}`` replaced by WorkerOptions's default of field ``name``."""
-    default = WORKER_DEFAULTS[name]
+    default = _WORKER_DEFAULTS[name]
     return text.format(default=f"{default:g}" if isinstance(default, float) else default)
 
 
 def worker_options(args: argparse.Namespace) -> dict[str, Any]:
     """The worker options given as flags (None: not given, WorkerOptions's default applies)."""
     return {
-        name: value for name in WORKER_DEFAULTS if (value := getattr(args, name, None)) is not None
+        name: value for name in _WORKER_DEFAULTS if (value := getattr(args, name, None)) is not None
     }

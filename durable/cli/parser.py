@@ -15,7 +15,7 @@ from durable.cli.commands.show import cmd_show
 from durable.cli.commands.tasks import cmd_cancel_by, cmd_emit, cmd_spawn, cmd_status
 from durable.cli.commands.worker import cmd_migrate, cmd_worker
 from durable.cli.exits import EXIT_USAGE
-from durable.cli.options import add_spawn_flags
+from durable.cli.options import add_spawn_flags, worker_help
 from durable.protocol.records import FailedWorkState, FailureReason, ReasonClass, TaskState
 
 #: A command: the parsed arguments in, the exit code out.
@@ -64,28 +64,40 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="QUEUE",
         help="queue to claim from; repeat for more (default: every queue the app's tasks use)",
     )
+    # the defaults are WorkerOptions's: a flag not given is not passed to run_worker
     worker.add_argument(
         "-c",
         "--concurrency",
         type=arguments.positive_int,
-        default=10,
         metavar="N",
-        help="tasks run at once (default 10)",
+        help=worker_help("concurrency", "tasks run at once (default {default})"),
     )
     worker.add_argument(
         "--claim-timeout",
         type=arguments.positive_float,
-        default=60.0,
         metavar="S",
-        help="lease of a claim, renewed by heartbeats (default 60)",
+        help=worker_help(
+            "claim_timeout", "lease of a claim, renewed by heartbeats (default {default})"
+        ),
     )
     worker.add_argument(
         "--grace-period",
         type=arguments.non_negative_float,
-        default=30.0,
         metavar="S",
-        help="on SIGTERM/SIGINT, how long running tasks may finish before their leases are "
-        "released (default 30); a second signal releases them at once",
+        help=worker_help(
+            "grace_period",
+            "on SIGTERM/SIGINT, how long running tasks may finish before their leases are "
+            "released (default {default}); a second signal releases them at once",
+        ),
+    )
+    worker.add_argument(
+        "--poll-interval",
+        type=arguments.positive_float,
+        metavar="S",
+        help=worker_help(
+            "poll_interval",
+            "how often to poll for work between notifications (default {default})",
+        ),
     )
     worker.add_argument(
         "--metrics-port",
@@ -96,17 +108,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--metrics-host",
-        default="127.0.0.1",
         metavar="HOST",
-        help="interface of the metrics endpoint (default 127.0.0.1; 0.0.0.0 to be scraped "
-        "from other machines or containers)",
+        help=worker_help(
+            "metrics_host",
+            "interface of the metrics endpoint (default {default}; 0.0.0.0 to be scraped "
+            "from other machines or containers)",
+        ),
     )
     worker.add_argument(
         "--metrics-interval",
         type=arguments.positive_float,
-        default=5.0,
         metavar="S",
-        help="how often the queue depth gauge is refreshed (default 5)",
+        help=worker_help(
+            "metrics_interval", "how often the queue depth gauge is refreshed (default {default})"
+        ),
     )
     worker.epilog = (
         "MODULE is imported with the current directory on sys.path. --dsn sets $DURABLE_DSN "

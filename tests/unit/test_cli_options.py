@@ -10,9 +10,10 @@ from datetime import UTC, datetime
 import pytest
 
 from durable.cli import main
-from durable.cli.options import spawn_options
+from durable.cli.options import spawn_options, worker_options
 from durable.cli.parser import build_parser
 from durable.protocol.records import SpawnOptions
+from durable.runtime.worker import WorkerOptions
 
 
 def _help(capsys: pytest.CaptureFixture[str], command: str) -> str:
@@ -100,3 +101,30 @@ def test_spawn_flags_build_spawn_options() -> None:
 
 def test_spawn_without_flags_takes_the_defaults_of_spawn_options() -> None:
     assert spawn_options(build_parser().parse_args(["spawn", "t"])) == SpawnOptions()
+
+
+def test_worker_flags_pass_only_what_was_given() -> None:
+    parser = build_parser()
+    assert worker_options(parser.parse_args(["worker", "m:app"])) == {}
+    args = parser.parse_args(
+        ["worker", "m:app", "-q", "a", "-c", "3", "--poll-interval", "0.5", "--grace-period", "0"]
+    )
+    assert worker_options(args) == {"concurrency": 3, "poll_interval": 0.5, "grace_period": 0.0}
+
+
+def test_worker_help_shows_the_defaults_of_worker_options(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    defaults = {f.name: f.default for f in dataclasses.fields(WorkerOptions)}
+    text = " ".join(_help(capsys, "worker").split())  # unwrapped
+    assert f"tasks run at once (default {defaults['concurrency']})" in text
+    for flag, name in [
+        ("--claim-timeout", "claim_timeout"),
+        ("--grace-period", "grace_period"),
+        ("--poll-interval", "poll_interval"),
+        ("--metrics-interval", "metrics_interval"),
+    ]:
+        default = defaults[name]
+        assert isinstance(default, float)
+        assert re.search(rf"{flag} S [^-]*\(default {default:g}\)", text), flag
+    assert f"(default {defaults['metrics_host']};" in text

@@ -11,6 +11,7 @@ from durable.app import Durable
 from durable.cli import session
 from durable.cli.exits import EXIT_OK, UsageError
 from durable.cli.logs import configure_logging
+from durable.cli.options import worker_options
 from durable.protocol.migrate import load_migrations
 
 
@@ -23,15 +24,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     async def work() -> int:
         async with app:
             session.print_embedded(app.client)
-            await app.run_worker(
-                args.queues or None,
-                args.concurrency,
-                args.claim_timeout,
-                grace_period=args.grace_period,
-                metrics_port=args.metrics_port,
-                metrics_host=args.metrics_host,
-                metrics_interval=args.metrics_interval,
-            )
+            await app.run_worker(args.queues or None, **worker_options(args))
         return EXIT_OK
 
     return session.run(work)
