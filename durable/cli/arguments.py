@@ -10,6 +10,8 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from durable.protocol.durations import seconds
+
 
 def json_value(text: str) -> Any:
     try:
@@ -49,13 +51,12 @@ _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 def duration(text: str) -> float:
     """``7d``, ``12h``, ``30m``, ``45s``, ``1w`` or a number of seconds."""
     number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
-    try:
-        value = float(number) * _UNITS[unit]
-    except ValueError:
-        value = float("nan")
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"not a duration (e.g. 7d, 12h, 30m, 45s): {text!r}")
-    return value
+    try:  # the units are read here; what a duration may be is seconds()'s to say
+        return seconds(float(number) * _UNITS[unit], what="a duration")
+    except ValueError:  # not a number, or negative, infinite or NaN
+        raise argparse.ArgumentTypeError(
+            f"not a duration (e.g. 7d, 12h, 30m, 45s): {text!r}"
+        ) from None
 
 
 def since(text: str) -> datetime | float:
@@ -97,10 +98,10 @@ def positive_int(text: str) -> int:
 
 def _seconds(text: str, *, allow_zero: bool) -> float:
     try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not math.isfinite(value) or not (value >= 0 if allow_zero else value > 0):
+        value: float | None = seconds(float(text), what="seconds")
+    except ValueError:  # not a number, or negative, infinite or NaN
+        value = None
+    if value is None or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise argparse.ArgumentTypeError(f"not a number of seconds {bound}: {text!r}")
     return value
