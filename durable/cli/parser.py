@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import NoReturn
 
+from durable import __version__
 from durable.cli import arguments
 from durable.cli.commands.dashboard import cmd_dashboard
 from durable.cli.commands.failed import cmd_failed
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--dsn", default=None, help="PostgreSQL DSN (default: $DURABLE_DSN)")
+    parser.add_argument("--version", action="version", version=f"durable {__version__}")
     # --dsn is accepted after the command too; SUPPRESS keeps a global --dsn when it is not
     common = _Parser(add_help=False)
     common.add_argument(

@@ -24,6 +24,7 @@ import anyio
 import anyio.abc
 import pytest
 
+import durable as durable_package
 from durable.client import Client
 from durable.protocol.records import RunState, SpawnOptions, TaskRecord, TaskResult, TaskState
 
@@ -217,6 +218,11 @@ async def test_no_command_prints_help_and_where_data_lives(tmp_path: Path) -> No
     assert "spawn" in done.out
     assert done.err_lines == [f"durable: using embedded PostgreSQL, data in {home.resolve()}"]
     assert not home.exists()  # it only says where: nothing started
+
+
+async def test_version_prints_the_package_version() -> None:
+    done = await durable("--version", dsn=UNREACHABLE_DSN)
+    assert (done.code, done.out, done.err) == (0, f"durable {durable_package.__version__}\n", "")
 
 
 async def test_migrate_reports_the_schema_state(dsn: str) -> None:
