@@ -24,6 +24,7 @@ import anyio
 import anyio.abc
 import pytest
 
+import durable as durable_package
 from durable.client import Client
 from durable.protocol.records import RunState, SpawnOptions, TaskRecord, TaskResult, TaskState
 
@@ -219,6 +220,11 @@ async def test_no_command_prints_help_and_where_data_lives(tmp_path: Path) -> No
     assert not home.exists()  # it only says where: nothing started
 
 
+async def test_version_prints_the_package_version() -> None:
+    done = await durable("--version", dsn=UNREACHABLE_DSN)
+    assert (done.code, done.out, done.err) == (0, f"durable {durable_package.__version__}\n", "")
+
+
 async def test_migrate_reports_the_schema_state(dsn: str) -> None:
     done = await durable("migrate", dsn=dsn)
     assert done.code == 0, done.err
@@ -266,6 +272,13 @@ async def test_spawn_passes_its_options(dsn: str, client: Client) -> None:
         7,
     )
     assert task.runs[0].available_at > task.created_at
+
+
+async def test_spawn_passes_the_timeouts(dsn: str, client: Client) -> None:
+    info = await spawn(dsn, "add", "--timeout", "30", "--heartbeat-timeout", "5")
+    [claim] = await client.claim("default", "cli-test", 60)
+    assert claim.task_id == uuid.UUID(info["task_id"])
+    assert (claim.timeout, claim.heartbeat_timeout) == (30.0, 5.0)
 
 
 async def test_spawn_refuses_params_that_are_not_json(dsn: str) -> None:

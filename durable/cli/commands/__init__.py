@@ -1,0 +1,1 @@
+"""The commands, by area: each ``cmd_*`` takes the parsed arguments and returns the exit code."""

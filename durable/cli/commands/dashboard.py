@@ -1,0 +1,42 @@
+"""``durable dashboard``: serve the web dashboard until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+
+import anyio
+
+from durable.cli import session
+from durable.cli.exits import EXIT_ERROR, EXIT_OK
+from durable.cli.logs import configure_logging
+from durable.cli.render import err
+from durable.client import Client
+from durable.dashboard import serve
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    configure_logging(level="info")
+
+    async def dashboard() -> int:
+        # each open browser polls every second: a few connections
+        async with Client(args.dsn, pool_size=4) as client, anyio.create_task_group() as tg:
+            session.print_embedded(client)
+            try:
+                port = await tg.start(
+                    functools.partial(
+                        serve, client, host=args.host, port=args.port, read_only=args.read_only
+                    )
+                )
+            except OSError as exc:
+                err(f"durable: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
+                return EXIT_ERROR
+            host = f"[{args.host}]" if ":" in args.host else args.host
+            mode = " (read-only)" if args.read_only else ""
+            err(f"durable: dashboard on http://{host}:{port}/{mode}; Ctrl-C stops it")
+        return EXIT_OK
+
+    try:
+        return session.run(dashboard)
+    except KeyboardInterrupt:  # Ctrl-C is how a dashboard stops
+        return EXIT_OK

@@ -1,0 +1,91 @@
+"""Commands on tasks by name or filter: ``spawn``, ``status``, ``emit`` and ``cancel-by``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from durable.cli import session
+from durable.cli.exits import EXIT_OK, UsageError
+from durable.cli.logs import configure_logging
+from durable.cli.options import spawn_options
+from durable.cli.render import count, print_json, table
+from durable.protocol.errors import check_queue_name
+from durable.protocol.records import TaskState
+
+
+def cmd_spawn(args: argparse.Namespace) -> int:
+    configure_logging(level="warning")
+    try:
+        options = spawn_options(args)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+    async def spawn() -> int:
+        async with session.connect(args) as client:
+            info = await client.spawn(args.queue, args.task_name, args.params, options)
+        print(
+            json.dumps(
+                {
+                    "task_id": str(info.task_id),
+                    "run_id": str(info.run_id),
+                    "attempt": info.attempt,
+                    "created": info.created,
+                }
+            )
+        )
+        return EXIT_OK
+
+    return session.run(spawn)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    configure_logging(level="warning")
+    if args.queue is not None:
+        check_queue_name(args.queue)
+
+    async def status() -> int:
+        async with session.connect(args) as client:
+            counts = await client.queue_counts(args.tags)
+        per_queue: dict[str, dict[str, int]] = {}
+        for row_count in counts:
+            if args.queue is None or row_count.queue == args.queue:
+                row = per_queue.setdefault(row_count.queue, dict.fromkeys(TaskState, 0))
+                row[row_count.state] += row_count.count
+        rows = [{"queue": queue, **per_queue[queue]} for queue in sorted(per_queue)]
+        if args.json:
+            print_json(rows)
+        else:
+            headers = ["queue", *TaskState]
+            print(table(headers, ([row[h] for h in headers] for row in rows)))
+        return EXIT_OK
+
+    return session.run(status)
+
+
+def cmd_emit(args: argparse.Namespace) -> int:
+    configure_logging(level="warning")
+
+    async def emit() -> int:
+        async with session.connect(args) as client:
+            woken = await client.emit_event(args.event, args.payload)
+        print(f"event {args.event!r} emitted: {count(woken, 'waiting task')} woken")
+        return EXIT_OK
+
+    return session.run(emit)
+
+
+def cmd_cancel_by(args: argparse.Namespace) -> int:
+    configure_logging(level="warning")
+    if args.queue is None and args.task_name is None and not args.tags:
+        raise UsageError("give at least one filter: -q QUEUE, --task NAME or --tag T")
+    if args.queue is not None:
+        check_queue_name(args.queue)
+
+    async def cancel_by() -> int:
+        async with session.connect(args) as client:
+            cancelled = await client.cancel_by(args.queue, args.task_name, args.tags)
+        print(f"{count(cancelled, 'task')} cancelled")
+        return EXIT_OK
+
+    return session.run(cancel_by)
