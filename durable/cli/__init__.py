@@ -16,6 +16,7 @@ import signal
 from collections.abc import Sequence
 
 from durable.cli.exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
+from durable.cli.logs import configure_logging
 from durable.cli.parser import Command, build_parser
 from durable.cli.render import err
 from durable.cli.session import print_location
@@ -36,6 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         print_location(args.dsn)
         return EXIT_OK
+    # before the command imports anything of the user's: an app that sets up logging itself
+    # when imported keeps its own setup
+    configure_logging(level=args.log_level or args.default_log_level, log_format=args.log_format)
     try:
         return command(args)
     except UsageError as exc:

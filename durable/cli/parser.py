@@ -16,6 +16,7 @@ from durable.cli.commands.show import cmd_show
 from durable.cli.commands.tasks import cmd_cancel_by, cmd_emit, cmd_spawn, cmd_status
 from durable.cli.commands.worker import cmd_migrate, cmd_worker
 from durable.cli.exits import EXIT_USAGE
+from durable.cli.logs import LOG_LEVELS
 from durable.cli.options import add_spawn_flags, worker_help
 from durable.protocol.records import FailedWorkState, FailureReason, ReasonClass, TaskState
 
@@ -41,11 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--dsn", default=None, help="PostgreSQL DSN (default: $DURABLE_DSN)")
     parser.add_argument("--version", action="version", version=f"durable {__version__}")
-    # --dsn is accepted after the command too; SUPPRESS keeps a global --dsn when it is not
+    _add_log_flags(parser, default=None)
+    # --dsn and the log flags are accepted after the command too; SUPPRESS keeps a global one
+    # when it is not
     common = _Parser(add_help=False)
     common.add_argument(
         "--dsn", default=argparse.SUPPRESS, help="PostgreSQL DSN (default: $DURABLE_DSN)"
     )
+    _add_log_flags(common, default=argparse.SUPPRESS)
     as_json = _Parser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -53,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, handler: Command, help_: str, *parents: _Parser) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_, description=help_, parents=[common, *parents])
-        sub.set_defaults(handler=handler)
+        # a worker, a migration and the dashboard say what they do; the other commands only warn
+        quiet = name not in ("worker", "migrate", "dashboard")
+        sub.set_defaults(handler=handler, default_log_level="warning" if quiet else "info")
         return sub
 
     worker = add("worker", cmd_worker, "run a worker: claim and run tasks until SIGTERM/SIGINT")
@@ -339,3 +345,19 @@ def build_parser() -> argparse.ArgumentParser:
     cancel_by.add_argument("-q", "--queue", help="only tasks on this queue")
     cancel_by.add_argument("--task", dest="task_name", metavar="NAME", help="only this task name")
     return parser
+
+
+def _add_log_flags(parser: argparse.ArgumentParser, *, default: object) -> None:
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=default,
+        help="the level of durable's logs on stderr (default: info for worker, migrate and "
+        "dashboard, warning for the others)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("json", "console"),
+        default=default,
+        help="JSON lines or readable lines (default: json when stderr is not a terminal)",
+    )

@@ -9,14 +9,12 @@ import anyio
 
 from durable.cli import session
 from durable.cli.exits import EXIT_ERROR, EXIT_OK
-from durable.cli.logs import configure_logging
 from durable.cli.render import err
 from durable.client import Client
 from durable.dashboard import serve
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    configure_logging(level="info")
 
     async def dashboard() -> int:
         # each open browser polls every second: a few connections

@@ -10,7 +10,6 @@ from typing import Any
 
 from durable.cli import session
 from durable.cli.exits import EXIT_OK
-from durable.cli.logs import configure_logging
 from durable.cli.render import count, error_text, print_json, table, when
 from durable.protocol.errors import check_queue_name
 from durable.protocol.failures import reason_class_counts
@@ -39,7 +38,6 @@ def work_filters(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_failed(args: argparse.Namespace) -> int:
-    configure_logging(level="warning")
     filters = work_filters(args)
 
     async def failed() -> int:

@@ -6,13 +6,11 @@ import argparse
 
 from durable.cli import session
 from durable.cli.exits import EXIT_OK
-from durable.cli.logs import configure_logging
 from durable.cli.render import count
 from durable.protocol.records import TaskState
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    configure_logging(level="warning")
     states = args.states or [str(s) for s in TaskState if s.finished]
 
     async def prune() -> int:

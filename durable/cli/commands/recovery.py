@@ -8,14 +8,12 @@ import argparse
 from durable.cli import session
 from durable.cli.commands.failed import failed_table, work_filters
 from durable.cli.exits import EXIT_ERROR, EXIT_OK, UsageError
-from durable.cli.logs import configure_logging
 from durable.cli.render import count
 from durable.client.recovery import APPLIES_TO, Action, Change, recover
 from durable.protocol.records import SpawnInfo, TaskRecord
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    configure_logging(level="warning")
     if args.task_id is None:
         return _bulk(args, Action.RETRY)
     _one_task_only(args)
@@ -39,7 +37,6 @@ def _restarted_text(before: TaskRecord, info: SpawnInfo) -> str:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    configure_logging(level="warning")
     if args.task_id is None:
         return _bulk(args, Action.CANCEL)
     _one_task_only(args)
@@ -58,7 +55,6 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_discard(args: argparse.Namespace) -> int:
-    configure_logging(level="warning")
     if args.task_id is None:
         return _bulk(args, Action.DISCARD)
     _one_task_only(args)
@@ -150,7 +146,6 @@ def _change_text(change: Change) -> str:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    configure_logging(level="warning")
 
     async def replay() -> int:
         async with session.connect(args) as client:

@@ -9,7 +9,6 @@ from typing import Any
 
 from durable.cli import session
 from durable.cli.exits import EXIT_OK
-from durable.cli.logs import configure_logging
 from durable.cli.render import (
     CELL_MAX,
     VALUE_MAX,
@@ -27,7 +26,6 @@ _NEVER = datetime.max.replace(tzinfo=UTC)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    configure_logging(level="warning")
 
     async def show() -> int:
         async with session.connect(args) as client:

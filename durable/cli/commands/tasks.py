@@ -7,7 +7,6 @@ import json
 
 from durable.cli import session
 from durable.cli.exits import EXIT_OK, UsageError
-from durable.cli.logs import configure_logging
 from durable.cli.options import spawn_options
 from durable.cli.render import count, print_json, table
 from durable.protocol.errors import check_queue_name
@@ -15,7 +14,6 @@ from durable.protocol.records import TaskState
 
 
 def cmd_spawn(args: argparse.Namespace) -> int:
-    configure_logging(level="warning")
     try:
         options = spawn_options(args)
     except ValueError as exc:
@@ -40,7 +38,6 @@ def cmd_spawn(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    configure_logging(level="warning")
     if args.queue is not None:
         check_queue_name(args.queue)
 
@@ -64,7 +61,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_emit(args: argparse.Namespace) -> int:
-    configure_logging(level="warning")
 
     async def emit() -> int:
         async with session.connect(args) as client:
@@ -76,7 +72,6 @@ def cmd_emit(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel_by(args: argparse.Namespace) -> int:
-    configure_logging(level="warning")
     if args.queue is None and args.task_name is None and not args.tags:
         raise UsageError("give at least one filter: -q QUEUE, --task NAME or --tag T")
     if args.queue is not None:

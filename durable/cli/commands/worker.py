@@ -10,7 +10,6 @@ import sys
 from durable.app import Durable
 from durable.cli import session
 from durable.cli.exits import EXIT_OK, UsageError
-from durable.cli.logs import configure_logging
 from durable.cli.options import worker_options
 from durable.protocol.migrate import load_migrations
 
@@ -19,7 +18,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.dsn:
         os.environ["DURABLE_DSN"] = args.dsn  # read when the module constructs Durable()
     app = load_app(args.app)
-    configure_logging()
 
     async def work() -> int:
         async with app:
@@ -57,7 +55,6 @@ def load_app(spec: str) -> Durable:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    configure_logging(level="info")  # shows each schema.migrated on stderr
 
     async def migrate() -> int:
         async with session.connect(args):  # connecting applies the pending migrations
