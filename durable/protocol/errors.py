@@ -12,7 +12,7 @@ Every error derives from :class:`DurableError`; data travels as attributes::
     ├── TaskNotFound          no task with that id on that queue
     ├── InvalidState          the operation does not fit the task's state
     ├── InvalidArgument       an argument the protocol refuses (also a ValueError)
-    ├── SchemaError           the database schema does not match this durable
+    ├── SchemaError           the database schema or protocol does not match this durable
     ├── EventTimeout          ctx.await_event / ctx.result waited past its timeout (a TimeoutError)
     └── TaskFailed            the awaited task ended failed or cancelled
 
@@ -144,7 +144,8 @@ class Snooze(Exception):
 
 
 class SchemaError(DurableError):
-    """The database schema does not match this version of durable (old, newer, or gapped)."""
+    """The database schema or protocol does not match this version of durable (old, newer, or
+    gapped)."""
 
 
 class TaskFailed(DurableError):

@@ -1,4 +1,5 @@
-"""Least privilege: role durable_worker runs the protocol and nothing else (migration 0002).
+"""Least privilege: role durable_worker runs the protocol and nothing else
+(``sql/protocol/90_privileges.sql``).
 
 A LOGIN role that is a member of durable_worker runs a real worker (claims, steps, results, the
 liveness thread, LISTEN) yet cannot read or write a table of durable directly. Roles are
@@ -23,7 +24,7 @@ from conftest import with_database
 
 import durable
 from durable import Durable, TaskContext, TaskState
-from durable.protocol.migrate import load_migrations
+from durable.protocol.migrate import PROTOCOL_VERSION, load_migrations
 
 pytestmark = pytest.mark.anyio
 
@@ -64,7 +65,9 @@ PROTOCOL = {
     "replay",
     "discard",
 }
-TABLES = ["tasks", "runs", "checkpoints", "workers", "schema_migrations"]
+TABLES = ["tasks", "runs", "checkpoints", "workers", "schema_migrations", "applied_protocol"]
+#: What a client opened with migrate=False reads to check the schema and the protocol.
+READABLE = {"schema_migrations", "applied_protocol"}
 
 
 def as_user(dsn: str, user: str) -> str:
@@ -128,7 +131,7 @@ async def test_the_protocol_functions_are_the_security_definers_with_a_fixed_sea
     for row in rows:
         search_path, *planner = row["proconfig"]
         assert search_path == "search_path=pg_catalog, pg_temp", row["proname"]
-        # the batch functions plan their lookups by key as index probes (migration 0012)
+        # the batch functions plan their lookups by key as index probes
         assert set(planner) <= {"random_page_cost=1.1"}, row["proname"]
         assert row["worker_may"], row["proname"]
         assert not row["public_may"], row["proname"]
@@ -142,8 +145,8 @@ async def test_the_worker_role_holds_no_table_privilege(raw_admin: asyncpg.Conne
             )
             for p in ("select", "insert", "update", "delete", "truncate", "references", "trigger")
         }
-        # schema_migrations is readable, so that a client opened with migrate=False can check it
-        expected = {p: table == "schema_migrations" and p == "select" for p in privileges}
+        # the bookkeeping is readable, so that a client opened with migrate=False can check it
+        expected = {p: table in READABLE and p == "select" for p in privileges}
         assert privileges == expected, table
     assert not await raw_admin.fetchval(
         "select has_schema_privilege($1, 'durable', 'create')", WORKER_ROLE
@@ -227,6 +230,7 @@ async def test_a_worker_running_as_the_role_completes_tasks_with_steps(
         " values (gen_random_uuid(), 's', '1', gen_random_uuid(), now())",
         "truncate durable.tasks cascade",
         "insert into durable.schema_migrations (version, name, checksum) values (99, 'x', 'x')",
+        "update durable.applied_protocol set checksum = 'x'",
         # the internal helpers are not the protocol
         "select durable.reap_runs('lp', now())",
         "select durable.lock_task(null, gen_random_uuid())",
@@ -245,7 +249,7 @@ async def test_the_role_cannot_touch_a_table_or_a_helper(
     assert await raw_admin.fetchval("select state from durable.runs") == "pending"
 
 
-async def test_the_role_can_listen_and_read_the_schema_version(
+async def test_the_role_can_listen_and_read_the_schema_and_protocol_versions(
     as_worker: asyncpg.Connection,
 ) -> None:
     heard = anyio.Event()
@@ -255,6 +259,8 @@ async def test_the_role_can_listen_and_read_the_schema_version(
         await heard.wait()
     versions = await as_worker.fetch("select version from durable.schema_migrations")
     assert [r["version"] for r in versions] == [m.version for m in load_migrations()]
+    protocol = await as_worker.fetchval("select version from durable.applied_protocol")
+    assert protocol == PROTOCOL_VERSION
 
 
 async def test_a_non_superuser_owner_can_migrate_and_serve_the_role(server_dsn: str) -> None:

@@ -1,4 +1,5 @@
-"""Migrations: idempotent, safe to run concurrently, and a schema of another version is refused."""
+"""Migrations: idempotent, safe to run concurrently, and a schema of another version is refused;
+the protocol is applied when its files change and never downgraded."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ from collections.abc import AsyncIterator
 import anyio
 import asyncpg
 import pytest
+import structlog
 from conftest import with_database
 
 from durable.client import Client
 from durable.protocol import migrate
 from durable.protocol.errors import SchemaError
-from durable.protocol.migrate import load_migrations
+from durable.protocol.migrate import load_migrations, load_protocol
 from durable.protocol.store import Store
 
 pytestmark = pytest.mark.anyio
@@ -124,3 +126,104 @@ async def test_a_schema_newer_than_this_package_is_refused(dsn: str, apply: bool
         await conn.close()
     with pytest.raises(SchemaError, match=r"\[9999\].*upgrade durable"):
         await Store.open(dsn, migrate=apply)
+
+
+# --- the protocol: applied when its files change, never downgraded ------------------------------
+
+_FUNCTION_VERSIONS = """
+select p.proname, p.xmin::text from pg_catalog.pg_proc p
+ where p.pronamespace = 'durable'::regnamespace order by 1
+"""
+_RECORDED_PROTOCOL = "select version, checksum from durable.applied_protocol"
+
+
+async def _protocol_state(dsn: str) -> tuple[dict[str, str], tuple[int, str]]:
+    """Each function's row version (a ``create or replace`` writes a new one), and the recorded
+    protocol."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        functions = {r[0]: r[1] for r in await conn.fetch(_FUNCTION_VERSIONS)}
+        recorded = await conn.fetchrow(_RECORDED_PROTOCOL)
+    finally:
+        await conn.close()
+    assert recorded is not None
+    return functions, (recorded["version"], recorded["checksum"])
+
+
+async def _record_protocol(dsn: str, version: int, checksum: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "update durable.applied_protocol set version = $1, checksum = $2", version, checksum
+        )
+    finally:
+        await conn.close()
+
+
+async def test_a_fresh_database_records_the_protocol_it_runs(dsn: str) -> None:
+    functions, recorded = await _protocol_state(dsn)
+    assert recorded == (migrate.PROTOCOL_VERSION, load_protocol().checksum)
+    assert len(functions) == 68
+
+
+async def test_connecting_again_applies_nothing(dsn: str) -> None:
+    before = await _protocol_state(dsn)
+    with structlog.testing.capture_logs() as logs:
+        async with Client(dsn):
+            pass
+        async with Client(dsn):
+            pass
+    assert await _protocol_state(dsn) == before
+    assert [e["event"] for e in logs if e["event"].startswith(("schema.", "protocol."))] == []
+
+
+async def test_a_changed_protocol_is_applied_once(dsn: str) -> None:
+    functions, _ = await _protocol_state(dsn)
+    await _record_protocol(dsn, migrate.PROTOCOL_VERSION, "the hash of an edited sql/protocol/")
+    with structlog.testing.capture_logs() as logs:
+        async with Client(dsn):
+            pass
+        after = await _protocol_state(dsn)
+        async with Client(dsn):
+            pass
+    applied = [e for e in logs if e["event"] == "protocol.applied"]
+    assert [e["version"] for e in applied] == [migrate.PROTOCOL_VERSION]
+    assert after[1] == (migrate.PROTOCOL_VERSION, load_protocol().checksum)
+    assert after[0].keys() == functions.keys()
+    assert all(after[0][name] != functions[name] for name in functions)  # each one rewritten
+    assert await _protocol_state(dsn) == after  # and then left alone
+
+
+async def test_a_newer_protocol_is_not_overwritten(dsn: str) -> None:
+    newer = migrate.PROTOCOL_VERSION + 1
+    await _record_protocol(dsn, newer, "a protocol from the future")
+    functions, _ = await _protocol_state(dsn)
+    with structlog.testing.capture_logs() as logs:
+        async with Client(dsn) as client:
+            assert (await client.spawn("jobs", "job", None)).created
+        async with Client(dsn, migrate=False) as client:  # and a newer one is current enough
+            assert (await client.spawn("jobs", "job", None)).created
+    assert await _protocol_state(dsn) == (functions, (newer, "a protocol from the future"))
+    assert [e["event"] for e in logs if e["event"].startswith("protocol.")] == [
+        "protocol.kept_newer"
+    ]
+
+
+@pytest.mark.parametrize("recorded", ["edited", "missing"])
+async def test_open_without_migrating_refuses_a_protocol_that_is_not_current(
+    dsn: str, recorded: str
+) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        if recorded == "edited":
+            await conn.execute("update durable.applied_protocol set checksum = 'edited'")
+        else:
+            await conn.execute("delete from durable.applied_protocol")
+    finally:
+        await conn.close()
+    with pytest.raises(SchemaError, match=r"protocol.*durable migrate"):
+        await Store.open(dsn, migrate=False)
+    async with Client(dsn):  # migrating applies it
+        pass
+    async with Client(dsn, migrate=False) as client:
+        assert (await client.spawn("jobs", "job", None)).created

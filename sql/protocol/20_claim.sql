@@ -1,0 +1,388 @@
+-- Claiming: runs handed to workers under a lease, the reaping of lapsed leases, cancellation
+-- policies, and the workers' liveness the reaper reads.
+
+-- Claim up to p_qty runs of p_queue for worker p_worker_id, each under a lease of p_claim_timeout
+-- seconds. First reaps the queue's lapsed leases and enforces the cancellation policies whose
+-- moment passed. A queue with limits or partitioned runs picks its runs through pick_runs(); any
+-- other takes its claimable runs in claim order (priority desc, available_at, run_id), skipping
+-- those another claim holds. A worker that claimed something is alive: it is registered if unknown,
+-- and its liveness lasts at least as long as the lease. random_page_cost = 1.1 lets the planner
+-- find the claimed runs and their tasks by key (index probes of a few rows priced as what they cost
+-- on a cached or solid-state database) instead of scanning a small table.
+create or replace function durable.claim(p_queue text, p_worker_id text,
+                                         p_claim_timeout double precision, p_qty integer default 1)
+returns table (run_id uuid, task_id uuid, task_name text, params jsonb, headers jsonb,
+               attempt integer, max_attempts integer, timeout_s double precision,
+               heartbeat_timeout_s double precision, lease_expires_at timestamptz,
+               has_checkpoints boolean)
+language plpgsql
+security definer set search_path = pg_catalog, pg_temp set random_page_cost = 1.1 as $$
+#variable_conflict use_column
+declare
+    v_now    timestamptz := durable.now();
+    v_lease  timestamptz;
+    v_picked uuid[];
+begin
+    perform durable.check_queue(p_queue);
+    if p_claim_timeout is null or p_claim_timeout <= 0 then
+        raise exception 'claim_timeout must be positive' using errcode = 'DU005';
+    end if;
+    if p_worker_id is null or length(p_worker_id) = 0 then
+        raise exception 'worker_id must not be empty' using errcode = 'DU005';
+    end if;
+    v_lease := v_now + make_interval(secs => p_claim_timeout);
+    perform durable.reap_runs(p_queue, v_now);
+    perform durable.enforce_cancellations(v_now);
+    if exists (select 1 from durable.limits l where l.queue = p_queue)
+       or exists (select 1 from durable.runs r
+                   where r.queue = p_queue and r.state in ('pending', 'sleeping')
+                     and r.partition_key is not null) then
+        v_picked := durable.pick_runs(p_queue, p_qty, v_now);
+        return query
+        with claimed as (
+            update durable.runs r
+               set state = 'running', claimed_by = p_worker_id, started_at = v_now,
+                   lease_s = p_claim_timeout, lease_expires_at = v_lease
+             where r.run_id = any(v_picked)
+            returning r.run_id, r.task_id, r.attempt
+        )
+        select c.run_id, t.task_id, t.task_name, t.params, t.headers, c.attempt, t.max_attempts,
+               t.timeout_s, t.heartbeat_timeout_s, v_lease,
+               exists (select 1 from durable.checkpoints k where k.task_id = t.task_id)
+          from claimed c join durable.tasks t on t.task_id = c.task_id
+         order by t.priority desc, c.run_id;
+    else
+        return query
+        with picked as (
+            select r.run_id from durable.runs r
+             where r.queue = p_queue and r.state in ('pending', 'sleeping')
+               and r.available_at <= v_now
+             order by r.priority desc, r.available_at, r.run_id
+             limit greatest(p_qty, 0)
+             for update skip locked
+        ), claimed as (
+            update durable.runs r
+               set state = 'running', claimed_by = p_worker_id, started_at = v_now,
+                   lease_s = p_claim_timeout, lease_expires_at = v_lease
+              from picked where r.run_id = picked.run_id
+            returning r.run_id, r.task_id, r.attempt
+        )
+        select c.run_id, t.task_id, t.task_name, t.params, t.headers, c.attempt, t.max_attempts,
+               t.timeout_s, t.heartbeat_timeout_s, v_lease,
+               exists (select 1 from durable.checkpoints k where k.task_id = t.task_id)
+          from claimed c join durable.tasks t on t.task_id = c.task_id
+         order by t.priority desc, c.run_id;
+    end if;
+    if found then
+        insert into durable.workers as w (worker_id, started_at, last_seen_at, expires_at)
+        values (p_worker_id, v_now, v_now, v_lease)
+        on conflict (worker_id) do update
+            set last_seen_at = v_now, expires_at = greatest(w.expires_at, v_lease),
+                stopped_at = null;
+    end if;
+end $$;
+
+-- Runs for a claim on a queue with partitions or limits: round-robin across partitions (the
+-- unpartitioned runs count as one more partition), at most each task name's free capacity.
+-- Locks the runs it returns; the caller claims them all. Claims on a queue with limits serialize
+-- on its limit rows, so that two claims never both take the last free slot.
+create or replace function durable.pick_runs(p_queue text, p_qty integer, p_now timestamptz)
+returns uuid[]
+language plpgsql as $$
+declare
+    v_limit   record;
+    v_names   text[] := '{}';
+    v_caps    integer[] := '{}';
+    v_blocked text[] := '{}';
+    v_cap     integer;
+    v_parts   text[];
+    v_window  integer := greatest(p_qty, 0) * 4 + 16;
+    v_per     integer;
+    v_cands   uuid[];
+    v_locked  uuid[];
+    v_picked  uuid[];
+begin
+    for v_limit in
+        select * from durable.limits l where l.queue = p_queue order by l.task_name for update
+    loop
+        v_cap := p_qty;
+        if v_limit.max_running is not null then
+            v_cap := least(v_cap, v_limit.max_running - (
+                select count(*) from durable.runs r join durable.tasks t on t.task_id = r.task_id
+                 where r.queue = p_queue and r.state = 'running'
+                   and t.task_name = v_limit.task_name)::integer);
+        end if;
+        if v_limit.rate_allowed is not null then
+            v_cap := least(v_cap, v_limit.rate_allowed - (
+                select count(*) from unnest(v_limit.recent_starts) as s(at)
+                 where s.at > p_now - make_interval(secs => v_limit.rate_period_s))::integer);
+        end if;
+        v_cap := greatest(v_cap, 0);
+        v_names := v_names || v_limit.task_name;
+        v_caps := v_caps || v_cap;
+        if v_cap = 0 then
+            v_blocked := v_blocked || v_limit.task_name;
+        end if;
+    end loop;
+
+    -- the partitions with waiting runs (a loose index scan: one probe per partition)
+    with recursive parts(pk) as (
+        (select r.partition_key from durable.runs r
+          where r.queue = p_queue and r.state in ('pending', 'sleeping')
+            and r.partition_key is not null
+          order by r.partition_key limit 1)
+        union all
+        select (select r.partition_key from durable.runs r
+                 where r.queue = p_queue and r.state in ('pending', 'sleeping')
+                   and r.partition_key > parts.pk
+                 order by r.partition_key limit 1)
+          from parts where parts.pk is not null
+    )
+    select array_agg(pk) into v_parts from parts where pk is not null;
+    v_per := greatest(2, ceil(v_window::numeric
+                              / (coalesce(cardinality(v_parts), 0) + 1))::integer);
+
+    with cands as (
+        select c.run_id, c.partition_key, c.rank, c.priority, c.available_at
+          from unnest(coalesce(v_parts, '{}')) as p(pk)
+         cross join lateral (
+              select r.run_id, r.partition_key, r.priority, r.available_at,
+                     row_number() over (order by r.priority desc, r.available_at, r.run_id)
+                         as rank
+                from durable.runs r
+               where r.queue = p_queue and r.state in ('pending', 'sleeping')
+                 and r.partition_key = p.pk and r.available_at <= p_now
+                 and (cardinality(v_blocked) = 0
+                      or not exists (select 1 from durable.tasks t
+                                      where t.task_id = r.task_id
+                                        and t.task_name = any(v_blocked)))
+               order by r.priority desc, r.available_at, r.run_id
+               limit v_per) c
+        union all
+        select u.run_id, '',
+               row_number() over (order by u.priority desc, u.available_at, u.run_id),
+               u.priority, u.available_at
+          from (select r.run_id, r.priority, r.available_at from durable.runs r
+                 where r.queue = p_queue and r.state in ('pending', 'sleeping')
+                   and r.partition_key is null and r.available_at <= p_now
+                   and (cardinality(v_blocked) = 0
+                        or not exists (select 1 from durable.tasks t
+                                        where t.task_id = r.task_id
+                                          and t.task_name = any(v_blocked)))
+                 order by r.priority desc, r.available_at, r.run_id
+                 limit v_per) u
+    )
+    -- round-robin: every partition's first run, then every partition's second, ...; within a
+    -- round, the partition served longest ago first
+    select array_agg(c.run_id order by c.ord)
+      into v_cands
+      from (select cands.run_id,
+                   row_number() over (order by cands.rank, t.served_at nulls first,
+                                               cands.priority desc, cands.available_at,
+                                               cands.run_id) as ord
+              from cands
+              left join durable.partition_turns t
+                     on t.queue = p_queue and t.partition_key = cands.partition_key
+             order by ord
+             limit v_window) c;
+
+    select array_agg(x.id order by x.ord) into v_locked
+      from (select u.id, u.ord from unnest(coalesce(v_cands, '{}')) with ordinality as u(id, ord)
+              join durable.runs r on r.run_id = u.id
+             where r.state in ('pending', 'sleeping') and r.available_at <= p_now
+               for update of r skip locked) x;
+
+    select array_agg(y.id order by y.ord) into v_picked
+      from (select z.id, z.ord from (
+                select x.id, x.ord, t.task_name,
+                       row_number() over (partition by t.task_name order by x.ord) as n
+                  from unnest(coalesce(v_locked, '{}')) with ordinality as x(id, ord)
+                  join durable.runs r on r.run_id = x.id
+                  join durable.tasks t on t.task_id = r.task_id) z
+             where coalesce(z.n <= v_caps[array_position(v_names, z.task_name)], true)
+             order by z.ord
+             limit greatest(p_qty, 0)) y;
+
+    if cardinality(v_parts) > 0 then
+        insert into durable.partition_turns as t (queue, partition_key, served_at)
+        select p_queue, coalesce(r.partition_key, ''), p_now
+          from durable.runs r where r.run_id = any(coalesce(v_picked, '{}'))
+         group by 2 order by 2
+        on conflict (queue, partition_key) do update set served_at = excluded.served_at;
+    end if;
+
+    -- the starts count against the rate limits
+    update durable.limits l
+       set recent_starts = array(select s.at from unnest(l.recent_starts) as s(at)
+                                  where s.at > p_now - make_interval(secs => l.rate_period_s))
+                           || array_fill(p_now, array[c.n])
+      from (select t.task_name, count(*)::integer as n
+              from unnest(coalesce(v_picked, '{}')) as p(id)
+              join durable.runs r on r.run_id = p.id
+              join durable.tasks t on t.task_id = r.task_id
+             group by t.task_name) c
+     where l.queue = p_queue and l.task_name = c.task_name and l.rate_allowed is not null;
+    return coalesce(v_picked, '{}');
+end $$;
+
+-- Reap the runs of p_queue whose lease lapsed, at most 100 per call: 'crash' when their worker
+-- is gone (its liveness lapsed, or it stopped, or it is unknown), 'heartbeat_timeout' when it was
+-- seen alive after the lease lapsed; a run whose reason is not known yet waits. Each reaped run
+-- fails like any other (its task retries or ends). A task that thereby failed for good and has an
+-- on_discard hook gets a 'durable.on_discard' task on its queue: the worker that ran its last
+-- attempt is gone, so another worker calls the hook (once per task and attempt).
+create or replace function durable.reap_runs(p_queue text, p_now timestamptz) returns integer
+language plpgsql as $$
+declare
+    v_cand   record;
+    v_run    durable.runs;
+    v_reason text;
+    v_error  jsonb;
+    v_next   uuid;
+    v_count  integer := 0;
+begin
+    for v_cand in
+        select r.run_id, r.task_id, r.claimed_by, r.lease_expires_at,
+               case when w.worker_id is null or w.stopped_at is not null or w.expires_at <= p_now
+                        then 'crash'
+                    when w.last_seen_at > r.lease_expires_at then 'heartbeat_timeout'
+               end as reason
+          from durable.runs r
+          left join durable.workers w on w.worker_id = r.claimed_by
+         where r.queue = p_queue and r.state = 'running' and r.lease_expires_at <= p_now
+           -- only runs whose reason is known, so that waiting runs never fill the limit
+           and (w.worker_id is null or w.stopped_at is not null or w.expires_at <= p_now
+                or w.last_seen_at > r.lease_expires_at)
+         limit 100
+    loop
+        continue when v_cand.reason is null;
+        perform 1 from durable.tasks t where t.task_id = v_cand.task_id
+            for no key update skip locked;
+        continue when not found;
+        select * into v_run from durable.runs r where r.run_id = v_cand.run_id for update;
+        continue when v_run.state <> 'running' or v_run.lease_expires_at > p_now;
+        v_reason := v_cand.reason;
+        v_error := jsonb_build_object(
+            'type', case when v_reason = 'crash' then 'WorkerCrashed' else 'HeartbeatTimeout' end,
+            'message', format('lease expired at %s; worker %s %s', v_run.lease_expires_at,
+                              v_run.claimed_by,
+                              case when v_reason = 'crash' then 'is gone'
+                                   else 'is alive but stopped renewing the lease' end));
+        -- two statements: a query does not see what a function it calls wrote
+        v_next := durable.fail_locked_run(v_run, v_reason, v_error, null, p_now);
+        if v_next is null and (select t.discard_hook and t.state = 'failed' from durable.tasks t
+                                where t.task_id = v_run.task_id) then
+            perform durable.spawn(
+                v_run.queue, 'durable.on_discard',
+                jsonb_build_object('task_id', v_run.task_id, 'run_id', v_run.run_id,
+                                   'attempt', v_run.attempt, 'reason', v_reason, 'error', v_error),
+                jsonb_build_object('idempotency_key',
+                                   format('durable:discard:%s:%s', v_run.task_id, v_run.attempt)));
+        end if;
+        v_count := v_count + 1;
+    end loop;
+    return v_count;
+end $$;
+
+-- Cancel the tasks whose cancellation policy says so; re-arm cancel_at of the others. At most
+-- 100 tasks per call, skipping those locked. Run by every claim and every worker heartbeat, so a
+-- running task past its max_duration is cancelled even when nobody claims.
+create or replace function durable.enforce_cancellations(p_now timestamptz) returns integer
+language plpgsql as $$
+declare
+    v_task      durable.tasks;
+    v_max_delay double precision;
+    v_max_dur   double precision;
+    v_first     timestamptz;
+    v_count     integer := 0;
+begin
+    for v_task in
+        select * from durable.tasks t
+         where t.cancel_at <= p_now and t.state = 'pending'
+         order by t.cancel_at
+         limit 100
+           for no key update skip locked
+    loop
+        v_max_delay := (v_task.cancellation->>'max_delay')::double precision;
+        v_max_dur := (v_task.cancellation->>'max_duration')::double precision;
+        select min(r.started_at) into v_first from durable.runs r
+         where r.task_id = v_task.task_id and r.started_at is not null;
+        if v_first is null and v_max_delay is not null
+           and p_now >= coalesce(v_task.scheduled_at, v_task.created_at)
+                        + make_interval(secs => v_max_delay) then
+            perform durable.cancel_locked_task(
+                v_task,
+                jsonb_build_object('type', 'CancellationPolicy',
+                                   'message',
+                                   format('not started within max_delay %ss', v_max_delay)),
+                p_now);
+            v_count := v_count + 1;
+        elsif v_first is not null and v_max_dur is not null
+              and p_now >= v_first + make_interval(secs => v_max_dur) then
+            perform durable.cancel_locked_task(
+                v_task,
+                jsonb_build_object('type', 'CancellationPolicy',
+                                   'message',
+                                   format('ran longer than max_duration %ss', v_max_dur)),
+                p_now);
+            v_count := v_count + 1;
+        else
+            -- not yet: the next moment a policy could apply (least() skips nulls)
+            update durable.tasks t
+               set cancel_at = case
+                       when v_first is not null then v_first + make_interval(secs => v_max_dur)
+                       else least(coalesce(t.scheduled_at, t.created_at)
+                                      + make_interval(secs => v_max_delay),
+                                  p_now + make_interval(secs => v_max_dur))
+                   end
+             where t.task_id = v_task.task_id;
+        end if;
+    end loop;
+    return v_count;
+end $$;
+
+-- ---------------------------------------------------------------------------------------------
+-- the workers' liveness
+
+-- A worker starting (or starting again under the same id): alive for p_ttl seconds.
+create or replace function durable.register_worker(p_worker_id text, p_host text, p_pid integer,
+                                                   p_queues text[], p_ttl double precision)
+returns void
+language plpgsql
+security definer set search_path = pg_catalog, pg_temp as $$
+declare
+    v_now timestamptz := durable.now();
+begin
+    insert into durable.workers as w (worker_id, host, pid, queues, started_at, last_seen_at,
+                                      expires_at)
+    values (p_worker_id, p_host, p_pid, coalesce(p_queues, '{}'), v_now, v_now,
+            v_now + make_interval(secs => p_ttl))
+    on conflict (worker_id) do update
+        set host = excluded.host, pid = excluded.pid, queues = excluded.queues,
+            last_seen_at = v_now, expires_at = excluded.expires_at, stopped_at = null;
+end $$;
+
+-- A worker alive for p_ttl more seconds; false when it is unknown or stopped.
+create or replace function durable.worker_heartbeat(p_worker_id text, p_ttl double precision)
+returns boolean
+language plpgsql
+security definer set search_path = pg_catalog, pg_temp as $$
+declare
+    v_now timestamptz := durable.now();
+begin
+    update durable.workers
+       set last_seen_at = v_now, expires_at = v_now + make_interval(secs => p_ttl)
+     where worker_id = p_worker_id and stopped_at is null;
+    return found;
+end $$;
+
+-- A worker saying goodbye: the runs it still holds are reaped as 'crash' once their lease lapses.
+create or replace function durable.stop_worker(p_worker_id text) returns void
+language plpgsql
+security definer set search_path = pg_catalog, pg_temp as $$
+declare
+    v_now timestamptz := durable.now();
+begin
+    update durable.workers set stopped_at = v_now, expires_at = v_now, last_seen_at = v_now
+     where worker_id = p_worker_id;
+end $$;
