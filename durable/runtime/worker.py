@@ -34,6 +34,7 @@ from durable.protocol.errors import (
 from durable.protocol.log import get_logger
 from durable.protocol.records import Claim
 from durable.protocol.store import CHANNEL_WORK, Listener
+from durable.runtime.claim_ahead import ClaimAhead
 from durable.runtime.context import RunControl, cancel_scope, run_fields
 from durable.runtime.cron import run_cron_jobs
 from durable.runtime.deadlines import CLOSE_TIMEOUT_S, ReconnectBackoff, db_timeout, within
@@ -56,39 +57,6 @@ log = get_logger()
 CLAIM_GATHER_S = 0.005
 #: How often the LISTEN connection is checked for having been lost.
 LISTENER_CHECK_S = 0.5
-#: Claim ahead enough runs to cover this many claim round trips at the recent finish rate.
-CLAIM_AHEAD_ROUND_TRIPS = 2.0
-
-
-class ClaimAhead:
-    """How many runs to claim beyond the free handler slots, so that handlers that finish
-    while a claim is on the wire find a run waiting instead of an idle slot.
-
-    The figure is what the recent handler-finish rate frees during a couple of claim round
-    trips, capped at ``limit``: up to the cap for short tasks, zero for tasks that take far
-    longer than a round trip (a worker never sits on runs another worker could start now).
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.runs = 0
-        self._done = 0
-        self._since = time.monotonic()
-        self._rate = 0.0  # handlers finished per second (smoothed)
-        self._latency = 0.0  # seconds per claim round trip (smoothed)
-
-    def handler_done(self) -> None:
-        self._done += 1
-
-    def claimed(self, latency: float) -> None:
-        """A claim came back after ``latency`` seconds: update the rate and the figure."""
-        now = time.monotonic()
-        if (window := now - self._since) > 0:
-            self._rate = (self._rate + self._done / window) / 2
-            self._done, self._since = 0, now
-        self._latency = (self._latency + latency) / 2 if self._latency else latency
-        ahead = self._rate * self._latency * CLAIM_AHEAD_ROUND_TRIPS
-        self.runs = min(self.limit, int(ahead))
 
 
 class WorkerKwargs(TypedDict, total=False):
