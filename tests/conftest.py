@@ -10,7 +10,6 @@ import logging
 import os
 import shutil
 import tempfile
-import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import anyio
 import asyncpg
 import pytest
+from support.database import connection, execute, with_database
 
 from durable.client import Client
 from durable.protocol.embedded import EmbeddedServer
@@ -36,12 +36,6 @@ def anyio_backend() -> tuple[str, dict[str, bool]]:
     return ("asyncio", {"debug": True})
 
 
-def with_database(dsn: str, database: str) -> str:
-    """The same server, another database."""
-    parts = urllib.parse.urlsplit(dsn)
-    return urllib.parse.urlunsplit(parts._replace(path="/" + database))
-
-
 @pytest.fixture(scope="session")
 def server_dsn() -> Iterator[str]:
     """A DSN of the server the suite uses (its maintenance database)."""
@@ -57,20 +51,11 @@ def server_dsn() -> Iterator[str]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-async def _admin(dsn: str, *statements: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        for statement in statements:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="session")
 def template_db(server_dsn: str) -> Iterator[str]:
     """A database with every migration applied, used as the template of each test's database."""
     name = f"durable_tpl_{uuid.uuid4().hex[:12]}"
-    anyio.run(_admin, server_dsn, f'create database "{name}"')
+    anyio.run(execute, server_dsn, f'create database "{name}"')
 
     async def _migrate() -> None:
         store = await Store.open(with_database(server_dsn, name), min_size=1, max_size=1)
@@ -80,21 +65,28 @@ def template_db(server_dsn: str) -> Iterator[str]:
     try:
         yield name
     finally:
-        anyio.run(_admin, server_dsn, f'drop database if exists "{name}" with (force)')
+        anyio.run(execute, server_dsn, f'drop database if exists "{name}" with (force)')
 
 
 @pytest.fixture
 def dsn(server_dsn: str, template_db: str) -> Iterator[str]:
     """A fresh, migrated database of this test's own."""
     name = f"t_{uuid.uuid4().hex}"
-    anyio.run(_admin, server_dsn, f'create database "{name}" template "{template_db}"')
+    anyio.run(execute, server_dsn, f'create database "{name}" template "{template_db}"')
     try:
         yield with_database(server_dsn, name)
     finally:
-        anyio.run(_admin, server_dsn, f'drop database if exists "{name}" with (force)')
+        anyio.run(execute, server_dsn, f'drop database if exists "{name}" with (force)')
 
 
 @pytest.fixture
 async def client(dsn: str) -> AsyncIterator[Client]:
     async with Client(dsn) as c:
         yield c
+
+
+@pytest.fixture
+async def raw(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A plain asyncpg connection to this test's database, as the suite's (superuser) role."""
+    async with connection(dsn) as conn:
+        yield conn

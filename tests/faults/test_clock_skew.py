@@ -7,9 +7,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 import pytest
 from fault_app import QUEUE, fault_worker, wait_all_finished, wait_event, wait_for
+from support.database import connection
 
 from durable import Client, FailureReason, RunState, SpawnOptions, TaskState
 
@@ -22,11 +22,8 @@ NEAR = timedelta(seconds=20)
 
 
 async def _db_now(dsn: str) -> datetime:
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connection(dsn) as conn:
         now: datetime = await conn.fetchval("select durable.now()")
-    finally:
-        await conn.close()
     return now
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import asyncpg
 import pytest
 from fault_app import (
     QUEUE,
@@ -28,6 +27,7 @@ from fault_app import (
     wait_event,
     wait_for,
 )
+from support.database import connection
 
 from durable import (
     Client,
@@ -70,8 +70,7 @@ async def _completed(client: Client) -> int:
 async def _assert_nothing_half_written(dsn: str) -> None:
     """Every task has exactly one live-or-final history: runs, and at most one live run; a
     completed task has exactly one completed run; checkpoints belong to runs of their task."""
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connection(dsn) as conn:
         orphans = await conn.fetchval(
             "select count(*) from durable.tasks t"
             " where not exists (select 1 from durable.runs r where r.task_id = t.task_id)"
@@ -88,8 +87,6 @@ async def _assert_nothing_half_written(dsn: str) -> None:
             " (select 1 from durable.runs r where r.run_id = c.run_id and r.task_id = c.task_id)"
         )
         assert stray == 0
-    finally:
-        await conn.close()
 
 
 async def _assert_reconnected(worker: FaultWorker) -> None:
@@ -160,13 +157,10 @@ async def test_restart_mid_run_workers_reconnect_and_spawn_fails_fast(
             assert all(e["attempt"] >= 1 and e["delay_s"] > 0 for e in down)
             await wait_event(worker, "db.reconnected", during="claim", timeout=10)
         # the worker LISTENs again (a NOTIFY wakes it)
-        conn = await asyncpg.connect(embedded_dsn)
-        try:
+        async with connection(embedded_dsn) as conn:
             listening = await conn.fetchval(
                 "select count(*) from pg_stat_activity where query = 'LISTEN \"durable_work\"'"
             )
-        finally:
-            await conn.close()
         assert listening >= 2
     await _assert_nothing_half_written(embedded_dsn)
 
@@ -183,8 +177,7 @@ async def test_every_backend_terminated_mid_run(dsn: str, tmp_path: Path) -> Non
             return True if await _completed(client) >= 3 else None
 
         await wait_for(some_done, timeout=15, what="the first tasks to complete")
-        admin = await asyncpg.connect(dsn)
-        try:
+        async with connection(dsn) as admin:
             for _ in range(2):
                 terminated = await admin.fetchval(
                     "select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity"
@@ -192,8 +185,6 @@ async def test_every_backend_terminated_mid_run(dsn: str, tmp_path: Path) -> Non
                 )
                 assert terminated > 0
                 await anyio.sleep(0.3)
-        finally:
-            await admin.close()
 
         records = await wait_all_finished(client, [i.task_id for i in infos], timeout=30)
         assert all(r.state is TaskState.COMPLETED for r in records), [
@@ -219,15 +210,12 @@ async def test_a_result_waiter_whose_listen_connection_dies_still_sees_the_outco
 
         tg.start_soon(wait)
         await anyio.sleep(0.3)  # the waiter is listening
-        admin = await asyncpg.connect(dsn)
-        try:
+        async with connection(dsn) as admin:
             terminated = await admin.fetchval(
                 "select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity"
                 " where datname = current_database() and query ilike 'listen%') t"
             )
             assert terminated == 1
-        finally:
-            await admin.close()
         claims = await app.client.claim(QUEUE, "w1", 30)
         await app.client.complete(QUEUE, claims[0].run_id, {"ok": True})
         with anyio.fail_after(10):

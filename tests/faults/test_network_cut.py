@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import asyncpg
 import pytest
 from fault_app import QUEUE, fault_worker, wait_all_finished, wait_event, wait_for
 from fault_proxy import tcp_proxy
+from support.database import connection
 
 from durable import Client, FailureReason, RunState, SpawnOptions, TaskState
 from durable.protocol.store import describe_dsn
@@ -88,8 +88,7 @@ async def test_cut_worker_loses_its_runs_to_another_and_writes_nothing_stale(
             assert record.runs[-1].claimed_by == "worker-cut"
             assert cut.returncode is None
 
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connection(dsn) as conn:
         stale = await conn.fetch(
             "select c.task_id, c.step_name, c.created_at, r.lease_expires_at, r.finished_at"
             "  from durable.checkpoints c join durable.runs r using (run_id)"
@@ -102,5 +101,3 @@ async def test_cut_worker_loses_its_runs_to_another_and_writes_nothing_stale(
             " where r.claimed_by = 'worker-cut' and r.state = 'failed'"
         )
         assert by_cut >= 1  # it did checkpoint before the cut; the rest came from the retry
-    finally:
-        await conn.close()

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
 import asyncpg
 import pytest
-from conftest import with_database
+from support.database import table_counts, with_database
 
 from durable.client import Client
 from durable.protocol.errors import (
@@ -29,24 +28,6 @@ Q = "jobs"
 BAD_QUEUES = ["My Queue", "", "a;drop table x", "q" * 49, "1abc", "_x", "Jobs", "jobs-1"]
 
 
-@pytest.fixture
-async def raw(dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
-async def _rows(conn: asyncpg.Connection) -> tuple[int, ...]:
-    row = await conn.fetchrow(
-        "select (select count(*) from durable.tasks), (select count(*) from durable.runs),"
-        " (select count(*) from durable.checkpoints), (select count(*) from durable.workers)"
-    )
-    assert row is not None
-    return tuple(row)
-
-
 async def _running(client: Client) -> uuid.UUID:
     """A task with one running run, claimed by w1."""
     await client.spawn(Q, "job", None)
@@ -61,7 +42,7 @@ async def _running(client: Client) -> uuid.UUID:
 async def test_a_bad_queue_name_is_refused_by_the_client(
     client: Client, raw: asyncpg.Connection, queue: str
 ) -> None:
-    before = await _rows(raw)
+    before = await table_counts(raw)
     with pytest.raises(InvalidQueueName) as caught:
         await client.spawn(queue, "job", {})
     assert caught.value.queue == queue
@@ -72,14 +53,14 @@ async def test_a_bad_queue_name_is_refused_by_the_client(
         await client.claim(queue, "w1")
     with pytest.raises(InvalidQueueName):
         await client.get_task(queue, uuid.uuid4())
-    assert await _rows(raw) == before
+    assert await table_counts(raw) == before
 
 
 @pytest.mark.parametrize("queue", BAD_QUEUES)
 async def test_a_bad_queue_name_is_refused_by_sql_with_du004(
     raw: asyncpg.Connection, queue: str
 ) -> None:
-    before = await _rows(raw)
+    before = await table_counts(raw)
     for query in (
         "select durable.spawn($1, 't', '{}'::jsonb, '{}'::jsonb)",
         "select durable.spawn_many($1, '[]'::jsonb)",
@@ -88,14 +69,14 @@ async def test_a_bad_queue_name_is_refused_by_sql_with_du004(
         with pytest.raises(asyncpg.PostgresError) as caught:
             await raw.fetch(query, queue)
         assert caught.value.sqlstate == "DU004"
-    assert await _rows(raw) == before
+    assert await table_counts(raw) == before
 
 
 async def test_a_null_queue_name_is_refused_by_sql(raw: asyncpg.Connection) -> None:
     with pytest.raises(asyncpg.PostgresError) as caught:
         await raw.fetch("select durable.spawn(null, 't', '{}'::jsonb, '{}'::jsonb)")
     assert caught.value.sqlstate == "DU004"
-    assert await _rows(raw) == (0, 0, 0, 0)
+    assert await table_counts(raw) == (0, 0, 0, 0)
 
 
 async def test_a_bad_queue_name_reaching_the_store_maps_du004(
@@ -103,7 +84,7 @@ async def test_a_bad_queue_name_reaching_the_store_maps_du004(
 ) -> None:
     with pytest.raises(InvalidQueueName):
         await client.store.spawn("Bad Queue", "job", {}, {})
-    assert await _rows(raw) == (0, 0, 0, 0)
+    assert await table_counts(raw) == (0, 0, 0, 0)
 
 
 # --- values that are not JSON -----------------------------------------------------------------
@@ -134,18 +115,18 @@ async def test_params_that_are_not_json_raise_not_serializable(
         await client.spawn(Q, "job", params)
     with pytest.raises(NotSerializable):
         await client.spawn_many(Q, [("job", "fine"), ("job", params)])
-    assert await _rows(raw) == (0, 0, 0, 0)
+    assert await table_counts(raw) == (0, 0, 0, 0)
 
 
 async def test_a_result_that_is_not_json_leaves_the_run_running(
     client: Client, raw: asyncpg.Connection
 ) -> None:
     run_id = await _running(client)
-    before = await _rows(raw)
+    before = await table_counts(raw)
     for result in ({1, 2}, "nul \u0000"):
         with pytest.raises(NotSerializable):
             await client.complete(Q, run_id, result)
-    assert await _rows(raw) == before
+    assert await table_counts(raw) == before
     await client.complete(Q, run_id, "fine")
 
 
@@ -165,10 +146,10 @@ async def test_an_error_that_is_not_json_fails_nothing(
     client: Client, raw: asyncpg.Connection
 ) -> None:
     run_id = await _running(client)
-    before = await _rows(raw)
+    before = await table_counts(raw)
     with pytest.raises(NotSerializable):
         await client.fail(Q, run_id, {"type": "E", "detail": _Opaque()})
-    assert await _rows(raw) == before
+    assert await table_counts(raw) == before
     assert await raw.fetchval("select state from durable.runs") == "running"
 
 
@@ -179,7 +160,7 @@ async def test_an_unknown_task_id_raises_task_not_found(
     client: Client, raw: asyncpg.Connection
 ) -> None:
     await client.spawn(Q, "job", None)
-    before = await _rows(raw)
+    before = await table_counts(raw)
     missing = uuid.uuid4()
     for call in (
         client.get_task(Q, missing),
@@ -192,7 +173,7 @@ async def test_an_unknown_task_id_raises_task_not_found(
         with pytest.raises(TaskNotFound) as caught:
             await call
         assert caught.value.task_id == missing
-    assert await _rows(raw) == before
+    assert await table_counts(raw) == before
 
 
 async def test_a_task_on_another_queue_is_not_found(client: Client) -> None:
@@ -223,7 +204,7 @@ async def test_a_negative_duration_raises_a_value_error(
 ) -> None:
     with pytest.raises(ValueError, match="non-negative"):
         await client.spawn(Q, "job", None, SpawnOptions(**options))
-    assert await _rows(raw) == (0, 0, 0, 0)
+    assert await table_counts(raw) == (0, 0, 0, 0)
 
 
 @pytest.mark.parametrize(
@@ -238,7 +219,7 @@ async def test_a_bad_duration_reaching_sql_raises_invalid_argument(
         await client.store.spawn(Q, "job", None, options)
     assert issubclass(InvalidArgument, DurableError)
     assert issubclass(InvalidArgument, ValueError)
-    assert await _rows(raw) == (0, 0, 0, 0)
+    assert await table_counts(raw) == (0, 0, 0, 0)
 
 
 async def test_a_duration_beyond_the_timestamp_range_raises_invalid_argument(
@@ -248,7 +229,7 @@ async def test_a_duration_beyond_the_timestamp_range_raises_invalid_argument(
         await client.spawn(Q, "job", None, SpawnOptions(delay=1e15))
     with pytest.raises(InvalidArgument):
         await client.claim(Q, "w1", claim_timeout=1e300)
-    assert await _rows(raw) == (0, 0, 0, 0)
+    assert await table_counts(raw) == (0, 0, 0, 0)
     run_id = await _running(client)
     with pytest.raises(InvalidArgument):
         await client.extend_claim(Q, run_id, 1e300)
@@ -263,13 +244,13 @@ async def test_an_unparsable_option_reaching_sql_raises_invalid_argument(
     for options in ({"priority": "high"}, {"at": "next tuesday-ish"}, {"max_attempts": 1e20}):
         with pytest.raises(InvalidArgument):
             await client.store.spawn(Q, "job", None, options)
-    assert await _rows(raw) == (0, 0, 0, 0)
+    assert await table_counts(raw) == (0, 0, 0, 0)
 
 
 async def test_an_infinite_delay_is_refused(client: Client, raw: asyncpg.Connection) -> None:
     with pytest.raises(ValueError, match="non-negative"):
         await client.spawn(Q, "job", None, SpawnOptions(delay=float("inf")))
-    assert await _rows(raw) == (0, 0, 0, 0)
+    assert await table_counts(raw) == (0, 0, 0, 0)
 
 
 @pytest.mark.parametrize("number", [float("nan"), float("inf")], ids=["nan", "inf"])
@@ -278,7 +259,7 @@ async def test_a_float_that_is_not_json_raises_not_serializable(
 ) -> None:
     with pytest.raises(NotSerializable):
         await client.spawn(Q, "job", {"x": number})
-    assert await _rows(raw) == (0, 0, 0, 0)
+    assert await table_counts(raw) == (0, 0, 0, 0)
 
 
 async def test_spawn_options_refuse_contradictions() -> None:
@@ -298,21 +279,21 @@ async def test_a_bad_task_name_raises_invalid_argument(
         await client.spawn(Q, name, None)
     with pytest.raises(InvalidArgument):
         await client.spawn_many(Q, [("fine", None), (name, None)])
-    assert await _rows(raw) == (0, 0, 0, 0)
+    assert await table_counts(raw) == (0, 0, 0, 0)
 
 
 async def test_bad_claim_arguments_raise_and_claim_nothing(
     client: Client, raw: asyncpg.Connection
 ) -> None:
     await client.spawn(Q, "job", None)
-    before = await _rows(raw)
+    before = await table_counts(raw)
     with pytest.raises(InvalidArgument):
         await client.claim(Q, "w1", claim_timeout=0)
     with pytest.raises(ValueError, match="non-negative"):
         await client.claim(Q, "w1", claim_timeout=-1)
     with pytest.raises(InvalidArgument):
         await client.claim(Q, "", claim_timeout=30)
-    assert await _rows(raw) == before
+    assert await table_counts(raw) == before
     assert await raw.fetchval("select state from durable.runs") == "pending"
 
 
@@ -321,7 +302,7 @@ async def test_bad_run_arguments_raise_and_change_nothing(
 ) -> None:
     run_id = await _running(client)
     lease = await raw.fetchval("select lease_expires_at from durable.runs")
-    before = await _rows(raw)
+    before = await table_counts(raw)
     with pytest.raises(InvalidArgument):
         await client.set_checkpoint(Q, run_id, "", 1)
     with pytest.raises(ValueError, match="non-negative"):
@@ -330,7 +311,7 @@ async def test_bad_run_arguments_raise_and_change_nothing(
         await client.schedule_run(Q, run_id, -1)
     with pytest.raises(ValueError, match="not a valid FailureReason"):
         await client.fail(Q, run_id, None, reason="bogus")
-    assert await _rows(raw) == before
+    assert await table_counts(raw) == before
     assert await raw.fetchval("select lease_expires_at from durable.runs") == lease
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import asyncpg
 import pytest
+from support.database import connection
 
 from durable.client import Client
 
@@ -49,12 +49,9 @@ async def test_claim_and_reap_use_their_indexes(client: Client, dsn: str) -> Non
         for _ in range(4):
             await client.spawn_many(queue, [("noop", i) for i in range(2_500)])
     await client.claim("busy", "w1", 60, 500)  # some running runs for the reap scan
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connection(dsn) as conn:
         await conn.execute("analyze durable.runs")
         claim_plan = json.loads(await conn.fetchval(_CLAIM_SCAN, "busy"))
         reap_plan = json.loads(await conn.fetchval(_REAP_SCAN, "busy"))
-    finally:
-        await conn.close()
     assert "runs_claim" in _index_names(claim_plan)
     assert "runs_lease" in _index_names(reap_plan)

@@ -8,8 +8,8 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import anyio
-import asyncpg
 import pytest
+from support.database import fetchval
 
 from durable.client import Client
 from durable.protocol.errors import InvalidState, LeaseLost
@@ -33,12 +33,8 @@ def _at(dsn: str, when: datetime) -> Client:
 
 
 async def _count(dsn: str, query: str) -> int:
-    conn = await asyncpg.connect(dsn)
-    try:
-        value: int = await conn.fetchval(query)
-        return value
-    finally:
-        await conn.close()
+    value: int = await fetchval(dsn, query)
+    return value
 
 
 async def test_fifty_concurrent_spawns_with_one_key_make_one_task(client: Client, dsn: str) -> None:

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
-import asyncpg
 import pytest
+from support.database import connection
 
 from durable.protocol.embedded import EmbeddedServer, default_home, start_embedded, stop_embedded
 from durable.protocol.errors import DatabaseUnavailable
@@ -66,12 +66,9 @@ def _is_stopped(server: EmbeddedServer) -> bool:
 
 
 async def _select_one(dsn: str) -> int:
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connection(dsn) as conn:
         value: int = await conn.fetchval("select 1")
         return value
-    finally:
-        await conn.close()
 
 
 @contextlib.contextmanager
@@ -104,22 +101,16 @@ def test_default_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 async def test_data_survives_restart(home: Path) -> None:
     server = await start_embedded(home)
     assert await _select_one(server.dsn) == 1
-    conn = await asyncpg.connect(server.dsn)
-    try:
+    async with connection(server.dsn) as conn:
         await conn.execute("create table kept (note text)")
         await conn.execute("insert into kept values ('still here')")
-    finally:
-        await conn.close()
     await stop_embedded(server)
     assert _is_stopped(server)
     await stop_embedded(server)  # idempotent
 
     server = await start_embedded(home)
-    conn = await asyncpg.connect(server.dsn)
-    try:
+    async with connection(server.dsn) as conn:
         assert await conn.fetchval("select note from kept") == "still here"
-    finally:
-        await conn.close()
     await stop_embedded(server)
     assert _is_stopped(server)
 

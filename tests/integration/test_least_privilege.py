@@ -20,7 +20,7 @@ import anyio
 import asyncpg
 import pytest
 import structlog
-from conftest import with_database
+from support.database import connection, execute, with_database
 
 import durable
 from durable import Durable, TaskContext, TaskState
@@ -77,24 +77,15 @@ def as_user(dsn: str, user: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}@{host}"))
 
 
-async def _execute(dsn: str, *statements: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        for statement in statements:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
 async def login_role(server_dsn: str) -> AsyncIterator[str]:
     """A LOGIN role of this test's own, a member of durable_worker."""
     name = f"durable_t_{uuid.uuid4().hex[:12]}"
-    await _execute(server_dsn, f"create role {name} login in role {WORKER_ROLE}")
+    await execute(server_dsn, f"create role {name} login in role {WORKER_ROLE}")
     try:
         yield name
     finally:
-        await _execute(server_dsn, f"drop role if exists {name}")
+        await execute(server_dsn, f"drop role if exists {name}")
 
 
 @pytest.fixture
@@ -104,11 +95,8 @@ async def worker_dsn(dsn: str, login_role: str) -> str:
 
 @pytest.fixture
 async def as_worker(worker_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(worker_dsn)
-    try:
+    async with connection(worker_dsn) as conn:
         yield conn
-    finally:
-        await conn.close()
 
 
 # --- the catalog ------------------------------------------------------------------------------
@@ -124,9 +112,9 @@ select p.proname, p.proconfig,
 
 
 async def test_the_protocol_functions_are_the_security_definers_with_a_fixed_search_path(
-    raw_admin: asyncpg.Connection,
+    raw: asyncpg.Connection,
 ) -> None:
-    rows = await raw_admin.fetch(_SECURITY_DEFINERS)
+    rows = await raw.fetch(_SECURITY_DEFINERS)
     assert {r["proname"] for r in rows} == PROTOCOL
     for row in rows:
         search_path, *planner = row["proconfig"]
@@ -137,10 +125,10 @@ async def test_the_protocol_functions_are_the_security_definers_with_a_fixed_sea
         assert not row["public_may"], row["proname"]
 
 
-async def test_the_worker_role_holds_no_table_privilege(raw_admin: asyncpg.Connection) -> None:
+async def test_the_worker_role_holds_no_table_privilege(raw: asyncpg.Connection) -> None:
     for table in TABLES:
         privileges = {
-            p: await raw_admin.fetchval(
+            p: await raw.fetchval(
                 "select has_table_privilege($1, $2, $3)", WORKER_ROLE, f"durable.{table}", p
             )
             for p in ("select", "insert", "update", "delete", "truncate", "references", "trigger")
@@ -148,24 +136,15 @@ async def test_the_worker_role_holds_no_table_privilege(raw_admin: asyncpg.Conne
         # the bookkeeping is readable, so that a client opened with migrate=False can check it
         expected = {p: table in READABLE and p == "select" for p in privileges}
         assert privileges == expected, table
-    assert not await raw_admin.fetchval(
+    assert not await raw.fetchval(
         "select has_schema_privilege($1, 'durable', 'create')", WORKER_ROLE
     )
     assert (
-        await raw_admin.fetchval(
+        await raw.fetchval(
             "select rolcanlogin from pg_catalog.pg_roles where rolname = $1", WORKER_ROLE
         )
         is False
     )
-
-
-@pytest.fixture
-async def raw_admin(dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 # --- a real worker as the role ----------------------------------------------------------------
@@ -176,7 +155,7 @@ def _double(n: int) -> int:
 
 
 async def test_a_worker_running_as_the_role_completes_tasks_with_steps(
-    worker_dsn: str, raw_admin: asyncpg.Connection
+    worker_dsn: str, raw: asyncpg.Connection
 ) -> None:
     app = Durable(worker_dsn, migrate=False)
 
@@ -213,7 +192,7 @@ async def test_a_worker_running_as_the_role_completes_tasks_with_steps(
     problems = [e for e in logs if e.get("log_level") in ("error", "critical")]
     assert problems == []
     # the worker registered itself and said goodbye, through the protocol
-    stopped = await raw_admin.fetchval(
+    stopped = await raw.fetchval(
         "select count(*) from durable.workers where stopped_at is not null"
     )
     assert stopped == 1
@@ -240,13 +219,13 @@ async def test_a_worker_running_as_the_role_completes_tasks_with_steps(
     ],
 )
 async def test_the_role_cannot_touch_a_table_or_a_helper(
-    as_worker: asyncpg.Connection, raw_admin: asyncpg.Connection, statement: str
+    as_worker: asyncpg.Connection, raw: asyncpg.Connection, statement: str
 ) -> None:
-    await raw_admin.execute("select durable.spawn('lp', 'job', '{}', '{}')")
+    await raw.execute("select durable.spawn('lp', 'job', '{}', '{}')")
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await as_worker.execute(statement)
-    assert await raw_admin.fetchval("select count(*) from durable.tasks") == 1
-    assert await raw_admin.fetchval("select state from durable.runs") == "pending"
+    assert await raw.fetchval("select count(*) from durable.tasks") == 1
+    assert await raw.fetchval("select state from durable.runs") == "pending"
 
 
 async def test_the_role_can_listen_and_read_the_schema_and_protocol_versions(
@@ -269,7 +248,7 @@ async def test_a_non_superuser_owner_can_migrate_and_serve_the_role(server_dsn: 
     owner = f"durable_o_{uuid.uuid4().hex[:12]}"
     login = f"durable_t_{uuid.uuid4().hex[:12]}"
     database = f"lp_{uuid.uuid4().hex}"
-    await _execute(
+    await execute(
         server_dsn,
         f"create role {owner} login nosuperuser nocreaterole",
         f"create role {login} login in role {WORKER_ROLE}",
@@ -285,14 +264,11 @@ async def test_a_non_superuser_owner_can_migrate_and_serve_the_role(server_dsn: 
             await app.client.set_checkpoint(QUEUE, claim.run_id, "s", [1])
             await app.client.complete(QUEUE, claim.run_id, "done")
             assert (await app.client.get_result(QUEUE, info.task_id)).result == "done"
-        conn = await asyncpg.connect(as_user(dsn, login))
-        try:
+        async with connection(as_user(dsn, login)) as conn:
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await conn.fetch("select * from durable.tasks")
-        finally:
-            await conn.close()
     finally:
-        await _execute(
+        await execute(
             server_dsn,
             f'drop database if exists "{database}" with (force)',
             f"drop role if exists {login}",

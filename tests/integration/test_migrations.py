@@ -3,14 +3,12 @@ the protocol is applied when its files change and never downgraded."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 
 import anyio
-import asyncpg
 import pytest
 import structlog
-from conftest import with_database
+from support.database import connection, empty_database, execute
 
 from durable.client import Client
 from durable.protocol import migrate
@@ -33,22 +31,13 @@ select count(*) from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oi
 @pytest.fixture
 async def empty_dsn(server_dsn: str) -> AsyncIterator[str]:
     """A database with nothing in it: no schema, no migrations."""
-    name = f"m_{uuid.uuid4().hex}"
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'create database "{name}"')
-        yield with_database(server_dsn, name)
-    finally:
-        await admin.execute(f'drop database if exists "{name}" with (force)')
-        await admin.close()
+    async with empty_database(server_dsn, prefix="m") as dsn:
+        yield dsn
 
 
 async def _versions(dsn: str) -> list[int]:
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connection(dsn) as conn:
         return [r[0] for r in await conn.fetch("select version from durable.schema_migrations")]
-    finally:
-        await conn.close()
 
 
 async def test_opening_an_empty_database_applies_every_migration(empty_dsn: str) -> None:
@@ -58,8 +47,7 @@ async def test_opening_an_empty_database_applies_every_migration(empty_dsn: str)
 
 
 async def test_migrating_twice_is_a_no_op(dsn: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connection(dsn) as conn:
         objects = await conn.fetchval(_SCHEMA_OBJECTS)
         functions = await conn.fetchval(_FUNCTIONS)
         assert await migrate.migrate(conn) == []
@@ -68,8 +56,6 @@ async def test_migrating_twice_is_a_no_op(dsn: str) -> None:
             objects,
             functions,
         )
-    finally:
-        await conn.close()
     assert await _versions(dsn) == [m.version for m in load_migrations()]
 
 
@@ -102,11 +88,8 @@ async def test_open_without_migrating_refuses_an_empty_database(empty_dsn: str) 
         await Store.open(empty_dsn, migrate=False)
     with pytest.raises(SchemaError):
         await Client(empty_dsn, migrate=False).connect()
-    conn = await asyncpg.connect(empty_dsn)
-    try:
+    async with connection(empty_dsn) as conn:
         assert await conn.fetchval("select to_regnamespace('durable')") is None
-    finally:
-        await conn.close()
 
 
 async def test_open_without_migrating_accepts_a_current_schema(dsn: str) -> None:
@@ -116,14 +99,11 @@ async def test_open_without_migrating_accepts_a_current_schema(dsn: str) -> None
 
 @pytest.mark.parametrize("apply", [True, False], ids=["migrate", "check"])
 async def test_a_schema_newer_than_this_package_is_refused(dsn: str, apply: bool) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(
-            "insert into durable.schema_migrations (version, name, checksum)"
-            " values (9999, 'from_the_future', 'x')"
-        )
-    finally:
-        await conn.close()
+    await execute(
+        dsn,
+        "insert into durable.schema_migrations (version, name, checksum)"
+        " values (9999, 'from_the_future', 'x')",
+    )
     with pytest.raises(SchemaError, match=r"\[9999\].*upgrade durable"):
         await Store.open(dsn, migrate=apply)
 
@@ -140,24 +120,18 @@ _RECORDED_PROTOCOL = "select version, checksum from durable.applied_protocol"
 async def _protocol_state(dsn: str) -> tuple[dict[str, str], tuple[int, str]]:
     """Each function's row version (a ``create or replace`` writes a new one), and the recorded
     protocol."""
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connection(dsn) as conn:
         functions = {r[0]: r[1] for r in await conn.fetch(_FUNCTION_VERSIONS)}
         recorded = await conn.fetchrow(_RECORDED_PROTOCOL)
-    finally:
-        await conn.close()
     assert recorded is not None
     return functions, (recorded["version"], recorded["checksum"])
 
 
 async def _record_protocol(dsn: str, version: int, checksum: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connection(dsn) as conn:
         await conn.execute(
             "update durable.applied_protocol set version = $1, checksum = $2", version, checksum
         )
-    finally:
-        await conn.close()
 
 
 async def test_a_fresh_database_records_the_protocol_it_runs(dsn: str) -> None:
@@ -213,14 +187,11 @@ async def test_a_newer_protocol_is_not_overwritten(dsn: str) -> None:
 async def test_open_without_migrating_refuses_a_protocol_that_is_not_current(
     dsn: str, recorded: str
 ) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connection(dsn) as conn:
         if recorded == "edited":
             await conn.execute("update durable.applied_protocol set checksum = 'edited'")
         else:
             await conn.execute("delete from durable.applied_protocol")
-    finally:
-        await conn.close()
     with pytest.raises(SchemaError, match=r"protocol.*durable migrate"):
         await Store.open(dsn, migrate=False)
     async with Client(dsn):  # migrating applies it

@@ -25,6 +25,7 @@ import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.database import table_counts
 
 from durable.client import Client
 from durable.protocol.codec import MAX_PAYLOAD_BYTES, RawJson
@@ -125,7 +126,7 @@ class Db:
         return self.portal.call(fn, *args)
 
     def rows(self) -> tuple[int, ...]:
-        return self.run(_rows, self.raw)
+        return self.run(table_counts, self.raw)
 
 
 @pytest.fixture
@@ -139,15 +140,6 @@ def db(dsn: str) -> Iterator[Db]:
         finally:
             portal.call(raw.close)
             portal.call(client.close)
-
-
-async def _rows(raw: asyncpg.Connection) -> tuple[int, ...]:
-    row = await raw.fetchrow(
-        "select (select count(*) from durable.tasks), (select count(*) from durable.runs),"
-        " (select count(*) from durable.checkpoints), (select count(*) from durable.workers)"
-    )
-    assert row is not None
-    return tuple(row)
 
 
 def _decimal(number: float) -> Decimal:
@@ -258,7 +250,7 @@ async def _refuse_everywhere(db: Db, value: Any) -> list[NotSerializable]:
     queue = _queue()
     await db.client.spawn(queue, "job", None)
     [claim] = await db.client.claim(queue, "w1", 60)
-    before = await _rows(db.raw)
+    before = await table_counts(db.raw)
     caught: list[NotSerializable] = []
     calls: list[Callable[[], Awaitable[Any]]] = [
         lambda: db.client.spawn(queue, "job", value),
@@ -272,7 +264,7 @@ async def _refuse_everywhere(db: Db, value: Any) -> list[NotSerializable]:
         with pytest.raises(NotSerializable) as info:
             await call()
         caught.append(info.value)
-    assert await _rows(db.raw) == before
+    assert await table_counts(db.raw) == before
     state = await db.raw.fetchval("select state from durable.runs where run_id = $1", claim.run_id)
     assert state == "running"
     return caught
@@ -323,7 +315,7 @@ async def _too_large(db: Db) -> list[PayloadTooLarge]:
     queue = _queue()
     await db.client.spawn(queue, "job", None)
     [claim] = await db.client.claim(queue, "w1", 60)
-    before = await _rows(db.raw)
+    before = await table_counts(db.raw)
     big = "x" * MAX_PAYLOAD_BYTES  # with its quotes, two bytes over
     caught: list[PayloadTooLarge] = []
     calls: list[Callable[[], Awaitable[Any]]] = [
@@ -337,7 +329,7 @@ async def _too_large(db: Db) -> list[PayloadTooLarge]:
         with pytest.raises(PayloadTooLarge) as info:
             await call()
         caught.append(info.value)
-    assert await _rows(db.raw) == before
+    assert await table_counts(db.raw) == before
     assert await db.raw.fetchval("select state from durable.runs where run_id = $1", claim.run_id)
     return caught
 
@@ -372,7 +364,7 @@ def _valid_text(name: str) -> bool:
 
 
 async def _hostile_queue(db: Db, queue: str) -> None:
-    before = await _rows(db.raw)
+    before = await table_counts(db.raw)
     client = db.client
     for call in (
         lambda: client.spawn(queue, "job", {}),
@@ -392,7 +384,7 @@ async def _hostile_queue(db: Db, queue: str) -> None:
     ):
         with pytest.raises((InvalidQueueName, InvalidArgument)):
             await call()
-    assert await _rows(db.raw) == before
+    assert await table_counts(db.raw) == before
 
 
 @PROPERTY
@@ -409,7 +401,7 @@ def _is_valid_queue(queue: str) -> bool:
 
 async def _hostile_task_name(db: Db, name: str) -> None:
     queue = _queue()
-    before = await _rows(db.raw)
+    before = await table_counts(db.raw)
     if 1 <= len(name) <= 255 and _valid_text(name):
         info = await db.client.spawn(queue, name, {"n": 1})
         [many] = await db.client.spawn_many(queue, [(name, {"n": 2})])
@@ -423,7 +415,7 @@ async def _hostile_task_name(db: Db, name: str) -> None:
     expected = InvalidArgument if _valid_text(name) else NotSerializable
     with pytest.raises(expected):
         await db.client.spawn_many(queue, [("fine", {}), (name, {})])
-    assert await _rows(db.raw) == before
+    assert await table_counts(db.raw) == before
 
 
 @PROPERTY
@@ -443,10 +435,10 @@ async def _hostile_step_name(db: Db, step: str) -> None:
         [checkpoint] = await db.client.get_checkpoints(queue, info.task_id)
         assert (checkpoint.step_name, checkpoint.value) == (step, [step])
         return
-    before = await _rows(db.raw)
+    before = await table_counts(db.raw)
     with pytest.raises(InvalidArgument):
         await db.client.set_checkpoint(queue, claim.run_id, step, 1)
-    assert await _rows(db.raw) == before
+    assert await table_counts(db.raw) == before
 
 
 @PROPERTY
@@ -461,10 +453,10 @@ def test_a_key_too_long_for_its_index_raises_invalid_argument(db: Db) -> None:
 
     async def check() -> None:
         queue = _queue()
-        before = await _rows(db.raw)
+        before = await table_counts(db.raw)
         with pytest.raises(InvalidArgument, match="shorter"):
             await db.client.spawn(queue, "job", None, SpawnOptions(idempotency_key=incompressible))
-        assert await _rows(db.raw) == before
+        assert await table_counts(db.raw) == before
         await db.client.spawn(queue, "job", None)
         [claim] = await db.client.claim(queue, "w1", 60)
         with pytest.raises(InvalidArgument, match="shorter"):

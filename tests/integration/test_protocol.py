@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 import asyncpg
 import pytest
+from support.database import connection
 
 from durable.client import Client
 from durable.protocol.errors import InvalidArgument, InvalidState, LeaseLost, TaskNotFound
@@ -110,13 +111,10 @@ async def test_spawn_stores_its_options(client: Client, dsn: str) -> None:
         {"trace": "abc"},
     )
     assert (task.max_attempts, task.idempotency_key) == (7, "key-1")
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connection(dsn) as conn:
         row = await conn.fetchrow(
             "select retry::text, timeout_s, heartbeat_timeout_s, priority from durable.tasks"
         )
-    finally:
-        await conn.close()
     assert row is not None
     assert (row["timeout_s"], row["heartbeat_timeout_s"], row["priority"]) == (12.5, 3.0, 5)
     assert '"kind": "fixed"' in row["retry"]
@@ -153,8 +151,7 @@ async def test_a_batch_without_options_stores_what_any_other_spawn_stores(
     [plain] = await client.spawn_many(Q, [("job", 1)])
     mixed, _ = await client.spawn_many(Q, [("job", 1), ("job", 2, SpawnOptions(tags=["t"]))])
     single = await client.spawn(Q, "job", 1)
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connection(dsn) as conn:
         rows = await conn.fetch(
             """
             select to_jsonb(t) - '{task_id,created_at,scheduled_at}'::text[] as task,
@@ -166,8 +163,6 @@ async def test_a_batch_without_options_stores_what_any_other_spawn_stores(
             """,
             [plain.task_id, mixed.task_id, single.task_id],
         )
-    finally:
-        await conn.close()
     assert [row["now"] for row in rows] == [True, True, True]
     assert rows[0]["task"] == rows[1]["task"] == rows[2]["task"]
     assert rows[0]["run"] == rows[1]["run"] == rows[2]["run"]
@@ -574,11 +569,8 @@ async def test_extend_claims_extends_every_lease_and_returns_the_lost(
     theirs_lease = leases[theirs]
     assert theirs_lease is not None
     assert theirs_lease < later_now + timedelta(seconds=30)  # another worker's: not extended
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connection(dsn) as conn:
         expires = await conn.fetchval("select expires_at from durable.workers where worker_id='w1'")
-    finally:
-        await conn.close()
     assert expires == later_now + timedelta(seconds=90)
 
 
@@ -700,11 +692,8 @@ async def test_retry_of_a_completed_or_pending_task_raises_invalid_state(client:
 
 async def test_worker_registers_heartbeats_and_stops(client: Client, dsn: str) -> None:
     async def worker_row() -> asyncpg.Record | None:
-        conn = await asyncpg.connect(dsn)
-        try:
+        async with connection(dsn) as conn:
             return await conn.fetchrow("select * from durable.workers where worker_id = 'w1'")
-        finally:
-            await conn.close()
 
     assert await client.worker_heartbeat("w1", 30.0) is False  # unknown
     await client.register_worker("w1", "host-a", 123, [Q, "other"], ttl=30.0)
@@ -772,11 +761,8 @@ select min(d), max(d) from (select durable.next_delay($1, $2) as d from generate
 
 
 async def _sample(dsn: str, retry: dict[str, Any] | None, attempt: int) -> tuple[float, float]:
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connection(dsn) as conn:
         row = await conn.fetchrow(_SAMPLE, None if retry is None else _jsonb(retry), attempt)
-    finally:
-        await conn.close()
     assert row is not None
     return row[0], row[1]
 

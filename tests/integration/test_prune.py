@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import pytest
+from support.database import connection, table_counts
 
 from durable.client import Client
 from durable.protocol.errors import InvalidArgument
@@ -15,16 +15,10 @@ pytestmark = pytest.mark.anyio
 
 
 async def _counts(dsn: str) -> tuple[int, int, int]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        row = await conn.fetchrow(
-            "select (select count(*) from durable.tasks), (select count(*) from durable.runs),"
-            " (select count(*) from durable.checkpoints)"
-        )
-    finally:
-        await conn.close()
-    assert row is not None
-    return row[0], row[1], row[2]
+    """Tasks, runs and checkpoints."""
+    async with connection(dsn) as conn:
+        tasks, runs, checkpoints, _ = await table_counts(conn)
+    return tasks, runs, checkpoints
 
 
 async def test_prune_deletes_old_finished_tasks_with_their_runs_and_checkpoints(

@@ -21,7 +21,7 @@ from pathlib import Path
 import anyio
 import asyncpg
 import pytest
-from conftest import with_database
+from support.database import connection, empty_database
 
 from durable.client import Client
 from durable.protocol.embedded import _bin_dir
@@ -78,28 +78,12 @@ async def _migrate_like_v13(conn: asyncpg.Connection, *, through: int = 13) -> N
             )
 
 
-@contextlib.asynccontextmanager
-async def _database(server_dsn: str) -> AsyncIterator[str]:
-    """An empty database of this test's own, dropped afterwards."""
-    name = f"u_{uuid.uuid4().hex}"
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'create database "{name}"')
-        yield with_database(server_dsn, name)
-    finally:
-        await admin.execute(f'drop database if exists "{name}" with (force)')
-        await admin.close()
-
-
 @pytest.fixture
 async def v13_dsn(server_dsn: str) -> AsyncIterator[str]:
     """A database built by the v13-era migrator, as an earlier durable left it."""
-    async with _database(server_dsn) as dsn:
-        conn = await asyncpg.connect(dsn)
-        try:
+    async with empty_database(server_dsn, prefix="u") as dsn:
+        async with connection(dsn) as conn:
             await _migrate_like_v13(conn)
-        finally:
-            await conn.close()
         yield dsn
 
 
@@ -155,16 +139,12 @@ async def _fill_like_a_v13_worker(conn: asyncpg.Connection) -> dict[str, uuid.UU
 
 
 async def test_a_database_at_version_13_is_upgraded_in_place(v13_dsn: str) -> None:
-    conn = await asyncpg.connect(v13_dsn)
-    try:
+    async with connection(v13_dsn) as conn:
         ids = await _fill_like_a_v13_worker(conn)
         before = await _rows(conn)
-    finally:
-        await conn.close()
 
     async with Client(v13_dsn) as client:  # connecting migrates
-        conn = await asyncpg.connect(v13_dsn)
-        try:
+        async with connection(v13_dsn) as conn:
             assert await _rows(conn) == before
             versions = [
                 r[0]
@@ -172,8 +152,6 @@ async def test_a_database_at_version_13_is_upgraded_in_place(v13_dsn: str) -> No
                     "select version from durable.schema_migrations order by 1"
                 )
             ]
-        finally:
-            await conn.close()
         assert versions == list(range(1, 15))
         assert [m.version for m in load_migrations()] == [13, 14]
 
@@ -255,38 +233,26 @@ async def test_a_fresh_database_and_an_upgraded_one_have_the_same_schema(
 
 
 async def test_the_v13_era_migrator_refuses_a_database_of_the_new_layout(dsn: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connection(dsn) as conn:
         with pytest.raises(SchemaError, match=r"\[14\].*upgrade durable"):
             await _migrate_like_v13(conn)
-    finally:
-        await conn.close()
 
 
 async def test_the_v13_era_migrator_refuses_an_upgraded_database(v13_dsn: str) -> None:
     async with Client(v13_dsn):
         pass
-    conn = await asyncpg.connect(v13_dsn)
-    try:
+    async with connection(v13_dsn) as conn:
         with pytest.raises(SchemaError, match=r"\[14\].*upgrade durable"):
             await _migrate_like_v13(conn)
-    finally:
-        await conn.close()
 
 
 @pytest.mark.parametrize("migrate", [True, False], ids=["migrate", "check"])
 async def test_a_database_below_the_baseline_is_refused(server_dsn: str, migrate: bool) -> None:
-    async with _database(server_dsn) as dsn:
-        conn = await asyncpg.connect(dsn)
-        try:
+    async with empty_database(server_dsn, prefix="u") as dsn:
+        async with connection(dsn) as conn:
             await _migrate_like_v13(conn, through=12)
-        finally:
-            await conn.close()
         with pytest.raises(SchemaError, match=r"version 12, below 13.*earlier durable"):
             await Client(dsn, migrate=migrate).connect()
-        conn = await asyncpg.connect(dsn)
-        try:
+        async with connection(dsn) as conn:
             versions = await conn.fetchval("select max(version) from durable.schema_migrations")
-        finally:
-            await conn.close()
         assert versions == 12  # untouched
