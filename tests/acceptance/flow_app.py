@@ -5,10 +5,10 @@ As a script (``cwd`` = this directory, ``DURABLE_DSN`` = the test's database)::
 
     python flow_app.py [-q QUEUE]... [-c N] [--claim-timeout S] [--poll-interval S] ...
 
-runs a worker of :data:`app` with :func:`worker_app.main` (same options, JSON log lines on
-stderr). Its tasks record what they execute in :mod:`worker_app`'s side tables (``step_exec``
-rows with the database's time, ``done_exec`` when they return) and wait on ``gate`` rows the
-test writes, so a test observes executions across processes.
+runs a worker of :data:`app` like ``worker_app.py`` (:mod:`support.worker_script`: same options,
+JSON log lines on stderr). Its tasks record what they execute in the side tables of
+:mod:`support.side_tables` (``step_exec`` rows with the database's time, ``done_exec`` when they
+return) and wait on ``gate`` rows the test writes, so a test observes executions across processes.
 
 The tasks with limits live on queues of their own (:data:`LIMITS_QUEUE`, :data:`RATED_QUEUE`):
 a worker records the limits of the tasks of the queues it serves, and the other tests' claims
@@ -17,12 +17,19 @@ stay on the plain path of the default queue.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import anyio
-from worker_app import main, record_done, record_step, wait_gate
 
 import durable
+
+SCRIPT = Path(__file__).resolve()
+sys.path.insert(0, str(SCRIPT.parents[1]))  # tests/, for `support`, when run as a script
+
+from support.side_tables import record_done, record_step, side_pool, wait_gate  # noqa: E402
+from support.worker_script import run_worker_script  # noqa: E402
 
 LIMITS_QUEUE = "limits"
 RATED_QUEUE = "rated"
@@ -103,4 +110,4 @@ async def rated(ctx: durable.TaskContext, params: Any) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(serve_app=app)
+    run_worker_script(app, side=side_pool, description="a worker of the flow-control tests' app")

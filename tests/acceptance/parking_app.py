@@ -1,23 +1,29 @@
 """The app of the parking acceptance tests (durable sleep, events, child tasks), run as a worker
-script like :mod:`worker_app`::
+script like ``worker_app.py`` (:mod:`support.worker_script`)::
 
     python parking_app.py [-q QUEUE]... [-c N] [--claim-timeout S] [--poll-interval S] ...
 
-Its tasks record every step body they execute in :mod:`worker_app`'s side tables (``step_exec``,
-``done_exec``; ``gate`` rows release a waiting step), so a test counts executions across worker
-processes and SIGKILLs. Importing it connects to nothing.
+Its tasks record every step body they execute in the side tables of :mod:`support.side_tables`
+(``step_exec``, ``done_exec``; ``gate`` rows release a waiting step), so a test counts executions
+across worker processes and SIGKILLs. Importing it connects to nothing.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from datetime import datetime
+from pathlib import Path
 from typing import Any
-
-from worker_app import main, record_done, record_step, wait_gate
 
 import durable
 from durable import EventTimeout, Fixed, TaskContext, TaskFailed
+
+SCRIPT = Path(__file__).resolve()
+sys.path.insert(0, str(SCRIPT.parents[1]))  # tests/, for `support`, when run as a script
+
+from support.side_tables import record_done, record_step, side_pool, wait_gate  # noqa: E402
+from support.worker_script import run_worker_script  # noqa: E402
 
 app = durable.Durable(pool_size=int(os.environ.get("WORKER_POOL_SIZE", "4")))
 
@@ -93,4 +99,4 @@ async def parent(ctx: TaskContext, params: Any) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(serve_app=app)
+    run_worker_script(app, side=side_pool, description="a worker of the parking tests' app")

@@ -2,25 +2,31 @@
 an ``on_discard`` hook.
 
 As a script (``cwd`` = this directory, ``DURABLE_DSN`` = the test's database), it takes the
-options of ``worker_app.py``::
+options of ``worker_app.py`` (:mod:`support.worker_script`)::
 
     python scheduling_app.py [-q QUEUE]... [-c N] [--claim-timeout S] [--poll-interval S] ...
 
 A worker serving :data:`CRON_QUEUE` runs the cron job :data:`CRON_NAME`: every minute (UTC) it
 spawns :data:`TICK` there, once per slot however many workers run it. The tasks of the default
 queue fail on purpose; their ``on_discard`` hook inserts a ``step_exec`` row (see
-``worker_app.SIDE_TABLES``) whose step names the error it got: ``discard:<type>:<message>``.
+:mod:`support.side_tables`) whose step names the error it got: ``discard:<type>:<message>``.
 
 The tests import the names below; importing this module connects to nothing.
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
-from worker_app import main, record_done, record_step, wait_gate
-
 import durable
+
+SCRIPT = Path(__file__).resolve()
+sys.path.insert(0, str(SCRIPT.parents[1]))  # tests/, for `support`, when run as a script
+
+from support.side_tables import record_done, record_step, side_pool, wait_gate  # noqa: E402
+from support.worker_script import run_worker_script  # noqa: E402
 
 #: The queue of the cron job (only workers serving it run the scheduler).
 CRON_QUEUE = "cron"
@@ -84,4 +90,4 @@ async def gated(ctx: durable.TaskContext, params: Any) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(serve_app=app)
+    run_worker_script(app, side=side_pool, description="a worker of the scheduling tests' app")

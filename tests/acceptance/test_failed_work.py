@@ -6,9 +6,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import anyio
 import pytest
-from worker_app import running_worker
+from support.in_process import running_worker
+from support.waiting import wait_until
 
 import durable
 from durable import ReasonClass, Retention, TaskContext, TaskFailed, TaskNotFound
@@ -53,11 +53,10 @@ async def test_handler_errors_are_classified_and_old_work_is_pruned(dsn: str) ->
         gone = [(await scratch.spawn()).task_id, (await ok.spawn(1)).task_id]
 
         # completed work and scratch's failures go (age 0); charge and parse stay an hour
-        with anyio.fail_after(DEADLINE_S):
-            while True:
-                if all([await _gone(app, task_id) for task_id in gone]):
-                    break
-                await anyio.sleep(0.05)
+        async def all_gone() -> bool:
+            return all([await _gone(app, task_id) for task_id in gone])
+
+        await wait_until(all_gone, timeout=DEADLINE_S, what="retention to delete ok and scratch")
         assert returned == [1]
 
         rows = await app.failed_work()

@@ -1,8 +1,8 @@
 """Flow control with real worker subprocesses (``flow_app.py``): cancellation policies and
 ``cancel_by``, tags and progress, dependencies, partition fairness, and the cluster-wide limits.
 
-The tasks note what they execute in the side tables of :mod:`worker_app` (``step_exec`` rows carry
-the database's time), so a test sees which handlers ran, when, and in which process.
+The tasks note what they execute in the side tables of :mod:`support.side_tables` (``step_exec``
+rows carry the database's time), so a test sees which handlers ran, when, and in which process.
 """
 
 from __future__ import annotations
@@ -16,17 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import flow_app
 import pytest
 from flow_app import GLOBAL_LIMIT, LIMITS_QUEUE, RATE, RATE_PERIOD_S, RATED_QUEUE
-from worker_app import (
-    QUEUE,
-    WorkerProcess,
-    side_connection,
-    wait_event,
-    wait_finished,
-    wait_for,
-    worker_process,
-)
+from support.processes import WorkerProcess, wait_event, worker_process
+from support.side_tables import done_count, open_gate, side_connection, steps_of, wait_entered
+from support.waiting import wait_finished, wait_for
+from worker_app import QUEUE
 
 from durable import (
     Cancellation,
@@ -54,7 +50,7 @@ async def flow_worker(
     """A worker subprocess of ``flow_app.app`` (``args`` override :data:`WORKER_ARGS`)."""
     log_path = tmp_path / f"{worker_id}.log"
     async with worker_process(
-        dsn, log_path, worker_id, *WORKER_ARGS, *args, script="flow_app.py"
+        flow_app.SCRIPT, dsn, log_path, worker_id, *WORKER_ARGS, *args
     ) as worker:
         yield worker
 
@@ -65,29 +61,6 @@ async def spawn(
     info = await client.spawn(queue, task_name, params or {}, SpawnOptions(**options))
     assert info.created
     return info.task_id
-
-
-async def open_gate(side: asyncpg.Connection, task_id: uuid.UUID) -> None:
-    await side.execute("insert into gate (task_id) values ($1)", task_id)
-
-
-async def steps_of(side: asyncpg.Connection, task_id: uuid.UUID) -> list[str]:
-    rows = await side.fetch("select step from step_exec where task_id = $1 order by at", task_id)
-    return [r["step"] for r in rows]
-
-
-async def done_count(side: asyncpg.Connection, task_id: uuid.UUID) -> int:
-    n: int = await side.fetchval("select count(*) from done_exec where task_id = $1", task_id)
-    return n
-
-
-async def wait_started(side: asyncpg.Connection, task_id: uuid.UUID, *, timeout: float) -> None:
-    """Until the task's handler noted its ``start`` step."""
-
-    async def probe() -> bool | None:
-        return True if "start" in await steps_of(side, task_id) else None
-
-    await wait_for(probe, timeout=timeout, what=f"task {task_id} to start")
 
 
 async def run_to_completion(client: Client, task_name: str, **options: Any) -> None:
@@ -152,7 +125,7 @@ async def test_max_duration_cancels_a_running_task_and_its_worker_stops_the_hand
             stuck = await spawn(
                 client, "gated", cancellation=Cancellation(max_duration=1.5), max_attempts=3
             )
-            await wait_started(side, stuck, timeout=20)
+            await wait_entered(side, stuck, "start", timeout=20)
             record = await wait_finished(client, stuck, timeout=10)
             [run] = record.runs
             await wait_event(worker, "lease.lost", timeout=5, run_id=str(run.run_id))
@@ -186,7 +159,7 @@ async def test_max_duration_shorter_than_max_delay_still_stops_a_running_task_in
         stuck = await spawn(
             client, "gated", cancellation=Cancellation(max_delay=20, max_duration=1)
         )
-        await wait_started(side, stuck, timeout=20)
+        await wait_entered(side, stuck, "start", timeout=20)
         # started at once: max_delay is met; max_duration ends it about a second later
         record = await wait_finished(client, stuck, timeout=5)
         [run] = record.runs
@@ -249,7 +222,7 @@ async def test_cancel_by_cancels_exactly_the_live_tasks_matching_every_filter(
             await open_gate(side, finished)
             assert (await wait_finished(client, finished, timeout=20)).state is TaskState.COMPLETED
             running = await spawn(client, "gated", tags=tags)
-            await wait_started(side, running, timeout=10)
+            await wait_entered(side, running, "start", timeout=10)
             matching = {
                 running,
                 await spawn(client, "gated", tags=[*tags, "extra"], delay=later),
@@ -312,7 +285,7 @@ async def test_progress_is_visible_while_the_task_runs_and_out_of_range_is_refus
             return record if record.progress is not None else None
 
         running = await wait_for(reported, timeout=20, what="the task's progress")
-        await wait_started(side, task_id, timeout=5)
+        await wait_entered(side, task_id, "start", timeout=5)
         await open_gate(side, task_id)
         record = await wait_finished(client, task_id, timeout=10)
 
@@ -395,8 +368,8 @@ async def test_a_dependent_runs_only_after_all_its_dependencies_completed(
             a = await spawn(client, "gated")
             b = await spawn(client, "gated")
             c = await spawn(client, "noop", depends_on=[a, b])
-            await wait_started(side, a, timeout=20)
-            await wait_started(side, b, timeout=5)
+            await wait_entered(side, a, "start", timeout=20)
+            await wait_entered(side, b, "start", timeout=5)
             # the worker has free slots and claims what it can: not C
             await run_to_completion(client, "noop")
             waiting = await client.get_task(None, c)
@@ -443,7 +416,7 @@ async def test_a_failed_dependency_cancels_its_dependents_in_cascade(
             root = await spawn(client, "fails", {"gated": True}, max_attempts=1)
             child = await spawn(client, "noop", depends_on=[root])
             grandchild = await spawn(client, "noop", depends_on=[child])
-            await wait_started(side, root, timeout=20)
+            await wait_entered(side, root, "start", timeout=20)
             await open_gate(side, root)
             record_root = await wait_finished(client, root, timeout=10)
             record_child = await wait_finished(client, child, timeout=5)

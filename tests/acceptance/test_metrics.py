@@ -15,7 +15,9 @@ from typing import Any
 import anyio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from worker_app import QUEUE, running_worker, wait_finished, wait_for
+from support.in_process import running_worker
+from support.waiting import wait_finished, wait_for
+from worker_app import QUEUE
 
 from durable import Durable, InvalidArgument, TaskContext, TaskState
 from durable.metrics import WorkerMetrics

@@ -14,15 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import parking_app
 import pytest
-from worker_app import (
-    QUEUE,
-    WorkerProcess,
-    side_connection,
-    wait_finished,
-    wait_for,
-    worker_process,
-)
+from support.processes import WorkerProcess, worker_process
+from support.side_tables import executed, open_gate, side_connection, wait_entered
+from support.waiting import wait_finished, wait_for, wait_task
+from worker_app import QUEUE
 
 from durable import (
     Client,
@@ -49,12 +46,7 @@ def parking_worker(
 ) -> AbstractAsyncContextManager[WorkerProcess]:
     """A worker subprocess of ``parking_app`` (``worker_id`` names its log file too)."""
     return worker_process(
-        dsn,
-        tmp_path / f"{worker_id}.log",
-        worker_id,
-        *WORKER_ARGS,
-        *args,
-        script="parking_app.py",
+        parking_app.SCRIPT, dsn, tmp_path / f"{worker_id}.log", worker_id, *WORKER_ARGS, *args
     )
 
 
@@ -64,39 +56,13 @@ async def spawn(client: Client, task_name: str, params: Any) -> uuid.UUID:
 
 async def wait_parked(client: Client, task_id: uuid.UUID, *, waits: int = 0) -> TaskRecord:
     """The task once it is ``sleeping`` (and has ``waits`` entries in ``waiting_for``)."""
-
-    async def probe() -> TaskRecord | None:
-        record = await client.get_task(None, task_id)
-        parked = record.state is TaskState.SLEEPING and len(record.waiting_for) == waits
-        return record if parked else None
-
-    return await wait_for(probe, timeout=WAIT_S, what=f"task {task_id} to be parked")
-
-
-async def executed(side: asyncpg.Connection, task_id: uuid.UUID) -> list[tuple[str, int]]:
-    """The step bodies the task executed, in order: (step, worker pid)."""
-    rows = await side.fetch(
-        "select step, pid from step_exec where task_id = $1 order by at, step", task_id
+    return await wait_task(
+        client,
+        task_id,
+        lambda record: record.state is TaskState.SLEEPING and len(record.waiting_for) == waits,
+        timeout=WAIT_S,
+        what=f"task {task_id} to be parked",
     )
-    return [(r["step"], r["pid"]) for r in rows]
-
-
-async def open_gate(side: asyncpg.Connection, task_id: uuid.UUID) -> None:
-    await side.execute("insert into gate (task_id) values ($1)", task_id)
-
-
-async def entered(
-    side: asyncpg.Connection, task_id: uuid.UUID, step: str, *, times: int = 1
-) -> None:
-    """Wait until the task started executing ``step`` (the ``times``-th time)."""
-
-    async def probe() -> bool | None:
-        n = await side.fetchval(
-            "select count(*) from step_exec where task_id = $1 and step = $2", task_id, step
-        )
-        return True if n >= times else None
-
-    await wait_for(probe, timeout=WAIT_S, what=f"task {task_id} to enter {step}")
 
 
 async def killed(worker: WorkerProcess) -> None:
@@ -422,7 +388,7 @@ async def test_a_parent_killed_after_spawning_finds_the_same_child_and_its_store
         async with parking_worker(dsn, tmp_path, "worker-a") as a:
             # the parent spawns, then waits on its gate; the child runs to its end meanwhile
             parent_id = await spawn(client, "parent", {"child": {"x": 5}, "gate": True})
-            await entered(side, parent_id, "gate")
+            await wait_entered(side, parent_id, "gate", timeout=WAIT_S)
             (child_id,) = await children_of(side, parent_id)
             child_done = await wait_finished(client, child_id, timeout=WAIT_S)
             assert child_done.state is TaskState.COMPLETED, a.log_text()
@@ -471,7 +437,7 @@ async def test_a_parent_parked_on_its_child_survives_the_sigkill_of_the_childs_w
             parked = await wait_parked(client, parent_id, waits=1)
             (child_id,) = await children_of(side, parent_id)
             assert parked.waiting_for[0]["child_task_id"] == str(child_id)
-            await entered(side, child_id, "child-gate")
+            await wait_entered(side, child_id, "child-gate", timeout=WAIT_S)
             await killed(a)
 
         await open_gate(side, child_id)
@@ -514,9 +480,9 @@ async def test_a_crash_while_parent_and_child_both_run_leaves_one_child_and_a_pa
             parent_id = await spawn(
                 client, "parent", {"child": {"x": 4, "gate": True}, "gate": True}
             )
-            await entered(side, parent_id, "gate")
+            await wait_entered(side, parent_id, "gate", timeout=WAIT_S)
             (child_id,) = await children_of(side, parent_id)
-            await entered(side, child_id, "child-gate")
+            await wait_entered(side, child_id, "child-gate", timeout=WAIT_S)
             await killed(a)
 
         async with parking_worker(dsn, tmp_path, "worker-b") as b:
@@ -524,7 +490,8 @@ async def test_a_crash_while_parent_and_child_both_run_leaves_one_child_and_a_pa
             await open_gate(side, parent_id)
             parked = await wait_parked(client, parent_id, waits=1)
             assert parked.waiting_for[0]["child_task_id"] == str(child_id)
-            await entered(side, child_id, "child-gate", times=2)  # (the first was in A)
+            # the second time (the first was in A)
+            await wait_entered(side, child_id, "child-gate", timeout=WAIT_S, times=2)
             assert (await client.get_task(None, child_id)).state is TaskState.RUNNING
             await open_gate(side, child_id)
             record = await wait_finished(client, parent_id, timeout=WAIT_S)

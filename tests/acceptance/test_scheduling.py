@@ -27,22 +27,18 @@ from scheduling_app import (
     DISCARD_STEP,
     FAILS_ONCE,
     GATED,
+    SCRIPT,
     TICK,
     always_fails,
     fails_once,
     gated,
 )
 from scheduling_app import app as scheduling_app
-from worker_app import (
-    QUEUE,
-    WorkerProcess,
-    running_worker,
-    side_connection,
-    wait_event,
-    wait_finished,
-    wait_for,
-    worker_process,
-)
+from support.in_process import running_worker
+from support.processes import WorkerProcess, wait_event, worker_process
+from support.side_tables import side_connection, wait_entered
+from support.waiting import wait_finished, wait_for
+from worker_app import QUEUE
 
 from durable import (
     Client,
@@ -63,7 +59,6 @@ pytestmark = pytest.mark.anyio
 #: Slack for comparing two timestamps that the database computed from one clock reading.
 CLOCK_SLACK = timedelta(milliseconds=5)
 SUBPROCESS_ARGS = ("--claim-timeout", "1", "--poll-interval", "0.1")
-SCRIPT = "scheduling_app.py"
 
 
 async def task_rows(dsn: str, task_name: str) -> list[dict[str, Any]]:
@@ -467,7 +462,7 @@ async def test_a_cron_slot_fires_once_across_three_worker_processes(
     async with side_connection(dsn, create_tables=True) as side, contextlib.AsyncExitStack() as st:
         workers: list[WorkerProcess] = [
             await st.enter_async_context(
-                worker_process(dsn, tmp_path / f"w{i}.log", f"cron-{i}", *args, script=SCRIPT)
+                worker_process(SCRIPT, dsn, tmp_path / f"w{i}.log", f"cron-{i}", *args)
             )
             for i in range(3)
         ]
@@ -666,12 +661,8 @@ async def test_on_discard_is_called_once_when_the_last_attempt_fails(
     async with side_connection(dsn, create_tables=True) as side:
         info = await client.spawn(QUEUE, ALWAYS_FAILS, {}, always_fails.options())
         async with (
-            worker_process(
-                dsn, tmp_path / "a.log", "worker-a", *SUBPROCESS_ARGS, script=SCRIPT
-            ) as a,
-            worker_process(
-                dsn, tmp_path / "b.log", "worker-b", *SUBPROCESS_ARGS, script=SCRIPT
-            ) as b,
+            worker_process(SCRIPT, dsn, tmp_path / "a.log", "worker-a", *SUBPROCESS_ARGS) as a,
+            worker_process(SCRIPT, dsn, tmp_path / "b.log", "worker-b", *SUBPROCESS_ARGS) as b,
         ):
             record = await wait_finished(client, info.task_id, timeout=20)
 
@@ -716,18 +707,13 @@ async def test_on_discard_is_not_called_after_a_successful_retry_or_a_cancellati
         retried = await client.spawn(QUEUE, FAILS_ONCE, {}, fails_once.options())
         running = await client.spawn(QUEUE, GATED, {}, gated.options())
 
-        async def running_started() -> bool | None:
-            n = await side.fetchval(
-                "select count(*) from step_exec where task_id = $1 and step = 'start'",
-                running.task_id,
-            )
-            return True if n else None
-
         async with worker_process(
-            dsn, tmp_path / "w.log", "worker", *SUBPROCESS_ARGS, script=SCRIPT
+            SCRIPT, dsn, tmp_path / "w.log", "worker", *SUBPROCESS_ARGS
         ) as worker:
             completed = await wait_finished(client, retried.task_id, timeout=20)
-            await wait_for(running_started, timeout=20, what="the gated task to start")
+            await wait_entered(
+                side, running.task_id, "start", timeout=20, what="the gated task to start"
+            )
             await client.cancel(QUEUE, running.task_id)
             # the worker finds out at its next lease renewal and stops the handler
             await wait_event(worker, "lease.lost", timeout=10, task_id=str(running.task_id))
@@ -789,21 +775,16 @@ async def test_on_discard_is_called_when_the_last_attempt_crashed(
     async with side_connection(dsn, create_tables=True) as side:
         info = await client.spawn(QUEUE, GATED, {}, gated.options())  # one attempt
 
-        async def started() -> bool | None:
-            n = await side.fetchval(
-                "select count(*) from step_exec where task_id = $1 and step = 'start'",
-                info.task_id,
-            )
-            return True if n else None
-
         async with worker_process(
-            dsn, tmp_path / "a.log", "worker-a", *SUBPROCESS_ARGS, script=SCRIPT
+            SCRIPT, dsn, tmp_path / "a.log", "worker-a", *SUBPROCESS_ARGS
         ) as a:
-            await wait_for(started, timeout=20, what="the gated task to start")
+            await wait_entered(
+                side, info.task_id, "start", timeout=20, what="the gated task to start"
+            )
             a.kill()
             assert await a.wait(timeout=10) < 0
         async with worker_process(
-            dsn, tmp_path / "b.log", "worker-b", *SUBPROCESS_ARGS, script=SCRIPT
+            SCRIPT, dsn, tmp_path / "b.log", "worker-b", *SUBPROCESS_ARGS
         ) as b:
             record = await wait_finished(client, info.task_id, timeout=20)
 

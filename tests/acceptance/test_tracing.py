@@ -17,7 +17,9 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from worker_app import QUEUE, running_worker, wait_finished, wait_for
+from support.in_process import running_worker
+from support.waiting import wait_finished, wait_for
+from worker_app import QUEUE
 
 from durable import Client, Durable, SpawnOptions, TaskContext, TaskFailed, tracing
 

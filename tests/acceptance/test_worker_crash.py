@@ -8,13 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from worker_app import (
-    QUEUE,
-    side_connection,
-    wait_finished,
-    wait_for,
-    worker_process,
-)
+from support.processes import worker_process
+from support.side_tables import open_gate, side_connection, wait_entered
+from support.waiting import wait_finished
+from worker_app import QUEUE, SCRIPT
 
 from durable import Client, FailureReason, Fixed, RunState, SpawnOptions, TaskState
 
@@ -29,23 +26,16 @@ async def test_sigkill_mid_step_is_reaped_as_crash_and_resumed_without_rerunning
             QUEUE, "three_steps", {}, SpawnOptions(max_attempts=3, retry=Fixed(0))
         )
         task_id = info.task_id
-
-        async def entered_step_two() -> bool | None:
-            n = await side.fetchval(
-                "select count(*) from step_exec where task_id = $1 and step = 'two'", task_id
-            )
-            return True if n else None
-
         worker_args = ("--claim-timeout", "1", "--poll-interval", "0.1")
-        async with worker_process(dsn, tmp_path / "a.log", "worker-a", *worker_args) as a:
-            await wait_for(entered_step_two, timeout=20, what="worker A to enter step two")
+        async with worker_process(SCRIPT, dsn, tmp_path / "a.log", "worker-a", *worker_args) as a:
+            await wait_entered(side, task_id, "two", timeout=20, what="worker A to enter step two")
             checkpoints = await client.get_checkpoints(QUEUE, task_id)
             assert [c.step_name for c in checkpoints] == ["one"]
             a.kill()
             assert await a.wait(timeout=10) < 0, a.log_text()
 
-        await side.execute("insert into gate (task_id) values ($1)", task_id)
-        async with worker_process(dsn, tmp_path / "b.log", "worker-b", *worker_args) as b:
+        await open_gate(side, task_id)
+        async with worker_process(SCRIPT, dsn, tmp_path / "b.log", "worker-b", *worker_args) as b:
             record = await wait_finished(client, task_id, timeout=20)
             assert record.state is TaskState.COMPLETED, b.log_text()
 

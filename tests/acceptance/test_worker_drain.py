@@ -6,14 +6,10 @@ from pathlib import Path
 
 import anyio
 import pytest
-from worker_app import (
-    QUEUE,
-    side_connection,
-    wait_event,
-    wait_finished,
-    wait_for,
-    worker_process,
-)
+from support.processes import wait_event, worker_process
+from support.side_tables import open_gate, side_connection
+from support.waiting import wait_finished, wait_for
+from worker_app import QUEUE, SCRIPT
 
 from durable import Client, RunState, TaskState
 
@@ -36,13 +32,13 @@ async def test_sigterm_finishes_within_grace_and_releases_the_rest_for_another_w
             return True if n == 2 else None
 
         args = ("--claim-timeout", "2", "--grace-period", str(GRACE_S), "--poll-interval", "0.1")
-        async with worker_process(dsn, tmp_path / "a.log", "worker-a", *args) as a:
+        async with worker_process(SCRIPT, dsn, tmp_path / "a.log", "worker-a", *args) as a:
             await wait_for(both_started, timeout=20, what="worker A to start both tasks")
             a.terminate()
             signalled = anyio.current_time()
             # the fast task finishes while the worker drains, within the grace period
             await wait_event(a, "worker.draining", timeout=GRACE_S)
-            await side.execute("insert into gate (task_id) values ($1)", fast)
+            await open_gate(side, fast)
             assert await a.wait(timeout=5) == 0, a.log_text()
             assert anyio.current_time() - signalled < 5
             order = [(e["event"], e.get("task_id")) for e in a.events()]
@@ -69,8 +65,8 @@ async def test_sigterm_finishes_within_grace_and_releases_the_rest_for_another_w
         assert record.attempt == 1
 
         # a second worker takes it; the gate makes the handler short this time
-        await side.execute("insert into gate (task_id) values ($1)", slow)
-        async with worker_process(dsn, tmp_path / "b.log", "worker-b", *args) as b:
+        await open_gate(side, slow)
+        async with worker_process(SCRIPT, dsn, tmp_path / "b.log", "worker-b", *args) as b:
             record = await wait_finished(client, slow, timeout=20)
             assert record.state is TaskState.COMPLETED, b.log_text()
 

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import anyio
 import pytest
-from worker_app import QUEUE, WorkerProcess, side_connection, wait_event, wait_for, worker_process
+from support.processes import WorkerProcess, wait_event, worker_process
+from support.side_tables import side_connection
+from support.waiting import wait_for
+from worker_app import QUEUE, SCRIPT
 
 from durable import Client
 
@@ -25,7 +28,7 @@ async def test_four_workers_complete_two_thousand_tasks_exactly_once(
         args = ("-c", str(CONCURRENCY), "--claim-timeout", "5", "--poll-interval", "0.5")
         workers: list[WorkerProcess] = [
             await stack.enter_async_context(
-                worker_process(dsn, tmp_path / f"w{i}.log", f"worker-{i}", *args)
+                worker_process(SCRIPT, dsn, tmp_path / f"w{i}.log", f"worker-{i}", *args)
             )
             for i in range(WORKERS)
         ]

@@ -10,7 +10,9 @@ from typing import Any
 import anyio
 import pytest
 import structlog
-from worker_app import QUEUE, running_worker, wait_finished, wait_for
+from support.in_process import running_worker
+from support.waiting import wait_finished, wait_for
+from worker_app import QUEUE
 
 from durable import (
     Durable,

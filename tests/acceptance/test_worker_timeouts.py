@@ -11,15 +11,11 @@ from typing import Any
 
 import anyio
 import pytest
-from worker_app import (
-    QUEUE,
-    running_worker,
-    side_connection,
-    wait_event,
-    wait_finished,
-    wait_for,
-    worker_process,
-)
+from support.in_process import running_worker
+from support.processes import wait_event, worker_process
+from support.side_tables import side_connection
+from support.waiting import wait_finished, wait_for
+from worker_app import QUEUE, SCRIPT
 
 from durable import (
     Client,
@@ -44,8 +40,8 @@ async def test_blocked_event_loop_is_reaped_as_heartbeat_timeout_and_its_late_wr
     args = ("--claim-timeout", "1", "--poll-interval", "0.1")
     async with (
         side_connection(dsn, create_tables=True) as side,
-        worker_process(dsn, tmp_path / "w1.log", "worker-1", *args) as w1,
-        worker_process(dsn, tmp_path / "w2.log", "worker-2", *args) as w2,
+        worker_process(SCRIPT, dsn, tmp_path / "w1.log", "worker-1", *args) as w1,
+        worker_process(SCRIPT, dsn, tmp_path / "w2.log", "worker-2", *args) as w2,
     ):
         # both run before the task exists, so that whichever claims it, the other one is ready
         # to reap it: no process start-up on the way from the lapsed lease to the retry

@@ -21,23 +21,22 @@ import contextlib
 import os
 import random
 import signal
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import anyio
 import anyio.abc
 import asyncpg
 import pytest
-from chaos_app import QUEUE, SIDE_TABLES, STEPS, TASK_NAME
+from chaos_app import QUEUE, SCRIPT, SIDE_TABLES, STEPS, TASK_NAME
+from support.database import connection
+from support.processes import WorkerProcess, worker_process
+from support.waiting import wait_until
 
 from durable import Client, Fixed, SpawnOptions
 
 pytestmark = pytest.mark.anyio
-
-HERE = Path(__file__).resolve().parent
 
 TASKS = int(os.environ.get("DURABLE_CHAOS_TASKS", "300"))
 KILLS = int(os.environ.get("DURABLE_CHAOS_KILLS", "5"))
@@ -63,73 +62,38 @@ class Fleet:
 
     dsn: str
     log_dir: Path
-    live: dict[str, anyio.abc.Process] = field(default_factory=dict)
-    killed: list[anyio.abc.Process] = field(default_factory=list)
+    stack: contextlib.AsyncExitStack
+    live: dict[str, WorkerProcess] = field(default_factory=dict)
+    killed: list[WorkerProcess] = field(default_factory=list)
     started: int = 0
-    _logs: list[IO[bytes]] = field(default_factory=list)
 
     async def start(self) -> str:
         worker_id = f"chaos-{self.started}"
         self.started += 1
-        log = (self.log_dir / f"{worker_id}.log").open("wb")
-        self._logs.append(log)
-        self.live[worker_id] = await anyio.open_process(
-            [
-                sys.executable,
-                str(HERE / "chaos_app.py"),
-                "-c",
-                str(CONCURRENCY),
-                "--claim-timeout",
-                str(CLAIM_TIMEOUT_S),
-                "--poll-interval",
-                str(POLL_INTERVAL_S),
-                "--worker-id",
+        self.live[worker_id] = await self.stack.enter_async_context(
+            worker_process(
+                SCRIPT,
+                self.dsn,
+                self.log_dir / f"{worker_id}.log",
                 worker_id,
-            ],
-            stdin=None,
-            stdout=log,
-            stderr=log,
-            cwd=HERE,
-            env={**os.environ, "DURABLE_DSN": self.dsn, "PYTHONUNBUFFERED": "1"},
+                *("-c", str(CONCURRENCY), "--claim-timeout", str(CLAIM_TIMEOUT_S)),
+                *("--poll-interval", str(POLL_INTERVAL_S), "--worker-id", worker_id),
+            )
         )
         return worker_id
 
     def kill(self, worker_id: str) -> None:
         """SIGKILL, as the OOM killer or a lost machine would."""
-        process = self.live.pop(worker_id)
-        process.send_signal(signal.SIGKILL)
-        self.killed.append(process)
-
-    def log_text(self, worker_id: str) -> str:
-        return (self.log_dir / f"{worker_id}.log").read_text(errors="replace")
-
-    async def aclose(self) -> None:
-        with anyio.CancelScope(shield=True):
-            for process in [*self.live.values(), *self.killed]:
-                if process.returncode is None:
-                    process.kill()
-                await process.wait()
-                await process.aclose()
-            for log in self._logs:
-                log.close()
+        worker = self.live.pop(worker_id)
+        worker.kill()
+        self.killed.append(worker)
 
 
 @contextlib.asynccontextmanager
 async def fleet_of(dsn: str, log_dir: Path) -> AsyncIterator[Fleet]:
-    fleet = Fleet(dsn, log_dir)
-    try:
-        yield fleet
-    finally:
-        await fleet.aclose()
-
-
-async def wait_until(probe: Callable[[], Awaitable[bool]], *, timeout: float, what: str) -> None:
-    """Poll ``probe`` until it returns True; fail naming ``what`` on timeout."""
-    with anyio.move_on_after(timeout):
-        while not await probe():  # noqa: ASYNC110 — the state is in the database, polled
-            await anyio.sleep(TICK_S * 5)
-        return
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+    """A fleet whose processes are killed (if still up) and reaped on exit."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield Fleet(dsn, log_dir, stack)
 
 
 @dataclass
@@ -274,8 +238,7 @@ async def _figures(
 async def test_chaos_sigkill_workers_while_they_run_checkpointed_steps(
     dsn: str, tmp_path: Path
 ) -> None:
-    db = await asyncpg.connect(dsn)
-    try:
+    async with connection(dsn) as db:
         await db.execute(SIDE_TABLES)
         async with fleet_of(dsn, tmp_path) as fleet, Client(dsn) as client:
             for _ in range(WORKERS):
@@ -287,7 +250,12 @@ async def test_chaos_sigkill_workers_while_they_run_checkpointed_steps(
                 )
                 return n == WORKERS
 
-            await wait_until(all_registered, timeout=START_TIMEOUT_S, what="workers to start")
+            await wait_until(
+                all_registered,
+                timeout=START_TIMEOUT_S,
+                what="workers to start",
+                interval=TICK_S * 5,
+            )
 
             async def completed() -> int:
                 n = await db.fetchval(
@@ -337,12 +305,13 @@ async def test_chaos_sigkill_workers_while_they_run_checkpointed_steps(
                 all_completed,
                 timeout=max(1.0, COMPLETE_TIMEOUT_S - (anyio.current_time() - started)),
                 what=f"{TASKS} tasks to complete",
+                interval=TICK_S * 5,
             )
             wall_s = anyio.current_time() - started
-            for worker_id, process in fleet.live.items():
-                assert process.returncode is None, fleet.log_text(worker_id)
-            for process in fleet.killed:
-                assert await process.wait() == -signal.SIGKILL
+            for worker in fleet.live.values():
+                assert worker.returncode is None, worker.log_text()
+            for worker in fleet.killed:
+                assert await worker.wait(timeout=10) == -signal.SIGKILL
             figures = await _figures(
                 db,
                 kills=kills,
@@ -350,8 +319,6 @@ async def test_chaos_sigkill_workers_while_they_run_checkpointed_steps(
                 replacements=fleet.started - WORKERS,
                 wall_s=wall_s,
             )
-    finally:
-        await db.close()
 
     text = figures.text()
     (tmp_path / "chaos-figures.txt").write_text(text + "\n")

@@ -8,8 +8,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from fault_app import QUEUE, fault_worker, wait_all_finished, wait_event, wait_for
+from fault_app import QUEUE, fault_worker
 from support.database import connection
+from support.processes import wait_event
+from support.waiting import wait_all_finished, wait_for
 
 from durable import Client, FailureReason, RunState, SpawnOptions, TaskState
 

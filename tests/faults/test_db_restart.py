@@ -19,15 +19,10 @@ from typing import Any
 
 import anyio
 import pytest
-from fault_app import (
-    QUEUE,
-    FaultWorker,
-    fault_worker,
-    wait_all_finished,
-    wait_event,
-    wait_for,
-)
+from fault_app import QUEUE, fault_worker
 from support.database import connection
+from support.processes import WorkerProcess, wait_event
+from support.waiting import wait_all_finished, wait_for, wait_until
 
 from durable import (
     Client,
@@ -44,6 +39,8 @@ pytestmark = pytest.mark.anyio
 
 STEPS = {"n": 4, "step_s": 0.1}
 OPTIONS = SpawnOptions(max_attempts=5)
+#: The test's own client meets the outage too: its polls count DatabaseUnavailable as "not yet".
+OUTAGE = (DatabaseUnavailable,)
 
 
 @pytest.fixture
@@ -65,6 +62,15 @@ async def embedded_dsn(embedded_server: EmbeddedServer) -> str:
 async def _completed(client: Client) -> int:
     counts = await client.queue_counts()
     return sum(c.count for c in counts if c.state is TaskState.COMPLETED)
+
+
+async def _first_completions(client: Client) -> None:
+    """Until the workers completed a few tasks: an outage from now on lands mid-run."""
+
+    async def some_done() -> bool:
+        return await _completed(client) >= 3
+
+    await wait_until(some_done, timeout=15, what="the first tasks to complete", tolerate=OUTAGE)
 
 
 async def _assert_nothing_half_written(dsn: str) -> None:
@@ -89,7 +95,7 @@ async def _assert_nothing_half_written(dsn: str) -> None:
         assert stray == 0
 
 
-async def _assert_reconnected(worker: FaultWorker) -> None:
+async def _assert_reconnected(worker: WorkerProcess) -> None:
     """The worker survived, lost its LISTEN connection and re-opens it. The other worker may
     have finished every task while this one still backs off, so the re-open is waited for."""
     assert worker.returncode is None, worker.log_text()[-3000:]
@@ -107,11 +113,7 @@ async def test_restart_mid_run_workers_reconnect_and_spawn_fails_fast(
         fault_worker(embedded_dsn, tmp_path / "b.log", "worker-b") as b,
     ):
         infos = [await client.spawn(QUEUE, "steps", STEPS, OPTIONS) for _ in range(24)]
-
-        async def some_done() -> bool | None:
-            return True if await _completed(client) >= 3 else None
-
-        await wait_for(some_done, timeout=15, what="the first tasks to complete")
+        await _first_completions(client)
 
         # down for 2 s, mid-run; meanwhile spawn until a spawn meets the outage
         attempts: list[tuple[str, float, bool]] = []
@@ -141,10 +143,13 @@ async def test_restart_mid_run_workers_reconnect_and_spawn_fails_fast(
                 ),
                 timeout=10,
                 what="a spawn after the restart",
+                tolerate=OUTAGE,
             )
             infos.append(info)
 
-        records = await wait_all_finished(client, [i.task_id for i in infos], timeout=30)
+        records = await wait_all_finished(
+            client, [i.task_id for i in infos], timeout=30, tolerate=OUTAGE
+        )
         assert all(r.state is TaskState.COMPLETED for r in records), [
             (r.state, [(x.state, x.failure_reason) for x in r.runs]) for r in records
         ]
@@ -172,11 +177,7 @@ async def test_every_backend_terminated_mid_run(dsn: str, tmp_path: Path) -> Non
         fault_worker(dsn, tmp_path / "b.log", "worker-b") as b,
     ):
         infos = [await client.spawn(QUEUE, "steps", STEPS, OPTIONS) for _ in range(24)]
-
-        async def some_done() -> bool | None:
-            return True if await _completed(client) >= 3 else None
-
-        await wait_for(some_done, timeout=15, what="the first tasks to complete")
+        await _first_completions(client)
         async with connection(dsn) as admin:
             for _ in range(2):
                 terminated = await admin.fetchval(
@@ -186,7 +187,9 @@ async def test_every_backend_terminated_mid_run(dsn: str, tmp_path: Path) -> Non
                 assert terminated > 0
                 await anyio.sleep(0.3)
 
-        records = await wait_all_finished(client, [i.task_id for i in infos], timeout=30)
+        records = await wait_all_finished(
+            client, [i.task_id for i in infos], timeout=30, tolerate=OUTAGE
+        )
         assert all(r.state is TaskState.COMPLETED for r in records), [
             (r.state, [(x.state, x.failure_reason) for x in r.runs]) for r in records
         ]
@@ -218,7 +221,9 @@ async def test_a_result_waiter_whose_listen_connection_dies_still_sees_the_outco
             assert terminated == 1
         claims = await app.client.claim(QUEUE, "w1", 30)
         await app.client.complete(QUEUE, claims[0].run_id, {"ok": True})
-        with anyio.fail_after(10):
-            while not outcome:  # noqa: ASYNC110 — the waiter appends
-                await anyio.sleep(0.05)
+
+        async def seen() -> bool:
+            return bool(outcome)
+
+        await wait_until(seen, timeout=10, what="the waiter to see the outcome")
     assert outcome[0].result == {"ok": True}

@@ -9,9 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fault_app import QUEUE, fault_worker, wait_all_finished, wait_event, wait_for
+from fault_app import QUEUE, fault_worker
 from fault_proxy import tcp_proxy
 from support.database import connection
+from support.processes import wait_event
+from support.waiting import wait_all_finished, wait_for
 
 from durable import Client, FailureReason, RunState, SpawnOptions, TaskState
 from durable.protocol.store import describe_dsn

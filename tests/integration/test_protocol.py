@@ -16,6 +16,7 @@ import anyio
 import asyncpg
 import pytest
 from support.database import connection
+from support.waiting import wait_until
 
 from durable.client import Client
 from durable.protocol.errors import InvalidArgument, InvalidState, LeaseLost, TaskNotFound
@@ -864,9 +865,11 @@ async def test_complete_runs_notifies_its_ended_tasks_in_lists_of_up_to_200(
         await client.spawn_many(Q, [("job", i) for i in range(250)])
         claims = await client.claim(Q, "w1", 30, qty=250)
         await client.store.complete_runs(Q, [(c.run_id, None) for c in claims])
-        with anyio.fail_after(5):
-            while len(payloads) < 2:  # noqa: ASYNC110 — the listener appends
-                await anyio.sleep(0.01)
+
+        async def both_lists() -> bool:
+            return len(payloads) >= 2
+
+        await wait_until(both_lists, timeout=5, what="two notifications", interval=0.01)
     finally:
         await listener.close()
     lists = [p.split(",") for p in payloads]
