@@ -1,39 +1,29 @@
 """The real ``durable`` command, run as ``python -m durable`` in subprocesses.
 
-Each subprocess runs in this directory, so ``durable worker cli_app:app`` imports ``cli_app.py``,
-with ``$DURABLE_DSN`` set to the test's own database. Waits are deadlines, never bare sleeps.
+Each subprocess runs in this directory (:mod:`support.cli`), so ``durable worker cli_app:app``
+imports ``cli_app.py``, with ``$DURABLE_DSN`` set to the test's own database. Waits are
+deadlines, never bare sleeps.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import anyio
-import anyio.abc
 import pytest
+from support.cli import TASKS_TIMEOUT_S, cli_worker, durable, section_rows, wait_outcomes
+from support.waiting import wait_task
 
 import durable as durable_package
 from durable.client import Client
-from durable.protocol.records import RunState, SpawnOptions, TaskRecord, TaskResult, TaskState
+from durable.protocol.records import RunState, SpawnOptions, TaskState
 
 pytestmark = pytest.mark.anyio
 
-HERE = Path(__file__).resolve().parent
-CLI_TIMEOUT_S = 30.0  # one short command, start to exit
-TASKS_TIMEOUT_S = 30.0  # a worker finishing the tasks of a test
-STOP_TIMEOUT_S = 10.0  # SIGTERM to exit
 UNREACHABLE_DSN = "postgresql://nobody@127.0.0.1:1/nowhere"
 
 COMMANDS = [
@@ -54,122 +44,11 @@ COMMANDS = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Done:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def err_lines(self) -> list[str]:
-        return self.err.splitlines()
-
-
-def _env(dsn: str | None, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DURABLE_DSN", "DURABLE_HOME")}
-    if dsn is not None:
-        env["DURABLE_DSN"] = dsn
-    env.update(extra)
-    return env
-
-
-async def durable(*args: str, dsn: str | None, **env: str) -> Done:
-    """Run ``python -m durable ARGS`` to completion."""
-    with anyio.fail_after(CLI_TIMEOUT_S):
-        done = await anyio.run_process(
-            [sys.executable, "-m", "durable", *args],
-            cwd=HERE,
-            env=_env(dsn, **env),
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-    return Done(done.returncode, done.stdout.decode(), done.stderr.decode())
-
-
 async def spawn(dsn: str, *args: str) -> dict[str, Any]:
     done = await durable("spawn", *args, dsn=dsn)
     assert done.code == 0, done.err
     info: dict[str, Any] = json.loads(done.out)
     return info
-
-
-@dataclass(slots=True)
-class WorkerProcess:
-    process: anyio.abc.Process
-    logs: bytearray = field(default_factory=bytearray)
-
-    async def stop(self) -> int:
-        """SIGTERM, then the exit code (the worker drains and exits on its own)."""
-        self.process.send_signal(signal.SIGTERM)
-        with anyio.fail_after(STOP_TIMEOUT_S):
-            return await self.process.wait()
-
-    def log_events(self) -> list[str]:
-        events = []
-        for line in self.logs.decode().splitlines():
-            try:
-                events.append(json.loads(line)["event"])
-            except (ValueError, KeyError):
-                continue
-        return events
-
-
-@asynccontextmanager
-async def worker(*args: str, dsn: str | None, **env: str) -> AsyncIterator[WorkerProcess]:
-    """``durable worker ARGS`` in the background; its stderr is collected; killed if still up.
-
-    Read ``logs`` after the block: by then stderr has been read to its end.
-    """
-    process = await anyio.open_process(
-        [sys.executable, "-m", "durable", "worker", *args],
-        cwd=HERE,
-        env=_env(dsn, **env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    handle = WorkerProcess(process)
-
-    async def collect() -> None:
-        assert process.stderr is not None
-        async for chunk in process.stderr:
-            handle.logs.extend(chunk)
-
-    async with process, anyio.create_task_group() as tg:
-        tg.start_soon(collect)
-        try:
-            yield handle
-        finally:
-            if process.returncode is None:
-                process.kill()
-            with anyio.CancelScope(shield=True):
-                await process.wait()
-
-
-async def wait_finished(
-    client: Client, task_ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, TaskResult[Any]]:
-    with anyio.fail_after(TASKS_TIMEOUT_S):
-        while True:
-            results = {task_id: await client.get_result(None, task_id) for task_id in task_ids}
-            if all(r.state.finished for r in results.values()):
-                return results
-            await anyio.sleep(0.05)
-
-
-async def wait_task(
-    client: Client, task_id: uuid.UUID, probe: Callable[[TaskRecord], bool], what: str
-) -> TaskRecord:
-    """Re-read the task until ``probe`` holds (a deadline, not a sleep)."""
-    try:
-        with anyio.fail_after(TASKS_TIMEOUT_S):
-            while True:
-                task = await client.get_task(None, task_id)
-                if probe(task):
-                    return task
-                await anyio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 def rows(table: str) -> list[list[str]]:
@@ -188,15 +67,6 @@ def show_fields(out: str) -> dict[str, str]:
 def show_runs(out: str) -> list[list[str]]:
     """The runs table of ``durable show``, header first, split on runs of two spaces or more."""
     return section_rows(out, "runs:")
-
-
-def section_rows(out: str, title: str) -> list[list[str]]:
-    """The table under line ``title``, header first, split on runs of two spaces or more."""
-    section = out.split(title + "\n")[1].split("\n\n")[0]
-    return [
-        [cell.strip() for cell in line.strip().split("  ") if cell.strip()]
-        for line in section.splitlines()
-    ]
 
 
 # --- usage ---------------------------------------------------------------------------------------
@@ -333,16 +203,19 @@ async def test_status_counts_tasks_per_queue_and_state(dsn: str, client: Client)
 # --- the worker ----------------------------------------------------------------------------------
 
 
-async def test_worker_runs_tasks_and_drains_on_sigterm(dsn: str, client: Client) -> None:
+async def test_worker_runs_tasks_and_drains_on_sigterm(
+    dsn: str, client: Client, tmp_path: Path
+) -> None:
     spawned = [await client.spawn("default", "add", {"a": n, "b": 10}) for n in range(6)]
-    async with worker("cli_app:app", "-q", "default", "-c", "2", dsn=dsn) as running:
-        results = await wait_finished(client, [s.task_id for s in spawned])
+    log = tmp_path / "worker.log"
+    async with cli_worker(log, "cli_app:app", "-q", "default", "-c", "2", dsn=dsn) as running:
+        results = await wait_outcomes(client, [s.task_id for s in spawned])
         code = await running.stop()
 
-    assert code == 0, running.logs.decode()
+    assert code == 0, running.log_text()
     assert [results[s.task_id].state for s in spawned] == [TaskState.COMPLETED] * 6
     assert [results[s.task_id].result for s in spawned] == [n + 10 for n in range(6)]
-    events = running.log_events()
+    events = running.event_names()
     assert events.count("run.completed") == 6
     assert "worker.started" in events
     assert events[-1] == "worker.stopped"
@@ -372,16 +245,17 @@ async def test_worker_refuses_a_bad_module_app(spec: str, message: str) -> None:
     assert done.err.startswith(f"durable worker: error: {message}")
 
 
-async def test_failed_retry_and_show(dsn: str, client: Client) -> None:
+async def test_failed_retry_and_show(dsn: str, client: Client, tmp_path: Path) -> None:
     info = await spawn(dsn, "boom", "--params", '{"name": "x"}', "--max-attempts", "1")
     task_id = uuid.UUID(info["task_id"])
     # the worker's --dsn wins over a $DURABLE_DSN that points nowhere
-    async with worker("--dsn", dsn, "cli_app:app", "-q", "default", dsn=UNREACHABLE_DSN) as running:
-        results = await wait_finished(client, [task_id])
+    args = ("--dsn", dsn, "cli_app:app", "-q", "default")
+    async with cli_worker(tmp_path / "worker.log", *args, dsn=UNREACHABLE_DSN) as running:
+        results = await wait_outcomes(client, [task_id])
         code = await running.stop()
-    assert code == 0, running.logs.decode()
+    assert code == 0, running.log_text()
     assert results[task_id].state is TaskState.FAILED
-    assert "task.dead" in running.log_events()
+    assert "task.dead" in running.event_names()
 
     failed = await durable("failed", dsn=dsn)
     assert failed.code == 0, failed.err
@@ -690,11 +564,20 @@ async def test_show_a_parked_task_and_emit_its_event(dsn: str, client: Client) -
     )
 
 
-async def test_emit_wakes_a_task_parked_by_a_worker(dsn: str, client: Client) -> None:
+async def test_emit_wakes_a_task_parked_by_a_worker(
+    dsn: str, client: Client, tmp_path: Path
+) -> None:
     info = await spawn(dsn, "wait_for", "--params", '{"event": "go"}', "--tag", "demo")
     task_id = uuid.UUID(info["task_id"])
-    async with worker("cli_app:app", "-q", "default", "-c", "2", dsn=dsn) as running:
-        await wait_task(client, task_id, lambda t: bool(t.waiting_for), "the task to park")
+    log = tmp_path / "worker.log"
+    async with cli_worker(log, "cli_app:app", "-q", "default", "-c", "2", dsn=dsn) as running:
+        await wait_task(
+            client,
+            task_id,
+            lambda t: bool(t.waiting_for),
+            timeout=TASKS_TIMEOUT_S,
+            what="the task to park",
+        )
 
         show = await durable("show", str(task_id), dsn=dsn)
         assert show.code == 0, show.err
@@ -715,9 +598,9 @@ async def test_emit_wakes_a_task_parked_by_a_worker(dsn: str, client: Client) ->
         done = await durable("emit", "go", '{"n": 7}', dsn=dsn)
         assert done.code == 0, done.err
         assert done.out.strip() == "event 'go' emitted: 1 waiting task woken"
-        results = await wait_finished(client, [task_id])
+        results = await wait_outcomes(client, [task_id])
         code = await running.stop()
-    assert code == 0, running.logs.decode()
+    assert code == 0, running.log_text()
     assert results[task_id].state is TaskState.COMPLETED, results[task_id]
     assert results[task_id].result == {"n": 7}
     task = await client.get_task(None, task_id)

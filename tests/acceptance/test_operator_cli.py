@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import cli_app
 import pytest
-from test_cli import durable, section_rows, wait_finished, wait_task, worker
+from support.cli import TASKS_TIMEOUT_S, cli_worker, durable, section_rows, wait_outcomes
+from support.waiting import wait_task
 
 from durable.client import Client
 from durable.protocol.records import FailedWorkState, ReasonClass, RunState, TaskState
@@ -28,10 +30,11 @@ async def _spawn_many(client: Client, task: str, n: int) -> list[uuid.UUID]:
     return [(await client.spawn("default", task, None, options)).task_id for _ in range(n)]
 
 
-async def test_find_group_and_redrive_failed_work(dsn: str, client: Client) -> None:
+async def test_find_group_and_redrive_failed_work(dsn: str, client: Client, tmp_path: Path) -> None:
     flaky = await _spawn_many(client, "flaky", 3)
-    async with worker("cli_app:app", dsn=dsn, FLAKY_BROKEN="1") as broken:
-        await wait_finished(client, flaky)
+    broken_log = tmp_path / "broken.log"
+    async with cli_worker(broken_log, "cli_app:app", dsn=dsn, FLAKY_BROKEN="1") as broken:
+        await wait_outcomes(client, flaky)
         assert await broken.stop() == 0
     first_fetch = {t: (await client.get_checkpoints("default", t))[0].value for t in flaky}
 
@@ -52,13 +55,13 @@ async def test_find_group_and_redrive_failed_work(dsn: str, client: Client) -> N
     assert "nothing changed: add --yes" in dry.out
     assert [(await client.get_task(None, t)).state for t in flaky] == [TaskState.FAILED] * 3
 
-    async with worker("cli_app:app", dsn=dsn) as fixed:
+    async with cli_worker(tmp_path / "fixed.log", "cli_app:app", dsn=dsn) as fixed:
         # try the fix on one first ...
         one = await durable("retry", "--task", "flaky", "--yes", "--limit", "1", dsn=dsn)
         assert one.code == 0, one.err
         assert one.out.splitlines()[-1] == "retried 1 task; 0 not changed"
         [tried] = [t for t in flaky if str(t) in one.out]
-        results = await wait_finished(client, [tried])
+        results = await wait_outcomes(client, [tried])
         assert results[tried].state is TaskState.COMPLETED
         # ... it resumed from its checkpoint: the step's recorded value, not a new one
         assert results[tried].result == first_fetch[tried]
@@ -72,7 +75,7 @@ async def test_find_group_and_redrive_failed_work(dsn: str, client: Client) -> N
         assert len(lines) == 3
         assert all("failed -> pending, new run" in line for line in lines[:2])
         assert lines[2] == "retried 2 tasks; 0 not changed"
-        results = await wait_finished(client, flaky)
+        results = await wait_outcomes(client, flaky)
         assert {r.state for r in results.values()} == {TaskState.COMPLETED}
         assert {t: results[t].result for t in flaky} == first_fetch
         assert await fixed.stop() == 0
@@ -91,14 +94,23 @@ async def test_find_group_and_redrive_failed_work(dsn: str, client: Client) -> N
     assert "Traceback (most recent call last)" in errors
 
 
-async def test_bulk_cancel_discard_replay_and_prune(dsn: str, client: Client) -> None:
+async def test_bulk_cancel_discard_replay_and_prune(
+    dsn: str, client: Client, tmp_path: Path
+) -> None:
     unlucky = await _spawn_many(client, "unlucky", 2)
     [pipeline] = await _spawn_many(client, "pipeline", 1)
     [doomed] = await _spawn_many(client, "flaky", 1)
-    async with worker("cli_app:app", dsn=dsn, FLAKY_BROKEN="1") as running:
-        await wait_finished(client, [pipeline, doomed])
+    broken_log = tmp_path / "broken.log"
+    async with cli_worker(broken_log, "cli_app:app", dsn=dsn, FLAKY_BROKEN="1") as running:
+        await wait_outcomes(client, [pipeline, doomed])
         for task_id in unlucky:
-            await wait_task(client, task_id, lambda t: t.failure is not None, "a first failure")
+            await wait_task(
+                client,
+                task_id,
+                lambda t: t.failure is not None,
+                timeout=TASKS_TIMEOUT_S,
+                what="a first failure",
+            )
         assert await running.stop() == 0
 
     rows = await client.failed_work()
@@ -135,8 +147,8 @@ async def test_bulk_cancel_discard_replay_and_prune(dsn: str, client: Client) ->
     assert done.code == 0, done.err
     assert "completed -> pending" in done.out
     assert "from step 'b'" in done.out
-    async with worker("cli_app:app", dsn=dsn) as running:
-        results = await wait_finished(client, [pipeline])
+    async with cli_worker(tmp_path / "replay.log", "cli_app:app", dsn=dsn) as running:
+        results = await wait_outcomes(client, [pipeline])
         assert await running.stop() == 0
     after = {c.step_name: c.value for c in await client.get_checkpoints("default", pipeline)}
     assert after["a"] == before["a"]

@@ -9,6 +9,7 @@
 - :mod:`support.side_tables` — the side tables the worker apps' tasks record their executions in,
   and the reads the tests make of them.
 - :mod:`support.in_process` — a worker of an app in the test's own event loop.
+- :mod:`support.cli` — the ``durable`` command in subprocesses.
 
 How it is found: under pytest, ``tests/`` is on ``sys.path`` (pytest puts the folder of
 ``tests/conftest.py`` there, as for every conftest outside a package). A test app run as a script
