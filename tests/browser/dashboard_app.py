@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+from support import waiting
+from support.in_process import running_worker
 
 from durable import Durable, Fixed, RunState, TaskContext, TaskRecord, TaskState
 from durable.dashboard import serve
@@ -59,29 +61,12 @@ def make_app(dsn: str, upstream: Upstream) -> Durable:
 @contextlib.asynccontextmanager
 async def running(app: Durable, *, read_only: bool = False) -> AsyncIterator[str]:
     """A worker of ``app`` on :data:`QUEUE` and the dashboard on a free port; yields its URL."""
-    async with app, anyio.create_task_group() as tg:
-        worker = await tg.start(
-            functools.partial(
-                app.run_worker,
-                [QUEUE],
-                4,
-                5.0,
-                poll_interval=0.1,
-                grace_period=1.0,
-                handle_signals=False,
-            )
-        )
+    async with running_worker(app, queues=[QUEUE]), anyio.create_task_group() as web:
+        port = await web.start(functools.partial(serve, app.client, port=0, read_only=read_only))
         try:
-            async with anyio.create_task_group() as web:
-                port = await web.start(
-                    functools.partial(serve, app.client, port=0, read_only=read_only)
-                )
-                try:
-                    yield f"http://127.0.0.1:{port}"
-                finally:
-                    web.cancel_scope.cancel()
+            yield f"http://127.0.0.1:{port}"
         finally:
-            worker.drain()
+            web.cancel_scope.cancel()
 
 
 async def wait_task(
@@ -93,17 +78,15 @@ async def wait_task(
     timeout: float = 15.0,
 ) -> TaskRecord:
     """Poll the task until it is in ``state`` with at least ``failed_runs`` failed runs."""
-    record: TaskRecord | None = None
-    try:
-        with anyio.fail_after(timeout):
-            while True:
-                record = await app.get_task(task_id)
-                failed = sum(run.state is RunState.FAILED for run in record.runs)
-                if record.state is state and failed >= failed_runs:
-                    return record
-                await anyio.sleep(0.05)
-    except TimeoutError:
-        last = record and (record.state, [run.state for run in record.runs])
-        raise AssertionError(
-            f"task {task_id} not {state} with {failed_runs} failed runs in {timeout}s: {last}"
-        ) from None
+
+    def reached(record: TaskRecord) -> bool:
+        failed = sum(run.state is RunState.FAILED for run in record.runs)
+        return record.state is state and failed >= failed_runs
+
+    return await waiting.wait_task(
+        app.client,
+        task_id,
+        reached,
+        timeout=timeout,
+        what=f"task {task_id} to be {state} with {failed_runs} failed runs",
+    )
