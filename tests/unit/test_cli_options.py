@@ -39,6 +39,8 @@ def test_spawn_flags_keep_their_spelling(capsys: pytest.CaptureFixture[str]) -> 
     assert flags == {
         "--help",
         "--dsn",
+        "--log-level",
+        "--log-format",
         "--params",
         "--queue",
         "--idempotency-key",
