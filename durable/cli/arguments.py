@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -37,6 +38,17 @@ def aware_datetime(text: str) -> datetime:
             f"{text!r} has no timezone — add an offset, e.g. {text}Z or {text}+02:00"
         )
     return value
+
+
+def one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
+    """An argument type that takes one of ``choices``."""
+
+    def choice(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of: {', '.join(choices)}")
+        return text
+
+    return choice
 
 
 def tag(text: str) -> str:

@@ -71,6 +71,9 @@ def _spawn_flag(field: dataclasses.Field[Any], hint: object) -> SpawnFlag:
     if repeatable:
         types = list(typing.get_args(types[0]))
     reading = _BY_NAME.get(field.name) or _BY_TYPE.get(frozenset(types))
+    if reading is None and len(types) == 1 and typing.get_origin(types[0]) is typing.Literal:
+        choices = tuple(str(choice) for choice in typing.get_args(types[0]))
+        reading = _Reading(arguments.one_of(choices), "|".join(choices))
     if reading is None:
         raise TypeError(
             f"SpawnOptions.{field.name} has a cli help but durable spawn cannot read a {hint}: "

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, Generic, TypedDict, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypedDict, TypeVar, get_args
 
 from durable.protocol.durations import seconds
 from durable.protocol.retry import RetryStrategy
@@ -149,6 +149,12 @@ class RateLimit:
             raise ValueError("a rate limit's period must be positive")
 
 
+#: What a child task does when its parent is cancelled (Temporal's parent close policy):
+#: ``cancel`` (the default: it is cancelled with its parent, in the same transaction) or
+#: ``abandon`` (it runs on).
+ParentCancelPolicy = Literal["cancel", "abandon"]
+
+
 def _meta(
     *, to_json: Callable[[Any], JSON] | None = None, cli: str | None = None
 ) -> dict[str, Any]:
@@ -223,6 +229,12 @@ class SpawnOptions:
         ),
     )
     parent_task_id: uuid.UUID | None = field(default=None, metadata=_meta(to_json=str))
+    on_parent_cancel: ParentCancelPolicy | None = field(
+        default=None,
+        metadata=_meta(
+            cli="a child (ctx.spawn) whose parent is cancelled: cancel (default) or abandon it"
+        ),
+    )
     #: The task has an ``on_discard`` hook (set from ``@app.task``): when its last attempt ends
     #: by a crash, the reaper spawns a ``durable.on_discard`` task so a worker calls the hook.
     on_discard: bool = field(default=False, metadata=_meta())
@@ -242,6 +254,12 @@ class SpawnOptions:
             raise ValueError("at must be timezone-aware")
         if self.headers is not None and not isinstance(self.headers, dict):
             raise ValueError("headers must be a JSON object (a dict)")
+        if self.on_parent_cancel is not None and self.on_parent_cancel not in get_args(
+            ParentCancelPolicy
+        ):
+            raise ValueError(
+                f"on_parent_cancel must be 'cancel' or 'abandon', got {self.on_parent_cancel!r}"
+            )
 
     def to_json(self) -> dict[str, JSON]:
         """The ``options`` document the SQL protocol takes: every field that is set (not None,
@@ -292,6 +310,7 @@ class SpawnKwargs(DefinitionOptions, total=False):
     at: datetime | None
     partition_key: str | None
     depends_on: Sequence[uuid.UUID] | None
+    on_parent_cancel: ParentCancelPolicy | None
 
 
 def spawn_options(overrides: Mapping[str, Any]) -> SpawnOptions:
@@ -378,6 +397,7 @@ class TaskRecord:
     waiting_for: list[dict[str, JSON]] = field(default_factory=list)
     scheduled_at: datetime | None = None
     discarded_at: datetime | None = None
+    on_parent_cancel: ParentCancelPolicy = "cancel"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

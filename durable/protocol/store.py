@@ -771,6 +771,7 @@ def _task_record(doc: dict[str, Any]) -> TaskRecord:
         waiting_for=list(doc.get("waiting_for") or ()),
         scheduled_at=_ts(doc.get("scheduled_at")),
         discarded_at=_ts(doc.get("discarded_at")),
+        on_parent_cancel=doc.get("on_parent_cancel") or "cancel",
     )
 
 

@@ -46,6 +46,12 @@
 -- durable.reason_class) comes from the reason or, for an error a handler raised, from the class the
 -- worker recorded with it.
 --
+-- UNSUCCESSFUL ENDS: a task that ends failed or cancelled, whatever ended it (its last attempt, a
+-- reap, a cancel, cancel_by, a discard, a cancellation policy, a dependency, its parent), ends in
+-- end_task_unsuccessfully(), and what follows happens there, in the same transaction: a
+-- cancelled task cancels its CHILDREN (tasks.parent_task_id; on_parent_cancel 'cancel', the
+-- default, or 'abandon').
+--
 -- PARKING: sleep() and await_event() / await_task() park a run: it ends 'suspended' and a run of
 -- the same attempt waits 'sleeping' until its available_at (the wake-up time; 'infinity' for a
 -- wait with no timeout). An event is stored (durable.events), so one emitted before the wait is
@@ -169,6 +175,17 @@ begin
             using errcode = 'DU005';
     end if;
     return array(select jsonb_array_elements_text(p_value));
+end $$;
+
+-- What a child does when its parent is cancelled (options.on_parent_cancel): 'cancel' or
+-- 'abandon'; anything else is refused.
+create or replace function durable.check_parent_policy(p_policy text) returns void
+language plpgsql immutable as $$
+begin
+    if p_policy is null or p_policy not in ('cancel', 'abandon') then
+        raise exception 'on_parent_cancel must be ''cancel'' or ''abandon'', got %',
+            coalesce(quote_literal(p_policy), 'NULL') using errcode = 'DU005';
+    end if;
 end $$;
 
 -- When a spawn's task should first start: options.at, or now + options.delay.

@@ -2,10 +2,11 @@
 
 -- Spawn a task on p_queue. p_options (all optional): idempotency_key, max_attempts, retry,
 -- timeout, heartbeat_timeout, priority, delay or at, headers, tags, partition_key,
--- parent_task_id, unique, depends_on, cancellation, on_discard. Returns the task and its run;
--- created is false when the idempotency key or a unique spec found an existing task (that one is
--- returned). A task with open dependencies waits (available_at 'infinity'); one whose dependency
--- already failed or was cancelled is cancelled at once.
+-- parent_task_id, on_parent_cancel ('cancel' or 'abandon'), unique, depends_on, cancellation,
+-- on_discard. Returns the task and its run; created is false when the idempotency key or a
+-- unique spec found an existing task (that one is returned). A task with open dependencies waits
+-- (available_at 'infinity'); one whose dependency already failed or was cancelled is cancelled at
+-- once, and so is a child (on_parent_cancel 'cancel') whose parent was cancelled already.
 create or replace function durable.spawn(p_queue text, p_task_name text, p_params jsonb,
                                          p_options jsonb default '{}')
 returns table (task_id uuid, run_id uuid, attempt integer, created boolean)
@@ -29,11 +30,15 @@ declare
     v_bstate   text;
     v_missing  uuid;
     v_run_id   uuid;
+    v_parent   uuid := (v_options->>'parent_task_id')::uuid;
+    v_policy   text := coalesce(v_options->>'on_parent_cancel', 'cancel');
+    v_orphaned boolean := false;
 begin
     perform durable.check_queue(p_queue);
     if p_task_name is null or length(p_task_name) = 0 or length(p_task_name) > 255 then
         raise exception 'task name must be 1 to 255 characters' using errcode = 'DU005';
     end if;
+    perform durable.check_parent_policy(v_policy);
     if p_params is null then
         p_params := 'null'::jsonb;
     end if;
@@ -90,22 +95,29 @@ begin
          where t.task_id = any(v_deps) and t.state in ('failed', 'cancelled')
          order by t.task_id limit 1;
     end if;
+    if v_parent is not null and v_policy = 'cancel' then
+        -- the parent cannot be cancelled while this spawn decides: its cancel either happened
+        -- (the child is born cancelled) or sees the child
+        select t.state = 'cancelled' into v_orphaned from durable.tasks t
+         where t.task_id = v_parent for share;
+        v_orphaned := coalesce(v_orphaned, false);
+    end if;
 
     insert into durable.tasks as t (task_id, queue, task_name, params, headers, max_attempts,
                                     retry, timeout_s, heartbeat_timeout_s, priority,
                                     idempotency_key, created_at, tags, partition_key,
                                     parent_task_id, depends_on, unique_key, cancellation,
-                                    scheduled_at, cancel_at, discard_hook)
+                                    scheduled_at, cancel_at, discard_hook, on_parent_cancel)
     values (durable.uuidv7(), p_queue, p_task_name, p_params, coalesce(v_options->'headers', '{}'),
             coalesce((v_options->>'max_attempts')::integer, 3), v_options->'retry',
             durable.seconds(v_options->'timeout', 'timeout'),
             durable.seconds(v_options->'heartbeat_timeout', 'heartbeat_timeout'),
             coalesce((v_options->>'priority')::integer, 0), v_key, v_now,
             durable.text_list(v_options->'tags', 'tags'), nullif(v_options->>'partition_key', ''),
-            (v_options->>'parent_task_id')::uuid, v_deps, v_ukey,
+            v_parent, v_deps, v_ukey,
             nullif(v_options->'cancellation', 'null'), v_at,
             durable.first_cancel_at(nullif(v_options->'cancellation', 'null'), v_at),
-            coalesce((v_options->>'on_discard')::boolean, false))
+            coalesce((v_options->>'on_discard')::boolean, false), v_policy)
     on conflict (queue, idempotency_key) where idempotency_key is not null do nothing
     returning * into v_task;
     if not found then
@@ -131,6 +143,13 @@ begin
                                'message', format('dependency %s ended %s', v_broken, v_bstate),
                                'dependency', v_broken),
             v_now);
+    elsif v_orphaned then
+        perform durable.cancel_locked_task(
+            v_task,
+            jsonb_build_object('type', 'ParentCancelled',
+                               'message', format('parent task %s was cancelled', v_parent),
+                               'parent', v_parent),
+            v_now);
     end if;
     return query select v_task.task_id, v_run_id, 1, true;
 end $$;
@@ -139,7 +158,7 @@ end $$;
 -- Returns one row per item, in order. The batch's tasks and runs are keyed in the batch's order
 -- (durable.uuidv7_seq) and share a millisecond and an available_at, so claim's order (priority,
 -- available_at, run_id) is the batch's order (FIFO). Three paths:
--- * items with unique or depends_on go through spawn() one by one;
+-- * items with unique, depends_on or parent_task_id go through spawn() one by one;
 -- * a batch whose items carry no options at all (the common bulk enqueue) takes a plain path:
 --   every column has its default, no idempotency key can conflict, so nothing is read out of
 --   the options and no task is looked up;
@@ -162,6 +181,7 @@ declare
     v_bad     boolean;
     v_one_by_one boolean;
     v_plain   boolean;
+    v_bad_policy boolean;
 begin
     perform durable.check_queue(p_queue);
     if jsonb_typeof(p_items) is distinct from 'array' then
@@ -169,12 +189,22 @@ begin
     end if;
     -- one pass over the items validates their names and picks the path
     select bool_or(coalesce(length(i->>'task_name'), 0) not between 1 and 255),
-           bool_or(i->'options' ? 'unique' or i->'options' ? 'depends_on'),
-           bool_and(coalesce(i->'options', '{}') = '{}')
-      into v_bad, v_one_by_one, v_plain
+           bool_or(i->'options' ? 'unique' or i->'options' ? 'depends_on'
+                   or i->'options' ? 'parent_task_id'),
+           bool_and(coalesce(i->'options', '{}') = '{}'),
+           bool_or(coalesce(i->'options'->>'on_parent_cancel', 'cancel')
+                   not in ('cancel', 'abandon'))
+      into v_bad, v_one_by_one, v_plain, v_bad_policy
       from jsonb_array_elements(p_items) i;
     if v_bad then
         raise exception 'task name must be 1 to 255 characters' using errcode = 'DU005';
+    end if;
+    if v_bad_policy then
+        perform durable.check_parent_policy(
+            (select i->'options'->>'on_parent_cancel' from jsonb_array_elements(p_items) i
+              where coalesce(i->'options'->>'on_parent_cancel', 'cancel')
+                    not in ('cancel', 'abandon')
+              limit 1));
     end if;
     if v_plain then
         with items as materialized (
@@ -223,7 +253,7 @@ begin
                                        retry, timeout_s, heartbeat_timeout_s, priority,
                                        idempotency_key, created_at, tags, partition_key,
                                        parent_task_id, cancellation, scheduled_at, cancel_at,
-                                       discard_hook)
+                                       discard_hook, on_parent_cancel)
             select p.new_id, p_queue, p.task_name, p.params, coalesce(p.o->'headers', '{}'),
                    coalesce((p.o->>'max_attempts')::integer, 3), p.o->'retry',
                    case when p.o ? 'timeout' then durable.seconds(p.o->'timeout', 'timeout') end,
@@ -236,7 +266,8 @@ begin
                    p.cancellation, p.available_at,
                    case when p.cancellation is not null
                         then durable.first_cancel_at(p.cancellation, p.available_at) end,
-                   coalesce((p.o->>'on_discard')::boolean, false)
+                   coalesce((p.o->>'on_discard')::boolean, false),
+                   coalesce(p.o->>'on_parent_cancel', 'cancel')
               from prepared p order by p.ord
             on conflict (queue, idempotency_key) where idempotency_key is not null do nothing
             returning task_id

@@ -159,12 +159,9 @@ begin
                          secs => durable.next_delay(v_task.retry, p_run.attempt))),
             p_now);
     end if;
-    update durable.tasks
-       set state = case when p_reason = 'cancelled' then 'cancelled' else 'failed' end,
-           failure = v_failure, finished_at = p_now
-     where task_id = v_task.task_id;
-    perform pg_notify('durable_done', v_task.task_id::text);
-    perform durable.on_tasks_ended(array[v_task.task_id], p_now);
+    perform durable.end_task_unsuccessfully(
+        v_task, case when p_reason = 'cancelled' then 'cancelled' else 'failed' end, v_failure,
+        p_now);
     return null;
 end $$;
 
@@ -199,7 +196,8 @@ begin
 end $$;
 
 -- End a task for good as cancelled (the caller holds its lock), with p_error saying why: its live
--- run, if it has one, ends 'cancelled'.
+-- run, if it has one, ends 'cancelled'. A task that ended meanwhile (p_task was read before an
+-- earlier cancel of the caller's ended it: a dependent, a child) is left as it is.
 create or replace function durable.cancel_locked_task(p_task durable.tasks, p_error jsonb,
                                                       p_now timestamptz)
 returns void
@@ -207,18 +205,66 @@ language plpgsql as $$
 declare
     v_run durable.runs;
 begin
+    if (select t.state from durable.tasks t where t.task_id = p_task.task_id) <> 'pending' then
+        return;
+    end if;
     select * into v_run from durable.runs r
      where r.task_id = p_task.task_id and r.state in ('pending', 'running', 'sleeping') for update;
     if found then
         perform durable.fail_locked_run(v_run, 'cancelled', p_error, null, p_now);
         return;
     end if;
-    update durable.tasks
-       set state = 'cancelled', finished_at = p_now,
-           failure = jsonb_build_object('reason', 'cancelled', 'error', p_error)
+    perform durable.end_task_unsuccessfully(
+        p_task, 'cancelled',
+        jsonb_build_object('reason', 'cancelled', 'attempt', p_task.attempt, 'error', p_error),
+        p_now);
+end $$;
+
+-- End the live task p_task (locked by the caller) as 'failed' or 'cancelled' with p_failure
+-- (reason, run_id, attempt, error). It is the one place where a task ends without completing
+-- (an exhausted or unretried failure, a reap, a cancel, a discard, a cancellation policy, a
+-- dependency or a parent that ended), so whatever must follow every such end happens here, in
+-- the transaction that ends the task: its waits and dependents are resolved (on_tasks_ended),
+-- and a cancelled task cancels its children (cancel_children).
+create or replace function durable.end_task_unsuccessfully(p_task durable.tasks, p_state text,
+                                                           p_failure jsonb, p_now timestamptz)
+returns void
+language plpgsql as $$
+begin
+    update durable.tasks set state = p_state, failure = p_failure, finished_at = p_now
      where task_id = p_task.task_id;
     perform pg_notify('durable_done', p_task.task_id::text);
     perform durable.on_tasks_ended(array[p_task.task_id], p_now);
+    if p_state = 'cancelled' then
+        perform durable.cancel_children(p_task.task_id, p_now);
+    end if;
+end $$;
+
+-- Cancel the live children of task p_parent_id, which was just cancelled: those spawned with
+-- on_parent_cancel 'cancel' (the default; 'abandon' runs on) end 'cancelled' with error type
+-- 'ParentCancelled', and so, through end_task_unsuccessfully, do their own children. A child is
+-- spawned after its parent, so its key sorts after the parent's: locking the children in task_id
+-- order, after the parent, keeps the lock order.
+create or replace function durable.cancel_children(p_parent_id uuid, p_now timestamptz)
+returns void
+language plpgsql as $$
+declare
+    v_child durable.tasks;
+begin
+    for v_child in
+        select * from durable.tasks t
+         where t.parent_task_id = p_parent_id and t.state = 'pending'
+           and t.on_parent_cancel = 'cancel'
+         order by t.task_id
+           for no key update
+    loop
+        perform durable.cancel_locked_task(
+            v_child,
+            jsonb_build_object('type', 'ParentCancelled',
+                               'message', format('parent task %s was cancelled', p_parent_id),
+                               'parent', p_parent_id),
+            p_now);
+    end loop;
 end $$;
 
 -- ---------------------------------------------------------------------------------------------

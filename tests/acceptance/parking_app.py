@@ -98,5 +98,27 @@ async def parent(ctx: TaskContext, params: Any) -> dict[str, Any]:
     return {"child": str(child.task_id), "child_result": outcome.result, **await record_done(ctx)}
 
 
+@app.task(name="branch")
+async def branch(ctx: TaskContext, params: Any) -> dict[str, Any]:
+    """Spawns a gated ``child_task`` (its ``leaf``), then waits on its own gate."""
+    leaf = await ctx.spawn(child_task, {"x": 1, "gate": True}, name="leaf")
+    await ctx.step("spawned", record_step, ctx.task_id, "spawned", str(leaf.task_id))
+    await wait_gate(ctx.task_id, "branch-gate")
+    return await record_done(ctx)
+
+
+@app.task(name="family")
+async def family(ctx: TaskContext, params: Any) -> dict[str, Any]:
+    """Spawns a ``branch`` (cancelled with this task, the default) and a gated ``child_task`` it
+    abandons (``on_parent_cancel="abandon"``), then waits for the branch."""
+    kept = await ctx.spawn(branch, {})
+    loose = await ctx.spawn(child_task, {"x": 2, "gate": True}, on_parent_cancel="abandon")
+    await ctx.step(
+        "spawned", record_step, ctx.task_id, "spawned", [str(kept.task_id), str(loose.task_id)]
+    )
+    outcome = await ctx.result(kept)
+    return {"branch": outcome.result, **await record_done(ctx)}
+
+
 if __name__ == "__main__":
     run_worker_script(app, side=side_pool, description="a worker of the parking tests' app")

@@ -41,3 +41,10 @@ def test_seconds_flags_refuse_what_is_not_a_duration() -> None:
     for text in ["-1", "inf", "nan", "soon"]:
         with pytest.raises(argparse.ArgumentTypeError, match=r"not a number of seconds >= 0"):
             arguments.non_negative_float(text)
+
+
+def test_a_choice_flag_takes_one_of_its_choices() -> None:
+    policy = arguments.one_of(("cancel", "abandon"))
+    assert policy("abandon") == "abandon"
+    with pytest.raises(argparse.ArgumentTypeError, match=r"'orphan' is not one of: cancel, "):
+        policy("orphan")

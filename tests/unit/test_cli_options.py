@@ -53,6 +53,7 @@ def test_spawn_flags_keep_their_spelling(capsys: pytest.CaptureFixture[str]) -> 
         "--tag",
         "--partition-key",
         "--depends-on",
+        "--on-parent-cancel",
     }
 
 
@@ -84,6 +85,8 @@ def test_spawn_flags_build_spawn_options() -> None:
             str(dependencies[0]),
             "--depends-on",
             str(dependencies[1]),
+            "--on-parent-cancel",
+            "abandon",
         ]
     )
     assert spawn_options(args) == SpawnOptions(
@@ -96,6 +99,7 @@ def test_spawn_flags_build_spawn_options() -> None:
         tags=["a", "b"],
         partition_key="p",
         depends_on=dependencies,
+        on_parent_cancel="abandon",
     )
     at = build_parser().parse_args(["spawn", "t", "--at", "2030-01-01T09:00:00+02:00"])
     assert spawn_options(at).at == datetime(2030, 1, 1, 7, tzinfo=UTC)

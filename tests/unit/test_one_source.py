@@ -55,6 +55,7 @@ def test_spawn_options_encode_every_field_they_hold() -> None:
         cancellation=Cancellation(max_delay=6),
         depends_on=[uuid.UUID(int=1)],
         parent_task_id=uuid.UUID(int=2),
+        on_parent_cancel="abandon",
         on_discard=True,
     )
     fields = {f.name for f in dataclasses.fields(SpawnOptions)}
