@@ -130,7 +130,10 @@ class Durable:
 
         ``global_limit`` (runs at once) and ``rate_limit`` (starts per period) hold across every
         worker: a worker serving the task's queue records them when it starts. ``on_discard(ctx,
-        error)`` is called once when the task fails for good (its last attempt failed).
+        error)`` is called when the task ends without completing (its attempts ran out, or it
+        was cancelled, discarded, or cancelled by a policy, a dependency or its parent), with
+        ``ctx.params`` and a :class:`durable.TaskDiscarded` saying why; at least once, by
+        whichever worker claims the hook's task, so make it idempotent.
         ``retention`` overrides the app's for this task name (see :class:`durable.Retention`).
         """
         global_limit = options.get("global_limit")

@@ -14,7 +14,8 @@ Every error derives from :class:`DurableError`; data travels as attributes::
     ├── InvalidArgument       an argument the protocol refuses (also a ValueError)
     ├── SchemaError           the database schema or protocol does not match this durable
     ├── EventTimeout          ctx.await_event / ctx.result waited past its timeout (a TimeoutError)
-    └── TaskFailed            the awaited task ended failed or cancelled
+    ├── TaskFailed            the awaited task ended failed or cancelled
+    └── TaskDiscarded         what an on_discard hook is given: why the task ended unsuccessfully
 
 ``Snooze(seconds)`` is not an error: a handler raises (or returns) it to run again later without
 spending an attempt.
@@ -29,7 +30,7 @@ import re
 from datetime import timedelta
 from typing import Any
 
-from durable.protocol.states import Failure
+from durable.protocol.states import DiscardReason, Failure
 
 QUEUE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
@@ -156,6 +157,25 @@ class TaskFailed(DurableError):
         reason = failure.reason if failure else "unknown"
         message = failure.message if failure else ""
         super().__init__(f"task {task_id} ended {state} ({reason}): {message}".rstrip(": "))
+
+
+class TaskDiscarded(DurableError):
+    """The ``error`` an ``on_discard(ctx, error)`` hook receives: task ``task_id`` ended
+    ``state`` (failed or cancelled) for ``reason`` (a :class:`DiscardReason`: ``exhausted``,
+    ``non_retryable``, ``cancelled``, ``discarded``, ``cancellation_policy``,
+    ``dependency_failed``, ``parent_cancelled``), and ``failure`` says how (the failure reason
+    and the error of the run that ended it: ``failure.error["type"]`` is the handler's exception
+    type, ``JobTimeout``, ``WorkerCrashed``, ``DependencyFailed``, ...)."""
+
+    def __init__(
+        self, task_id: Any, state: str, reason: DiscardReason, failure: Failure | None
+    ) -> None:
+        self.task_id = task_id
+        self.state = state
+        self.reason = reason
+        self.failure = failure
+        how = failure.message if failure else ""
+        super().__init__(f"task {task_id} ended {state} ({reason}): {how}".rstrip(": "))
 
 
 def check_queue_name(queue: object) -> str:

@@ -13,6 +13,7 @@ from durable.protocol.durations import seconds
 from durable.protocol.retry import RetryStrategy
 from durable.protocol.states import (
     JSON,
+    DiscardReason,
     FailedWorkState,
     Failure,
     FailureReason,
@@ -24,6 +25,7 @@ from durable.protocol.states import (
 
 __all__ = [
     "JSON",
+    "DiscardReason",
     "FailedWorkState",
     "Failure",
     "FailureReason",
@@ -235,8 +237,9 @@ class SpawnOptions:
             cli="a child (ctx.spawn) whose parent is cancelled: cancel (default) or abandon it"
         ),
     )
-    #: The task has an ``on_discard`` hook (set from ``@app.task``): when its last attempt ends
-    #: by a crash, the reaper spawns a ``durable.on_discard`` task so a worker calls the hook.
+    #: The task has an ``on_discard`` hook (set from ``@app.task``): when it ends without
+    #: completing, the transaction that ends it records a ``durable.on_discard`` task, which a
+    #: worker claims to call the hook.
     on_discard: bool = field(default=False, metadata=_meta())
 
     def __post_init__(self) -> None:

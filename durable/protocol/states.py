@@ -56,6 +56,19 @@ class ReasonClass(StrEnum):
     UNKNOWN = "unknown"
 
 
+class DiscardReason(StrEnum):
+    """Why a task ended without completing, as its ``on_discard`` hook is told
+    (:class:`~durable.protocol.errors.TaskDiscarded`)."""
+
+    EXHAUSTED = "exhausted"  # its last attempt failed
+    NON_RETRYABLE = "non_retryable"  # a failure not to be retried ended it before that
+    CANCELLED = "cancelled"  # app.cancel, cancel_by
+    DISCARDED = "discarded"  # an operator's discard of a live task
+    CANCELLATION_POLICY = "cancellation_policy"  # its Cancellation(max_delay, max_duration)
+    DEPENDENCY_FAILED = "dependency_failed"  # a task in its depends_on failed or was cancelled
+    PARENT_CANCELLED = "parent_cancelled"  # the task that spawned it was cancelled
+
+
 class FailedWorkState(StrEnum):
     FAILED = "failed"  # dead: runs again only if an operator retries it
     RETRYING = "retrying"  # failed at least once and will run again (it has a live run)

@@ -138,6 +138,8 @@ class TaskContext:
         self.task_name: str = claim.task_name
         self.queue: str = claim.queue
         self.headers: dict[str, Any] = claim.headers
+        #: The task's params, as the handler gets them (an ``on_discard`` hook reads them here).
+        self.params: Any = claim.params
         self._recorded: dict[str, Any] | None = None if claim.has_checkpoints else {}
         self._seen: dict[str, int] = {}
 

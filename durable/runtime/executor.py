@@ -11,8 +11,11 @@ Outcomes, written once and shielded from cancellation so shutdown never loses th
 * it raised/returned Snooze   -> ``schedule_run(seconds)``: again later, no attempt spent
 * it was parked (sleep, wait) -> nothing: the database ended the run when it parked it
 
-A failure that ends the task for good (its last attempt) calls the task's ``on_discard(ctx,
-error)`` once, after it is recorded.
+A task's ``on_discard(ctx, error)`` hook is not called here: the SQL that ends a task
+unsuccessfully (its last attempt failed, a cancel, a discard, a policy, a dependency or a parent
+that ended) records a ``durable.on_discard`` task in the same transaction, and whichever worker
+claims it runs :func:`run_discard_hook`. So no worker's death between the end and the hook
+loses it.
 """
 
 from __future__ import annotations
@@ -38,10 +41,19 @@ from durable.protocol.errors import (
     NotSerializable,
     Snooze,
     Suspended,
+    TaskDiscarded,
+    TaskNotFound,
 )
 from durable.protocol.failures import classify_error
 from durable.protocol.log import get_logger
-from durable.protocol.records import FailureReason
+from durable.protocol.records import (
+    Claim,
+    DiscardReason,
+    Failure,
+    FailureReason,
+    TaskRecord,
+    TaskState,
+)
 from durable.runtime.context import RunControl, TaskContext, run_fields
 from durable.runtime.group_commit import RunWrites
 from durable.runtime.instruments import RunObserver
@@ -107,7 +119,7 @@ async def execute(
         # the worker itself is being cancelled: hand the run back so another worker takes it now
         with anyio.move_on_after(OUTCOME_WRITE_TIMEOUT_S, shield=True):
             ended = await _write_outcome(
-                client, definition, control, Outcome.RELEASED, None, writes, ctx
+                client, definition, control, Outcome.RELEASED, None, writes
             )
         if watch is not None:
             watch.run_ended(ended)
@@ -123,7 +135,7 @@ async def execute(
     ):
         return True
     with anyio.move_on_after(OUTCOME_WRITE_TIMEOUT_S, shield=True):
-        ended = await _write_outcome(client, definition, control, outcome, value, writes, ctx)
+        ended = await _write_outcome(client, definition, control, outcome, value, writes)
     if watch is not None:
         watch.run_ended(ended)
     return False
@@ -205,7 +217,6 @@ async def _write_outcome(
     outcome: Outcome,
     value: Any,
     writes: RunWrites | None,
-    ctx: TaskContext,
 ) -> RunEnded:
     claim = control.claim
     ids = control.ids
@@ -214,7 +225,7 @@ async def _write_outcome(
             try:
                 encoded = encode_json(value, "result")
             except NotSerializable as exc:  # the result is not JSON: the run failed
-                await _fail(client, definition, control, Outcome.ERRORED, exc, ctx)
+                await _fail(client, definition, control, Outcome.ERRORED, exc)
                 return RunEnded(Outcome.ERRORED, exc)
             return _completion_written(await _complete(client, writes, control, encoded), ids)
         if outcome is Outcome.RELEASED:
@@ -231,7 +242,7 @@ async def _write_outcome(
         if outcome is Outcome.LEASE_LOST:
             log.warning("lease.lost", **ids)
             return _LEASE_LOST
-        await _fail(client, definition, control, outcome, value, ctx)
+        await _fail(client, definition, control, outcome, value)
         return RunEnded(outcome, value if isinstance(value, BaseException) else None)
     except LeaseLost:
         log.warning("lease.lost", **ids)
@@ -261,7 +272,6 @@ async def _fail(
     control: RunControl,
     outcome: Outcome,
     exc: BaseException | None,
-    ctx: TaskContext,
 ) -> None:
     claim = control.claim
     ids = control.ids
@@ -288,43 +298,32 @@ async def _fail(
         log.info("run.retry_scheduled", next_run_id=str(next_run), **ids)
     else:
         log.warning("task.dead", reason=str(reason), **ids)
-        if definition.on_discard is not None:
-            error_exc = exc or TimeoutError(error["message"])
-            await _on_discard(definition.on_discard, ctx, error_exc, ids)
 
 
-#: The task the reaper spawns to call ``on_discard`` of a task whose last attempt crashed.
+#: The task that SQL records, in the transaction that ends a task unsuccessfully, to call the
+#: ended task's ``on_discard`` hook (``durable.record_discard_hook``).
 DISCARD_TASK = "durable.on_discard"
 
 
 async def run_discard_hook(client: Client, registry: Registry, control: RunControl) -> bool:
-    """Run a ``durable.on_discard`` claim: call the failed task's ``on_discard(ctx, error)``
-    (``ctx`` of its last run, ``error`` a :class:`LeaseLost` saying how its worker was lost),
-    then complete the claim. False when this worker does not know the failed task."""
+    """Run a ``durable.on_discard`` claim: call the ended task's ``on_discard(ctx, error)``,
+    then complete the claim, so the hook runs once per end (again only if this worker dies
+    before the completion: at least once). ``ctx`` is that of the run that ended the task, with
+    the task's params (``ctx.params``); ``error`` a :class:`TaskDiscarded` saying why it ended.
+    False when this worker does not know the ended task (another worker will take it)."""
     claim = control.claim
     params = claim.params
     try:
-        record = await client.get_task(None, uuid.UUID(params["task_id"]))
-        definition = registry.get(record.task_name)
-        if definition is None:
-            return False
-        if definition.on_discard is not None:
-            failed = dataclasses.replace(
-                claim,
-                run_id=uuid.UUID(params["run_id"]),
-                task_id=record.task_id,
-                queue=record.queue,
-                task_name=record.task_name,
-                params=record.params,
-                headers=record.headers,
-                attempt=params["attempt"],
-                max_attempts=record.max_attempts,
-            )
-            message = (params.get("error") or {}).get("message", "")
-            ctx = TaskContext(client, registry, RunControl(failed))
-            await _on_discard(
-                definition.on_discard, ctx, LeaseLost(failed.run_id, message), run_fields(failed)
-            )
+        try:
+            record = await client.get_task(None, uuid.UUID(params["task_id"]))
+        except TaskNotFound:
+            record = None  # pruned since: there is nothing left to call the hook about
+        if record is not None:
+            definition = registry.get(record.task_name)
+            if definition is None:
+                return False
+            if definition.on_discard is not None:
+                await _call_discard_hook(client, registry, claim, record, definition.on_discard)
         await client.complete(claim.queue, claim.run_id, {"task_id": params["task_id"]})
     except LeaseLost:
         log.warning("lease.lost", **control.ids)
@@ -335,19 +334,50 @@ async def run_discard_hook(client: Client, registry: Registry, control: RunContr
     return True
 
 
-async def _on_discard(
-    hook: Callable[..., Any], ctx: TaskContext, error: BaseException, ids: dict[str, Any]
+async def _call_discard_hook(
+    client: Client,
+    registry: Registry,
+    claim: Claim,
+    record: TaskRecord,
+    hook: Callable[..., Any],
 ) -> None:
-    """The task's ``on_discard(ctx, error)``: once, after its last attempt failed. Its own
-    error is logged, never raised (the task's outcome is written already)."""
+    """``hook(ctx, TaskDiscarded)`` for the end a ``durable.on_discard`` claim records. Its own
+    error is logged, never raised (the task's end is written already)."""
+    params = claim.params
+    failure = Failure.from_json(params.get("failure")) or Failure.from_json(
+        {  # a hook task recorded by an earlier durable: the failure's parts, no end reason
+            "reason": FailureReason.CRASH,
+            "run_id": params.get("run_id"),
+            "attempt": params.get("attempt"),
+            "error": params.get("error"),
+        }
+    )
     try:
-        result = hook(ctx, error)
+        reason = DiscardReason(params.get("reason"))
+    except ValueError:
+        reason = DiscardReason.EXHAUSTED
+    state = params.get("state") or str(TaskState.FAILED)
+    ended = dataclasses.replace(
+        claim,
+        run_id=(failure and failure.run_id) or record.runs[-1].run_id,
+        task_id=record.task_id,
+        queue=record.queue,
+        task_name=record.task_name,
+        params=record.params,
+        headers=record.headers,
+        attempt=(failure and failure.attempt) or record.attempt,
+        max_attempts=record.max_attempts,
+    )
+    ids = run_fields(ended)
+    ctx = TaskContext(client, registry, RunControl(ended))
+    try:
+        result = hook(ctx, TaskDiscarded(record.task_id, state, reason, failure))
         if inspect.isawaitable(result):
             await result
     except Exception as exc:
-        log.exception("task.on_discard_failed", error=str(exc), **ids)
+        log.exception("task.on_discard_failed", error=str(exc), reason=str(reason), **ids)
     else:
-        log.info("task.on_discard_called", **ids)
+        log.info("task.on_discard_called", reason=str(reason), **ids)
 
 
 async def _custom_delay(

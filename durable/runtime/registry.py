@@ -34,7 +34,8 @@ from durable.runtime.retention import PruneRule, prune_rules
 log = get_logger()
 
 Handler = Callable[..., Any]
-#: ``on_discard(ctx, error)``, sync or async: the task failed for good.
+#: ``on_discard(ctx, error)``, sync or async: the task ended without completing (failed for
+#: good, or cancelled); ``error`` is a :class:`~durable.protocol.errors.TaskDiscarded`.
 DiscardHook = Callable[[Any, BaseException], Any]
 
 #: A task's params type (its handler's second parameter) and result type (what it returns).

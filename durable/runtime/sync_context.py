@@ -50,6 +50,7 @@ class SyncTaskContext:
         self.task_name: str = ctx.task_name
         self.queue: str = ctx.queue
         self.headers: dict[str, Any] = ctx.headers
+        self.params: Any = ctx.params
 
     @property
     def log(self) -> Any:

