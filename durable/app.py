@@ -23,6 +23,7 @@ from durable.protocol.records import (
     FailureReason,
     ReasonClass,
     Retention,
+    RetryInfo,
     SpawnInfo,
     SpawnKwargs,
     SpawnOptions,
@@ -194,8 +195,20 @@ class Durable:
         await self.client.cancel(queue, task_id)
         log.info("task.cancelled", task_id=str(task_id), queue=queue)
 
-    async def retry(self, task_id: uuid.UUID, *, queue: str | None = None) -> SpawnInfo:
-        return await self.client.retry(queue, task_id)
+    async def retry(
+        self, task_id: uuid.UUID, *, queue: str | None = None, revive_dependents: bool = True
+    ) -> RetryInfo:
+        """A new run for a failed or cancelled task, resuming after its last checkpoint; with
+        ``revive_dependents`` (the default) the dependents its end cancelled are revived too
+        (``RetryInfo.revived``), each waiting for its dependencies again."""
+        info = await self.client.retry(queue, task_id, revive_dependents=revive_dependents)
+        log.info(
+            "task.retried",
+            task_id=str(task_id),
+            run_id=str(info.run_id),
+            revived=[str(d.task_id) for d in info.revived],
+        )
+        return info
 
     async def get_task(self, task_id: uuid.UUID, *, queue: str | None = None) -> TaskRecord:
         return await self.client.get_task(queue, task_id)

@@ -236,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
             "With filters and no ID the command lists what they match and changes nothing "
             "unless --yes is given."
         )
+        if name == "retry":
+            sub.add_argument(
+                "--no-dependents",
+                action="store_true",
+                help="leave cancelled the dependents a task's end cancelled (by default a retry "
+                "revives them, to wait for it again; the dry run lists them)",
+            )
 
     replay = add(
         "replay",

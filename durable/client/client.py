@@ -28,6 +28,7 @@ from durable.protocol.log import get_logger
 from durable.protocol.records import (
     Checkpoint,
     Claim,
+    Dependent,
     FailedRun,
     FailedWork,
     FailedWorkState,
@@ -36,6 +37,7 @@ from durable.protocol.records import (
     QueueCount,
     RateLimit,
     ReasonClass,
+    RetryInfo,
     SpawnInfo,
     SpawnOptions,
     TaskRecord,
@@ -283,11 +285,29 @@ class Client:
         await self.store.cancel(_optional_queue(queue), task_id)
 
     async def retry(
-        self, queue: str | None, task_id: uuid.UUID, options: SpawnOptions | None = None
-    ) -> SpawnInfo:
+        self,
+        queue: str | None,
+        task_id: uuid.UUID,
+        options: SpawnOptions | None = None,
+        *,
+        revive_dependents: bool = True,
+    ) -> RetryInfo:
+        """A new run for a failed or cancelled task (its checkpoints are kept). With
+        ``revive_dependents``, the dependents its end cancelled are revived with it, down the
+        chain, each waiting for its dependencies again (:meth:`revivable_dependents` lists
+        them); ``RetryInfo.revived`` says which."""
         return await self.store.retry(
-            _optional_queue(queue), task_id, (options or _NO_OPTIONS).to_json()
+            _optional_queue(queue),
+            task_id,
+            (options or _NO_OPTIONS).to_json(),
+            revive_dependents,
         )
+
+    async def revivable_dependents(self, task_ids: Sequence[uuid.UUID]) -> list[Dependent]:
+        """The dependents that a retry of each of ``task_ids`` would revive: cancelled because
+        it ended (or, down the chain, because a dependent of it did), and blocked by nothing
+        else that failed or was cancelled. Oldest first."""
+        return await self.store.revivable_dependents(task_ids)
 
     async def get_task(self, queue: str | None, task_id: uuid.UUID) -> TaskRecord:
         return await self.store.get_task(_optional_queue(queue), task_id)

@@ -4,6 +4,11 @@
 ``--yes``), then acts on each row in turn, at most ``rate`` per second, so that a fix can be tried
 on a few before the rest (``--limit``). Each action is its own statement; a row whose task changed
 in the meantime (another operator, a worker) is reported and skipped, the others go on.
+
+A retry revives the dependents its task's end cancelled (unless ``revive_dependents=False``). A
+row that is such a dependent of another row is not retried on its own: it is reported as revived
+with the row whose retry revived it (or, if that retry did not revive it, retried last on its
+own, which says why it cannot run).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import anyio
 from durable.client import Client
 from durable.protocol.errors import DurableError
 from durable.protocol.log import get_logger
-from durable.protocol.records import FailedWork, FailedWorkState, TaskState
+from durable.protocol.records import FailedWork, FailedWorkState, SpawnInfo, TaskState
 
 log = get_logger()
 
@@ -50,6 +55,10 @@ class Change:
     run_id: uuid.UUID | None = None
     attempt: int | None = None
     error: str | None = None
+    #: A retry: the dependents revived with the task (each waits for its dependencies again).
+    revived: tuple[SpawnInfo, ...] = ()
+    #: A row revived by the retry of another row of the same call (that task's id).
+    revived_with: uuid.UUID | None = None
 
     @property
     def changed(self) -> bool:
@@ -67,29 +76,66 @@ async def recover(
     action: Action | str,
     *,
     rate: float | None = None,
+    revive_dependents: bool = True,
 ) -> AsyncIterator[Change]:
     """Apply ``action`` to each of ``rows`` in order, at most ``rate`` per second (None: as
-    fast as the database answers); yield what changed, row by row."""
+    fast as the database answers); yield what changed, row by row. A retry revives the
+    dependents each task's end cancelled, unless ``revive_dependents`` is False."""
     action = Action(action)
     if rate is not None and rate <= 0:
         raise ValueError("rate must be positive (actions per second)")
-    started = anyio.current_time()
-    for i, row in enumerate(rows):
+    revive = action is Action.RETRY and revive_dependents
+    later: dict[uuid.UUID, FailedWork] = {}
+    if revive and rows:
+        dependents = await client.revivable_dependents([row.task_id for row in rows])
+        revivable = {d.task_id for d in dependents}
+        later = {row.task_id: row for row in rows if row.task_id in revivable}
+    done: set[uuid.UUID] = set()  # the rows revived with another one
+    started, sent = anyio.current_time(), 0
+    for row in [*(row for row in rows if row.task_id not in later), *later.values()]:
+        if row.task_id in done:
+            continue
         if rate is not None:
-            await anyio.sleep_until(started + i / rate)
-        change = await _apply(client, row, action)
-        log.info(
-            "task.recovered" if change.changed else "task.recovery_skipped",
-            action=str(action),
-            task_id=str(row.task_id),
-            queue=row.queue,
-            task_name=row.task_name,
-            error=change.error,
-        )
-        yield change
+            await anyio.sleep_until(started + sent / rate)
+        sent += 1
+        change = await _apply(client, row, action, revive)
+        yield _logged(change)
+        for dependent in change.revived:
+            if dependent.task_id in later and dependent.task_id not in done:
+                done.add(dependent.task_id)
+                yield _logged(_revived_with(later[dependent.task_id], dependent, row.task_id))
 
 
-async def _apply(client: Client, row: FailedWork, action: Action) -> Change:
+def _logged(change: Change) -> Change:
+    log.info(
+        "task.recovered" if change.changed else "task.recovery_skipped",
+        action=str(change.action),
+        task_id=str(change.task_id),
+        queue=change.queue,
+        task_name=change.task_name,
+        error=change.error,
+        revived=[str(d.task_id) for d in change.revived] or None,
+        revived_with=str(change.revived_with) if change.revived_with else None,
+    )
+    return change
+
+
+def _revived_with(row: FailedWork, info: SpawnInfo, dependency: uuid.UUID) -> Change:
+    """The change of a row that the retry of ``dependency`` revived."""
+    return Change(
+        action=Action.RETRY,
+        task_id=row.task_id,
+        queue=row.queue,
+        task_name=row.task_name,
+        before=str(row.state),
+        after=str(TaskState.PENDING),
+        run_id=info.run_id,
+        attempt=info.attempt,
+        revived_with=dependency,
+    )
+
+
+async def _apply(client: Client, row: FailedWork, action: Action, revive: bool) -> Change:
     change = Change(
         action=action,
         task_id=row.task_id,
@@ -99,9 +145,13 @@ async def _apply(client: Client, row: FailedWork, action: Action) -> Change:
     )
     try:
         if action is Action.RETRY:
-            info = await client.retry(row.queue, row.task_id)
+            info = await client.retry(row.queue, row.task_id, revive_dependents=revive)
             return replace(
-                change, after=str(TaskState.PENDING), run_id=info.run_id, attempt=info.attempt
+                change,
+                after=str(TaskState.PENDING),
+                run_id=info.run_id,
+                attempt=info.attempt,
+                revived=info.revived,
             )
         if action is Action.CANCEL:
             await client.cancel(row.queue, row.task_id)

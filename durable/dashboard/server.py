@@ -7,7 +7,8 @@ Routes::
     GET  /static/<file>                 app.js, app.css, favicon.svg
     GET  /api/overview                  the overview's JSON
     GET  /api/tasks/<uuid>              a task's JSON
-    POST /api/tasks/<uuid>/retry        retry a failed or cancelled task
+    POST /api/tasks/<uuid>/retry        retry a failed or cancelled task (and revive the
+                                        dependents its end cancelled)
     POST /api/tasks/<uuid>/cancel       cancel a task that has not finished
 
 The pages are a small HTML shell; ``app.js`` polls the JSON every second and renders it with
@@ -277,6 +278,7 @@ class Dashboard:
             task_name=before.task_name,
             run_id=str(info.run_id),
             before=str(before.state),
+            revived=[str(d.task_id) for d in info.revived],
         )
         return {
             "task_id": task_id,
@@ -285,6 +287,7 @@ class Dashboard:
             "after": after.state,
             "run_id": info.run_id,
             "attempt": info.attempt,
+            "revived": [d.task_id for d in info.revived],
         }
 
     async def _cancel(self, task_id: uuid.UUID) -> views.Doc:

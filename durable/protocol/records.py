@@ -333,6 +333,25 @@ class SpawnInfo:
     created: bool
 
 
+@dataclass(frozen=True, slots=True)
+class RetryInfo(SpawnInfo):
+    """What a retry returns: the retried task's new run, and ``revived``, the dependents its
+    failure had cancelled that were revived with it (each waits for its dependencies again)."""
+
+    revived: tuple[SpawnInfo, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Dependent:
+    """A dependent that a retry would revive: cancelled because ``dependency`` ended (its
+    failure named it), directly or down a chain of dependencies."""
+
+    task_id: uuid.UUID
+    queue: str
+    task_name: str
+    dependency: uuid.UUID
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Claim:
     """A run this worker now holds under a lease."""

@@ -32,6 +32,7 @@ from durable.protocol.errors import (
 from durable.protocol.records import (
     Checkpoint,
     Claim,
+    Dependent,
     FailedRun,
     FailedWork,
     FailedWorkState,
@@ -42,6 +43,7 @@ from durable.protocol.records import (
     QueueCount,
     ReasonClass,
     Recovery,
+    RetryInfo,
     RunRecord,
     RunState,
     SpawnInfo,
@@ -86,7 +88,8 @@ _SET_CHECKPOINTS = "select run_id, written from durable.set_checkpoints($1, $2, 
 _GET_CHECKPOINTS = "select * from durable.get_checkpoints($1, $2)"
 _SCHEDULE_RUN = "select durable.schedule_run($1, $2, $3)"
 _CANCEL = "select durable.cancel($1, $2)"
-_RETRY = "select * from durable.retry($1, $2, $3)"
+_RETRY = "select * from durable.retry($1, $2, $3, $4)"
+_REVIVABLE_DEPENDENTS = "select * from durable.revivable_dependents($1)"
 _GET_TASK = "select durable.get_task($1, $2)"
 _GET_RESULT = "select * from durable.get_result($1, $2)"
 _REGISTER_WORKER = "select durable.register_worker($1, $2, $3, $4, $5)"
@@ -406,13 +409,30 @@ class Store:
             await self._pool.execute(_CANCEL, queue, task_id)
 
     async def retry(
-        self, queue: str | None, task_id: uuid.UUID, options: Mapping[str, Any]
-    ) -> SpawnInfo:
+        self,
+        queue: str | None,
+        task_id: uuid.UUID,
+        options: Mapping[str, Any],
+        revive_dependents: bool = True,
+    ) -> RetryInfo:
         options_json = encode_json(dict(options), "options")
         async with self._translate(task_id=task_id):
-            row = await self._pool.fetchrow(_RETRY, queue, task_id, options_json)
-        assert row is not None
-        return _spawn_info(row)
+            rows = await self._pool.fetch(_RETRY, queue, task_id, options_json, revive_dependents)
+        task, *revived = [_spawn_info(r) for r in rows]
+        return RetryInfo(task.task_id, task.run_id, task.attempt, task.created, tuple(revived))
+
+    async def revivable_dependents(self, task_ids: Sequence[uuid.UUID]) -> list[Dependent]:
+        async with self._translate():
+            rows = await self._pool.fetch(_REVIVABLE_DEPENDENTS, list(task_ids))
+        return [
+            Dependent(
+                task_id=r["task_id"],
+                queue=r["queue"],
+                task_name=r["task_name"],
+                dependency=r["dependency"],
+            )
+            for r in rows
+        ]
 
     async def get_task(self, queue: str | None, task_id: uuid.UUID) -> TaskRecord:
         async with self._translate(task_id=task_id):

@@ -64,13 +64,14 @@
 -- and states, returns the existing task; replace updates the listed fields of a task not started
 -- yet; debounce pushes its start later), DEPENDENCIES (options.depends_on: the task's run waits,
 -- available_at 'infinity', until all of them completed; one that ends failed or cancelled cancels
--- it, with an error naming that dependency), CANCELLATION POLICIES (options.cancellation =
--- {max_delay, max_duration}; tasks.cancel_at is the earliest moment one may end the task, and
--- enforce_cancellations(), run by every claim and every worker heartbeat, re-checks the tasks
--- whose moment passed), PARTITIONS (options.partition_key: claims take runs round-robin across a
--- queue's partitions) and LIMITS (durable.limits, per task name and cluster-wide: at most
--- max_running at once, rate_allowed starts per rate_period_s). TAGS (tasks.tags) filter the
--- operator's views and cancel_by(); PROGRESS (set_progress) is written like any write of a run.
+-- it, with an error naming that dependency, and a retry of that one revives it), CANCELLATION
+-- POLICIES (options.cancellation = {max_delay, max_duration}; tasks.cancel_at is the earliest
+-- moment one may end the task, and enforce_cancellations(), run by every claim and every worker
+-- heartbeat, re-checks the tasks whose moment passed), PARTITIONS (options.partition_key: claims
+-- take runs round-robin across a queue's partitions) and LIMITS (durable.limits, per task name
+-- and cluster-wide: at most max_running at once, rate_allowed starts per rate_period_s). TAGS
+-- (tasks.tags) filter the operator's views and cancel_by(); PROGRESS (set_progress) is written
+-- like any write of a run.
 --
 -- THE OPERATOR: FAILED WORK is the tasks whose latest failure is not behind them: failed for good
 -- ('failed') or live and about to run again ('retrying'). retry() and replay() give a finished

@@ -77,13 +77,17 @@ end $$;
 
 -- A new run for a failed or cancelled task; its checkpoints are kept, so finished steps replay.
 -- p_options may override max_attempts, retry, timeout, heartbeat_timeout, priority, delay / at.
--- A retried task's cancellation policy no longer applies (the operator chose to run it).
+-- A retried task's cancellation policy no longer applies (the operator chose to run it). With
+-- p_revive_dependents, the dependents its end cancelled are revived with it (revive_dependents).
+-- Returns the retried task's new run, then one row per revived dependent.
 create or replace function durable.retry(p_queue text, p_task_id uuid,
-                                         p_options jsonb default '{}')
+                                         p_options jsonb default '{}',
+                                         p_revive_dependents boolean default true)
 returns table (task_id uuid, run_id uuid, attempt integer, created boolean)
 language plpgsql
 security definer set search_path = pg_catalog, pg_temp as $$
 declare
+    v_now  timestamptz := durable.now();
     v_task durable.tasks;
 begin
     v_task := durable.lock_task(p_queue, p_task_id);
@@ -91,13 +95,18 @@ begin
         raise exception 'task % is % — only failed or cancelled tasks can be retried',
             p_task_id, durable.live_state(v_task) using errcode = 'DU003', detail = v_task.state;
     end if;
-    return query select * from durable.restart_task(v_task, p_options, durable.now());
+    return query select * from durable.restart_task(v_task, p_options, v_now);
+    if coalesce(p_revive_dependents, true) then
+        return query select * from durable.revive_dependents(p_task_id, v_now);
+    end if;
 end $$;
 
 -- A new pending run for a finished task p_task (locked by the caller), which keeps its
 -- checkpoints. The options as in retry. A completed task forgets its result (and a failure from
 -- before it completed); a failed or cancelled one keeps its failure until it completes, so it
--- shows as 'retrying' failed work meanwhile.
+-- shows as 'retrying' failed work meanwhile. A task with dependencies waits again for those that
+-- have not completed; one of them that failed or was cancelled refuses the restart (DU003): the
+-- task could never run.
 create or replace function durable.restart_task(p_task durable.tasks, p_options jsonb,
                                                 p_now timestamptz)
 returns table (task_id uuid, run_id uuid, attempt integer, created boolean)
@@ -108,10 +117,17 @@ declare
     v_attempt integer := p_task.attempt + 1;
     v_task    durable.tasks;
     v_run_id  uuid;
+    v_broken  durable.tasks;
 begin
     if p_task.discarded_at is not null then
         raise exception 'task % was discarded: it ended for good and cannot run again',
             p_task.task_id using errcode = 'DU003', detail = 'discarded';
+    end if;
+    v_broken := durable.lock_dependencies(p_task);
+    if v_broken.task_id is not null then
+        raise exception 'task % depends on task %, which ended % — retry that one first (its '
+                        'retry revives this task)', p_task.task_id, v_broken.task_id,
+                        v_broken.state using errcode = 'DU003', detail = 'dependency';
     end if;
     update durable.tasks t
        set state = 'pending', attempt = v_attempt, finished_at = null, result = null,
@@ -128,9 +144,142 @@ begin
            cancel_at = null
      where t.task_id = p_task.task_id
     returning * into v_task;
-    v_run_id := durable.insert_run(v_task, v_attempt, 'pending',
-                                   durable.start_time(v_options, p_now), p_now);
+    v_run_id := durable.insert_dependent_run(v_task, v_attempt,
+                                             durable.start_time(v_options, p_now), p_now);
     return query select p_task.task_id, v_run_id, v_attempt, false;
+end $$;
+
+-- Lock the dependencies of p_task (for share, in task_id order), so that none ends unseen while
+-- the caller makes p_task wait for them again; returns one of them that failed or was cancelled
+-- (all fields null: none did).
+create or replace function durable.lock_dependencies(p_task durable.tasks)
+returns durable.tasks
+language plpgsql as $$
+declare
+    v_broken durable.tasks;
+begin
+    if p_task.depends_on is null then
+        return v_broken;
+    end if;
+    perform 1 from durable.tasks t where t.task_id = any(p_task.depends_on)
+     order by t.task_id for share;
+    select * into v_broken from durable.tasks t
+     where t.task_id = any(p_task.depends_on) and t.state in ('failed', 'cancelled')
+     order by t.task_id limit 1;
+    return v_broken;
+end $$;
+
+-- A new pending run (attempt p_attempt) of p_task, restarted, that waits again for its
+-- dependencies that have not completed (locked by the caller: lock_dependencies): their edges
+-- come back and the run waits with available_at 'infinity' until they complete; with none
+-- open, it is due at p_at. Returns the run's id.
+create or replace function durable.insert_dependent_run(p_task durable.tasks, p_attempt integer,
+                                                        p_at timestamptz, p_now timestamptz)
+returns uuid
+language plpgsql as $$
+begin
+    if p_task.depends_on is not null then
+        insert into durable.task_dependencies (task_id, depends_on)
+        select p_task.task_id, t.task_id from durable.tasks t
+         where t.task_id = any(p_task.depends_on) and t.state = 'pending'
+        on conflict do nothing;
+        if found then
+            return durable.insert_run(p_task, p_attempt, 'pending', 'infinity', p_now);
+        end if;
+    end if;
+    return durable.insert_run(p_task, p_attempt, 'pending', p_at, p_now);
+end $$;
+
+-- Whether p_task was cancelled because task p_dependency ended (error type 'DependencyFailed'
+-- naming it) and may run again (not discarded).
+create or replace function durable.cancelled_by(p_task durable.tasks, p_dependency uuid)
+returns boolean
+language sql immutable as $$
+    select p_task.state = 'cancelled' and p_task.discarded_at is null
+           and p_task.failure->'error'->>'type' = 'DependencyFailed'
+           and p_task.failure->'error'->>'dependency' = p_dependency::text
+$$;
+
+-- The dependents that a retry of each of p_task_ids revives: those its end cancelled
+-- (cancelled_by), and those theirs cancelled in turn, down the chain; but not one that waits for
+-- another task (outside the chain) that failed or was cancelled: it would be cancelled again at
+-- once, so it stays cancelled, and so do the dependents it cancelled. dependency: the task whose
+-- end cancelled it. Oldest first, so a dependent comes after its dependencies (a task can only
+-- depend on tasks that exist already). What retry() revives, and what a dry run lists.
+create or replace function durable.revivable_dependents(p_task_ids uuid[])
+returns table (task_id uuid, queue text, task_name text, dependency uuid)
+language plpgsql stable
+security definer set search_path = pg_catalog, pg_temp as $$
+#variable_conflict use_column
+declare
+    v_root    uuid;
+    v_found   uuid[];
+    v_blocked uuid[];
+    v_all     uuid[] := '{}';
+begin
+    foreach v_root in array coalesce(p_task_ids, '{}') loop
+        with recursive chain(id) as (
+            select t.task_id from durable.tasks t
+             where t.depends_on @> array[v_root] and durable.cancelled_by(t, v_root)
+            union
+            select t.task_id from chain c join durable.tasks t on t.depends_on @> array[c.id]
+             where durable.cancelled_by(t, c.id)
+        )
+        select coalesce(array_agg(chain.id), '{}') into v_found from chain;
+        loop
+            select array_agg(t.task_id) into v_blocked from durable.tasks t
+             where t.task_id = any(v_found)
+               and exists (select 1 from durable.tasks x
+                            where x.task_id = any(t.depends_on) and x.task_id <> v_root
+                              and x.task_id <> all(v_found)
+                              and x.state in ('failed', 'cancelled'));
+            exit when v_blocked is null;
+            v_found := array(select f from unnest(v_found) as f where f <> all(v_blocked));
+        end loop;
+        v_all := v_all || v_found;
+    end loop;
+    return query
+        select t.task_id, t.queue, t.task_name, (t.failure->'error'->>'dependency')::uuid
+          from durable.tasks t
+         where t.task_id = any(v_all)
+         order by t.created_at, t.task_id;
+end $$;
+
+-- Revive the dependents that the end of task p_task_id cancelled (revivable_dependents), oldest
+-- first: each becomes pending again with a new run of the same attempt (its cancelled run never
+-- started) that waits for its dependencies again, and leaves the failed work (the failure was
+-- its dependency's). Returns one row per revived task.
+create or replace function durable.revive_dependents(p_task_id uuid, p_now timestamptz)
+returns table (task_id uuid, run_id uuid, attempt integer, created boolean)
+language plpgsql as $$
+#variable_conflict use_column
+declare
+    v_ids    uuid[];
+    v_task   durable.tasks;
+    v_broken durable.tasks;
+    v_run_id uuid;
+begin
+    v_ids := array(select d.task_id from durable.revivable_dependents(array[p_task_id]) d);
+    if cardinality(v_ids) = 0 then
+        return;
+    end if;
+    perform 1 from durable.tasks t where t.task_id = any(v_ids) order by t.task_id
+       for no key update;
+    for v_task in
+        select t.* from durable.tasks t where t.task_id = any(v_ids)
+         order by t.created_at, t.task_id
+    loop
+        continue when v_task.state <> 'cancelled' or v_task.discarded_at is not null;
+        v_broken := durable.lock_dependencies(v_task);
+        continue when v_broken.task_id is not null;  -- changed meanwhile: it stays cancelled
+        update durable.tasks t
+           set state = 'pending', finished_at = null, failure = null, cancel_at = null
+         where t.task_id = v_task.task_id
+        returning * into v_task;
+        v_run_id := durable.insert_dependent_run(
+            v_task, v_task.attempt, greatest(p_now, coalesce(v_task.scheduled_at, p_now)), p_now);
+        return query select v_task.task_id, v_run_id, v_task.attempt, false;
+    end loop;
 end $$;
 
 -- Run a finished task again (completed, failed or cancelled). Its checkpoints are kept, so it

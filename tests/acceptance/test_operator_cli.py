@@ -171,3 +171,96 @@ async def test_bulk_cancel_discard_replay_and_prune(
     bad = await durable("prune", "--older-than", "soon", dsn=dsn)
     assert bad.code == 2
     assert "not a duration" in bad.err
+
+
+async def _spawn_after(client: Client, task: str, params: Any, *after: uuid.UUID) -> uuid.UUID:
+    """A task that depends on ``after`` (with its ``@app.task`` options)."""
+    options = cli_app.app.registry[task].options(depends_on=list(after))
+    return (await client.spawn("default", task, params, options)).task_id
+
+
+async def test_retry_revives_the_dependents_a_failure_cancelled(
+    dsn: str, client: Client, tmp_path: Path
+) -> None:
+    [root] = await _spawn_many(client, "flaky", 1)
+    first = await _spawn_after(client, "add", {"a": 1, "b": 2}, root)
+    second = await _spawn_after(client, "pipeline", None, first)
+    async with cli_worker(tmp_path / "broken.log", "cli_app:app", dsn=dsn, FLAKY_BROKEN="1") as w:
+        await wait_outcomes(client, [root, first, second])
+        assert await w.stop() == 0
+    assert [(await client.get_task(None, t)).state for t in (root, first, second)] == [
+        TaskState.FAILED,
+        TaskState.CANCELLED,
+        TaskState.CANCELLED,
+    ]
+
+    # the dry run lists the dependents a retry would revive
+    dry = await durable("retry", "--task", "flaky", dsn=dsn)
+    assert dry.code == 0, dry.err
+    [_header, *dependents, nothing_changed] = section_rows(
+        dry.out,
+        "and 2 dependents their ends cancelled, revived with them, each waiting for its "
+        "dependencies again (--no-dependents to leave them cancelled):",
+    )
+    assert [row[2:] for row in dependents] == [[str(first), str(root)], [str(second), str(first)]]
+    assert nothing_changed[0].startswith("nothing changed: add --yes")
+    assert (await client.get_task(None, first)).state is TaskState.CANCELLED
+
+    done = await durable("retry", str(root), dsn=dsn)
+    assert done.code == 0, done.err
+    lines = done.out.splitlines()
+    assert lines[0].startswith(f"task {root} (flaky on default): failed -> pending, new run")
+    assert lines[1].startswith(f"  revived dependent {first} (add on default): cancelled -> ")
+    assert lines[2].startswith(f"  revived dependent {second} (pipeline on default): ")
+    # they wait for their dependencies: not claimable before the root completed
+    for task_id, dependency in ((first, root), (second, first)):
+        waiting = await client.get_task(None, task_id)
+        assert (waiting.state, waiting.pending_dependencies) == (TaskState.PENDING, [dependency])
+
+    async with cli_worker(tmp_path / "fixed.log", "cli_app:app", dsn=dsn) as fixed:
+        results = await wait_outcomes(client, [root, first, second])
+        assert await fixed.stop() == 0
+    assert [results[t].state for t in (root, first, second)] == [TaskState.COMPLETED] * 3
+    assert results[first].result == 3
+    for task_id, dependency in ((first, root), (second, first)):
+        started = results[task_id].runs[-1].started_at
+        finished = results[dependency].runs[-1].finished_at
+        assert started is not None
+        assert finished is not None
+        assert started >= finished
+
+
+async def test_bulk_retry_revives_dependents_once_and_no_dependents_leaves_them(
+    dsn: str, client: Client, tmp_path: Path
+) -> None:
+    roots = await _spawn_many(client, "flaky", 2)
+    dependents = [
+        await _spawn_after(client, "add", {"a": i, "b": 1}, r) for i, r in enumerate(roots)
+    ]
+    async with cli_worker(tmp_path / "broken.log", "cli_app:app", dsn=dsn, FLAKY_BROKEN="1") as w:
+        await wait_outcomes(client, [*roots, *dependents])
+        assert await w.stop() == 0
+
+    # one root without its dependent: the dependent stays cancelled
+    alone = await durable("retry", str(roots[0]), "--no-dependents", dsn=dsn)
+    assert alone.code == 0, alone.err
+    assert "revived" not in alone.out
+    assert (await client.get_task(None, dependents[0])).state is TaskState.CANCELLED
+
+    # every dead task: roots[1] revives its dependent (reported once, with it); dependents[0],
+    # whose root is retrying now, is retried on its own and waits for that root
+    done = await durable("retry", "--all", "--yes", dsn=dsn)
+    assert done.code == 0, done.out + done.err
+    lines = done.out.splitlines()
+    assert lines[-1] == "retried 3 tasks; 0 not changed"
+    [revived_with] = [line for line in lines if "revived with its dependency" in line]
+    assert revived_with.startswith(f"task {dependents[1]} (add on default): failed -> pending")
+    assert revived_with.endswith(f"revived with its dependency {roots[1]}")
+    for dependent, root in zip(dependents, roots, strict=True):
+        record = await client.get_task(None, dependent)
+        assert (record.state, record.pending_dependencies) == (TaskState.PENDING, [root])
+
+    async with cli_worker(tmp_path / "fixed.log", "cli_app:app", dsn=dsn) as fixed:
+        results = await wait_outcomes(client, [*roots, *dependents])
+        assert await fixed.stop() == 0
+    assert {r.state for r in results.values()} == {TaskState.COMPLETED}

@@ -259,8 +259,29 @@ async def test_a_post_needs_the_token_and_the_page_origin(client: Client) -> Non
     assert retried.status == 200
     assert (retried.json()["before"], retried.json()["after"]) == ("cancelled", "pending")
     assert retried.json()["run_id"] != str(info.run_id)
+    assert retried.json()["revived"] == []
     assert missing.status == 404
     assert missing.json()["error"].startswith("TaskNotFound: ")
+
+
+async def test_the_retry_button_revives_the_dependents_a_failure_cancelled(
+    client: Client,
+) -> None:
+    root = await client.spawn(Q, "extract", None, SpawnOptions(max_attempts=1))
+    dependent = await client.spawn(Q, "load", None, SpawnOptions(depends_on=[root.task_id]))
+    [claim] = await client.claim(Q, "w1", 30)
+    await client.fail(Q, claim.run_id, {"type": "Boom", "message": "no"})
+    assert (await client.get_task(Q, dependent.task_id)).state is TaskState.CANCELLED
+    async with dashboard(client) as port:
+        token = await csrf_token(port)
+        retried = await request(
+            port, "POST", f"/api/tasks/{root.task_id}/retry", {"X-CSRF-Token": token}
+        )
+
+    assert retried.status == 200
+    assert retried.json()["revived"] == [str(dependent.task_id)]
+    revived = await client.get_task(Q, dependent.task_id)
+    assert (revived.state, revived.pending_dependencies) == (TaskState.PENDING, [root.task_id])
 
 
 async def test_read_only_mode_refuses_every_post(client: Client) -> None:

@@ -64,6 +64,7 @@ PROTOCOL = {
     "finished_counts",
     "replay",
     "discard",
+    "revivable_dependents",
 }
 TABLES = ["tasks", "runs", "checkpoints", "workers", "schema_migrations", "applied_protocol"]
 #: What a client opened with migrate=False reads to check the schema and the protocol.

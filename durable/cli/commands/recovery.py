@@ -4,13 +4,14 @@ match (a dry run unless ``--yes``), and ``replay`` of a finished task."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 from durable.cli import session
 from durable.cli.commands.failed import failed_table, work_filters
 from durable.cli.exits import EXIT_ERROR, EXIT_OK, UsageError
-from durable.cli.render import count
+from durable.cli.render import count, table
 from durable.client.recovery import APPLIES_TO, Action, Change, recover
-from durable.protocol.records import SpawnInfo, TaskRecord
+from durable.protocol.records import Dependent, SpawnInfo, TaskRecord
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -21,11 +22,26 @@ def cmd_retry(args: argparse.Namespace) -> int:
     async def retry() -> int:
         async with session.connect(args) as client:
             before = await client.get_task(args.queue, args.task_id)
-            info = await client.retry(before.queue, args.task_id)
+            dependents = await client.revivable_dependents([args.task_id])
+            info = await client.retry(
+                before.queue, args.task_id, revive_dependents=not args.no_dependents
+            )
         print(_restarted_text(before, info))
+        names = {d.task_id: d for d in dependents}
+        for revived in info.revived:
+            print("  " + _revived_text(revived, names.get(revived.task_id)))
         return EXIT_OK
 
     return session.run(retry)
+
+
+def _revived_text(info: SpawnInfo, dependent: Dependent | None) -> str:
+    """A dependent a retry revived: pending again, waiting for its dependencies."""
+    what = f" ({dependent.task_name} on {dependent.queue})" if dependent else ""
+    return (
+        f"revived dependent {info.task_id}{what}: cancelled -> pending, new run {info.run_id}, "
+        "waiting for its dependencies"
+    )
 
 
 def _restarted_text(before: TaskRecord, info: SpawnInfo) -> str:
@@ -115,6 +131,8 @@ def _bulk(args: argparse.Namespace, action: Action) -> int:
     states = APPLIES_TO[action]
     state = next(iter(states)) if len(states) == 1 else None
 
+    revive = action is Action.RETRY and not args.no_dependents
+
     async def bulk() -> int:
         async with session.connect(args) as client:
             rows = await client.failed_work(**filters, limit=args.limit, state=state)
@@ -122,17 +140,37 @@ def _bulk(args: argparse.Namespace, action: Action) -> int:
                 print(f"dry run: {count(len(rows), 'match', 'matches')}: {_BULK_MATCH[action]}")
                 if rows:
                     print(failed_table(rows))
+                if rows and revive:
+                    dependents = await client.revivable_dependents([r.task_id for r in rows])
+                    print(_dependents_text(dependents))
+                if rows:
                     print(f"nothing changed: add --yes to {action} them (--rate N/s to throttle)")
                 return EXIT_OK
             errors = 0
-            async for change in recover(client, rows, action, rate=args.rate):
+            async for change in recover(
+                client, rows, action, rate=args.rate, revive_dependents=revive
+            ):
                 print(_change_text(change), flush=True)
+                for revived in change.revived:
+                    print("  " + _revived_text(revived, None), flush=True)
                 errors += not change.changed
         done = len(rows) - errors
         print(f"{_BULK_VERBS[action]} {count(done, 'task')}; {errors} not changed")
         return EXIT_ERROR if errors else EXIT_OK
 
     return session.run(bulk)
+
+
+def _dependents_text(dependents: Sequence[Dependent]) -> str:
+    """What the dry run of a retry says of the dependents it would revive."""
+    if not dependents:
+        return "no dependent to revive: no match's end cancelled a dependent"
+    head = (
+        f"and {count(len(dependents), 'dependent')} their ends cancelled, revived with them, "
+        "each waiting for its dependencies again (--no-dependents to leave them cancelled):"
+    )
+    rows = ([d.queue, d.task_name, d.task_id, d.dependency] for d in dependents)
+    return head + "\n" + table(["queue", "task_name", "task_id", "cancelled by"], rows, indent=2)
 
 
 def _change_text(change: Change) -> str:
@@ -142,6 +180,8 @@ def _change_text(change: Change) -> str:
     text = head + f"{change.before} -> {change.after}"
     if change.run_id is not None:
         text += f", new run {change.run_id} (attempt {change.attempt})"
+    if change.revived_with is not None:
+        text += f": revived with its dependency {change.revived_with}"
     return text
 
 

@@ -138,7 +138,10 @@
       });
       const doc = await response.json().catch(() => ({ error: `${response.status} ${response.statusText}` }));
       if (response.ok) {
-        say("ok", `${action === "retry" ? "Retried" : "Cancelled"} task ${doc.task_id}: ${doc.before} → ${doc.after}`);
+        const revived = doc.revived?.length
+          ? `, and revived ${doc.revived.length} ${doc.revived.length === 1 ? "dependent" : "dependents"} its end had cancelled`
+          : "";
+        say("ok", `${action === "retry" ? "Retried" : "Cancelled"} task ${doc.task_id}: ${doc.before} → ${doc.after}${revived}`);
       } else {
         say("error", `${action} refused: ${doc.error || response.status}`);
       }
