@@ -64,8 +64,29 @@ PROTOCOL = {
     "finished_counts",
     "replay",
     "discard",
+    "await_tasks",
+    "spawn_batch",
+    "get_batch",
+    "get_dependency_results",
+    "send_message",
+    "receive_message",
+    "set_state",
+    "get_state",
+    "decide_patch",
 }
-TABLES = ["tasks", "runs", "checkpoints", "workers", "schema_migrations", "applied_protocol"]
+TABLES = [
+    "tasks",
+    "runs",
+    "checkpoints",
+    "workers",
+    "schema_migrations",
+    "applied_protocol",
+    "messages",
+    "states",
+    "batches",
+    "batch_members",
+    "wait_children",
+]
 #: What a client opened with migrate=False reads to check the schema and the protocol.
 READABLE = {"schema_migrations", "applied_protocol"}
 

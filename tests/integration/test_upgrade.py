@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import re
 import shutil
 import urllib.parse
@@ -97,8 +98,25 @@ _ROWS = {
 }
 
 
+#: The columns later migrations add to v13's tables: null on the rows a v13 worker wrote.
+_ADDED_COLUMNS = {"runs": ["code_version"]}
+
+
 async def _rows(conn: asyncpg.Connection) -> dict[str, list[str]]:
     return {table: [r[0] for r in await conn.fetch(query)] for table, query in _ROWS.items()}
+
+
+async def _v13_rows(conn: asyncpg.Connection) -> dict[str, list[str]]:
+    """The rows of an upgraded database as v13 saw them: the columns added since, which must be
+    null on every row, taken out."""
+    rows = {}
+    for table, query in _ROWS.items():
+        added = _ADDED_COLUMNS.get(table, [])
+        for row in await conn.fetch(query):
+            assert all(json.loads(row[0])[column] is None for column in added), (table, row)
+        v13_query = query.replace("to_jsonb(x)", "(to_jsonb(x) - $1::text[])")
+        rows[table] = [r[0] for r in await conn.fetch(v13_query, added)]
+    return rows
 
 
 async def _fill_like_a_v13_worker(conn: asyncpg.Connection) -> dict[str, uuid.UUID]:
@@ -145,15 +163,15 @@ async def test_a_database_at_version_13_is_upgraded_in_place(v13_dsn: str) -> No
 
     async with Client(v13_dsn) as client:  # connecting migrates
         async with connection(v13_dsn) as conn:
-            assert await _rows(conn) == before
+            assert await _v13_rows(conn) == before
             versions = [
                 r[0]
                 for r in await conn.fetch(
                     "select version from durable.schema_migrations order by 1"
                 )
             ]
-        assert versions == list(range(1, 15))
-        assert [m.version for m in load_migrations()] == [13, 14]
+        assert versions == list(range(1, 16))
+        assert [m.version for m in load_migrations()] == [13, 14, 15]
 
         # the old run still holds its lease, and its checkpoint is there to replay
         assert [c.step_name for c in await client.get_checkpoints("busy", ids["running"])] == [
@@ -234,7 +252,7 @@ async def test_a_fresh_database_and_an_upgraded_one_have_the_same_schema(
 
 async def test_the_v13_era_migrator_refuses_a_database_of_the_new_layout(dsn: str) -> None:
     async with connection(dsn) as conn:
-        with pytest.raises(SchemaError, match=r"\[14\].*upgrade durable"):
+        with pytest.raises(SchemaError, match=r"\[14, 15\].*upgrade durable"):
             await _migrate_like_v13(conn)
 
 
@@ -242,7 +260,7 @@ async def test_the_v13_era_migrator_refuses_an_upgraded_database(v13_dsn: str) -
     async with Client(v13_dsn):
         pass
     async with connection(v13_dsn) as conn:
-        with pytest.raises(SchemaError, match=r"\[14\].*upgrade durable"):
+        with pytest.raises(SchemaError, match=r"\[14, 15\].*upgrade durable"):
             await _migrate_like_v13(conn)
 
 

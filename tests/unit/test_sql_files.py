@@ -6,7 +6,7 @@ from durable.protocol.migrate import PROTOCOL_VERSION, load_migrations, load_pro
 
 #: The protocol's version and the sha256 of its files at that version. A change to sql/protocol/
 #: is a new protocol: raise PROTOCOL_VERSION and pin the new hash here.
-PINNED = (1, "11224c7349cfdcd3e49746c11e161afb566b21d59b07daf23c6d79bf74d0cb56")
+PINNED = (2, "e92c1196e25196b45da4d6aa08c8bf52ccb22ae6139a6775ce37ec912edfa324")
 
 _DEFINITION = re.compile(r"^create\s+(or\s+replace\s+)?function\s+durable\.(\w+)\(", re.I | re.M)
 
