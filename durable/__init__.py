@@ -13,6 +13,7 @@ from durable import tracing as _tracing  # noqa: F401 — installs itself (see a
 from durable.app import Durable
 from durable.client import Client
 from durable.protocol.errors import (
+    BatchNotFound,
     DatabaseUnavailable,
     DurableError,
     EventTimeout,
@@ -21,6 +22,7 @@ from durable.protocol.errors import (
     InvalidState,
     LeaseLost,
     NotSerializable,
+    PatchRetired,
     PayloadTooLarge,
     Snooze,
     TaskFailed,
@@ -29,10 +31,13 @@ from durable.protocol.errors import (
 )
 from durable.protocol.failures import reason_class_counts
 from durable.protocol.records import (
+    BatchInfo,
+    BatchRecord,
     Cancellation,
     Checkpoint,
     ChildTask,
     Claim,
+    DependencyResult,
     FailedWork,
     FailedWorkState,
     Failure,
@@ -64,12 +69,16 @@ except _metadata.PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
 __all__ = [
+    "BatchInfo",
+    "BatchNotFound",
+    "BatchRecord",
     "Cancellation",
     "Checkpoint",
     "ChildTask",
     "Claim",
     "Client",
     "DatabaseUnavailable",
+    "DependencyResult",
     "Durable",
     "DurableError",
     "EventTimeout",
@@ -85,6 +94,7 @@ __all__ = [
     "InvalidState",
     "LeaseLost",
     "NotSerializable",
+    "PatchRetired",
     "PayloadTooLarge",
     "Progress",
     "RateLimit",

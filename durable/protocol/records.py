@@ -352,6 +352,8 @@ class RunRecord:
     failure_reason: FailureReason | None
     error: dict[str, JSON] | None
     result: JSON = None
+    #: The code version of the worker that claimed the run (``Durable(version=...)``).
+    code_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -378,6 +380,8 @@ class TaskRecord:
     waiting_for: list[dict[str, JSON]] = field(default_factory=list)
     scheduled_at: datetime | None = None
     discarded_at: datetime | None = None
+    #: The batches (``app.batch``) the task is a member of.
+    batch_ids: list[uuid.UUID] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -472,3 +476,47 @@ class ChildTask:
     task_id: uuid.UUID
     queue: str
     task_name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchInfo:
+    """What ``app.batch`` returns: the batch's id, whether this call created it (False: its
+    idempotency key found an earlier batch), and its members in the order given."""
+
+    batch_id: uuid.UUID
+    created: bool
+    members: list[SpawnInfo]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchRecord:
+    """A batch: its members' count, how many are still pending and how many ended in each state
+    (``completed``, ``failed``, ``cancelled``), and its callback's task once every member ended
+    (or, in ``callback_error``, why it could not be spawned)."""
+
+    batch_id: uuid.UUID
+    total: int
+    pending: int
+    counts: dict[str, int]
+    on_complete: str | None
+    on_exhausted: str | None
+    callback_task_id: uuid.UUID | None
+    callback_error: dict[str, JSON] | None
+    idempotency_key: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_at is not None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DependencyResult:
+    """One dependency of a task spawned with ``depends_on``: its id, name, state (``completed``
+    by the time the task runs) and result."""
+
+    task_id: uuid.UUID
+    task_name: str
+    state: TaskState
+    result: JSON = None

@@ -7,12 +7,16 @@ import durable
 
 def test_public_names_are_pinned() -> None:
     assert durable.__all__ == [
+        "BatchInfo",
+        "BatchNotFound",
+        "BatchRecord",
         "Cancellation",
         "Checkpoint",
         "ChildTask",
         "Claim",
         "Client",
         "DatabaseUnavailable",
+        "DependencyResult",
         "Durable",
         "DurableError",
         "EventTimeout",
@@ -28,6 +32,7 @@ def test_public_names_are_pinned() -> None:
         "InvalidState",
         "LeaseLost",
         "NotSerializable",
+        "PatchRetired",
         "PayloadTooLarge",
         "Progress",
         "RateLimit",
