@@ -17,6 +17,8 @@ import anyio
 from durable.client import Client
 from durable.protocol.log import get_logger
 from durable.protocol.records import (
+    BatchInfo,
+    BatchRecord,
     FailedWork,
     FailedWorkState,
     FailureGroup,
@@ -71,6 +73,7 @@ class Durable:
         command_timeout: float | None = 30.0,
         retention: Retention | None = None,
         retention_interval: float = 60.0,
+        version: str | None = None,
     ) -> None:
         self.client = Client(
             dsn,
@@ -85,6 +88,7 @@ class Durable:
             default_queue=default_queue,
             retention=retention,
             retention_interval=retention_interval,
+            version=version,
         )
         self._entered = 0
 
@@ -104,6 +108,12 @@ class Durable:
     @property
     def crons(self) -> list[CronJob]:
         return self.registry.crons
+
+    @property
+    def version(self) -> str:
+        """This code's version, recorded by every run its workers claim: ``version=`` when
+        given, else derived from the source of the registered handlers."""
+        return self.registry.code_version
 
     # --- registry -------------------------------------------------------------------------------
 
@@ -203,6 +213,51 @@ class Durable:
         woken = await self.client.emit_event(name, payload)
         log.info("event.emitted", event_name=name, woken=woken)
         return woken
+
+    async def send(self, task_id: uuid.UUID, topic: str, payload: Any = None) -> bool:
+        """Send ``payload`` (any JSON) to task ``task_id`` on ``topic``, for its
+        ``ctx.recv(topic)``: stored until received, in the order sent, each message received
+        once. True when it woke the task (it was waiting in ``recv`` on the topic).
+        :class:`TaskNotFound` for an unknown task, :class:`InvalidState` for one that ended."""
+        woke = await self.client.send_message(task_id, topic, payload)
+        log.info("message.sent", task_id=str(task_id), topic=topic, woke=woke)
+        return woke
+
+    async def get_state(self, task_id: uuid.UUID, key: str, *, queue: str | None = None) -> Any:
+        """What task ``task_id`` last published under ``key`` with ``ctx.set_state`` (None when
+        it published nothing under it)."""
+        return (await self.client.get_state(queue, task_id, key)).get(key)
+
+    async def batch(
+        self,
+        items: Sequence[tuple[TaskDefinition[Any, Any] | str, Any]],
+        *,
+        on_complete: TaskDefinition[Any, Any] | str | None = None,
+        on_exhausted: TaskDefinition[Any, Any] | str | None = None,
+        callback_params: Any = None,
+        queue: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> BatchInfo:
+        """Spawn ``items`` — ``(task, params)`` pairs, each task spawned with the options of its
+        ``@app.task`` — as one batch, in one transaction. Once every member ended (completed,
+        failed for good or cancelled), one callback task is spawned, once: ``on_complete`` if
+        every member completed, else ``on_exhausted``; it gets ``{"batch_id", "total", "counts":
+        {"completed", "failed", "cancelled"}, "params": callback_params}``. ``queue`` is where
+        tasks this app does not register run; ``idempotency_key`` makes a second call return the
+        first batch."""
+        return await self.registry.spawn_batch(
+            items,
+            on_complete=on_complete,
+            on_exhausted=on_exhausted,
+            callback_params=callback_params,
+            queue=queue,
+            idempotency_key=idempotency_key,
+        )
+
+    async def get_batch(self, batch_id: uuid.UUID) -> BatchRecord:
+        """A batch: how many members, how many still pending, the counts per end state, and its
+        callback's task once every member ended."""
+        return await self.client.get_batch(batch_id)
 
     async def cancel_by(
         self,

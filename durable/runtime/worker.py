@@ -118,6 +118,8 @@ class Worker:
         self.worker_id = options.worker_id or (
             f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         )
+        #: Recorded on every run this worker claims (``Durable(version=...)`` or derived).
+        self.code_version = registry.code_version
         self.active: dict[uuid.UUID, RunControl] = {}
         # a handler slot per concurrency unit: claimed-ahead runs wait here for one
         self._handler_slots = asyncio.Semaphore(options.concurrency)
@@ -184,6 +186,7 @@ class Worker:
             worker=self.worker_id,
             queues=list(opts.queues),
             concurrency=opts.concurrency,
+            code_version=self.code_version,
         )
         try:
             if self.metrics is not None:
@@ -296,7 +299,13 @@ class Worker:
             with cancel_scope(shield=True):
                 claims = await within(
                     self._db_timeout,
-                    self.client.claim(queue, self.worker_id, opts.claim_timeout, free),
+                    self.client.claim(
+                        queue,
+                        self.worker_id,
+                        opts.claim_timeout,
+                        free,
+                        code_version=self.code_version,
+                    ),
                 )
         except DatabaseUnavailable as exc:
             delay = self._unavailable("claim", backoff, exc)
