@@ -10,6 +10,7 @@ from durable import __version__
 from durable.cli import arguments
 from durable.cli.commands.dashboard import cmd_dashboard
 from durable.cli.commands.failed import cmd_failed
+from durable.cli.commands.messages import cmd_send, cmd_state
 from durable.cli.commands.prune import cmd_prune
 from durable.cli.commands.recovery import cmd_cancel, cmd_discard, cmd_replay, cmd_retry
 from durable.cli.commands.show import cmd_show
@@ -312,6 +313,29 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PAYLOAD_JSON",
         help="the payload the waiters receive (default null)",
     )
+
+    send = add(
+        "send",
+        cmd_send,
+        "send a message to one task, for its ctx.recv(TOPIC): stored until received, in order",
+    )
+    send.add_argument("task_id", type=arguments.task_id, metavar="ID", help="the task's id")
+    send.add_argument("topic", metavar="TOPIC", help="the topic its recv waits on")
+    send.add_argument(
+        "payload",
+        nargs="?",
+        type=arguments.json_value,
+        default=None,
+        metavar="PAYLOAD_JSON",
+        help="the message (default null)",
+    )
+
+    state = add(
+        "state", cmd_state, "show what a task published with ctx.set_state(KEY, VALUE)", as_json
+    )
+    state.add_argument("task_id", type=arguments.task_id, metavar="ID", help="the task's id")
+    state.add_argument("key", nargs="?", metavar="KEY", help="only this key (default: every one)")
+    state.add_argument("-q", "--queue", help="the task's queue (default: any)")
 
     dashboard = add(
         "dashboard",
