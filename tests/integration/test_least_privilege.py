@@ -64,6 +64,15 @@ PROTOCOL = {
     "finished_counts",
     "replay",
     "discard",
+    "pause_queue",
+    "resume_queue",
+    "list_paused_queues",
+    "set_cron_schedule",
+    "remove_cron_schedule",
+    "pause_cron_schedule",
+    "resume_cron_schedule",
+    "list_cron_schedules",
+    "fire_cron",
 }
 TABLES = ["tasks", "runs", "checkpoints", "workers", "schema_migrations", "applied_protocol"]
 #: What a client opened with migrate=False reads to check the schema and the protocol.

@@ -6,7 +6,7 @@ from durable.protocol.migrate import PROTOCOL_VERSION, load_migrations, load_pro
 
 #: The protocol's version and the sha256 of its files at that version. A change to sql/protocol/
 #: is a new protocol: raise PROTOCOL_VERSION and pin the new hash here.
-PINNED = (1, "11224c7349cfdcd3e49746c11e161afb566b21d59b07daf23c6d79bf74d0cb56")
+PINNED = (2, "43b7c0cee3feb010477880500297fb3224c46611a0b08c4cbdc4909e6cd9c228")
 
 _DEFINITION = re.compile(r"^create\s+(or\s+replace\s+)?function\s+durable\.(\w+)\(", re.I | re.M)
 
