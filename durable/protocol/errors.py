@@ -12,6 +12,8 @@ Every error derives from :class:`DurableError`; data travels as attributes::
     ├── TaskNotFound          no task with that id on that queue
     ├── InvalidState          the operation does not fit the task's state
     ├── InvalidArgument       an argument the protocol refuses (also a ValueError)
+    │   └── InvalidTimeZone   not an IANA time zone this machine knows
+    ├── ScheduleNotFound      no cron schedule of that name
     ├── SchemaError           the database schema or protocol does not match this durable
     ├── EventTimeout          ctx.await_event / ctx.result waited past its timeout (a TimeoutError)
     └── TaskFailed            the awaited task ended failed or cancelled
@@ -108,6 +110,25 @@ class InvalidState(DurableError):
 
 class InvalidArgument(DurableError, ValueError):
     """An argument the protocol refuses (a negative duration, an empty step name): DU005."""
+
+
+class InvalidTimeZone(InvalidArgument):
+    """A time zone that is not an IANA name this machine's tz database knows."""
+
+    def __init__(self, timezone: object) -> None:
+        self.timezone = timezone
+        super().__init__(
+            f"invalid time zone {timezone!r} — use an IANA name such as 'Europe/Paris' or 'UTC' "
+            "(on a machine without a tz database, pip install tzdata)"
+        )
+
+
+class ScheduleNotFound(DurableError):
+    """No cron schedule of that name (see ``durable cron list``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no cron schedule named {name!r} — see `durable cron list`")
 
 
 class BatcherClosed(DurableError):
