@@ -8,13 +8,14 @@ fires nothing) with the database's time, fire every due slot through ``durable.f
 spawn per slot, whatever the number of workers: the slot's idempotency key decides), then sleep
 until the next slot or :data:`REFRESH_S`, whichever comes first.
 
-Which slots are due: those after the schedule's ``fired_through`` (the slots dealt with) and at
-or before now, as its :class:`~durable.protocol.cron.Missed` policy keeps them: ``skip`` fires only
-the slots at most :data:`LATE_SLOT` late (after a stall or downtime the older ones are skipped,
-not fired late one after another), ``latest`` also the newest slot when none is that recent, and
-``all`` every one of them, at most :data:`CATCH_UP_MAX` (the newest; the older ones are skipped
-and logged). A fire that fails (the database unreachable) is tried again at the next pass while
-the policy still keeps the slot.
+Which slots are due: the newest slot fired while it is on time (every worker that reaches a slot
+fires it; all but one get its task back), and the slots after the schedule's ``fired_through``
+(the slots dealt with) and at or before now, as its :class:`~durable.protocol.cron.Missed`
+policy keeps them: ``skip`` fires only the slots at most :data:`LATE_SLOT` late (after a stall
+or downtime the older ones are skipped, not fired late one after another), ``latest`` also the
+newest slot when none is that recent, and ``all`` every one of them, at most
+:data:`CATCH_UP_MAX` (the newest; the older ones are skipped and logged). A fire that fails (the
+database unreachable) is tried again at the next pass while the policy still keeps the slot.
 
 Time is the database's: the scheduler's default clock follows ``durable.now()`` (read with every
 pass), so a worker whose own clock is off fires slots on time; tests give the scheduler a clock
@@ -113,13 +114,23 @@ class DatabaseClock:
 
 
 def due_slots(
-    expr: CronExpr, missed: Missed, fired_through: datetime, now: datetime
+    expr: CronExpr,
+    missed: Missed,
+    fired_through: datetime,
+    now: datetime,
+    last_slot: datetime | None = None,
 ) -> tuple[list[datetime], bool]:
     """The slots to fire at ``now``, oldest first, and whether older due slots were left out
-    (beyond :data:`CATCH_UP_MAX`, or late under ``skip``/``latest``)."""
+    (beyond :data:`CATCH_UP_MAX`, or late under ``skip``/``latest``).
+
+    ``last_slot``, the newest slot fired (by any worker), is fired again while it is the newest
+    slot and on time: a worker that comes second gets the slot's task back (``created`` false)
+    rather than nothing, so every worker that reached the slot reports it."""
     kept: list[datetime] = []  # newest first
     for slot in expr.slots_back(now):
         if slot <= fired_through:
+            if not kept and slot == last_slot and now - slot <= LATE_SLOT:
+                return [slot], False  # the newest slot, fired already: fire it again
             return kept[::-1], False
         if missed is Missed.ALL:
             if len(kept) == CATCH_UP_MAX:
@@ -200,7 +211,9 @@ async def _fire_due(
     now: datetime,
     warned: set[tuple[str, datetime]],
 ) -> None:
-    slots, left_out = due_slots(expr, schedule.missed, schedule.fired_through, now)
+    slots, left_out = due_slots(
+        expr, schedule.missed, schedule.fired_through, now, schedule.last_slot
+    )
     if left_out and (schedule.name, schedule.fired_through) not in warned:
         warned.add((schedule.name, schedule.fired_through))
         log.warning(

@@ -88,3 +88,20 @@ def test_all_across_the_autumn_change_fires_the_repeated_hour_twice() -> None:
         datetime(2025, 10, 26, 1, tzinfo=UTC),
         datetime(2025, 10, 26, 2, tzinfo=UTC),
     ]
+
+
+def test_the_last_slot_fired_is_due_again_while_it_is_on_time() -> None:
+    # another worker fired 10:00 already: this one fires it too (and gets its task back)
+    now = T0 + timedelta(seconds=5)
+    assert due_slots(EVERY_MINUTE, Missed.SKIP, T0, now, last_slot=T0) == ([T0], False)
+    # not once it is late
+    later = T0 + minutes(1.5)
+    assert due_slots(EVERY_MINUTE, Missed.SKIP, T0, later, last_slot=T0) == (
+        [T0 + minutes(1)],
+        False,
+    )
+
+
+def test_the_last_slot_is_not_fired_again_once_a_newer_one_came() -> None:
+    now = T0 + minutes(1)
+    assert due_slots(EVERY_MINUTE, Missed.SKIP, T0, now, last_slot=T0) == ([now], False)
