@@ -15,14 +15,17 @@ from typing import Any, Protocol, TypeVar, Unpack, cast, overload
 import anyio
 
 from durable.client import Client
+from durable.protocol.cron import Missed
 from durable.protocol.log import get_logger
 from durable.protocol.records import (
     BatchInfo,
     BatchRecord,
+    CronSchedule,
     FailedWork,
     FailedWorkState,
     FailureGroup,
     FailureReason,
+    PausedQueue,
     ReasonClass,
     Retention,
     SpawnInfo,
@@ -353,12 +356,94 @@ class Durable:
         *,
         name: str | None = None,
         queue: str | None = None,
+        timezone: str = "UTC",
+        missed: Missed | str = Missed.SKIP,
         **options: Unpack[SpawnKwargs],
     ) -> CronJob:
-        """Spawn ``task`` with ``params`` at every slot of cron expression ``expr`` (UTC), once
-        per slot however many workers run the scheduler: every worker serving the task's queue
-        runs it, and the slot's idempotency key keeps one spawn per slot."""
-        return self.registry.add_cron(expr, task, params, name=name, queue=queue, **options)
+        """Spawn ``task`` with ``params`` at every slot of cron expression ``expr`` read in IANA
+        ``timezone``, once per slot however many workers fire it: every worker serving the
+        task's queue runs the scheduler. ``missed`` (``skip``, ``latest`` or ``all``) says what
+        happens to the slots that pass while no worker runs (see :mod:`durable.runtime.cron`).
+        Declared in code: the workers that run this app write it to the database when they
+        start, where ``pause_cron`` and ``resume_cron`` act on it."""
+        return self.registry.add_cron(
+            expr,
+            task,
+            params,
+            name=name,
+            queue=queue,
+            timezone=timezone,
+            missed=missed,
+            **options,
+        )
+
+    async def add_cron(
+        self,
+        name: str,
+        expr: str,
+        task: TaskDefinition[Any, Any] | str,
+        params: Any = None,
+        *,
+        queue: str | None = None,
+        timezone: str = "UTC",
+        missed: Missed | str = Missed.SKIP,
+        **options: Unpack[SpawnKwargs],
+    ) -> bool:
+        """Add (True) or update (False) cron schedule ``name`` at run time: stored in the
+        database, fired by the workers serving the task's queue (within ``cron_refresh``
+        seconds), whatever code they run. Refuses the name of a schedule declared in code."""
+        target, task_name, resolved = self.registry.resolve(task, queue, options)
+        created = await self.client.set_cron_schedule(
+            name,
+            expr,
+            task_name,
+            params,
+            queue=target,
+            timezone=timezone,
+            missed=missed,
+            options=resolved,
+        )
+        log.info("cron.added" if created else "cron.updated", cron=name, queue=target)
+        return created
+
+    async def remove_cron(self, name: str) -> None:
+        """Remove cron schedule ``name`` (:class:`ScheduleNotFound` if there is none)."""
+        await self.client.remove_cron_schedule(name)
+        log.info("cron.removed", cron=name)
+
+    async def pause_cron(self, name: str) -> None:
+        """Pause cron schedule ``name``, declared in code or added at run time: it fires
+        nothing until :meth:`resume_cron`."""
+        await self.client.pause_cron_schedule(name)
+        log.info("cron.paused", cron=name)
+
+    async def resume_cron(self, name: str) -> None:
+        """Resume cron schedule ``name`` from now on (the slots it missed are not caught up)."""
+        await self.client.resume_cron_schedule(name)
+        log.info("cron.resumed", cron=name)
+
+    async def cron_schedules(self, queues: Sequence[str] | None = None) -> list[CronSchedule]:
+        """The cron schedules stored in the database (of ``queues``; None: all), by name."""
+        return (await self.client.list_cron_schedules(queues)).schedules
+
+    async def pause_queue(self, queue: str) -> bool:
+        """Pause ``queue``: it accepts spawns, but no worker claims from it until
+        :meth:`resume_queue` (running tasks finish). Stored in the database: it outlives
+        restarts. True when it was not paused already."""
+        changed = await self.client.pause_queue(queue)
+        log.info("queue.paused", queue=queue, changed=changed)
+        return changed
+
+    async def resume_queue(self, queue: str) -> bool:
+        """Resume ``queue``: its workers claim from it again at once. True when it was
+        paused."""
+        changed = await self.client.resume_queue(queue)
+        log.info("queue.resumed", queue=queue, changed=changed)
+        return changed
+
+    async def paused_queues(self) -> list[PausedQueue]:
+        """The paused queues, by name."""
+        return await self.client.list_paused_queues()
 
     # --- consuming ------------------------------------------------------------------------------
 

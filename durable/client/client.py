@@ -17,10 +17,12 @@ import anyio
 from durable.client import instruments
 from durable.client.results import ResultWaiters
 from durable.protocol import durations, embedded
+from durable.protocol.cron import CronExpr, Missed, ScheduleSource
 from durable.protocol.dsn import resolve_dsn
 from durable.protocol.errors import (
     DatabaseUnavailable,
     InvalidArgument,
+    ScheduleNotFound,
     TaskFailed,
     check_name,
     check_queue_name,
@@ -31,12 +33,14 @@ from durable.protocol.records import (
     BatchRecord,
     Checkpoint,
     Claim,
+    CronSchedules,
     DependencyResult,
     FailedRun,
     FailedWork,
     FailedWorkState,
     FailureGroup,
     FailureReason,
+    PausedQueue,
     QueueCount,
     RateLimit,
     ReasonClass,
@@ -521,6 +525,84 @@ class Client:
         """The dependencies (``depends_on``) of task ``task_id`` with their results, in the
         order they were spawned."""
         return await self.store.get_dependency_results(_optional_queue(queue), task_id)
+
+    # --- paused queues and cron schedules ---------------------------------------------------------
+
+    async def pause_queue(self, queue: str) -> bool:
+        """Pause ``queue``: it accepts spawns, but no worker claims from it until
+        :meth:`resume_queue` (running tasks go on). Stored, so it outlives restarts. True when
+        it was not paused already."""
+        return await self.store.pause_queue(check_queue_name(queue))
+
+    async def resume_queue(self, queue: str) -> bool:
+        """Resume ``queue`` and wake its workers; True when it was paused."""
+        return await self.store.resume_queue(check_queue_name(queue))
+
+    async def list_paused_queues(self) -> list[PausedQueue]:
+        """The paused queues, by name."""
+        return await self.store.list_paused_queues()
+
+    async def set_cron_schedule(
+        self,
+        name: str,
+        expr: str,
+        task_name: str,
+        params: Any = None,
+        *,
+        queue: str,
+        timezone: str = "UTC",
+        missed: Missed | str = Missed.SKIP,
+        options: SpawnOptions | None = None,
+        source: ScheduleSource | str = ScheduleSource.API,
+    ) -> bool:
+        """Add (True) or update (False) cron schedule ``name``: spawn ``task_name`` on ``queue``
+        with ``params`` and ``options`` at every slot of ``expr`` in ``timezone``. The workers
+        serving ``queue`` fire it, once per slot. Refuses a bad expression
+        (:class:`InvalidArgument`), time zone (:class:`InvalidTimeZone`) or ``missed`` policy
+        before anything is sent."""
+        CronExpr.parse(expr, timezone)  # refused here, with the field named
+        return await self.store.set_cron_schedule(
+            name,
+            expr,
+            timezone,
+            check_queue_name(queue),
+            task_name,
+            params,
+            (options or _NO_OPTIONS).to_json(),
+            str(_enum(Missed, missed, "missed")),
+            str(_enum(ScheduleSource, source, "source")),
+        )
+
+    async def remove_cron_schedule(self, name: str) -> None:
+        """Remove cron schedule ``name`` (the tasks it spawned stay); :class:`ScheduleNotFound`
+        if there is none."""
+        if not await self.store.remove_cron_schedule(name):
+            raise ScheduleNotFound(name)
+
+    async def pause_cron_schedule(self, name: str) -> None:
+        """Pause cron schedule ``name``: it fires nothing until resumed."""
+        if not await self.store.pause_cron_schedule(name):
+            raise ScheduleNotFound(name)
+
+    async def resume_cron_schedule(self, name: str) -> None:
+        """Resume cron schedule ``name`` from now on: the slots that passed while it was paused
+        are not caught up."""
+        if not await self.store.resume_cron_schedule(name):
+            raise ScheduleNotFound(name)
+
+    async def list_cron_schedules(self, queues: Sequence[str] | None = None) -> CronSchedules:
+        """The cron schedules of ``queues`` (None: all), by name, and the database's time."""
+        return await self.store.list_cron_schedules(
+            None if queues is None else [check_queue_name(q) for q in queues]
+        )
+
+    async def fire_cron(self, name: str, slot: datetime) -> tuple[uuid.UUID, bool] | None:
+        """Fire slot ``slot`` of schedule ``name``: its task's id and whether this call created
+        it (a slot fired before returns its task), or None when the schedule is paused or
+        gone. Workers call it; see :mod:`durable.runtime.cron`."""
+        if slot.tzinfo is None:
+            raise InvalidArgument("a cron slot must be a timezone-aware datetime")
+        return await self.store.fire_cron(name, slot)
 
     # --- workers and operators ------------------------------------------------------------------
 

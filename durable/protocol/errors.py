@@ -13,6 +13,8 @@ Every error derives from :class:`DurableError`; data travels as attributes::
     ├── BatchNotFound         no batch with that id
     ├── InvalidState          the operation does not fit the task's state
     ├── InvalidArgument       an argument the protocol refuses (also a ValueError)
+    │   └── InvalidTimeZone   not an IANA time zone this machine knows
+    ├── ScheduleNotFound      no cron schedule of that name
     ├── SchemaError           the database schema or protocol does not match this durable
     ├── EventTimeout          a wait in a task (await_event, result, gather, recv) timed out
     ├── PatchRetired          a task took the old path of a patch its code retired
@@ -116,6 +118,25 @@ class InvalidState(DurableError):
 
 class InvalidArgument(DurableError, ValueError):
     """An argument the protocol refuses (a negative duration, an empty step name): DU005."""
+
+
+class InvalidTimeZone(InvalidArgument):
+    """A time zone that is not an IANA name this machine's tz database knows."""
+
+    def __init__(self, timezone: object) -> None:
+        self.timezone = timezone
+        super().__init__(
+            f"invalid time zone {timezone!r} — use an IANA name such as 'Europe/Paris' or 'UTC' "
+            "(on a machine without a tz database, pip install tzdata)"
+        )
+
+
+class ScheduleNotFound(DurableError):
+    """No cron schedule of that name (see ``durable cron list``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no cron schedule named {name!r} — see `durable cron list`")
 
 
 class BatcherClosed(DurableError):

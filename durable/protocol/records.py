@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Generic, TypedDict, TypeVar
 
+from durable.protocol.cron import Missed, ScheduleSource
 from durable.protocol.durations import seconds
 from durable.protocol.retry import RetryStrategy
 from durable.protocol.states import (
@@ -520,3 +521,50 @@ class DependencyResult:
     task_name: str
     state: TaskState
     result: JSON = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PausedQueue:
+    """A paused queue: it accepts spawns, and no worker claims from it until it is resumed."""
+
+    queue: str
+    paused_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CronSchedule:
+    """A cron schedule as stored: ``task_name`` on ``queue`` with ``params`` and ``options`` (a
+    spawn options document) at every slot of ``expr`` read in ``timezone``.
+
+    ``fired_through``: the slots up to this instant are dealt with (fired, skipped by the
+    ``missed`` policy, or passed while paused); ``last_slot`` and ``last_task_id``: the newest
+    slot fired and its task.
+    """
+
+    name: str
+    expr: str
+    timezone: str
+    queue: str
+    task_name: str
+    params: Any
+    options: dict[str, Any]
+    missed: Missed
+    source: ScheduleSource
+    paused_at: datetime | None
+    fired_through: datetime
+    last_slot: datetime | None
+    last_task_id: uuid.UUID | None
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_at is not None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CronSchedules:
+    """The cron schedules of some queues, read at ``now`` on the database's clock."""
+
+    now: datetime
+    schedules: list[CronSchedule]

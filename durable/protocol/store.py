@@ -20,6 +20,7 @@ import asyncpg
 
 from durable.protocol import migrate as _migrate
 from durable.protocol.codec import decode_jsonb, encode_json, encode_jsonb
+from durable.protocol.cron import Missed, ScheduleSource
 from durable.protocol.errors import (
     BatchNotFound,
     DatabaseUnavailable,
@@ -35,6 +36,8 @@ from durable.protocol.records import (
     BatchRecord,
     Checkpoint,
     Claim,
+    CronSchedule,
+    CronSchedules,
     DependencyResult,
     FailedRun,
     FailedWork,
@@ -42,6 +45,7 @@ from durable.protocol.records import (
     Failure,
     FailureGroup,
     FailureReason,
+    PausedQueue,
     Progress,
     QueueCount,
     ReasonClass,
@@ -127,6 +131,15 @@ _FAILURE_GROUPS = "select * from durable.failure_groups($1, $2, $3, $4, $5, $6, 
 _FINISHED_COUNTS = "select * from durable.finished_counts($1)"
 _REPLAY = "select * from durable.replay($1, $2, $3, $4)"
 _DISCARD = "select durable.discard($1, $2)"
+_PAUSE_QUEUE = "select durable.pause_queue($1)"
+_RESUME_QUEUE = "select durable.resume_queue($1)"
+_LIST_PAUSED_QUEUES = "select queue, paused_at from durable.list_paused_queues()"
+_SET_CRON_SCHEDULE = "select durable.set_cron_schedule($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+_REMOVE_CRON_SCHEDULE = "select durable.remove_cron_schedule($1)"
+_PAUSE_CRON_SCHEDULE = "select durable.pause_cron_schedule($1)"
+_RESUME_CRON_SCHEDULE = "select durable.resume_cron_schedule($1)"
+_LIST_CRON_SCHEDULES = "select durable.list_cron_schedules($1)"
+_FIRE_CRON = "select task_id, created from durable.fire_cron($1, $2)"
 _TERMINATE_OTHERS = """
 select pid, pg_terminate_backend(pid) as terminated from pg_stat_activity
  where datname = current_database() and pid <> pg_backend_pid()
@@ -638,6 +651,81 @@ class Store:
                 _SET_LIMIT, queue, task_name, max_running, rate_allowed, rate_period
             )
 
+    # --- paused queues and cron schedules ---------------------------------------------------------
+
+    async def pause_queue(self, queue: str) -> bool:
+        async with self._translate():
+            changed: bool = await self._pool.fetchval(_PAUSE_QUEUE, queue)
+        return changed
+
+    async def resume_queue(self, queue: str) -> bool:
+        async with self._translate():
+            changed: bool = await self._pool.fetchval(_RESUME_QUEUE, queue)
+        return changed
+
+    async def list_paused_queues(self) -> list[PausedQueue]:
+        async with self._translate():
+            rows = await self._pool.fetch(_LIST_PAUSED_QUEUES)
+        return [PausedQueue(queue=r["queue"], paused_at=r["paused_at"]) for r in rows]
+
+    async def set_cron_schedule(
+        self,
+        name: str,
+        expr: str,
+        timezone: str,
+        queue: str,
+        task_name: str,
+        params: Any,
+        options: Mapping[str, Any],
+        missed: str,
+        source: str,
+    ) -> bool:
+        params_json = encode_json(params, "params")
+        options_json = encode_json(dict(options), "options")
+        async with self._translate():
+            created: bool = await self._pool.fetchval(
+                _SET_CRON_SCHEDULE,
+                name,
+                expr,
+                timezone,
+                queue,
+                task_name,
+                params_json,
+                options_json,
+                missed,
+                source,
+            )
+        return created
+
+    async def remove_cron_schedule(self, name: str) -> bool:
+        async with self._translate():
+            found: bool = await self._pool.fetchval(_REMOVE_CRON_SCHEDULE, name)
+        return found
+
+    async def pause_cron_schedule(self, name: str) -> bool:
+        async with self._translate():
+            found: bool = await self._pool.fetchval(_PAUSE_CRON_SCHEDULE, name)
+        return found
+
+    async def resume_cron_schedule(self, name: str) -> bool:
+        async with self._translate():
+            found: bool = await self._pool.fetchval(_RESUME_CRON_SCHEDULE, name)
+        return found
+
+    async def list_cron_schedules(self, queues: Sequence[str] | None) -> CronSchedules:
+        async with self._translate():
+            doc = await self._pool.fetchval(
+                _LIST_CRON_SCHEDULES, None if queues is None else list(queues)
+            )
+        return CronSchedules(
+            now=_at(doc["now"]), schedules=[_cron_schedule(s) for s in doc["schedules"]]
+        )
+
+    async def fire_cron(self, name: str, slot: datetime) -> tuple[uuid.UUID, bool] | None:
+        async with self._translate():
+            row = await self._pool.fetchrow(_FIRE_CRON, name, slot)
+        return None if row is None else (row["task_id"], row["created"])
+
     # --- workers --------------------------------------------------------------------------------
 
     async def register_worker(
@@ -933,6 +1021,26 @@ def _task_record(doc: dict[str, Any]) -> TaskRecord:
         scheduled_at=_ts(doc.get("scheduled_at")),
         discarded_at=_ts(doc.get("discarded_at")),
         batch_ids=[uuid.UUID(b) for b in doc.get("batch_ids") or ()],
+    )
+
+
+def _cron_schedule(doc: dict[str, Any]) -> CronSchedule:
+    return CronSchedule(
+        name=doc["name"],
+        expr=doc["expr"],
+        timezone=doc["timezone"],
+        queue=doc["queue"],
+        task_name=doc["task_name"],
+        params=doc["params"],
+        options=doc["options"],
+        missed=Missed(doc["missed"]),
+        source=ScheduleSource(doc["source"]),
+        paused_at=_ts(doc["paused_at"]),
+        fired_through=_at(doc["fired_through"]),
+        last_slot=_ts(doc["last_slot"]),
+        last_task_id=uuid.UUID(doc["last_task_id"]) if doc["last_task_id"] else None,
+        created_at=_at(doc["created_at"]),
+        updated_at=_at(doc["updated_at"]),
     )
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, Unpack, cast, overload
 
 from durable.client import Client
+from durable.protocol.cron import CronExpr, Missed
 from durable.protocol.errors import InvalidArgument, UnknownTask, check_queue_name
 from durable.protocol.log import get_logger
 from durable.protocol.records import (
@@ -30,7 +31,7 @@ from durable.protocol.records import (
     spawn_options,
 )
 from durable.protocol.retry import Backoff
-from durable.runtime.cron import CronExpr, CronJob
+from durable.runtime.cron import CronJob
 from durable.runtime.retention import PruneRule, prune_rules
 from durable.runtime.versions import check_version, derive_version
 
@@ -300,17 +301,26 @@ class Registry(Mapping[str, "TaskDefinition[Any, Any]"]):
         *,
         name: str | None = None,
         queue: str | None = None,
+        timezone: str = "UTC",
+        missed: Missed | str = Missed.SKIP,
         **options: Unpack[SpawnKwargs],
     ) -> CronJob:
         """Spawn ``task`` with ``params`` at every slot of ``expr`` (see ``Durable.cron``)."""
         target, task_name, resolved = self.resolve(task, queue, options)
+        try:
+            policy = Missed(missed)
+        except ValueError:
+            raise InvalidArgument(
+                f"missed must be one of skip, latest, all — got {missed!r}"
+            ) from None
         job = CronJob(
             name=name or f"{task_name}:{expr}",
-            schedule=CronExpr.parse(expr),
+            schedule=CronExpr.parse(expr, timezone),
             task_name=task_name,
             queue=check_queue_name(target),
             params=params,
             options=resolved,
+            missed=policy,
         )
         if any(existing.name == job.name for existing in self.crons):
             raise ValueError(f"a cron job named {job.name!r} is already registered")

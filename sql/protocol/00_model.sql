@@ -71,6 +71,13 @@
 -- queue's partitions) and LIMITS (durable.limits, per task name and cluster-wide: at most
 -- max_running at once, rate_allowed starts per rate_period_s). TAGS (tasks.tags) filter the
 -- operator's views and cancel_by(); PROGRESS (set_progress) is written like any write of a run.
+-- A PAUSED QUEUE (durable.paused_queues: pause_queue, resume_queue) accepts spawns and hands out
+-- no run to a claim until it is resumed.
+--
+-- CRON SCHEDULES (durable.cron_schedules) are declared in code or added at run time; workers
+-- compute their slots (the cron expression in its time zone) and fire each slot through
+-- fire_cron(), which spawns it once: the schedule's row lock and fired_through decide, whatever
+-- the number of workers.
 --
 -- THE OPERATOR: FAILED WORK is the tasks whose latest failure is not behind them: failed for good
 -- ('failed') or live and about to run again ('retrying'). retry() and replay() give a finished

@@ -38,6 +38,10 @@ begin
     v_lease := v_now + make_interval(secs => p_claim_timeout);
     perform durable.reap_runs(p_queue, v_now);
     perform durable.enforce_cancellations(v_now);
+    -- a paused queue hands out nothing (its lapsed leases are reaped all the same)
+    if exists (select 1 from durable.paused_queues q where q.queue = p_queue) then
+        return;
+    end if;
     if exists (select 1 from durable.limits l where l.queue = p_queue)
        or exists (select 1 from durable.runs r
                    where r.queue = p_queue and r.state in ('pending', 'sleeping')

@@ -43,6 +43,8 @@ COMMANDS = [
     "dashboard",
     "send",
     "state",
+    "queue",
+    "cron",
 ]
 
 
@@ -182,9 +184,9 @@ async def test_status_counts_tasks_per_queue_and_state(dsn: str, client: Client)
     done = await durable("status", dsn=dsn)
     assert done.code == 0, done.err
     assert rows(done.out) == [
-        ["queue", "pending", "running", "sleeping", "completed", "failed", "cancelled"],
-        ["default", "3", "0", "0", "0", "0", "1"],
-        ["emails", "1", "0", "0", "0", "0", "0"],
+        ["queue", "pending", "running", "sleeping", "completed", "failed", "cancelled", "paused"],
+        ["default", "3", "0", "0", "0", "0", "1", "no"],
+        ["emails", "1", "0", "0", "0", "0", "0", "no"],
     ]
 
     done = await durable("status", "-q", "emails", "--json", dsn=dsn)
@@ -198,6 +200,7 @@ async def test_status_counts_tasks_per_queue_and_state(dsn: str, client: Client)
             "completed": 0,
             "failed": 0,
             "cancelled": 0,
+            "paused": False,
         }
     ]
 
@@ -479,16 +482,16 @@ async def test_status_and_failed_filter_by_tags(dsn: str, client: Client) -> Non
     done = await durable("status", "--tag", "billing", dsn=dsn)
     assert done.code == 0, done.err
     assert rows(done.out) == [
-        ["queue", "pending", "running", "sleeping", "completed", "failed", "cancelled"],
-        ["default", "2", "0", "0", "0", "0", "0"],
-        ["jobs", "0", "0", "0", "0", "1", "0"],
+        ["queue", "pending", "running", "sleeping", "completed", "failed", "cancelled", "paused"],
+        ["default", "2", "0", "0", "0", "0", "0", "no"],
+        ["jobs", "0", "0", "0", "0", "1", "0", "no"],
     ]
     done = await durable("status", "--tag", "billing", "--tag", "eu", "--json", dsn=dsn)
     assert done.code == 0, done.err
     assert [(row["queue"], row["pending"]) for row in json.loads(done.out)] == [("default", 1)]
     done = await durable("status", "--tag", "nobody", dsn=dsn)
     assert rows(done.out) == [
-        ["queue", "pending", "running", "sleeping", "completed", "failed", "cancelled"]
+        ["queue", "pending", "running", "sleeping", "completed", "failed", "cancelled", "paused"]
     ]
 
     done = await durable("failed", dsn=dsn)

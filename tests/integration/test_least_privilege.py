@@ -73,6 +73,15 @@ PROTOCOL = {
     "set_state",
     "get_state",
     "decide_patch",
+    "pause_queue",
+    "resume_queue",
+    "list_paused_queues",
+    "set_cron_schedule",
+    "remove_cron_schedule",
+    "pause_cron_schedule",
+    "resume_cron_schedule",
+    "list_cron_schedules",
+    "fire_cron",
 }
 TABLES = [
     "tasks",

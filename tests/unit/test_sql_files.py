@@ -6,7 +6,7 @@ from durable.protocol.migrate import PROTOCOL_VERSION, load_migrations, load_pro
 
 #: The protocol's version and the sha256 of its files at that version. A change to sql/protocol/
 #: is a new protocol: raise PROTOCOL_VERSION and pin the new hash here.
-PINNED = (2, "e92c1196e25196b45da4d6aa08c8bf52ccb22ae6139a6775ce37ec912edfa324")
+PINNED = (3, "f7b1a179aa00ae7c64ff34e46751ac4baae97fd6960207bea2b6fbde95ed360a")
 
 _DEFINITION = re.compile(r"^create\s+(or\s+replace\s+)?function\s+durable\.(\w+)\(", re.I | re.M)
 
