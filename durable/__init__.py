@@ -12,16 +12,21 @@ from durable import metrics as _metrics  # noqa: F401 — installs itself (see a
 from durable import tracing as _tracing  # noqa: F401 — installs itself (see above)
 from durable.app import Durable
 from durable.client import Client
+from durable.protocol.cron import Missed
 from durable.protocol.errors import (
+    BatchNotFound,
     DatabaseUnavailable,
     DurableError,
     EventTimeout,
     InvalidArgument,
     InvalidQueueName,
     InvalidState,
+    InvalidTimeZone,
     LeaseLost,
     NotSerializable,
+    PatchRetired,
     PayloadTooLarge,
+    ScheduleNotFound,
     Snooze,
     TaskDiscarded,
     TaskFailed,
@@ -30,10 +35,14 @@ from durable.protocol.errors import (
 )
 from durable.protocol.failures import reason_class_counts
 from durable.protocol.records import (
+    BatchInfo,
+    BatchRecord,
     Cancellation,
     Checkpoint,
     ChildTask,
     Claim,
+    CronSchedule,
+    DependencyResult,
     Dependent,
     DiscardReason,
     FailedWork,
@@ -41,6 +50,7 @@ from durable.protocol.records import (
     Failure,
     FailureGroup,
     FailureReason,
+    PausedQueue,
     Progress,
     RateLimit,
     ReasonClass,
@@ -68,12 +78,17 @@ except _metadata.PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
 __all__ = [
+    "BatchInfo",
+    "BatchNotFound",
+    "BatchRecord",
     "Cancellation",
     "Checkpoint",
     "ChildTask",
     "Claim",
     "Client",
+    "CronSchedule",
     "DatabaseUnavailable",
+    "DependencyResult",
     "Dependent",
     "DiscardReason",
     "Durable",
@@ -89,8 +104,12 @@ __all__ = [
     "InvalidArgument",
     "InvalidQueueName",
     "InvalidState",
+    "InvalidTimeZone",
     "LeaseLost",
+    "Missed",
     "NotSerializable",
+    "PatchRetired",
+    "PausedQueue",
     "PayloadTooLarge",
     "Progress",
     "RateLimit",
@@ -100,6 +119,7 @@ __all__ = [
     "RetryInfo",
     "RunRecord",
     "RunState",
+    "ScheduleNotFound",
     "Snooze",
     "SpawnInfo",
     "SpawnOptions",

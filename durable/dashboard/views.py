@@ -142,11 +142,16 @@ def _failed_work(row: FailedWork) -> Doc:
 
 
 async def task_detail(client: Client, task_id: uuid.UUID) -> Doc:
-    """A task with its runs (oldest first), checkpoints, progress and the actions it allows."""
+    """A task with its runs (oldest first, each with the code version it ran), checkpoints,
+    progress, the state it published and the actions it allows."""
     task = await client.get_task(None, task_id)
     checkpoints = await client.get_checkpoints(task.queue, task_id)
+    published = await client.get_state(task.queue, task_id)
     return {
         "task": _task(task),
+        "published_state": [
+            {"key": key, "value": _json_text(value, VALUE_MAX)} for key, value in published.items()
+        ],
         "runs": [_run(run) for run in task.runs],
         "checkpoints": [
             {
@@ -210,6 +215,7 @@ def _task(task: TaskRecord) -> Doc:
         "depends_on": task.depends_on,
         "pending_dependencies": task.pending_dependencies,
         "waiting_for": [_json_text(wait, VALUE_MAX) for wait in task.waiting_for],
+        "batch_ids": task.batch_ids,
     }
 
 
@@ -220,6 +226,7 @@ def _run(run: RunRecord) -> Doc:
         "state": run.state,
         "live": run.state in _LIVE_RUN_STATES,
         "worker": run.claimed_by,
+        "code_version": run.code_version,
         "available_at": run.available_at,
         "started_at": run.started_at,
         "finished_at": run.finished_at,

@@ -205,6 +205,10 @@ async def test_retry_clicked_on_a_failed_task_completes_it_live(
             run = _find(browser, "#runs tr.run")
             assert run.get_attribute("data-state") == "failed"
             assert "ConnectionError" in run.text
+            # the code version the run ran (derived from the app's handlers: none declared)
+            assert "version" in _find(browser, "#runs thead").text.lower()
+            assert _find(browser, "#runs tr.run td.run-version").text == app.version
+            assert not _shown(browser, "#published-state")  # the task published nothing
             assert "download" in _find(browser, '#checkpoints tr[data-step="download"]').text
             _click(browser, "#runs details.traceback summary")
             assert "Traceback" in _find(browser, "#runs details.traceback pre").text
