@@ -37,7 +37,7 @@ from durable.protocol.log import get_logger
 from durable.protocol.records import Claim, RunRecord, RunState, TaskRecord
 from durable.protocol.store import Store
 from durable.runtime.context import RunControl, run_fields
-from durable.runtime.executor import execute
+from durable.runtime.executor import DISCARD_TASK, execute, run_discard_hook
 from durable.runtime.outcome import Outcome
 
 __all__ = ["Harness", "RunOutcome"]
@@ -324,6 +324,8 @@ class Harness:
         claim = await self._claim_one(client, queue)
         if claim is None:
             return None
+        if claim.task_name == DISCARD_TASK:  # an ended task's on_discard hook, as a worker runs it
+            return await self._run_discard_hook(client, claim)
         definition = self.app.registry.get(claim.task_name)
         if definition is None:
             await client.schedule_run(claim.queue, claim.run_id, 0)
@@ -350,6 +352,21 @@ class Harness:
             crashed=crashed,
             lease_lost=control.stop_reason is Outcome.LEASE_LOST,
             checkpoints=tuple(faults.written),
+            task=await client.get_task(claim.queue, claim.task_id),
+        )
+
+    async def _run_discard_hook(self, client: Client, claim: Claim) -> RunOutcome:
+        """Call the hook of the task a ``durable.on_discard`` claim names (``UnknownTask`` when
+        the app does not know that task: the claim goes back to its queue)."""
+        if not await run_discard_hook(client, self.app.registry, RunControl(claim)):
+            await client.schedule_run(claim.queue, claim.run_id, 0)
+            ended = await client.get_task(None, uuid.UUID(claim.params["task_id"]))
+            raise UnknownTask(ended.task_name)
+        return RunOutcome(
+            claim=claim,
+            crashed=False,
+            lease_lost=False,
+            checkpoints=(),
             task=await client.get_task(claim.queue, claim.task_id),
         )
 

@@ -15,12 +15,14 @@ import pytest
 import structlog
 
 from durable import (
+    DiscardReason,
     Durable,
     FailureReason,
     Fixed,
     LeaseLost,
     RunState,
     TaskContext,
+    TaskDiscarded,
     TaskState,
     UnknownTask,
 )
@@ -217,3 +219,35 @@ async def test_a_task_the_app_does_not_know_is_handed_back(dsn: str) -> None:
         with pytest.raises(UnknownTask):
             await harness.run_once()
         assert await harness.client.queue_counts()
+
+
+async def test_drain_runs_the_on_discard_hook_of_a_task_that_ended(dsn: str) -> None:
+    app = Durable(dsn)
+    ended: list[tuple[Any, str, str]] = []
+
+    async def alert(ctx: TaskContext, error: BaseException) -> None:
+        assert isinstance(error, TaskDiscarded)
+        ended.append((ctx.params, error.state, error.reason))
+
+    @app.task(queue="orders", max_attempts=1, on_discard=alert)
+    async def refund(ctx: TaskContext, params: dict[str, Any]) -> None:
+        raise ValueError("no such order")
+
+    async with Harness(app) as harness:
+        failing = await refund.spawn({"order_id": "o7"})
+        cancelled = await refund.spawn({"order_id": "o8"}, delay=3600)
+        await app.cancel(cancelled.task_id)
+
+        outcomes = await harness.drain()
+
+    # the failed run, then the hook of each end, run like a worker runs them
+    assert [(o.claim.task_name, o.task.state) for o in outcomes] == [
+        ("refund", TaskState.FAILED),
+        ("durable.on_discard", TaskState.COMPLETED),
+        ("durable.on_discard", TaskState.COMPLETED),
+    ]
+    assert outcomes[0].task_id == failing.task_id
+    assert sorted(ended, key=str) == [
+        ({"order_id": "o7"}, "failed", DiscardReason.EXHAUSTED),
+        ({"order_id": "o8"}, "cancelled", DiscardReason.CANCELLED),
+    ]

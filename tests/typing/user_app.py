@@ -6,7 +6,14 @@ from __future__ import annotations
 
 from typing import TypedDict
 
-from durable import Durable, SyncTaskContext, TaskContext, TaskResult
+from durable import (
+    DiscardReason,
+    Durable,
+    SyncTaskContext,
+    TaskContext,
+    TaskDiscarded,
+    TaskResult,
+)
 
 app = Durable()
 
@@ -36,6 +43,19 @@ def count(ctx: SyncTaskContext, params: list[int]) -> int:
     ctx.heartbeat()
     ctx.progress(100.0)
     return total
+
+
+async def alert(ctx: TaskContext, error: BaseException) -> None:
+    if isinstance(error, TaskDiscarded) and error.reason is not DiscardReason.CANCELLED:
+        ctx.log.warning("greeting lost", params=ctx.params, failure=error.failure)
+
+
+@app.task(name="greet_all", on_discard=alert)
+async def greet_all(ctx: TaskContext, params: list[str]) -> int:
+    for name in params:
+        greeting: Greeting = {"name": name}
+        await ctx.spawn(greet, greeting, name=name, on_parent_cancel="abandon")
+    return len(params)
 
 
 async def produce() -> tuple[str, int]:
