@@ -257,9 +257,13 @@ security definer set search_path = pg_catalog, pg_temp as $$
 $$;
 
 -- A worker's heartbeat, one statement per interval: extend every lease it holds and its own
--- liveness. Returns the run ids that were not extended (lost: expired, reaped, cancelled).
+-- liveness, and record how many of its slots are busy and how many runs it claimed ahead (the
+-- workers page; null: not said). Returns the run ids that were not extended (lost: expired,
+-- reaped, cancelled).
 create or replace function durable.extend_claims(p_worker_id text, p_run_ids uuid[],
-                                                 p_worker_ttl double precision)
+                                                 p_worker_ttl double precision,
+                                                 p_busy integer default null,
+                                                 p_ahead integer default null)
 returns table (lost_run_id uuid)
 language plpgsql
 security definer set search_path = pg_catalog, pg_temp set random_page_cost = 1.1 as $$
@@ -267,7 +271,9 @@ declare
     v_now timestamptz := durable.now();
 begin
     update durable.workers
-       set last_seen_at = v_now, expires_at = v_now + make_interval(secs => p_worker_ttl)
+       set last_seen_at = v_now, expires_at = v_now + make_interval(secs => p_worker_ttl),
+           busy = coalesce(p_busy, busy), claimed_ahead = coalesce(p_ahead, claimed_ahead),
+           stats_at = case when p_busy is null then stats_at else v_now end
      where worker_id = p_worker_id;
     -- a running task past its max_duration is cancelled here even when nobody claims
     perform durable.enforce_cancellations(v_now);

@@ -64,6 +64,11 @@ PROTOCOL = {
     "finished_counts",
     "replay",
     "discard",
+    "list_tasks",
+    "queue_depth",
+    "list_workers",
+    "roll_up_flow",
+    "flow",
 }
 TABLES = ["tasks", "runs", "checkpoints", "workers", "schema_migrations", "applied_protocol"]
 #: What a client opened with migrate=False reads to check the schema and the protocol.
