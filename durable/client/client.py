@@ -46,9 +46,11 @@ from durable.protocol.records import (
     TaskState,
     WorkerInfo,
 )
-from durable.protocol.store import Listener, Store
+from durable.protocol.store import CHANNEL_DONE, CHANNEL_WORK, Listener, Store
 
 log = get_logger()
+
+__all__ = ["CHANNEL_DONE", "CHANNEL_WORK", "Client", "TaskFilters"]
 
 _NO_OPTIONS = SpawnOptions()
 
