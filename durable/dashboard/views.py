@@ -255,7 +255,7 @@ def timeline(runs: list[RunRecord], checkpoints: list[Checkpoint]) -> list[Doc]:
                 _bar(kind, checkpoint.step_name, min(began, ended), ended, run_id=checkpoint.run_id)
             )
         previous = ended
-    return items
+    return sorted(items, key=lambda item: (item["start"], item["kind"] != "run"))
 
 
 def _bar(
