@@ -7,7 +7,7 @@ else ``<repo>/.artifacts/screenshots/``.
 The worker and the dashboard run in-process (``dashboard_app.running``); selenium is synchronous,
 so each browser session runs in a thread (``support.browser.in_browser``). The fixtures
 (``browser``, ``screenshots``) are in ``support/browser.py``, a plugin of ``tests/conftest.py``;
-``test_console.py`` drives the newer pages.
+``test_console_pages.py`` drives the newer pages.
 """
 
 from __future__ import annotations
