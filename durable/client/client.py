@@ -576,12 +576,24 @@ class Client:
             raise InvalidArgument("max_minutes must be at least 1")
         return await self.store.roll_up_flow(max_minutes)
 
-    async def flow(self, since: datetime | float | timedelta = 3600.0) -> list[FlowMinute]:
-        """The runs that ended since ``since`` (a time, or a duration back from now), per minute
-        and queue, oldest first; see :mod:`durable.client.flow` for series and percentiles."""
+    async def flow(
+        self, since: datetime | float | timedelta = 3600.0, *, step_s: int = 60
+    ) -> list[FlowMinute]:
+        """The runs that ended since ``since`` (a time, or a duration back from now), per step of
+        ``step_s`` seconds (whole minutes, aligned on the epoch) and queue, oldest first; see
+        :mod:`durable.client.flow` for series and percentiles. Reads the window's minutes."""
         start = _since(since)
         assert start is not None
-        return await self.store.flow(start)
+        if step_s < 60 or step_s % 60:
+            raise InvalidArgument(f"step_s must be a whole number of minutes, got {step_s}")
+        return await self.store.flow(start, step_s)
+
+    async def ended_counts(self, since: datetime | float | timedelta = 86400.0) -> list[QueueCount]:
+        """Tasks that ended since ``since``, per queue and end state (failed: for good), from
+        the flow over time: the cost of the window's minutes, not of its tasks."""
+        start = _since(since)
+        assert start is not None
+        return await self.store.ended_counts(start)
 
     async def replay(
         self,

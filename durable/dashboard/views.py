@@ -24,7 +24,6 @@ from durable.protocol.records import (
     FailedWork,
     FailedWorkState,
     FailureGroup,
-    FlowMinute,
     QueueCount,
     QueueDepth,
     ReasonClass,
@@ -69,7 +68,7 @@ async def overview(
     work by reason class. ``paused``: the paused queues, when the client can pause them."""
     depth = await client.queue_depth()
     finished = await client.finished_counts(THROUGHPUT_WINDOW_S)
-    day = await client.flow(FINISHED_WINDOW_S)
+    day = await client.ended_counts(FINISHED_WINDOW_S)
     groups = await client.failure_groups()
     failed = await client.failed_work(limit=failed_limit)
     queues = _queues(depth, day, finished)
@@ -89,7 +88,7 @@ async def overview(
 
 
 def _queues(
-    depth: list[QueueDepth], day: list[FlowMinute], finished: list[QueueCount]
+    depth: list[QueueDepth], day: list[QueueCount], finished: list[QueueCount]
 ) -> list[Doc]:
     """Per queue: the live tasks (pending, running, sleeping: from the live runs), the tasks
     that ended in the last day (from the flow: completed, failed for good, cancelled), what
@@ -116,11 +115,8 @@ def _queues(
         doc["counts"].update(pending=d.pending, running=d.running, sleeping=d.sleeping)
         doc["available"] = d.available
         doc["oldest_available_s"] = d.oldest_available_s
-    for minute in day:
-        counts = row(minute.queue)["counts"]
-        counts["completed"] += minute.completed
-        counts["failed"] += minute.dead
-        counts["cancelled"] += minute.cancelled
+    for count in day:
+        row(count.queue)["counts"][str(count.state)] += count.count
     for doc in queues.values():
         doc["total"] = sum(doc["counts"].values())
     for count in finished:
@@ -315,7 +311,7 @@ async def flow(client: Client, window: str) -> Doc:
     span_s, step_s = FLOW_WINDOWS[window]
     end = datetime.now(UTC)
     start = end - timedelta(seconds=span_s)
-    rows = await client.flow(start)
+    rows = await client.flow(start, step_s=step_s)
     s = series(rows, start=start, end=end + timedelta(seconds=60), step_s=step_s)
     return {
         "window": window,

@@ -116,7 +116,8 @@ _LIST_TASKS = "select * from durable.list_tasks($1, $2, $3, $4, $5, $6, $7, $8, 
 _QUEUE_DEPTH = "select * from durable.queue_depth()"
 _LIST_WORKERS = "select * from durable.list_workers($1)"
 _ROLL_UP_FLOW = "select durable.roll_up_flow($1)"
-_FLOW = "select * from durable.flow($1)"
+_FLOW = "select * from durable.flow($1, $2)"
+_ENDED_COUNTS = "select * from durable.ended_counts($1)"
 _TERMINATE_OTHERS = """
 select pid, pg_terminate_backend(pid) as terminated from pg_stat_activity
  where datname = current_database() and pid <> pg_backend_pid()
@@ -770,9 +771,14 @@ class Store:
             rows: int = await self._pool.fetchval(_ROLL_UP_FLOW, max_minutes)
         return rows
 
-    async def flow(self, since: datetime) -> list[FlowMinute]:
+    async def ended_counts(self, since: datetime) -> list[QueueCount]:
         async with self._translate():
-            rows = await self._pool.fetch(_FLOW, since)
+            rows = await self._pool.fetch(_ENDED_COUNTS, since)
+        return _queue_counts(rows)
+
+    async def flow(self, since: datetime, step_s: int) -> list[FlowMinute]:
+        async with self._translate():
+            rows = await self._pool.fetch(_FLOW, since, step_s)
         return [
             FlowMinute(
                 minute=r["minute"],

@@ -246,11 +246,10 @@ begin
     v_from := greatest(v_from, least(v_now - interval '10 seconds',
                                      (select min(r.finished_at) from durable.runs r
                                        where r.finished_at >= v_from)));
-    v_to := least(v_now - interval '10 seconds',
-                  v_from + make_interval(mins => greatest(coalesce(p_max_minutes, 60), 1)));
-    if v_to <= v_from then
-        return 0;
-    end if;
+    v_to := greatest(v_from,
+                     least(v_now - interval '10 seconds',
+                           v_from + make_interval(mins => greatest(coalesce(p_max_minutes, 60),
+                                                                   1))));
     insert into durable.flow_minutes as m (minute, queue, completed, failed, dead, cancelled,
                                            failed_classes, lag_ms, run_ms)
     select * from durable.flow_of_runs(v_from, v_to)
@@ -263,34 +262,84 @@ begin
            lag_ms = durable.add_tallies(array[m.lag_ms, excluded.lag_ms]),
            run_ms = durable.add_tallies(array[m.run_ms, excluded.run_ms]);
     get diagnostics v_rows = row_count;
+    -- a quiet stretch moves the mark too: the console's live tail stays short
     update durable.flow_rollup set rolled_up_to = v_to;
     delete from durable.flow_minutes m where m.minute < v_now - interval '8 days';
     return v_rows;
 end $$;
 
--- The flow since p_since, per minute and queue, oldest first: the rolled-up minutes and the runs
--- that ended since the last rollup, summed.
-create or replace function durable.flow(p_since timestamptz)
+-- The runs that ended in [p_since, now], per minute and queue: the rolled-up minutes, then the
+-- runs that ended since the last rollup, read live.
+create or replace function durable.flow_parts(p_since timestamptz)
 returns table (minute timestamptz, queue text, completed bigint, failed bigint, dead bigint,
                cancelled bigint, failed_classes jsonb, lag_ms jsonb, run_ms jsonb)
+language sql stable as $$
+    select m.minute, m.queue, m.completed::bigint, m.failed::bigint, m.dead::bigint,
+           m.cancelled::bigint, m.failed_classes, m.lag_ms, m.run_ms
+      from durable.flow_minutes m
+     where m.minute >= date_trunc('minute', p_since)
+    union all
+    select x.* from durable.flow_of_runs(
+        greatest(coalesce((select f.rolled_up_to from durable.flow_rollup f), '-infinity'),
+                 date_trunc('minute', p_since)),
+        'infinity') x
+$$;
+
+-- The flow since p_since in steps of p_step_s seconds (a whole number of minutes, from the
+-- epoch), per step and queue, oldest first: counts and tallies summed, the tallies in one pass
+-- over all their entries.
+create or replace function durable.flow(p_since timestamptz, p_step_s integer default 60)
+returns table (minute timestamptz, queue text, completed bigint, failed bigint, dead bigint,
+               cancelled bigint, failed_classes jsonb, lag_ms jsonb, run_ms jsonb)
+language plpgsql stable
+security definer set search_path = pg_catalog, pg_temp set random_page_cost = 1.1 as $$
+#variable_conflict use_column
+begin
+    if p_step_s is null or p_step_s < 60 or p_step_s % 60 <> 0 then
+        raise exception 'step must be a whole number of minutes, got % seconds', p_step_s
+            using errcode = 'DU005';
+    end if;
+    return query
+    with parts as (
+        select date_bin(make_interval(secs => p_step_s), p.minute, timestamptz 'epoch') as step,
+               p.*
+          from durable.flow_parts(p_since) p
+    ), counts as (
+        select p.step, p.queue, sum(p.completed)::bigint as completed,
+               sum(p.failed)::bigint as failed, sum(p.dead)::bigint as dead,
+               sum(p.cancelled)::bigint as cancelled
+          from parts p group by 1, 2
+    ), entries as (
+        select p.step, p.queue, k.kind, e.key, sum(e.value::bigint) as n
+          from parts p
+         cross join lateral (values (1, p.failed_classes), (2, p.lag_ms), (3, p.run_ms))
+               as k(kind, tally)
+         cross join lateral jsonb_each_text(k.tally) as e
+         group by 1, 2, 3, 4
+    ), tallies as (
+        select e.step, e.queue,
+               jsonb_object_agg(e.key, e.n) filter (where e.kind = 1) as failed_classes,
+               jsonb_object_agg(e.key, e.n) filter (where e.kind = 2) as lag_ms,
+               jsonb_object_agg(e.key, e.n) filter (where e.kind = 3) as run_ms
+          from entries e group by 1, 2
+    )
+    select c.step, c.queue, c.completed, c.failed, c.dead, c.cancelled,
+           coalesce(t.failed_classes, '{}'), coalesce(t.lag_ms, '{}'), coalesce(t.run_ms, '{}')
+      from counts c
+      left join tallies t on t.step = c.step and t.queue = c.queue
+     order by 1, 2;
+end $$;
+
+-- The tasks that ended since p_since, per queue and end state (completed, failed for good,
+-- cancelled), from the flow: the cost of the window's minutes, not of its tasks.
+create or replace function durable.ended_counts(p_since timestamptz)
+returns table (queue text, state text, count bigint)
 language sql stable
 security definer set search_path = pg_catalog, pg_temp set random_page_cost = 1.1 as $$
-    with parts as (
-        select m.minute, m.queue, m.completed::bigint, m.failed::bigint, m.dead::bigint,
-               m.cancelled::bigint, m.failed_classes, m.lag_ms, m.run_ms
-          from durable.flow_minutes m
-         where m.minute >= date_trunc('minute', p_since)
-        union all
-        select x.* from durable.flow_of_runs(
-            greatest(coalesce((select f.rolled_up_to from durable.flow_rollup f), '-infinity'),
-                     date_trunc('minute', p_since)),
-            'infinity') x
-    )
-    select p.minute, p.queue, sum(p.completed)::bigint, sum(p.failed)::bigint,
-           sum(p.dead)::bigint, sum(p.cancelled)::bigint,
-           durable.add_tallies(array_agg(p.failed_classes)),
-           durable.add_tallies(array_agg(p.lag_ms)), durable.add_tallies(array_agg(p.run_ms))
-      from parts p
-     group by p.minute, p.queue
-     order by p.minute, p.queue
+    select p.queue, s.state, sum(s.n)::bigint
+      from durable.flow_parts(p_since) p
+     cross join lateral (values ('completed', p.completed), ('failed', p.dead),
+                                ('cancelled', p.cancelled)) as s(state, n)
+     group by 1, 2
+     order by 1, 2
 $$;

@@ -13,7 +13,8 @@ create index tasks_browse_state on durable.tasks (state, task_id) where state <>
 create index tasks_browse_tags on durable.tasks using gin (tags);
 create index tasks_browse_key on durable.tasks (idempotency_key)
     where idempotency_key is not null;
-create index runs_live_state on durable.runs (state, task_id)
+-- (its queue and available_at ride along: queue_depth counts the live runs from the index alone)
+create index runs_live_state on durable.runs (state, task_id) include (queue, available_at)
     where state in ('pending', 'running', 'sleeping');
 -- the rollup reads the runs that ended since it last ran, and the console the last few seconds
 create index runs_finished on durable.runs (finished_at) where finished_at is not null;

@@ -5,6 +5,7 @@ depth of the queues, the workers and their slots, and the flow over time (rollup
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -167,6 +168,28 @@ async def _finish_some(client: Client) -> None:
     await client.cancel(Q, cancelled.task_id)
 
 
+def _merged(rows: list[FlowMinute]) -> FlowMinute:
+    """The rows' counts and tallies added up, as one row (of the first row's minute)."""
+    classes: Counter[str] = Counter()
+    lag: Counter[int] = Counter()
+    run: Counter[int] = Counter()
+    for r in rows:
+        classes.update(r.failed_classes)
+        lag.update(r.lag_ms)
+        run.update(r.run_ms)
+    return FlowMinute(
+        minute=rows[0].minute,
+        queue=rows[0].queue,
+        completed=sum(r.completed for r in rows),
+        failed=sum(r.failed for r in rows),
+        dead=sum(r.dead for r in rows),
+        cancelled=sum(r.cancelled for r in rows),
+        failed_classes=dict(classes),
+        lag_ms=dict(lag),
+        run_ms=dict(run),
+    )
+
+
 def _totals(rows: list[FlowMinute]) -> dict[str, int]:
     now = datetime.now(UTC)
     return series(rows, start=now - timedelta(hours=1), end=now + timedelta(minutes=5)).totals
@@ -178,22 +201,29 @@ async def test_flow_reads_the_runs_that_ended_live_and_after_the_rollup(
     await _finish_some(client)
     live = await client.flow(3600)
     assert _totals(live) == {"completed": 2, "failed": 2, "dead": 1, "cancelled": 1}
-    [row] = live
-    assert row.queue == Q
+    row = _merged(live)  # one minute, or two when the runs straddled a minute's end
+    assert {r.queue for r in live} == {Q}
     assert row.failed_classes == {"transport": 1, "timeout": 1}
     assert sum(row.lag_ms.values()) == 4  # every run that started
     assert sum(row.run_ms.values()) == 4  # completed and failed ones
     assert await client.roll_up_flow() == 0  # the last 10 seconds wait for the next rollup
+    ended = {(c.queue, str(c.state)): c.count for c in await client.ended_counts(3600)}
+    assert ended == {(Q, "completed"): 2, (Q, "failed"): 1, (Q, "cancelled"): 1}
+    with pytest.raises(InvalidArgument, match="whole number of minutes"):
+        await client.flow(3600, step_s=90)
+    step = _merged(await client.flow(3600, step_s=600))  # ten-minute steps hold the same runs
+    assert (step.completed, step.failed, step.lag_ms) == (row.completed, row.failed, row.lag_ms)
 
     # a minute later (a worker's clock moved on) the rollup takes them; the sums stay the same
     later = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
     async with Client(dsn, server_settings={"durable.fake_now": later}) as ahead:
         assert await ahead.roll_up_flow() >= 1  # a row per minute the runs ended in
         assert await ahead.roll_up_flow() == 0  # nothing more
+        assert await ahead.ended_counts(3600) == await client.ended_counts(3600)
         rolled = await client.flow(3600)
         assert _totals(rolled) == {"completed": 2, "failed": 2, "dead": 1, "cancelled": 1}
-        assert rolled[0].failed_classes == {"transport": 1, "timeout": 1}
-        assert rolled[0].lag_ms == row.lag_ms
+        assert _merged(rolled).failed_classes == {"transport": 1, "timeout": 1}
+        assert _merged(rolled).lag_ms == row.lag_ms
         # a run ending after the rollup is read live, added to what was rolled up
         await ahead.spawn(Q, "ok", None)
         [claim] = await ahead.claim(Q, "w1", 30)

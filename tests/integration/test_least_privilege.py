@@ -69,6 +69,7 @@ PROTOCOL = {
     "list_workers",
     "roll_up_flow",
     "flow",
+    "ended_counts",
 }
 TABLES = ["tasks", "runs", "checkpoints", "workers", "schema_migrations", "applied_protocol"]
 #: What a client opened with migrate=False reads to check the schema and the protocol.
