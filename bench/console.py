@@ -37,8 +37,8 @@ QUEUES = ("default", "emails", "payments", "reports")
 # One week of history, spawned in order (task ids are UUIDv7 of their spawn millisecond).
 _LOAD_TASKS = """
 insert into durable.tasks (task_id, queue, task_name, params, state, attempt, max_attempts,
-                           created_at, scheduled_at, finished_at, result, failure, tags,
-                           idempotency_key)
+                           created_at, scheduled_at, finished_at, result, failure, failed_at,
+                           tags, idempotency_key)
 select durable.uuidv7_seq(x.ms, x.i), x.queue, x.task_name,
        jsonb_build_object('user_id', x.i % 50000, 'order', x.i), x.state, 1, 3,
        to_timestamp(x.ms / 1000.0), to_timestamp(x.ms / 1000.0),
@@ -52,6 +52,7 @@ select durable.uuidv7_seq(x.ms, x.i), x.queue, x.task_name,
                                                                 'message', 'refused',
                                                                 'reason_class', 'transport'))
        end,
+       case when x.state in ('failed', 'cancelled') then to_timestamp(x.ms / 1000.0 + 0.2) end,
        case when x.i % 10 = 0 then array['tenant-' || (x.i % 7)] else '{}' end,
        case when x.i % 3 = 0 then 'order-' || x.i end
   from (select g.i,

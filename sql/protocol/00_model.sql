@@ -42,9 +42,9 @@
 -- any reason but 'cancelled' spends an attempt: the next run is scheduled by the task's retry
 -- strategy (durable.next_delay), or the task ends 'failed' when its attempts are exhausted; a
 -- cancelled run ends its task 'cancelled'. tasks.failure holds the last failure (reason, run_id,
--- attempt, error). Its REASON CLASS (transport, validation, timeout, crash, exhausted, unknown:
--- durable.reason_class) comes from the reason or, for an error a handler raised, from the class the
--- worker recorded with it.
+-- attempt, error) and tasks.failed_at when it happened. Its REASON CLASS (transport, validation,
+-- timeout, crash, exhausted, unknown: durable.reason_class) comes from the reason or, for an error
+-- a handler raised, from the class the worker recorded with it.
 --
 -- PARKING: sleep() and await_event() / await_task() park a run: it ends 'suspended' and a run of
 -- the same attempt waits 'sleeping' until its available_at (the wake-up time; 'infinity' for a

@@ -150,7 +150,8 @@ begin
     v_failure := jsonb_build_object('reason', p_reason, 'run_id', p_run.run_id,
                                     'attempt', p_run.attempt, 'error', p_error);
     if p_reason <> 'cancelled' and p_run.attempt < v_task.max_attempts then
-        update durable.tasks set attempt = p_run.attempt + 1, failure = v_failure
+        update durable.tasks set attempt = p_run.attempt + 1, failure = v_failure,
+                                 failed_at = p_now
          where task_id = v_task.task_id;
         return durable.insert_run(
             v_task, p_run.attempt + 1, 'pending',
@@ -161,7 +162,7 @@ begin
     end if;
     update durable.tasks
        set state = case when p_reason = 'cancelled' then 'cancelled' else 'failed' end,
-           failure = v_failure, finished_at = p_now
+           failure = v_failure, failed_at = p_now, finished_at = p_now
      where task_id = v_task.task_id;
     perform pg_notify('durable_done', v_task.task_id::text);
     perform durable.on_tasks_ended(array[v_task.task_id], p_now);
@@ -215,7 +216,8 @@ begin
     end if;
     update durable.tasks
        set state = 'cancelled', finished_at = p_now,
-           failure = jsonb_build_object('reason', 'cancelled', 'error', p_error)
+           failure = jsonb_build_object('reason', 'cancelled', 'error', p_error),
+           failed_at = p_now
      where task_id = p_task.task_id;
     perform pg_notify('durable_done', p_task.task_id::text);
     perform durable.on_tasks_ended(array[p_task.task_id], p_now);

@@ -2,10 +2,11 @@
 -- and the views of queues, failed work and throughput.
 --
 -- FAILED WORK is the set of tasks whose latest failure is not behind them: tasks.failure (the last
--- failed run: reason, run_id, attempt, error) is set and the task has not completed since. A task
--- in it is either dead ('failed': its last attempt failed, or it was cancelled) or 'retrying' (it
--- is live and will run again). An operator's DISCARD takes a task out of it for good: a live task
--- is cancelled, and a discarded task can be neither retried nor replayed.
+-- failed run: reason, run_id, attempt, error; tasks.failed_at says when) is set and the task has
+-- not completed since. A task in it is either dead ('failed': its last attempt failed, or it was
+-- cancelled) or 'retrying' (it is live and will run again). An operator's DISCARD takes a task
+-- out of it for good: a live task is cancelled, and a discarded task can be neither retried nor
+-- replayed.
 --
 -- A failure's REASON CLASS (transport, validation, timeout, crash, exhausted, unknown) comes from
 -- its reason (crash; job_timeout and heartbeat_timeout are timeouts) or, for an error a handler
@@ -242,19 +243,17 @@ language sql immutable as $$
     end
 $$;
 
--- The failed work, newest failure first. p_limit null: every row. Filters that are null do not
--- apply.
-create or replace function durable.failed_work(p_queue text, p_task_name text, p_reason text,
-                                               p_since timestamptz, p_limit integer,
-                                               p_state text default null,
-                                               p_reason_class text default null,
-                                               p_error_type text default null,
-                                               p_tags text[] default null)
+-- The failed work's rows, unordered and without their last checkpoint: what failed_work and
+-- failure_groups share. A plain SQL function, so it is inlined into their queries and planned
+-- with them. Filters that are null do not apply.
+create or replace function durable.failed_work_rows(p_queue text, p_task_name text,
+                                                    p_reason text, p_since timestamptz,
+                                                    p_state text, p_reason_class text,
+                                                    p_error_type text, p_tags text[])
 returns table (task_id uuid, run_id uuid, queue text, task_name text, state text,
                attempt integer, max_attempts integer, failure_reason text, reason_class text,
-               error jsonb, failed_at timestamptz, last_checkpoint text, tags text[])
-language sql stable
-security definer set search_path = pg_catalog, pg_temp as $$
+               error jsonb, failed_at timestamptz, tags text[])
+language sql stable as $$
     select w.* from (
         select t.task_id, (t.failure->>'run_id')::uuid as run_id, t.queue, t.task_name,
                case when t.state = 'pending' then 'retrying' else 'failed' end as state,
@@ -262,12 +261,9 @@ security definer set search_path = pg_catalog, pg_temp as $$
                t.failure->>'reason' as failure_reason,
                durable.reason_class(t.failure->>'reason', t.failure->'error') as reason_class,
                t.failure->'error' as error,
-               coalesce(r.finished_at, t.finished_at, t.created_at) as failed_at,
-               (select k.step_name from durable.checkpoints k where k.task_id = t.task_id
-                 order by k.created_at desc, k.step_name desc limit 1) as last_checkpoint,
+               t.failed_at,
                t.tags
           from durable.tasks t
-          left join durable.runs r on r.run_id = (t.failure->>'run_id')::uuid
          where t.failure is not null and t.state <> 'completed' and t.discarded_at is null
            and (p_queue is null or t.queue = p_queue)
            and (p_task_name is null or t.task_name = p_task_name)
@@ -278,6 +274,28 @@ security definer set search_path = pg_catalog, pg_temp as $$
      where (p_since is null or w.failed_at >= p_since)
        and (p_state is null or w.state = p_state)
        and (p_reason_class is null or w.reason_class = p_reason_class)
+$$;
+
+-- The failed work, newest failure first, each row with its last checkpoint (looked up for the
+-- rows returned only). p_limit null: every row. Filters that are null do not apply.
+create or replace function durable.failed_work(p_queue text, p_task_name text, p_reason text,
+                                               p_since timestamptz, p_limit integer,
+                                               p_state text default null,
+                                               p_reason_class text default null,
+                                               p_error_type text default null,
+                                               p_tags text[] default null)
+returns table (task_id uuid, run_id uuid, queue text, task_name text, state text,
+               attempt integer, max_attempts integer, failure_reason text, reason_class text,
+               error jsonb, failed_at timestamptz, last_checkpoint text, tags text[])
+language sql stable
+security definer set search_path = pg_catalog, pg_temp set random_page_cost = 1.1 as $$
+    select w.task_id, w.run_id, w.queue, w.task_name, w.state, w.attempt, w.max_attempts,
+           w.failure_reason, w.reason_class, w.error, w.failed_at,
+           (select k.step_name from durable.checkpoints k where k.task_id = w.task_id
+             order by k.created_at desc, k.step_name desc limit 1) as last_checkpoint,
+           w.tags
+      from durable.failed_work_rows(p_queue, p_task_name, p_reason, p_since, p_state,
+                                    p_reason_class, p_error_type, p_tags) w
      order by w.failed_at desc, w.task_id
      limit p_limit
 $$;
@@ -292,11 +310,11 @@ create or replace function durable.failure_groups(p_queue text, p_task_name text
 returns table (failure_reason text, reason_class text, error_type text, task_name text,
                queue text, count bigint, first_seen timestamptz, last_seen timestamptz)
 language sql stable
-security definer set search_path = pg_catalog, pg_temp as $$
+security definer set search_path = pg_catalog, pg_temp set random_page_cost = 1.1 as $$
     select w.failure_reason, w.reason_class, w.error->>'type', w.task_name, w.queue, count(*),
            min(w.failed_at), max(w.failed_at)
-      from durable.failed_work(p_queue, p_task_name, p_reason, p_since, null, p_state,
-                               p_reason_class, p_error_type, p_tags) w
+      from durable.failed_work_rows(p_queue, p_task_name, p_reason, p_since, p_state,
+                                    p_reason_class, p_error_type, p_tags) w
      group by 1, 2, 3, 4, 5
      order by count(*) desc, max(w.failed_at) desc
 $$;

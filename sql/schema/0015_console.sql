@@ -19,6 +19,18 @@ create index runs_live_state on durable.runs (state, task_id) include (queue, av
 -- the rollup reads the runs that ended since it last ran, and the console the last few seconds
 create index runs_finished on durable.runs (finished_at) where finished_at is not null;
 
+-- When a task's latest failure happened, beside tasks.failure (which the failing statements set
+-- together), so that the failed work is read newest first from an index, a page at a time. The
+-- failures recorded before get their failed run's end, as the failed work read it until now.
+alter table durable.tasks add column failed_at timestamptz;
+update durable.tasks t
+   set failed_at = coalesce((select r.finished_at from durable.runs r
+                              where r.run_id = (t.failure->>'run_id')::uuid),
+                            t.finished_at, t.created_at)
+ where t.failure is not null;
+create index tasks_failed_at on durable.tasks (failed_at desc, task_id)
+    where failure is not null and state <> 'completed' and discarded_at is null;
+
 -- Flow over time: per minute and queue, the runs that ended in that minute (completed, failed —
 -- of which dead: they ended their task failed — and cancelled), the failed ones per reason class
 -- and two histograms: start lag (from when a run could start to its start) and run time (start

