@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+import anyio
+import anyio.abc
 import orjson
 
 from durable.client import Client
@@ -57,6 +60,35 @@ FLOW_WINDOWS = {"hour": (3600, 60), "day": (86400, 600)}
 WORKERS_GONE_WITHIN_S = 3600.0
 
 Doc = dict[str, Any]
+_T = TypeVar("_T")
+
+
+class _Later(Generic[_T]):
+    """What a read started in a task group returns, once the group has ended."""
+
+    __slots__ = ("_value",)
+
+    @property
+    def value(self) -> _T:
+        return self._value
+
+    async def fill(self, read: Awaitable[_T]) -> None:
+        self._value = await read
+
+
+def _first(group: BaseExceptionGroup[Exception]) -> Exception:
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    assert isinstance(leaf, Exception)
+    return leaf
+
+
+def _later(tg: anyio.abc.TaskGroup, read: Awaitable[_T]) -> _Later[_T]:
+    later: _Later[_T] = _Later()
+    tg.start_soon(later.fill, read)
+    return later
+
 
 _LIVE_RUN_STATES = (RunState.PENDING, RunState.RUNNING, RunState.SLEEPING)
 
@@ -66,12 +98,19 @@ async def overview(
 ) -> Doc:
     """Queues with their live counts, what ended in the last day and the throughput; failed
     work by reason class. ``paused``: the paused queues, when the client can pause them."""
-    depth = await client.queue_depth()
-    finished = await client.finished_counts(THROUGHPUT_WINDOW_S)
-    day = await client.ended_counts(FINISHED_WINDOW_S)
-    groups = await client.failure_groups()
-    failed = await client.failed_work(limit=failed_limit)
-    queues = _queues(depth, day, finished)
+    # five independent reads, at once (each on a connection of the client's pool); the first
+    # error is the answer's, as if they had run one after another
+    try:
+        async with anyio.create_task_group() as tg:
+            depth = _later(tg, client.queue_depth())
+            finished = _later(tg, client.finished_counts(THROUGHPUT_WINDOW_S))
+            day = _later(tg, client.ended_counts(FINISHED_WINDOW_S))
+            groups_read = _later(tg, client.failure_groups())
+            failed_read = _later(tg, client.failed_work(limit=failed_limit))
+    except* Exception as group:  # noqa: BLE001 — re-raised: the first read's error, unwrapped
+        raise _first(group) from None
+    groups, failed = groups_read.value, failed_read.value
+    queues = _queues(depth.value, day.value, finished.value)
     for doc in queues:
         doc["paused"] = None if paused is None else doc["queue"] in paused
     return {

@@ -319,14 +319,16 @@ security definer set search_path = pg_catalog, pg_temp set random_page_cost = 1.
      order by count(*) desc, max(w.failed_at) desc
 $$;
 
--- Tasks that ended within the last p_window seconds, per queue and end state (throughput).
+-- Tasks that ended within the last p_window seconds, per queue and end state (throughput). The
+-- window's start is computed once (durable.now() is volatile: compared row by row, it would keep
+-- the index on finished_at from bounding the scan), so the cost is the window's tasks.
 create or replace function durable.finished_counts(p_window double precision)
 returns table (queue text, state text, count bigint)
 language sql stable
 security definer set search_path = pg_catalog, pg_temp as $$
     select t.queue, t.state, count(*)
       from durable.tasks t
-     where t.finished_at >= durable.now() - make_interval(secs => p_window)
+     where t.finished_at >= (select durable.now() - make_interval(secs => p_window))
      group by 1, 2
      order by 1, 2
 $$;

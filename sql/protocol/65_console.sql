@@ -336,10 +336,12 @@ create or replace function durable.ended_counts(p_since timestamptz)
 returns table (queue text, state text, count bigint)
 language sql stable
 security definer set search_path = pg_catalog, pg_temp set random_page_cost = 1.1 as $$
-    select p.queue, s.state, sum(s.n)::bigint
-      from durable.flow_parts(p_since) p
-     cross join lateral (values ('completed', p.completed), ('failed', p.dead),
-                                ('cancelled', p.cancelled)) as s(state, n)
-     group by 1, 2
+    select x.queue, s.state, s.n
+      from (select p.queue, sum(p.completed)::bigint as completed, sum(p.dead)::bigint as dead,
+                   sum(p.cancelled)::bigint as cancelled
+              from durable.flow_parts(p_since) p
+             group by p.queue) x
+     cross join lateral (values ('completed', x.completed), ('failed', x.dead),
+                                ('cancelled', x.cancelled)) as s(state, n)
      order by 1, 2
 $$;

