@@ -12,16 +12,21 @@ from durable import metrics as _metrics  # noqa: F401 — installs itself (see a
 from durable import tracing as _tracing  # noqa: F401 — installs itself (see above)
 from durable.app import Durable
 from durable.client import Client
+from durable.protocol.cron import Missed
 from durable.protocol.errors import (
+    BatchNotFound,
     DatabaseUnavailable,
     DurableError,
     EventTimeout,
     InvalidArgument,
     InvalidQueueName,
     InvalidState,
+    InvalidTimeZone,
     LeaseLost,
     NotSerializable,
+    PatchRetired,
     PayloadTooLarge,
+    ScheduleNotFound,
     Snooze,
     TaskFailed,
     TaskNotFound,
@@ -29,15 +34,20 @@ from durable.protocol.errors import (
 )
 from durable.protocol.failures import reason_class_counts
 from durable.protocol.records import (
+    BatchInfo,
+    BatchRecord,
     Cancellation,
     Checkpoint,
     ChildTask,
     Claim,
+    CronSchedule,
+    DependencyResult,
     FailedWork,
     FailedWorkState,
     Failure,
     FailureGroup,
     FailureReason,
+    PausedQueue,
     Progress,
     RateLimit,
     ReasonClass,
@@ -64,12 +74,17 @@ except _metadata.PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
 __all__ = [
+    "BatchInfo",
+    "BatchNotFound",
+    "BatchRecord",
     "Cancellation",
     "Checkpoint",
     "ChildTask",
     "Claim",
     "Client",
+    "CronSchedule",
     "DatabaseUnavailable",
+    "DependencyResult",
     "Durable",
     "DurableError",
     "EventTimeout",
@@ -83,8 +98,12 @@ __all__ = [
     "InvalidArgument",
     "InvalidQueueName",
     "InvalidState",
+    "InvalidTimeZone",
     "LeaseLost",
+    "Missed",
     "NotSerializable",
+    "PatchRetired",
+    "PausedQueue",
     "PayloadTooLarge",
     "Progress",
     "RateLimit",
@@ -93,6 +112,7 @@ __all__ = [
     "Retention",
     "RunRecord",
     "RunState",
+    "ScheduleNotFound",
     "Snooze",
     "SpawnInfo",
     "SpawnOptions",

@@ -16,12 +16,17 @@ import anyio
 
 from durable.client import Client
 from durable.client.client import TaskFilters
+from durable.protocol.cron import Missed
 from durable.protocol.log import get_logger
 from durable.protocol.records import (
+    BatchInfo,
+    BatchRecord,
+    CronSchedule,
     FailedWork,
     FailedWorkState,
     FailureGroup,
     FailureReason,
+    PausedQueue,
     ReasonClass,
     Retention,
     SpawnInfo,
@@ -73,6 +78,7 @@ class Durable:
         command_timeout: float | None = 30.0,
         retention: Retention | None = None,
         retention_interval: float = 60.0,
+        version: str | None = None,
     ) -> None:
         self.client = Client(
             dsn,
@@ -87,6 +93,7 @@ class Durable:
             default_queue=default_queue,
             retention=retention,
             retention_interval=retention_interval,
+            version=version,
         )
         self._entered = 0
 
@@ -106,6 +113,12 @@ class Durable:
     @property
     def crons(self) -> list[CronJob]:
         return self.registry.crons
+
+    @property
+    def version(self) -> str:
+        """This code's version, recorded by every run its workers claim: ``version=`` when
+        given, else derived from the source of the registered handlers."""
+        return self.registry.code_version
 
     # --- registry -------------------------------------------------------------------------------
 
@@ -205,6 +218,51 @@ class Durable:
         woken = await self.client.emit_event(name, payload)
         log.info("event.emitted", event_name=name, woken=woken)
         return woken
+
+    async def send(self, task_id: uuid.UUID, topic: str, payload: Any = None) -> bool:
+        """Send ``payload`` (any JSON) to task ``task_id`` on ``topic``, for its
+        ``ctx.recv(topic)``: stored until received, in the order sent, each message received
+        once. True when it woke the task (it was waiting in ``recv`` on the topic).
+        :class:`TaskNotFound` for an unknown task, :class:`InvalidState` for one that ended."""
+        woke = await self.client.send_message(task_id, topic, payload)
+        log.info("message.sent", task_id=str(task_id), topic=topic, woke=woke)
+        return woke
+
+    async def get_state(self, task_id: uuid.UUID, key: str, *, queue: str | None = None) -> Any:
+        """What task ``task_id`` last published under ``key`` with ``ctx.set_state`` (None when
+        it published nothing under it)."""
+        return (await self.client.get_state(queue, task_id, key)).get(key)
+
+    async def batch(
+        self,
+        items: Sequence[tuple[TaskDefinition[Any, Any] | str, Any]],
+        *,
+        on_complete: TaskDefinition[Any, Any] | str | None = None,
+        on_exhausted: TaskDefinition[Any, Any] | str | None = None,
+        callback_params: Any = None,
+        queue: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> BatchInfo:
+        """Spawn ``items`` — ``(task, params)`` pairs, each task spawned with the options of its
+        ``@app.task`` — as one batch, in one transaction. Once every member ended (completed,
+        failed for good or cancelled), one callback task is spawned, once: ``on_complete`` if
+        every member completed, else ``on_exhausted``; it gets ``{"batch_id", "total", "counts":
+        {"completed", "failed", "cancelled"}, "params": callback_params}``. ``queue`` is where
+        tasks this app does not register run; ``idempotency_key`` makes a second call return the
+        first batch."""
+        return await self.registry.spawn_batch(
+            items,
+            on_complete=on_complete,
+            on_exhausted=on_exhausted,
+            callback_params=callback_params,
+            queue=queue,
+            idempotency_key=idempotency_key,
+        )
+
+    async def get_batch(self, batch_id: uuid.UUID) -> BatchRecord:
+        """A batch: how many members, how many still pending, the counts per end state, and its
+        callback's task once every member ended."""
+        return await self.client.get_batch(batch_id)
 
     async def cancel_by(
         self,
@@ -306,12 +364,94 @@ class Durable:
         *,
         name: str | None = None,
         queue: str | None = None,
+        timezone: str = "UTC",
+        missed: Missed | str = Missed.SKIP,
         **options: Unpack[SpawnKwargs],
     ) -> CronJob:
-        """Spawn ``task`` with ``params`` at every slot of cron expression ``expr`` (UTC), once
-        per slot however many workers run the scheduler: every worker serving the task's queue
-        runs it, and the slot's idempotency key keeps one spawn per slot."""
-        return self.registry.add_cron(expr, task, params, name=name, queue=queue, **options)
+        """Spawn ``task`` with ``params`` at every slot of cron expression ``expr`` read in IANA
+        ``timezone``, once per slot however many workers fire it: every worker serving the
+        task's queue runs the scheduler. ``missed`` (``skip``, ``latest`` or ``all``) says what
+        happens to the slots that pass while no worker runs (see :mod:`durable.runtime.cron`).
+        Declared in code: the workers that run this app write it to the database when they
+        start, where ``pause_cron`` and ``resume_cron`` act on it."""
+        return self.registry.add_cron(
+            expr,
+            task,
+            params,
+            name=name,
+            queue=queue,
+            timezone=timezone,
+            missed=missed,
+            **options,
+        )
+
+    async def add_cron(
+        self,
+        name: str,
+        expr: str,
+        task: TaskDefinition[Any, Any] | str,
+        params: Any = None,
+        *,
+        queue: str | None = None,
+        timezone: str = "UTC",
+        missed: Missed | str = Missed.SKIP,
+        **options: Unpack[SpawnKwargs],
+    ) -> bool:
+        """Add (True) or update (False) cron schedule ``name`` at run time: stored in the
+        database, fired by the workers serving the task's queue (within ``cron_refresh``
+        seconds), whatever code they run. Refuses the name of a schedule declared in code."""
+        target, task_name, resolved = self.registry.resolve(task, queue, options)
+        created = await self.client.set_cron_schedule(
+            name,
+            expr,
+            task_name,
+            params,
+            queue=target,
+            timezone=timezone,
+            missed=missed,
+            options=resolved,
+        )
+        log.info("cron.added" if created else "cron.updated", cron=name, queue=target)
+        return created
+
+    async def remove_cron(self, name: str) -> None:
+        """Remove cron schedule ``name`` (:class:`ScheduleNotFound` if there is none)."""
+        await self.client.remove_cron_schedule(name)
+        log.info("cron.removed", cron=name)
+
+    async def pause_cron(self, name: str) -> None:
+        """Pause cron schedule ``name``, declared in code or added at run time: it fires
+        nothing until :meth:`resume_cron`."""
+        await self.client.pause_cron_schedule(name)
+        log.info("cron.paused", cron=name)
+
+    async def resume_cron(self, name: str) -> None:
+        """Resume cron schedule ``name`` from now on (the slots it missed are not caught up)."""
+        await self.client.resume_cron_schedule(name)
+        log.info("cron.resumed", cron=name)
+
+    async def cron_schedules(self, queues: Sequence[str] | None = None) -> list[CronSchedule]:
+        """The cron schedules stored in the database (of ``queues``; None: all), by name."""
+        return (await self.client.list_cron_schedules(queues)).schedules
+
+    async def pause_queue(self, queue: str) -> bool:
+        """Pause ``queue``: it accepts spawns, but no worker claims from it until
+        :meth:`resume_queue` (running tasks finish). Stored in the database: it outlives
+        restarts. True when it was not paused already."""
+        changed = await self.client.pause_queue(queue)
+        log.info("queue.paused", queue=queue, changed=changed)
+        return changed
+
+    async def resume_queue(self, queue: str) -> bool:
+        """Resume ``queue``: its workers claim from it again at once. True when it was
+        paused."""
+        changed = await self.client.resume_queue(queue)
+        log.info("queue.resumed", queue=queue, changed=changed)
+        return changed
+
+    async def paused_queues(self) -> list[PausedQueue]:
+        """The paused queues, by name."""
+        return await self.client.list_paused_queues()
 
     # --- consuming ------------------------------------------------------------------------------
 

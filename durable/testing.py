@@ -390,7 +390,9 @@ class Harness:
 
     async def _claim_one(self, client: Client, queue: str | None) -> Claim | None:
         for name in self._queues(queue):
-            claims = await client.claim(name, self.worker_id, self.claim_timeout, 1)
+            claims = await client.claim(
+                name, self.worker_id, self.claim_timeout, 1, code_version=self.app.version
+            )
             if claims:
                 claim = claims[0]
                 self._claims[claim.run_id] = claim

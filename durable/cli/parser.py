@@ -9,9 +9,18 @@ from typing import NoReturn
 from durable import __version__
 from durable.cli import arguments
 from durable.cli.commands.browse import cmd_list
+from durable.cli.commands.crons import (
+    cmd_cron_add,
+    cmd_cron_list,
+    cmd_cron_pause,
+    cmd_cron_remove,
+    cmd_cron_resume,
+)
 from durable.cli.commands.dashboard import cmd_dashboard
 from durable.cli.commands.failed import cmd_failed
+from durable.cli.commands.messages import cmd_send, cmd_state
 from durable.cli.commands.prune import cmd_prune
+from durable.cli.commands.queues import cmd_queue_list, cmd_queue_pause, cmd_queue_resume
 from durable.cli.commands.recovery import cmd_cancel, cmd_discard, cmd_replay, cmd_retry
 from durable.cli.commands.show import cmd_show
 from durable.cli.commands.tasks import cmd_cancel_by, cmd_emit, cmd_spawn, cmd_status
@@ -19,6 +28,7 @@ from durable.cli.commands.worker import cmd_migrate, cmd_worker
 from durable.cli.exits import EXIT_USAGE
 from durable.cli.logs import LOG_LEVELS
 from durable.cli.options import add_spawn_flags, worker_help
+from durable.protocol.cron import Missed
 from durable.protocol.records import FailedWorkState, FailureReason, ReasonClass, TaskState
 
 #: A command: the parsed arguments in, the exit code out.
@@ -359,6 +369,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="the payload the waiters receive (default null)",
     )
 
+    send = add(
+        "send",
+        cmd_send,
+        "send a message to one task, for its ctx.recv(TOPIC): stored until received, in order",
+    )
+    send.add_argument("task_id", type=arguments.task_id, metavar="ID", help="the task's id")
+    send.add_argument("topic", metavar="TOPIC", help="the topic its recv waits on")
+    send.add_argument(
+        "payload",
+        nargs="?",
+        type=arguments.json_value,
+        default=None,
+        metavar="PAYLOAD_JSON",
+        help="the message (default null)",
+    )
+
+    state = add(
+        "state", cmd_state, "show what a task published with ctx.set_state(KEY, VALUE)", as_json
+    )
+    state.add_argument("task_id", type=arguments.task_id, metavar="ID", help="the task's id")
+    state.add_argument("key", nargs="?", metavar="KEY", help="only this key (default: every one)")
+    state.add_argument("-q", "--queue", help="the task's queue (default: any)")
+
     dashboard = add(
         "dashboard",
         cmd_dashboard,
@@ -390,6 +423,70 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cancel_by.add_argument("-q", "--queue", help="only tasks on this queue")
     cancel_by.add_argument("--task", dest="task_name", metavar="NAME", help="only this task name")
+
+    def group(name: str, help_: str) -> Callable[..., argparse.ArgumentParser]:
+        """A command with actions (``durable NAME ACTION``); returns how to add an action."""
+        parent = commands.add_parser(name, help=help_, description=help_)
+        actions = parent.add_subparsers(
+            dest="action", metavar="ACTION", title="actions", required=True
+        )
+
+        def action(
+            action_name: str, handler: Command, action_help: str, *parents: _Parser
+        ) -> argparse.ArgumentParser:
+            sub = actions.add_parser(
+                action_name, help=action_help, description=action_help, parents=[common, *parents]
+            )
+            sub.set_defaults(handler=handler, default_log_level="warning")
+            return sub
+
+        return action
+
+    queue = group("queue", "paused queues: list them, pause one (spawns are kept), resume it")
+    queue("list", cmd_queue_list, "every queue with tasks or paused: live counts, paused", as_json)
+    for name, handler, help_ in (
+        ("pause", cmd_queue_pause, "stop claiming from QUEUE (it still accepts spawns)"),
+        ("resume", cmd_queue_resume, "claim from QUEUE again"),
+    ):
+        queue(name, handler, help_).add_argument("queue", metavar="QUEUE")
+
+    cron = group("cron", "cron schedules stored in the database: list, add, remove, pause, resume")
+    cron_list = cron("list", cmd_cron_list, "every cron schedule, from code and added", as_json)
+    cron_list.add_argument("-q", "--queue", help="only this queue's schedules")
+    cron_add = cron(
+        "add",
+        cmd_cron_add,
+        "add (or update) a schedule: spawn TASK at every slot of EXPR; the workers of its "
+        "queue fire it",
+    )
+    cron_add.add_argument("name", metavar="NAME", help="the schedule's name (its identity)")
+    cron_add.add_argument("expr", metavar="EXPR", help="five cron fields or @daily, ...")
+    cron_add.add_argument("task_name", metavar="TASK", help="the task's registered name")
+    cron_add.add_argument("-q", "--queue", required=True, help="the queue to spawn on")
+    cron_add.add_argument(
+        "--params", type=arguments.json_value, default=None, metavar="JSON", help="default null"
+    )
+    cron_add.add_argument(
+        "--tz",
+        dest="timezone",
+        default="UTC",
+        metavar="ZONE",
+        help="the IANA time zone EXPR is read in (default UTC), e.g. Europe/Paris",
+    )
+    cron_add.add_argument(
+        "--missed",
+        choices=[str(m) for m in Missed],
+        default=str(Missed.SKIP),
+        help="slots missed while no worker ran: skip (default: only those at most a minute "
+        "late), latest (also the newest one), all (every one, at most 100)",
+    )
+    add_spawn_flags(cron_add)
+    for name, handler, help_ in (
+        ("remove", cmd_cron_remove, "remove schedule NAME (the tasks it spawned stay)"),
+        ("pause", cmd_cron_pause, "pause schedule NAME: it fires nothing until resumed"),
+        ("resume", cmd_cron_resume, "resume schedule NAME from now on (no catch-up)"),
+    ):
+        cron(name, handler, help_).add_argument("name", metavar="NAME")
     return parser
 
 

@@ -17,23 +17,31 @@ import anyio
 from durable.client import instruments
 from durable.client.results import ResultWaiters
 from durable.protocol import durations, embedded
+from durable.protocol.cron import CronExpr, Missed, ScheduleSource
 from durable.protocol.dsn import resolve_dsn
 from durable.protocol.errors import (
     DatabaseUnavailable,
     InvalidArgument,
+    ScheduleNotFound,
     TaskFailed,
+    check_name,
     check_queue_name,
 )
 from durable.protocol.log import get_logger
 from durable.protocol.records import (
+    BatchInfo,
+    BatchRecord,
     Checkpoint,
     Claim,
+    CronSchedules,
+    DependencyResult,
     FailedRun,
     FailedWork,
     FailedWorkState,
     FailureGroup,
     FailureReason,
     FlowMinute,
+    PausedQueue,
     QueueCount,
     QueueDepth,
     RateLimit,
@@ -220,11 +228,23 @@ class Client:
         return infos
 
     async def claim(
-        self, queue: str, worker_id: str, claim_timeout: float | timedelta = 60.0, qty: int = 1
+        self,
+        queue: str,
+        worker_id: str,
+        claim_timeout: float | timedelta = 60.0,
+        qty: int = 1,
+        *,
+        code_version: str | None = None,
     ) -> list[Claim]:
+        """Claim up to ``qty`` runs of ``queue`` under a lease of ``claim_timeout``; each run
+        records ``code_version``, the code the worker runs (shown by ``durable show``)."""
         check_queue_name(queue)
         return await self.store.claim(
-            queue, worker_id, durations.seconds(claim_timeout, what="claim_timeout"), qty
+            queue,
+            worker_id,
+            durations.seconds(claim_timeout, what="claim_timeout"),
+            qty,
+            code_version,
         )
 
     async def complete(self, queue: str, run_id: uuid.UUID, result: Any = None) -> None:
@@ -381,10 +401,61 @@ class Client:
             check_queue_name(queue), run_id, step, child, durations.seconds(timeout, what="timeout")
         )
 
+    async def await_tasks(
+        self,
+        queue: str,
+        run_id: uuid.UUID,
+        step: str,
+        children: Sequence[uuid.UUID],
+        timeout: float | timedelta | None = None,
+    ) -> tuple[str, Any]:
+        """Wait for every task of ``children`` to end as step ``step``: ``("done", [{task_id,
+        state, result, failure}, ...])`` in the order given, ``("timeout", None)`` or
+        ``("suspended", None)`` (the run was parked until the last of them ends)."""
+        return await self.store.await_tasks(
+            check_queue_name(queue),
+            run_id,
+            step,
+            children,
+            durations.seconds(timeout, what="timeout"),
+        )
+
     async def emit_event(self, name: str, payload: Any = None) -> int:
         """Store event ``name`` (a later wait receives it at once) and wake every task waiting
         for it; returns how many were woken."""
         return await self.store.emit_event(name, payload)
+
+    async def receive_message(
+        self,
+        queue: str,
+        run_id: uuid.UUID,
+        step: str,
+        topic: str,
+        timeout: float | timedelta | None = None,
+    ) -> tuple[str, Any]:
+        """Receive the oldest message on ``topic`` as step ``step``: ``("received", payload)``,
+        ``("timeout", None)`` or ``("suspended", None)`` (parked until a message or the
+        timeout)."""
+        return await self.store.receive_message(
+            check_queue_name(queue),
+            run_id,
+            step,
+            check_name(topic, "topic"),
+            durations.seconds(timeout, what="timeout"),
+        )
+
+    async def decide_patch(
+        self, queue: str, run_id: uuid.UUID, step: str, passed: Sequence[str]
+    ) -> bool:
+        """Whether the run takes the new path at patch step ``step`` (``$patch:<change id>``),
+        decided once for its task: False when the task's history (checkpoints, waits) goes beyond
+        the steps ``passed`` in this run so far (it went past this point before the patch)."""
+        return await self.store.decide_patch(check_queue_name(queue), run_id, step, passed)
+
+    async def set_state(self, queue: str, run_id: uuid.UUID, key: str, value: Any) -> None:
+        """Publish ``value`` under ``key`` for the run's task (the last write wins); fenced like
+        a checkpoint, and extends the lease."""
+        await self.store.set_state(check_queue_name(queue), run_id, check_name(key, "key"), value)
 
     async def set_progress(
         self, queue: str, run_id: uuid.UUID, pct: float, detail: Any = None
@@ -417,6 +488,144 @@ class Client:
             rate.allowed if rate else None,
             durations.seconds(rate.period, what="rate period") if rate else None,
         )
+
+    # --- to and from one task: messages, published state, batches, dependencies' results -------
+
+    async def send_message(self, task_id: uuid.UUID, topic: str, payload: Any = None) -> bool:
+        """Send ``payload`` to task ``task_id`` on ``topic``: a receive of the topic waiting now
+        gets it (True: it woke the task), else it is stored for the task's next receive of the
+        topic. :class:`TaskNotFound` for an unknown task, :class:`InvalidState` for one that
+        ended."""
+        return await self.store.send_message(task_id, check_name(topic, "topic"), payload)
+
+    async def get_state(
+        self, queue: str | None, task_id: uuid.UUID, key: str | None = None
+    ) -> dict[str, Any]:
+        """What task ``task_id`` published with ``set_state``: every key and its value, or only
+        ``key`` (an empty dict when it published nothing under it)."""
+        return await self.store.get_state(
+            _optional_queue(queue), task_id, None if key is None else check_name(key, "key")
+        )
+
+    async def spawn_batch(
+        self,
+        items: Sequence[tuple[str, str, Any, SpawnOptions | None]],
+        *,
+        on_complete: tuple[str, str, Any, SpawnOptions | None] | None = None,
+        on_exhausted: tuple[str, str, Any, SpawnOptions | None] | None = None,
+        idempotency_key: str | None = None,
+    ) -> BatchInfo:
+        """Spawn ``items`` (``(queue, task_name, params, options)``) as one batch, in one round
+        trip: once every member ended, ``on_complete`` is spawned if all of them completed, else
+        ``on_exhausted`` (each ``(queue, task_name, params, options)``; its params become
+        ``{batch_id, total, counts, params}``)."""
+        if not items:
+            raise InvalidArgument("a batch needs at least one item")
+        callbacks = {
+            name: _spawn_document(spec)
+            for name, spec in (("on_complete", on_complete), ("on_exhausted", on_exhausted))
+            if spec is not None
+        }
+        options = {} if idempotency_key is None else {"idempotency_key": idempotency_key}
+        queue = check_queue_name(items[0][0])  # the span's queue: a batch's usual one
+        with instruments.spawn_tracer.spawning_many(queue, (item[1] for item in items)) as traced:
+            documents = [
+                _spawn_document((q, name, params, traced.options(opts or _NO_OPTIONS)))
+                for q, name, params, opts in items
+            ]
+            batch = await self.store.spawn_batch(documents, callbacks, options)
+            traced.spawned_many(batch.members)
+        return batch
+
+    async def get_batch(self, batch_id: uuid.UUID) -> BatchRecord:
+        """A batch's counts, what is still pending, and its callback's task once it ended
+        (:class:`BatchNotFound` for an unknown id)."""
+        return await self.store.get_batch(batch_id)
+
+    async def get_dependency_results(
+        self, queue: str | None, task_id: uuid.UUID
+    ) -> list[DependencyResult]:
+        """The dependencies (``depends_on``) of task ``task_id`` with their results, in the
+        order they were spawned."""
+        return await self.store.get_dependency_results(_optional_queue(queue), task_id)
+
+    # --- paused queues and cron schedules ---------------------------------------------------------
+
+    async def pause_queue(self, queue: str) -> bool:
+        """Pause ``queue``: it accepts spawns, but no worker claims from it until
+        :meth:`resume_queue` (running tasks go on). Stored, so it outlives restarts. True when
+        it was not paused already."""
+        return await self.store.pause_queue(check_queue_name(queue))
+
+    async def resume_queue(self, queue: str) -> bool:
+        """Resume ``queue`` and wake its workers; True when it was paused."""
+        return await self.store.resume_queue(check_queue_name(queue))
+
+    async def list_paused_queues(self) -> list[PausedQueue]:
+        """The paused queues, by name."""
+        return await self.store.list_paused_queues()
+
+    async def set_cron_schedule(
+        self,
+        name: str,
+        expr: str,
+        task_name: str,
+        params: Any = None,
+        *,
+        queue: str,
+        timezone: str = "UTC",
+        missed: Missed | str = Missed.SKIP,
+        options: SpawnOptions | None = None,
+        source: ScheduleSource | str = ScheduleSource.API,
+    ) -> bool:
+        """Add (True) or update (False) cron schedule ``name``: spawn ``task_name`` on ``queue``
+        with ``params`` and ``options`` at every slot of ``expr`` in ``timezone``. The workers
+        serving ``queue`` fire it, once per slot. Refuses a bad expression
+        (:class:`InvalidArgument`), time zone (:class:`InvalidTimeZone`) or ``missed`` policy
+        before anything is sent."""
+        CronExpr.parse(expr, timezone)  # refused here, with the field named
+        return await self.store.set_cron_schedule(
+            name,
+            expr,
+            timezone,
+            check_queue_name(queue),
+            task_name,
+            params,
+            (options or _NO_OPTIONS).to_json(),
+            str(_enum(Missed, missed, "missed")),
+            str(_enum(ScheduleSource, source, "source")),
+        )
+
+    async def remove_cron_schedule(self, name: str) -> None:
+        """Remove cron schedule ``name`` (the tasks it spawned stay); :class:`ScheduleNotFound`
+        if there is none."""
+        if not await self.store.remove_cron_schedule(name):
+            raise ScheduleNotFound(name)
+
+    async def pause_cron_schedule(self, name: str) -> None:
+        """Pause cron schedule ``name``: it fires nothing until resumed."""
+        if not await self.store.pause_cron_schedule(name):
+            raise ScheduleNotFound(name)
+
+    async def resume_cron_schedule(self, name: str) -> None:
+        """Resume cron schedule ``name`` from now on: the slots that passed while it was paused
+        are not caught up."""
+        if not await self.store.resume_cron_schedule(name):
+            raise ScheduleNotFound(name)
+
+    async def list_cron_schedules(self, queues: Sequence[str] | None = None) -> CronSchedules:
+        """The cron schedules of ``queues`` (None: all), by name, and the database's time."""
+        return await self.store.list_cron_schedules(
+            None if queues is None else [check_queue_name(q) for q in queues]
+        )
+
+    async def fire_cron(self, name: str, slot: datetime) -> tuple[uuid.UUID, bool] | None:
+        """Fire slot ``slot`` of schedule ``name``: its task's id and whether this call created
+        it (a slot fired before returns its task), or None when the schedule is paused or
+        gone. Workers call it; see :mod:`durable.runtime.cron`."""
+        if slot.tzinfo is None:
+            raise InvalidArgument("a cron slot must be a timezone-aware datetime")
+        return await self.store.fire_cron(name, slot)
 
     # --- workers and operators ------------------------------------------------------------------
 
@@ -672,3 +881,15 @@ def _enum(kind: type[_E], value: _E | str | None, what: str) -> str | None:
 
 def _optional_queue(queue: str | None) -> str | None:
     return None if queue is None else check_queue_name(queue)
+
+
+def _spawn_document(spec: tuple[str, str, Any, SpawnOptions | None]) -> dict[str, Any]:
+    """One spawn, as the protocol's batch functions take it: ``{queue, task_name, params,
+    options}``."""
+    queue, task_name, params, options = spec
+    return {
+        "queue": check_queue_name(queue),
+        "task_name": task_name,
+        "params": params,
+        "options": (options or _NO_OPTIONS).to_json(),
+    }

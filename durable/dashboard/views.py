@@ -94,10 +94,11 @@ _LIVE_RUN_STATES = (RunState.PENDING, RunState.RUNNING, RunState.SLEEPING)
 
 
 async def overview(
-    client: Client, *, failed_limit: int = FAILED_WORK_LIMIT, paused: frozenset[str] | None = None
+    client: Client, *, failed_limit: int = FAILED_WORK_LIMIT, paused: frozenset[str] = frozenset()
 ) -> Doc:
-    """Queues with their live counts, what ended in the last day and the throughput; failed
-    work by reason class. ``paused``: the paused queues, when the client can pause them."""
+    """Queues with their live counts, what ended in the last day and the throughput, and
+    whether they are ``paused`` (listed even when nothing else is); failed work by reason
+    class."""
     # five independent reads, at once (each on a connection of the client's pool); the first
     # error is the answer's, as if they had run one after another
     try:
@@ -110,14 +111,12 @@ async def overview(
     except* Exception as group:  # noqa: BLE001 — re-raised: the first read's error, unwrapped
         raise _first(group) from None
     groups, failed = groups_read.value, failed_read.value
-    queues = _queues(depth.value, day.value, finished.value)
-    for doc in queues:
-        doc["paused"] = None if paused is None else doc["queue"] in paused
+    queues = _queues(depth.value, day.value, finished.value, paused)
     return {
         "queues": queues,
         "throughput_window_s": THROUGHPUT_WINDOW_S,
         "finished_window_s": FINISHED_WINDOW_S,
-        "queue_controls": paused is not None,
+        "queue_controls": True,
         "reason_classes": _reason_classes(groups, failed),
         "failure_groups": [_failure_group(group) for group in groups[:FAILURE_GROUPS_LIMIT]],
         "failure_groups_total": len(groups),
@@ -127,7 +126,10 @@ async def overview(
 
 
 def _queues(
-    depth: list[QueueDepth], day: list[QueueCount], finished: list[QueueCount]
+    depth: list[QueueDepth],
+    day: list[QueueCount],
+    finished: list[QueueCount],
+    paused: frozenset[str],
 ) -> list[Doc]:
     """Per queue: the live tasks (pending, running, sleeping: from the live runs), the tasks
     that ended in the last day (from the flow: completed, failed for good, cancelled), what
@@ -156,8 +158,11 @@ def _queues(
         doc["oldest_available_s"] = d.oldest_available_s
     for count in day:
         row(count.queue)["counts"][str(count.state)] += count.count
+    for queue in paused:
+        row(queue)
     for doc in queues.values():
         doc["total"] = sum(doc["counts"].values())
+        doc["paused"] = doc["queue"] in paused
     for count in finished:
         doc = row(count.queue)
         state = str(count.state)
@@ -217,13 +222,17 @@ def _failed_work(row: FailedWork) -> Doc:
 
 
 async def task_detail(client: Client, task_id: uuid.UUID) -> Doc:
-    """A task with its runs (oldest first), checkpoints, its timeline, progress and the actions
-    it allows."""
+    """A task with its runs (oldest first, each with the code version it ran), checkpoints, its
+    timeline, progress, the state it published and the actions it allows."""
     task = await client.get_task(None, task_id)
     checkpoints = await client.get_checkpoints(task.queue, task_id)
+    published = await client.get_state(task.queue, task_id)
     return {
         "task": _task(task),
         "timeline": timeline(task.runs, checkpoints),
+        "published_state": [
+            {"key": key, "value": _json_text(value, VALUE_MAX)} for key, value in published.items()
+        ],
         "runs": [_run(run) for run in task.runs],
         "checkpoints": [
             {
@@ -432,6 +441,7 @@ def _task(task: TaskRecord) -> Doc:
         "depends_on": task.depends_on,
         "pending_dependencies": task.pending_dependencies,
         "waiting_for": [_json_text(wait, VALUE_MAX) for wait in task.waiting_for],
+        "batch_ids": task.batch_ids,
     }
 
 
@@ -442,6 +452,7 @@ def _run(run: RunRecord) -> Doc:
         "state": run.state,
         "live": run.state in _LIVE_RUN_STATES,
         "worker": run.claimed_by,
+        "code_version": run.code_version,
         "available_at": run.available_at,
         "started_at": run.started_at,
         "finished_at": run.finished_at,

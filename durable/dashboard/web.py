@@ -12,7 +12,7 @@ Routes (relative to where it is mounted)::
     GET  /api/events                      server-sent events: work arrived, tasks ended
     POST /api/tasks/<uuid>/<action>       retry, cancel, discard or replay one task
     POST /api/bulk                        the same in bulk: a dry-run preview, then the action
-    POST /api/queues/<queue>/<pause|resume>   when the client can pause queues
+    POST /api/queues/<queue>/<pause|resume>   pause or resume claiming from a queue
 
 The pages are small HTML shells; ``app.js`` renders the JSON with ``textContent`` (never
 ``innerHTML``) and refreshes when the event stream says something changed. Every response
@@ -303,29 +303,21 @@ class _Console:
         if action not in ("pause", "resume"):
             raise HTTPException(404, f"no page at {request.url.path[:200]!r}")
         await self.check(request, "act")
-        method = getattr(self.client, f"{action}_queue", None)
-        if method is None:
-            raise HTTPException(
-                501, "this durable cannot pause queues yet (the client has no pause_queue)"
-            )
         queue = request.path_params["queue"]
 
         async def act() -> views.Doc:
-            await method(queue)
-            log.info("dashboard.queue_changed", queue=queue, action=action)
-            return {"queue": queue, "action": action}
+            if action == "pause":
+                changed = await self.client.pause_queue(queue)
+            else:
+                changed = await self.client.resume_queue(queue)
+            log.info("dashboard.queue_changed", queue=queue, action=action, changed=changed)
+            return {"queue": queue, "action": action, "changed": changed}
 
         return await _api(act())
 
-    async def _paused(self) -> frozenset[str] | None:
-        """The paused queues, when the client can pause queues (None: it cannot)."""
-        if not hasattr(self.client, "pause_queue"):
-            return None
-        paused = getattr(self.client, "paused_queues", None)
-        if paused is None:
-            return frozenset()
-        found = await paused()
-        return frozenset(getattr(item, "queue", item) for item in found)
+    async def _paused(self) -> frozenset[str]:
+        """The paused queues."""
+        return frozenset(paused.queue for paused in await self.client.list_paused_queues())
 
 
 # --- responses ------------------------------------------------------------------------------------

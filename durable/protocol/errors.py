@@ -10,10 +10,14 @@ Every error derives from :class:`DurableError`; data travels as attributes::
     ├── DatabaseUnavailable   bad DSN, unreachable or lost database
     ├── LeaseLost             the run is no longer the task's live, unexpired run
     ├── TaskNotFound          no task with that id on that queue
+    ├── BatchNotFound         no batch with that id
     ├── InvalidState          the operation does not fit the task's state
     ├── InvalidArgument       an argument the protocol refuses (also a ValueError)
+    │   └── InvalidTimeZone   not an IANA time zone this machine knows
+    ├── ScheduleNotFound      no cron schedule of that name
     ├── SchemaError           the database schema or protocol does not match this durable
-    ├── EventTimeout          ctx.await_event / ctx.result waited past its timeout (a TimeoutError)
+    ├── EventTimeout          a wait in a task (await_event, result, gather, recv) timed out
+    ├── PatchRetired          a task took the old path of a patch its code retired
     └── TaskFailed            the awaited task ended failed or cancelled
 
 ``Snooze(seconds)`` is not an error: a handler raises (or returns) it to run again later without
@@ -100,6 +104,12 @@ class TaskNotFound(DurableError):
         super().__init__(f"no task {task_id}{where}")
 
 
+class BatchNotFound(DurableError):
+    def __init__(self, batch_id: Any) -> None:
+        self.batch_id = batch_id
+        super().__init__(f"no batch {batch_id}")
+
+
 class InvalidState(DurableError):
     def __init__(self, message: str, *, state: str | None = None) -> None:
         self.state = state
@@ -110,6 +120,25 @@ class InvalidArgument(DurableError, ValueError):
     """An argument the protocol refuses (a negative duration, an empty step name): DU005."""
 
 
+class InvalidTimeZone(InvalidArgument):
+    """A time zone that is not an IANA name this machine's tz database knows."""
+
+    def __init__(self, timezone: object) -> None:
+        self.timezone = timezone
+        super().__init__(
+            f"invalid time zone {timezone!r} — use an IANA name such as 'Europe/Paris' or 'UTC' "
+            "(on a machine without a tz database, pip install tzdata)"
+        )
+
+
+class ScheduleNotFound(DurableError):
+    """No cron schedule of that name (see ``durable cron list``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no cron schedule named {name!r} — see `durable cron list`")
+
+
 class BatcherClosed(DurableError):
     """Internal: a worker's write batcher stopped before this write was made; write it directly."""
 
@@ -118,12 +147,30 @@ class BatcherClosed(DurableError):
 
 
 class EventTimeout(DurableError, TimeoutError):
-    """Raised inside a task by ``ctx.await_event`` (or ``ctx.result``) when its timeout passed
-    first. Recorded: a replay of the task raises it again at the same step."""
+    """Raised inside a task by ``ctx.await_event`` (or ``ctx.result``, ``ctx.gather``,
+    ``ctx.recv``) when its timeout passed first. Recorded: a replay of the task raises it again at
+    the same step."""
 
     def __init__(self, what: str, step: str) -> None:
         self.step = step
         super().__init__(f"{what} did not arrive within its timeout (step {step!r})")
+
+
+class PatchRetired(DurableError):
+    """Raised inside a task by ``ctx.deprecate_patch(change_id)`` when the task took the old path
+    of that patch: the code that took it is gone, so the task stops here instead of going on
+    down the new path with an old history. Deploy the code with ``ctx.patched(change_id)`` again
+    and retry the task. The same input fails the same way until then (reason class
+    ``validation``)."""
+
+    durable_reason_class = "validation"
+
+    def __init__(self, change_id: str) -> None:
+        self.change_id = change_id
+        super().__init__(
+            f"this task took the old path of patch {change_id!r}, which the code retired — "
+            f"deploy the code with ctx.patched({change_id!r}) again, then retry the task"
+        )
 
 
 class Suspended(BaseException):
@@ -156,6 +203,21 @@ class TaskFailed(DurableError):
         reason = failure.reason if failure else "unknown"
         message = failure.message if failure else ""
         super().__init__(f"task {task_id} ended {state} ({reason}): {message}".rstrip(": "))
+
+
+#: The longest topic, state key or event name, in characters.
+MAX_NAME_CHARS = 255
+
+
+def check_name(value: object, what: str) -> str:
+    """Return ``value`` if it is a name of 1 to :data:`MAX_NAME_CHARS` characters (a topic, a
+    state key), else raise :class:`InvalidArgument` naming ``what``."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_CHARS:
+        shown = f"{len(value)} characters" if isinstance(value, str) else repr(value)
+        raise InvalidArgument(
+            f"{what} must be a string of 1 to {MAX_NAME_CHARS} characters, got {shown}"
+        )
+    return value
 
 
 def check_queue_name(queue: object) -> str:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Generic, TypedDict, TypeVar
 
+from durable.protocol.cron import Missed, ScheduleSource
 from durable.protocol.durations import seconds
 from durable.protocol.retry import RetryStrategy
 from durable.protocol.states import (
@@ -352,6 +353,8 @@ class RunRecord:
     failure_reason: FailureReason | None
     error: dict[str, JSON] | None
     result: JSON = None
+    #: The code version of the worker that claimed the run (``Durable(version=...)``).
+    code_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -378,6 +381,8 @@ class TaskRecord:
     waiting_for: list[dict[str, JSON]] = field(default_factory=list)
     scheduled_at: datetime | None = None
     discarded_at: datetime | None = None
+    #: The batches (``app.batch``) the task is a member of.
+    batch_ids: list[uuid.UUID] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -556,3 +561,94 @@ class ChildTask:
     task_id: uuid.UUID
     queue: str
     task_name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchInfo:
+    """What ``app.batch`` returns: the batch's id, whether this call created it (False: its
+    idempotency key found an earlier batch), and its members in the order given."""
+
+    batch_id: uuid.UUID
+    created: bool
+    members: list[SpawnInfo]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchRecord:
+    """A batch: its members' count, how many are still pending and how many ended in each state
+    (``completed``, ``failed``, ``cancelled``), and its callback's task once every member ended
+    (or, in ``callback_error``, why it could not be spawned)."""
+
+    batch_id: uuid.UUID
+    total: int
+    pending: int
+    counts: dict[str, int]
+    on_complete: str | None
+    on_exhausted: str | None
+    callback_task_id: uuid.UUID | None
+    callback_error: dict[str, JSON] | None
+    idempotency_key: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_at is not None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DependencyResult:
+    """One dependency of a task spawned with ``depends_on``: its id, name, state (``completed``
+    by the time the task runs) and result."""
+
+    task_id: uuid.UUID
+    task_name: str
+    state: TaskState
+    result: JSON = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PausedQueue:
+    """A paused queue: it accepts spawns, and no worker claims from it until it is resumed."""
+
+    queue: str
+    paused_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CronSchedule:
+    """A cron schedule as stored: ``task_name`` on ``queue`` with ``params`` and ``options`` (a
+    spawn options document) at every slot of ``expr`` read in ``timezone``.
+
+    ``fired_through``: the slots up to this instant are dealt with (fired, skipped by the
+    ``missed`` policy, or passed while paused); ``last_slot`` and ``last_task_id``: the newest
+    slot fired and its task.
+    """
+
+    name: str
+    expr: str
+    timezone: str
+    queue: str
+    task_name: str
+    params: Any
+    options: dict[str, Any]
+    missed: Missed
+    source: ScheduleSource
+    paused_at: datetime | None
+    fired_through: datetime
+    last_slot: datetime | None
+    last_task_id: uuid.UUID | None
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_at is not None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CronSchedules:
+    """The cron schedules of some queues, read at ``now`` on the database's clock."""
+
+    now: datetime
+    schedules: list[CronSchedule]

@@ -20,7 +20,9 @@ import asyncpg
 
 from durable.protocol import migrate as _migrate
 from durable.protocol.codec import decode_jsonb, encode_json, encode_jsonb
+from durable.protocol.cron import Missed, ScheduleSource
 from durable.protocol.errors import (
+    BatchNotFound,
     DatabaseUnavailable,
     InvalidArgument,
     InvalidQueueName,
@@ -30,8 +32,13 @@ from durable.protocol.errors import (
     TaskNotFound,
 )
 from durable.protocol.records import (
+    BatchInfo,
+    BatchRecord,
     Checkpoint,
     Claim,
+    CronSchedule,
+    CronSchedules,
+    DependencyResult,
     FailedRun,
     FailedWork,
     FailedWorkState,
@@ -39,6 +46,7 @@ from durable.protocol.records import (
     FailureGroup,
     FailureReason,
     FlowMinute,
+    PausedQueue,
     Progress,
     QueueCount,
     QueueDepth,
@@ -78,7 +86,8 @@ _SPAWN = "select * from durable.spawn($1, $2, $3, $4)"
 _SPAWN_MANY = "select * from durable.spawn_many($1, $2)"
 _CLAIM = (
     "select run_id, task_id, task_name, params, headers, attempt, max_attempts, timeout_s,"
-    " heartbeat_timeout_s, lease_expires_at, has_checkpoints from durable.claim($1, $2, $3, $4)"
+    " heartbeat_timeout_s, lease_expires_at, has_checkpoints"
+    " from durable.claim($1, $2, $3, $4, $5)"
 )
 _COMPLETE = "select durable.complete($1, $2, $3)"
 _COMPLETE_RUNS = "select run_id, completed from durable.complete_runs($1, $2, $3)"
@@ -102,6 +111,20 @@ _SLEEP = "select durable.sleep($1, $2, $3, $4, $5)"
 _AWAIT_EVENT = "select status, payload from durable.await_event($1, $2, $3, $4, $5)"
 _AWAIT_TASK = "select status, outcome from durable.await_task($1, $2, $3, $4, $5)"
 _EMIT_EVENT = "select durable.emit_event($1, $2)"
+_AWAIT_TASKS = "select status, outcomes from durable.await_tasks($1, $2, $3, $4, $5)"
+_SPAWN_BATCH = (
+    "select batch_id, batch_created, task_id, run_id, attempt, created"
+    " from durable.spawn_batch($1, $2, $3)"
+)
+_GET_BATCH = "select durable.get_batch($1)"
+_GET_DEPENDENCY_RESULTS = (
+    "select task_id, task_name, state, result from durable.get_dependency_results($1, $2)"
+)
+_SEND_MESSAGE = "select durable.send_message($1, $2, $3)"
+_RECEIVE_MESSAGE = "select status, payload from durable.receive_message($1, $2, $3, $4, $5)"
+_SET_STATE = "select durable.set_state($1, $2, $3, $4)"
+_GET_STATE = "select key, value, updated_at from durable.get_state($1, $2, $3)"
+_DECIDE_PATCH = "select durable.decide_patch($1, $2, $3, $4)"
 _SET_PROGRESS = "select durable.set_progress($1, $2, $3, $4)"
 _CANCEL_BY = "select durable.cancel_by($1, $2, $3)"
 _SET_LIMIT = "select durable.set_limit($1, $2, $3, $4, $5)"
@@ -118,6 +141,15 @@ _LIST_WORKERS = "select * from durable.list_workers($1)"
 _ROLL_UP_FLOW = "select durable.roll_up_flow($1)"
 _FLOW = "select * from durable.flow($1, $2)"
 _ENDED_COUNTS = "select * from durable.ended_counts($1)"
+_PAUSE_QUEUE = "select durable.pause_queue($1)"
+_RESUME_QUEUE = "select durable.resume_queue($1)"
+_LIST_PAUSED_QUEUES = "select queue, paused_at from durable.list_paused_queues()"
+_SET_CRON_SCHEDULE = "select durable.set_cron_schedule($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+_REMOVE_CRON_SCHEDULE = "select durable.remove_cron_schedule($1)"
+_PAUSE_CRON_SCHEDULE = "select durable.pause_cron_schedule($1)"
+_RESUME_CRON_SCHEDULE = "select durable.resume_cron_schedule($1)"
+_LIST_CRON_SCHEDULES = "select durable.list_cron_schedules($1)"
+_FIRE_CRON = "select task_id, created from durable.fire_cron($1, $2)"
 _TERMINATE_OTHERS = """
 select pid, pg_terminate_backend(pid) as terminated from pg_stat_activity
  where datname = current_database() and pid <> pg_backend_pid()
@@ -130,6 +162,7 @@ _SQLSTATE_NOT_FOUND = "DU002"
 _SQLSTATE_INVALID_STATE = "DU003"
 _SQLSTATE_QUEUE = "DU004"
 _SQLSTATE_ARGUMENT = "DU005"
+_SQLSTATE_BATCH_NOT_FOUND = "DU006"
 # 22003 numeric out of range, 22007/22008 a bad or overflowing timestamp, 22P02 not a number
 _SQLSTATES_ARGUMENT = {"22003", "22007", "22008", "22P02"}
 # Text arguments (task, step and worker names, idempotency keys) PostgreSQL cannot hold, with a
@@ -235,12 +268,18 @@ class Store:
 
     @contextlib.asynccontextmanager
     async def _translate(
-        self, *, run_id: uuid.UUID | None = None, task_id: uuid.UUID | None = None
+        self,
+        *,
+        run_id: uuid.UUID | None = None,
+        task_id: uuid.UUID | None = None,
+        batch_id: uuid.UUID | None = None,
     ) -> AsyncIterator[None]:
         try:
             yield
         except asyncpg.PostgresError as exc:
-            raise self._map_postgres_error(exc, run_id=run_id, task_id=task_id) from exc
+            raise self._map_postgres_error(
+                exc, run_id=run_id, task_id=task_id, batch_id=batch_id
+            ) from exc
         except (OSError, asyncpg.InterfaceError, TimeoutError) as exc:
             raise _unavailable(self.dsn, exc) from exc
         except asyncpg.InternalClientError as exc:
@@ -251,7 +290,12 @@ class Store:
             raise _unavailable(self.dsn, exc) from exc
 
     def _map_postgres_error(
-        self, exc: asyncpg.PostgresError, *, run_id: uuid.UUID | None, task_id: uuid.UUID | None
+        self,
+        exc: asyncpg.PostgresError,
+        *,
+        run_id: uuid.UUID | None,
+        task_id: uuid.UUID | None,
+        batch_id: uuid.UUID | None = None,
     ) -> Exception:
         state = exc.sqlstate or ""
         message = getattr(exc, "message", str(exc))
@@ -259,7 +303,9 @@ class Store:
         if state == _SQLSTATE_LEASE_LOST:
             return LeaseLost(run_id, detail)
         if state == _SQLSTATE_NOT_FOUND:
-            return TaskNotFound(task_id)
+            return TaskNotFound(_named_id(message) or task_id)
+        if state == _SQLSTATE_BATCH_NOT_FOUND:
+            return BatchNotFound(batch_id)
         if state == _SQLSTATE_INVALID_STATE:
             return InvalidState(message, state=detail or None)
         if state == _SQLSTATE_QUEUE:
@@ -299,10 +345,17 @@ class Store:
         return [_spawn_info(r) for r in rows]
 
     async def claim(
-        self, queue: str, worker_id: str, claim_timeout: float, qty: int
+        self,
+        queue: str,
+        worker_id: str,
+        claim_timeout: float,
+        qty: int,
+        code_version: str | None = None,
     ) -> list[Claim]:
         async with self._translate():
-            rows = await self._pool.fetch(_CLAIM, queue, worker_id, claim_timeout, qty)
+            rows = await self._pool.fetch(
+                _CLAIM, queue, worker_id, claim_timeout, qty, code_version
+            )
         # by position (the columns _CLAIM names): a short task's claim is on the hot path
         return [
             Claim(
@@ -482,6 +535,112 @@ class Store:
             woken: int = await self._pool.fetchval(_EMIT_EVENT, name, payload_json)
         return woken
 
+    # --- fan-in: several tasks, batches, dependencies' results ---------------------------------
+
+    async def await_tasks(
+        self,
+        queue: str,
+        run_id: uuid.UUID,
+        step: str,
+        children: Sequence[uuid.UUID],
+        timeout: float | None,
+    ) -> tuple[str, Any]:
+        async with self._translate(run_id=run_id):
+            row = await self._pool.fetchrow(
+                _AWAIT_TASKS, queue, run_id, step, list(children), timeout
+            )
+        assert row is not None
+        return row["status"], row["outcomes"]
+
+    async def spawn_batch(
+        self,
+        items: Sequence[Mapping[str, Any]],
+        callbacks: Mapping[str, Any],
+        options: Mapping[str, Any],
+    ) -> BatchInfo:
+        """``items`` are ``{queue, task_name, params, options}`` documents; ``callbacks`` maps
+        ``on_complete`` and ``on_exhausted`` to one each (or leaves them out)."""
+        items_json = encode_json(list(items), "the batch's items")
+        callbacks_json = encode_json(dict(callbacks), "the batch's callbacks")
+        options_json = encode_json(dict(options), "the batch's options")
+        async with self._translate():
+            rows = await self._pool.fetch(_SPAWN_BATCH, items_json, callbacks_json, options_json)
+        return BatchInfo(
+            batch_id=rows[0]["batch_id"],
+            created=rows[0]["batch_created"],
+            members=[_spawn_info(r) for r in rows],
+        )
+
+    async def get_batch(self, batch_id: uuid.UUID) -> BatchRecord:
+        async with self._translate(batch_id=batch_id):
+            doc = await self._pool.fetchval(_GET_BATCH, batch_id)
+        callbacks = doc["callbacks"] or {}
+        return BatchRecord(
+            batch_id=uuid.UUID(doc["batch_id"]),
+            total=doc["total"],
+            pending=doc["pending"],
+            counts=dict(doc["counts"]),
+            on_complete=(callbacks.get("on_complete") or {}).get("task_name"),
+            on_exhausted=(callbacks.get("on_exhausted") or {}).get("task_name"),
+            callback_task_id=_uuid(doc["callback_task_id"]),
+            callback_error=doc["callback_error"],
+            idempotency_key=doc["idempotency_key"],
+            created_at=datetime.fromisoformat(doc["created_at"]),
+            finished_at=_ts(doc["finished_at"]),
+        )
+
+    async def get_dependency_results(
+        self, queue: str | None, task_id: uuid.UUID
+    ) -> list[DependencyResult]:
+        async with self._translate(task_id=task_id):
+            rows = await self._pool.fetch(_GET_DEPENDENCY_RESULTS, queue, task_id)
+        return [
+            DependencyResult(
+                task_id=r["task_id"],
+                task_name=r["task_name"],
+                state=TaskState(r["state"]),
+                result=r["result"],
+            )
+            for r in rows
+        ]
+
+    # --- messages, published state, patches ----------------------------------------------------
+
+    async def send_message(self, task_id: uuid.UUID, topic: str, payload: Any) -> bool:
+        payload_json = encode_json(payload, f"the message on topic {topic!r}")
+        async with self._translate(task_id=task_id):
+            woke: bool = await self._pool.fetchval(_SEND_MESSAGE, task_id, topic, payload_json)
+        return woke
+
+    async def receive_message(
+        self, queue: str, run_id: uuid.UUID, step: str, topic: str, timeout: float | None
+    ) -> tuple[str, Any]:
+        async with self._translate(run_id=run_id):
+            row = await self._pool.fetchrow(_RECEIVE_MESSAGE, queue, run_id, step, topic, timeout)
+        assert row is not None
+        return row["status"], row["payload"]
+
+    async def set_state(self, queue: str, run_id: uuid.UUID, key: str, value: Any) -> None:
+        value_json = encode_json(value, f"the value of state {key!r}")
+        async with self._translate(run_id=run_id):
+            await self._pool.execute(_SET_STATE, queue, run_id, key, value_json)
+
+    async def get_state(
+        self, queue: str | None, task_id: uuid.UUID, key: str | None
+    ) -> dict[str, Any]:
+        async with self._translate(task_id=task_id):
+            rows = await self._pool.fetch(_GET_STATE, queue, task_id, key)
+        return {r["key"]: r["value"] for r in rows}
+
+    async def decide_patch(
+        self, queue: str, run_id: uuid.UUID, step: str, passed: Sequence[str]
+    ) -> bool:
+        async with self._translate(run_id=run_id):
+            new_path: bool = await self._pool.fetchval(
+                _DECIDE_PATCH, queue, run_id, step, list(passed)
+            )
+        return new_path
+
     async def set_progress(self, queue: str, run_id: uuid.UUID, pct: float, detail: Any) -> None:
         detail_json = encode_json(detail, "the progress detail")
         async with self._translate(run_id=run_id):
@@ -508,6 +667,81 @@ class Store:
             await self._pool.execute(
                 _SET_LIMIT, queue, task_name, max_running, rate_allowed, rate_period
             )
+
+    # --- paused queues and cron schedules ---------------------------------------------------------
+
+    async def pause_queue(self, queue: str) -> bool:
+        async with self._translate():
+            changed: bool = await self._pool.fetchval(_PAUSE_QUEUE, queue)
+        return changed
+
+    async def resume_queue(self, queue: str) -> bool:
+        async with self._translate():
+            changed: bool = await self._pool.fetchval(_RESUME_QUEUE, queue)
+        return changed
+
+    async def list_paused_queues(self) -> list[PausedQueue]:
+        async with self._translate():
+            rows = await self._pool.fetch(_LIST_PAUSED_QUEUES)
+        return [PausedQueue(queue=r["queue"], paused_at=r["paused_at"]) for r in rows]
+
+    async def set_cron_schedule(
+        self,
+        name: str,
+        expr: str,
+        timezone: str,
+        queue: str,
+        task_name: str,
+        params: Any,
+        options: Mapping[str, Any],
+        missed: str,
+        source: str,
+    ) -> bool:
+        params_json = encode_json(params, "params")
+        options_json = encode_json(dict(options), "options")
+        async with self._translate():
+            created: bool = await self._pool.fetchval(
+                _SET_CRON_SCHEDULE,
+                name,
+                expr,
+                timezone,
+                queue,
+                task_name,
+                params_json,
+                options_json,
+                missed,
+                source,
+            )
+        return created
+
+    async def remove_cron_schedule(self, name: str) -> bool:
+        async with self._translate():
+            found: bool = await self._pool.fetchval(_REMOVE_CRON_SCHEDULE, name)
+        return found
+
+    async def pause_cron_schedule(self, name: str) -> bool:
+        async with self._translate():
+            found: bool = await self._pool.fetchval(_PAUSE_CRON_SCHEDULE, name)
+        return found
+
+    async def resume_cron_schedule(self, name: str) -> bool:
+        async with self._translate():
+            found: bool = await self._pool.fetchval(_RESUME_CRON_SCHEDULE, name)
+        return found
+
+    async def list_cron_schedules(self, queues: Sequence[str] | None) -> CronSchedules:
+        async with self._translate():
+            doc = await self._pool.fetchval(
+                _LIST_CRON_SCHEDULES, None if queues is None else list(queues)
+            )
+        return CronSchedules(
+            now=_at(doc["now"]), schedules=[_cron_schedule(s) for s in doc["schedules"]]
+        )
+
+    async def fire_cron(self, name: str, slot: datetime) -> tuple[uuid.UUID, bool] | None:
+        async with self._translate():
+            row = await self._pool.fetchrow(_FIRE_CRON, name, slot)
+        return None if row is None else (row["task_id"], row["created"])
 
     # --- workers --------------------------------------------------------------------------------
 
@@ -855,6 +1089,20 @@ def _ts(value: str | None) -> datetime | None:
     return _at(value) if value else None
 
 
+def _uuid(value: str | None) -> uuid.UUID | None:
+    return uuid.UUID(value) if value else None
+
+
+def _named_id(message: str) -> uuid.UUID | None:
+    """The id a "no task <id>" message names: the task that was not found, which is not always
+    the one the call was about (an unknown task among the tasks a gather waits for)."""
+    _, _, tail = message.rpartition(" ")
+    try:
+        return uuid.UUID(tail)
+    except ValueError:
+        return None
+
+
 def _at(value: str) -> datetime:
     """A timestamptz from JSON; ``infinity`` (a run waiting for an event or its dependencies)
     is the latest datetime there is."""
@@ -889,6 +1137,7 @@ def _task_record(doc: dict[str, Any]) -> TaskRecord:
             failure_reason=FailureReason(r["failure_reason"]) if r["failure_reason"] else None,
             error=r["error"],
             result=doc["result"] if r["state"] == RunState.COMPLETED else None,
+            code_version=r.get("code_version"),
         )
         for r in doc["runs"]
     ]
@@ -915,6 +1164,27 @@ def _task_record(doc: dict[str, Any]) -> TaskRecord:
         waiting_for=list(doc.get("waiting_for") or ()),
         scheduled_at=_ts(doc.get("scheduled_at")),
         discarded_at=_ts(doc.get("discarded_at")),
+        batch_ids=[uuid.UUID(b) for b in doc.get("batch_ids") or ()],
+    )
+
+
+def _cron_schedule(doc: dict[str, Any]) -> CronSchedule:
+    return CronSchedule(
+        name=doc["name"],
+        expr=doc["expr"],
+        timezone=doc["timezone"],
+        queue=doc["queue"],
+        task_name=doc["task_name"],
+        params=doc["params"],
+        options=doc["options"],
+        missed=Missed(doc["missed"]),
+        source=ScheduleSource(doc["source"]),
+        paused_at=_ts(doc["paused_at"]),
+        fired_through=_at(doc["fired_through"]),
+        last_slot=_ts(doc["last_slot"]),
+        last_task_id=uuid.UUID(doc["last_task_id"]) if doc["last_task_id"] else None,
+        created_at=_at(doc["created_at"]),
+        updated_at=_at(doc["updated_at"]),
     )
 
 

@@ -7,7 +7,7 @@ import functools
 import inspect
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any, Final, ParamSpec, TypeVar, Unpack, overload
 
@@ -22,13 +22,16 @@ from durable.protocol.errors import (
     EventTimeout,
     InvalidArgument,
     LeaseLost,
+    PatchRetired,
     Suspended,
     TaskFailed,
+    check_name,
 )
 from durable.protocol.log import get_logger
 from durable.protocol.records import (
     ChildTask,
     Claim,
+    DependencyResult,
     Failure,
     SpawnKwargs,
     TaskResult,
@@ -140,6 +143,8 @@ class TaskContext:
         self.headers: dict[str, Any] = claim.headers
         self._recorded: dict[str, Any] | None = None if claim.has_checkpoints else {}
         self._seen: dict[str, int] = {}
+        #: Every step this run passed, in order: a patch looks at the history beyond them.
+        self._passed: list[str] = []
 
     @property
     def stopped(self) -> bool:
@@ -299,6 +304,107 @@ class TaskContext:
             raise TaskFailed(child_id, str(state), Failure.from_json(value.get("failure")))
         return TaskResult(state=state, result=value.get("result"))
 
+    async def gather(
+        self,
+        children: Iterable[ChildTask | uuid.UUID],
+        *,
+        timeout: float | timedelta | None = None,
+    ) -> list[TaskResult[Any]]:
+        """Wait for every task of ``children`` (from :meth:`spawn`, or any task ids) to end, parked
+        meanwhile: the run parks once and wakes once, when the last of them ended, however many
+        they are. Returns their results (:class:`TaskResult`) in the order given; a failed or
+        cancelled task is a result too (its ``state`` and ``failure`` say so), not an exception,
+        so one failure does not hide the others' results. Raises :class:`EventTimeout` if
+        ``timeout`` passed first. Recorded: a replay gets the same results without waiting."""
+        ids = [child if isinstance(child, uuid.UUID) else child.task_id for child in children]
+        if not ids:
+            return []
+        key = self._next_key("$gather")
+
+        async def wait() -> tuple[str, Any]:
+            status, outcomes = await self._client.await_tasks(
+                self.queue, self.run_id, key, ids, timeout
+            )
+            return status, {"outcomes": outcomes}  # as the step records it
+
+        value = await self._wait(key, wait)
+        if value.get("timed_out"):
+            raise EventTimeout(f"the end of {len(ids)} tasks", key)
+        return [
+            TaskResult(
+                state=TaskState(outcome["state"]),
+                result=outcome.get("result"),
+                failure=Failure.from_json(outcome.get("failure")),
+            )
+            for outcome in value["outcomes"]
+        ]
+
+    async def dependency_results(self) -> list[DependencyResult]:
+        """The tasks this task was spawned to depend on (``depends_on``), in the order they
+        were spawned, with their results: they all completed before this task could start. Read
+        from the database each time (they are stored there already), not recorded as a step."""
+        return await self._client.get_dependency_results(self.queue, self.task_id)
+
+    async def recv(self, topic: str, *, timeout: float | timedelta | None = None) -> Any:
+        """Receive the next message sent to this task on ``topic`` (``app.send``) and return its
+        payload. Messages of a topic arrive in the order they were sent, and each is received
+        once; with none waiting the run is parked (its worker slot freed) until one is sent.
+        Raises :class:`EventTimeout` when ``timeout`` seconds pass first. Recorded: a replay gets
+        the same message without taking another."""
+        check_name(topic, "topic")
+        key = self._next_key(f"$recv:{topic}")
+
+        async def wait() -> tuple[str, Any]:
+            status, payload = await self._client.receive_message(
+                self.queue, self.run_id, key, topic, timeout
+            )
+            return status, {"payload": payload}  # as the step records it
+
+        value = await self._wait(key, wait)
+        if value.get("timed_out"):
+            raise EventTimeout(f"a message on topic {topic!r}", key)
+        return value.get("payload")
+
+    async def set_state(self, key: str, value: Any) -> None:
+        """Publish where this task stands: ``value`` (any JSON) under ``key``, for anyone to read
+        with ``app.get_state(task_id, key)``; the last write of a key wins. A write of the run
+        like :meth:`progress`: it extends the lease."""
+        self._check_lease()
+        await self._write(self._client.set_state(self.queue, self.run_id, key, value))
+        self._control.beat()
+
+    async def patched(self, change_id: str) -> bool:
+        """Whether this task takes the new path of a code change, marked ``change_id``::
+
+            if await ctx.patched("charge-in-cents"):
+                ...  # the new code
+            else:
+                ...  # the code tasks in flight ran before the change
+
+        Decided once per task, the first time it reaches this point, and recorded (step
+        ``$patch:<change_id>``): True for a task that reaches it for the first time, with this
+        code deployed; False for a task whose earlier runs went past this point without it (its
+        recorded steps or waits go beyond the steps this run has passed so far), which must
+        replay the old path to match its history."""
+        key = self._next_key(f"$patch:{check_name(change_id, 'change id')}")
+        recorded = await self._load_recorded()
+        if key in recorded:
+            return recorded[key] is True
+        self._check_lease()
+        new_path: bool = await self._write(
+            self._client.decide_patch(self.queue, self.run_id, key, self._passed)
+        )
+        recorded[key] = new_path
+        return new_path
+
+    async def deprecate_patch(self, change_id: str) -> None:
+        """Where ``if await ctx.patched(change_id)`` was, once the old path is gone from the
+        code: a task that reaches this point takes the new path, and one that took the old path
+        (it recorded False, or its history went past this point before the patch) raises
+        :class:`PatchRetired` instead of going on down the wrong one."""
+        if not await self.patched(change_id):
+            raise PatchRetired(change_id)
+
     async def progress(self, pct: float, detail: Any = None) -> None:
         """Record how far the task got (0 to 100) and any JSON ``detail``; shown by ``get_task``
         and ``durable show``. Extends the lease like a heartbeat."""
@@ -329,7 +435,9 @@ class TaskContext:
             raise InvalidArgument(f"step name must be a non-empty string, got {name!r}")
         count = self._seen.get(name, 0) + 1
         self._seen[name] = count
-        return name if count == 1 else f"{name}#{count}"
+        key = name if count == 1 else f"{name}#{count}"
+        self._passed.append(key)
+        return key
 
     async def heartbeat(self, extend_by: float | None = None) -> None:
         """Tell the supervisor this run is alive; with ``extend_by`` also extend the lease now."""

@@ -8,6 +8,7 @@ one spawn into a queue and a :class:`SpawnOptions` (:meth:`Registry.resolve`): `
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -15,9 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, Unpack, cast, overload
 
 from durable.client import Client
-from durable.protocol.errors import UnknownTask, check_queue_name
+from durable.protocol.cron import CronExpr, Missed
+from durable.protocol.errors import InvalidArgument, UnknownTask, check_queue_name
 from durable.protocol.log import get_logger
 from durable.protocol.records import (
+    BatchInfo,
     DefinitionOptions,
     RateLimit,
     Retention,
@@ -28,8 +31,9 @@ from durable.protocol.records import (
     spawn_options,
 )
 from durable.protocol.retry import Backoff
-from durable.runtime.cron import CronExpr, CronJob
+from durable.runtime.cron import CronJob
 from durable.runtime.retention import PruneRule, prune_rules
+from durable.runtime.versions import check_version, derive_version
 
 log = get_logger()
 
@@ -139,9 +143,11 @@ class Registry(Mapping[str, "TaskDefinition[Any, Any]"]):
         default_queue: str = "default",
         retention: Retention | None = None,
         retention_interval: float = 60.0,
+        version: str | None = None,
     ) -> None:
         if retention_interval <= 0:
             raise ValueError("retention_interval must be positive")
+        self._version = None if version is None else check_version(version)
         self.client = client
         self.default_queue = check_queue_name(default_queue)
         #: How long finished tasks are kept; workers prune every ``retention_interval`` s.
@@ -149,6 +155,14 @@ class Registry(Mapping[str, "TaskDefinition[Any, Any]"]):
         self.retention_interval = retention_interval
         self.crons: list[CronJob] = []
         self._tasks: dict[str, TaskDefinition[Any, Any]] = {}
+
+    @property
+    def code_version(self) -> str:
+        """The version of this code: the one declared (``Durable(version=...)``), else one
+        derived from the source of the registered handlers. Each run records its worker's."""
+        if self._version is not None:
+            return self._version
+        return derive_version((d.name, d.fn) for d in self._tasks.values())
 
     def __getitem__(self, name: str) -> TaskDefinition[Any, Any]:
         return self._tasks[name]
@@ -238,6 +252,47 @@ class Registry(Mapping[str, "TaskDefinition[Any, Any]"]):
             self.client, queue, task_name, info.task_id, info.run_id, info.attempt, info.created
         )
 
+    async def spawn_batch(
+        self,
+        items: Sequence[tuple[TaskDefinition[Any, Any] | str, Any]],
+        *,
+        on_complete: TaskDefinition[Any, Any] | str | None = None,
+        on_exhausted: TaskDefinition[Any, Any] | str | None = None,
+        callback_params: Any = None,
+        queue: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> BatchInfo:
+        """Spawn ``items`` (``(task, params)`` pairs) as one batch, each task resolved as a spawn
+        of it is (:meth:`resolve`; ``queue`` for those not registered here), with a callback once
+        every member ended (see ``Durable.batch``)."""
+        specs = []
+        for item in items:
+            if not isinstance(item, tuple) or len(item) != 2:
+                raise InvalidArgument(f"a batch item is a (task, params) pair, got {item!r}")
+            task, params = item
+            target, task_name, options = self.resolve(task, queue, {})
+            specs.append((target, task_name, params, options))
+        callbacks = {}
+        for role, callback in (("on_complete", on_complete), ("on_exhausted", on_exhausted)):
+            if callback is not None:
+                target, task_name, options = self.resolve(callback, queue, {})
+                # spawned once by the batch: its own key, uniqueness and dependencies do not apply
+                options = dataclasses.replace(options, unique=None, depends_on=None)
+                callbacks[role] = (target, task_name, callback_params, options)
+        batch = await self.client.spawn_batch(
+            specs,
+            on_complete=callbacks.get("on_complete"),
+            on_exhausted=callbacks.get("on_exhausted"),
+            idempotency_key=idempotency_key,
+        )
+        log.info(
+            "batch.spawned",
+            batch_id=str(batch.batch_id),
+            members=len(batch.members),
+            created=batch.created,
+        )
+        return batch
+
     def add_cron(
         self,
         expr: str,
@@ -246,17 +301,26 @@ class Registry(Mapping[str, "TaskDefinition[Any, Any]"]):
         *,
         name: str | None = None,
         queue: str | None = None,
+        timezone: str = "UTC",
+        missed: Missed | str = Missed.SKIP,
         **options: Unpack[SpawnKwargs],
     ) -> CronJob:
         """Spawn ``task`` with ``params`` at every slot of ``expr`` (see ``Durable.cron``)."""
         target, task_name, resolved = self.resolve(task, queue, options)
+        try:
+            policy = Missed(missed)
+        except ValueError:
+            raise InvalidArgument(
+                f"missed must be one of skip, latest, all — got {missed!r}"
+            ) from None
         job = CronJob(
             name=name or f"{task_name}:{expr}",
-            schedule=CronExpr.parse(expr),
+            schedule=CronExpr.parse(expr, timezone),
             task_name=task_name,
             queue=check_queue_name(target),
             params=params,
             options=resolved,
+            missed=policy,
         )
         if any(existing.name == job.name for existing in self.crons):
             raise ValueError(f"a cron job named {job.name!r} is already registered")

@@ -16,13 +16,13 @@ from __future__ import annotations
 import functools
 import inspect
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar, Unpack, overload
 
 import anyio.from_thread
 
-from durable.protocol.records import ChildTask, SpawnKwargs, TaskResult
+from durable.protocol.records import ChildTask, DependencyResult, SpawnKwargs, TaskResult
 from durable.runtime.context import NOT_RECORDED, TaskContext
 from durable.runtime.registry import TaskDefinition
 
@@ -116,6 +116,36 @@ class SyncTaskContext:
     ) -> TaskResult[Any]:
         """See :meth:`TaskContext.result`."""
         return self._run(functools.partial(self._ctx.result, child, timeout=timeout))
+
+    def gather(
+        self,
+        children: Iterable[ChildTask | uuid.UUID],
+        *,
+        timeout: float | timedelta | None = None,
+    ) -> list[TaskResult[Any]]:
+        """See :meth:`TaskContext.gather`."""
+        return self._run(functools.partial(self._ctx.gather, list(children), timeout=timeout))
+
+    def dependency_results(self) -> list[DependencyResult]:
+        """See :meth:`TaskContext.dependency_results`."""
+        return self._run(self._ctx.dependency_results)
+
+    def recv(self, topic: str, *, timeout: float | timedelta | None = None) -> Any:
+        """See :meth:`TaskContext.recv`: the run is parked while no message waits (this call
+        does not return then)."""
+        return self._run(functools.partial(self._ctx.recv, topic, timeout=timeout))
+
+    def set_state(self, key: str, value: Any) -> None:
+        """See :meth:`TaskContext.set_state`."""
+        self._run(self._ctx.set_state, key, value)
+
+    def patched(self, change_id: str) -> bool:
+        """See :meth:`TaskContext.patched`."""
+        return self._run(self._ctx.patched, change_id)
+
+    def deprecate_patch(self, change_id: str) -> None:
+        """See :meth:`TaskContext.deprecate_patch`."""
+        self._run(self._ctx.deprecate_patch, change_id)
 
     def _run(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
         """``await fn(*args)`` on the worker's event loop; :class:`RunStopped` once the worker

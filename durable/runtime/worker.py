@@ -16,6 +16,7 @@ connection is re-opened the same way, logging ``db.unavailable`` per failed atte
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 import time
@@ -36,7 +37,7 @@ from durable.protocol.records import Claim
 from durable.protocol.store import CHANNEL_WORK, Listener
 from durable.runtime.claim_ahead import ClaimAhead
 from durable.runtime.context import RunControl, cancel_scope, run_fields
-from durable.runtime.cron import run_cron_jobs
+from durable.runtime.cron import REFRESH_S, SchedulerClock, run_cron_scheduler
 from durable.runtime.deadlines import CLOSE_TIMEOUT_S, ReconnectBackoff, db_timeout, within
 from durable.runtime.executor import DISCARD_TASK, execute, run_discard_hook
 from durable.runtime.flow_rollup import run_flow_rollup
@@ -78,6 +79,8 @@ class WorkerKwargs(TypedDict, total=False):
     metrics_port: int | None
     metrics_host: str
     metrics_interval: float
+    cron_clock: SchedulerClock | None
+    cron_refresh: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,6 +101,10 @@ class WorkerOptions:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     metrics_interval: float = 5.0
+    #: The cron scheduler's clock; None: the database's time (tests pass a clock they move).
+    cron_clock: SchedulerClock | None = None
+    #: How often the cron scheduler reads the schedules again when no slot comes sooner.
+    cron_refresh: float = REFRESH_S
 
     def __post_init__(self) -> None:
         for queue in self.queues:
@@ -112,6 +119,8 @@ class WorkerOptions:
             raise ValueError("metrics_port must be between 0 and 65535")
         if self.metrics_interval <= 0:
             raise ValueError("metrics_interval must be positive")
+        if self.cron_refresh <= 0:
+            raise ValueError("cron_refresh must be positive")
 
 
 class Worker:
@@ -125,6 +134,8 @@ class Worker:
         self.worker_id = options.worker_id or (
             f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         )
+        #: Recorded on every run this worker claims (``Durable(version=...)`` or derived).
+        self.code_version = registry.code_version
         self.active: dict[uuid.UUID, RunControl] = {}
         # a handler slot per concurrency unit: claimed-ahead runs wait here for one
         self._handler_slots = asyncio.Semaphore(options.concurrency)
@@ -213,6 +224,7 @@ class Worker:
             worker=self.worker_id,
             queues=list(opts.queues),
             concurrency=opts.concurrency,
+            code_version=self.code_version,
         )
         try:
             if self.metrics is not None:
@@ -223,9 +235,16 @@ class Worker:
                 )
                 tg.start_soon(supervise_heartbeats, self.active)
                 tg.start_soon(self._keep_listening)
-                crons = [job for job in self.registry.crons if job.queue in opts.queues]
-                if crons:
-                    tg.start_soon(run_cron_jobs, client, crons)
+                tg.start_soon(
+                    functools.partial(
+                        run_cron_scheduler,
+                        client,
+                        [job for job in self.registry.crons if job.queue in opts.queues],
+                        opts.queues,
+                        clock=opts.cron_clock,
+                        refresh_s=opts.cron_refresh,
+                    )
+                )
                 if rules := self.registry.prune_rules():
                     tg.start_soon(run_retention, client, rules, self.registry.retention_interval)
                 tg.start_soon(run_flow_rollup, client, self._db_timeout)
@@ -332,7 +351,13 @@ class Worker:
             with cancel_scope(shield=True):
                 claims = await within(
                     self._db_timeout,
-                    self.client.claim(queue, self.worker_id, opts.claim_timeout, free),
+                    self.client.claim(
+                        queue,
+                        self.worker_id,
+                        opts.claim_timeout,
+                        free,
+                        code_version=self.code_version,
+                    ),
                 )
         except DatabaseUnavailable as exc:
             delay = self._unavailable("claim", backoff, exc)

@@ -46,11 +46,18 @@
 -- timeout, crash, exhausted, unknown: durable.reason_class) comes from the reason or, for an error
 -- a handler raised, from the class the worker recorded with it.
 --
--- PARKING: sleep() and await_event() / await_task() park a run: it ends 'suspended' and a run of
--- the same attempt waits 'sleeping' until its available_at (the wake-up time; 'infinity' for a
--- wait with no timeout). An event is stored (durable.events), so one emitted before the wait is
--- not lost; emit_event() wakes every waiter (durable.waits). A child task's end delivers its
--- outcome to the parent awaiting it (on_tasks_ended).
+-- PARKING: sleep() and await_event() / await_task() / await_tasks() / receive_message() park a
+-- run: it ends 'suspended' and a run of the same attempt waits 'sleeping' until its available_at
+-- (the wake-up time; 'infinity' for a wait with no timeout). An event is stored (durable.events),
+-- so one emitted before the wait is not lost; emit_event() wakes every waiter (durable.waits). A
+-- child task's end delivers its outcome to the parent awaiting it (on_tasks_ended); a wait for
+-- several tasks wakes once, when the last of them ended. A MESSAGE goes to one task
+-- (send_message): stored until a receive of its topic takes it, in the order sent, once.
+--
+-- WORKFLOWS: a BATCH (spawn_batch) spawns a callback once every member ended; a task reads its
+-- dependencies' results (get_dependency_results) and publishes its STATE (set_state); a PATCH
+-- (decide_patch) records, once per task, whether a task takes the new path of changed code; each
+-- run records the CODE VERSION of the worker that claimed it.
 --
 -- FLOW CONTROL, chosen per task at spawn: UNIQUENESS (options.unique = {keys, states, period,
 -- replace, debounce}: a duplicate, same queue, task name and listed params keys within the period
@@ -64,6 +71,13 @@
 -- queue's partitions) and LIMITS (durable.limits, per task name and cluster-wide: at most
 -- max_running at once, rate_allowed starts per rate_period_s). TAGS (tasks.tags) filter the
 -- operator's views and cancel_by(); PROGRESS (set_progress) is written like any write of a run.
+-- A PAUSED QUEUE (durable.paused_queues: pause_queue, resume_queue) accepts spawns and hands out
+-- no run to a claim until it is resumed.
+--
+-- CRON SCHEDULES (durable.cron_schedules) are declared in code or added at run time; workers
+-- compute their slots (the cron expression in its time zone) and fire each slot through
+-- fire_cron(), which spawns it once: the schedule's row lock and fired_through decide, whatever
+-- the number of workers.
 --
 -- THE OPERATOR: FAILED WORK is the tasks whose latest failure is not behind them: failed for good
 -- ('failed') or live and about to run again ('retrying'). retry() and replay() give a finished
@@ -83,7 +97,8 @@
 -- UUIDv7, ordered by time; spawn_many's keys follow the batch's order.
 --
 -- ERRORS: DU001 lease lost, DU002 task not found, DU003 invalid state, DU004 invalid queue name,
--- DU005 invalid argument (durable/protocol/store.py maps each to its exception).
+-- DU005 invalid argument, DU006 batch not found (durable/protocol/store.py maps each to its
+-- exception).
 --
 -- NOTIFICATIONS: channel durable_work (payload: the queue) when a run becomes claimable now;
 -- channel durable_done when tasks end, its payload a comma-separated list of their task ids (up to

@@ -9,8 +9,10 @@
 -- and its liveness lasts at least as long as the lease. random_page_cost = 1.1 lets the planner
 -- find the claimed runs and their tasks by key (index probes of a few rows priced as what they cost
 -- on a cached or solid-state database) instead of scanning a small table.
+-- Each claimed run records p_code_version, the code version of the worker that runs it.
 create or replace function durable.claim(p_queue text, p_worker_id text,
-                                         p_claim_timeout double precision, p_qty integer default 1)
+                                         p_claim_timeout double precision, p_qty integer default 1,
+                                         p_code_version text default null)
 returns table (run_id uuid, task_id uuid, task_name text, params jsonb, headers jsonb,
                attempt integer, max_attempts integer, timeout_s double precision,
                heartbeat_timeout_s double precision, lease_expires_at timestamptz,
@@ -30,9 +32,16 @@ begin
     if p_worker_id is null or length(p_worker_id) = 0 then
         raise exception 'worker_id must not be empty' using errcode = 'DU005';
     end if;
+    if length(p_code_version) > 255 then
+        raise exception 'code version must be at most 255 characters' using errcode = 'DU005';
+    end if;
     v_lease := v_now + make_interval(secs => p_claim_timeout);
     perform durable.reap_runs(p_queue, v_now);
     perform durable.enforce_cancellations(v_now);
+    -- a paused queue hands out nothing (its lapsed leases are reaped all the same)
+    if exists (select 1 from durable.paused_queues q where q.queue = p_queue) then
+        return;
+    end if;
     if exists (select 1 from durable.limits l where l.queue = p_queue)
        or exists (select 1 from durable.runs r
                    where r.queue = p_queue and r.state in ('pending', 'sleeping')
@@ -42,7 +51,8 @@ begin
         with claimed as (
             update durable.runs r
                set state = 'running', claimed_by = p_worker_id, started_at = v_now,
-                   lease_s = p_claim_timeout, lease_expires_at = v_lease
+                   lease_s = p_claim_timeout, lease_expires_at = v_lease,
+                   code_version = p_code_version
              where r.run_id = any(v_picked)
             returning r.run_id, r.task_id, r.attempt
         )
@@ -63,7 +73,8 @@ begin
         ), claimed as (
             update durable.runs r
                set state = 'running', claimed_by = p_worker_id, started_at = v_now,
-                   lease_s = p_claim_timeout, lease_expires_at = v_lease
+                   lease_s = p_claim_timeout, lease_expires_at = v_lease,
+                   code_version = p_code_version
               from picked where r.run_id = picked.run_id
             returning r.run_id, r.task_id, r.attempt
         )

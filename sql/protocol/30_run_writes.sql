@@ -81,7 +81,8 @@ begin
 end $$;
 
 -- Everything that follows the end of tasks (completed, failed for good, cancelled): their own
--- waits and dependency edges go, parents awaiting them get their outcome, dependents move on.
+-- waits (and the edges of their waits for several tasks) and dependency edges go, parents
+-- awaiting them get their outcome, dependents move on, and the batches they belong to count them.
 create or replace function durable.on_tasks_ended(p_task_ids uuid[], p_now timestamptz)
 returns void
 language plpgsql as $$
@@ -89,14 +90,27 @@ begin
     if p_task_ids is null or cardinality(p_task_ids) = 0 then
         return;
     end if;
-    delete from durable.waits w where w.task_id = any(p_task_ids);
+    with gone as (
+        delete from durable.waits w where w.task_id = any(p_task_ids)
+        returning w.task_id, w.step_name, w.child_task_ids
+    )
+    delete from durable.wait_children c using gone
+     where gone.child_task_ids is not null
+       and c.task_id = gone.task_id and c.step_name = gone.step_name;
     delete from durable.task_dependencies d where d.task_id = any(p_task_ids);
     if exists (select 1 from durable.waits w where w.child_task_id = any(p_task_ids)) then
         perform durable.deliver_child_results(p_task_ids, p_now);
     end if;
+    if exists (select 1 from durable.wait_children c where c.child_task_id = any(p_task_ids)) then
+        perform durable.deliver_gathered_results(p_task_ids, p_now);
+    end if;
     if exists (select 1 from durable.task_dependencies d
                 where d.depends_on = any(p_task_ids)) then
         perform durable.resolve_dependents(p_task_ids, p_now);
+    end if;
+    if exists (select 1 from durable.batch_members m
+                where m.task_id = any(p_task_ids) and m.ended_state is null) then
+        perform durable.count_batch_members(p_task_ids, p_now);
     end if;
 end $$;
 

@@ -1,6 +1,6 @@
--- Flow control: limits per task name, dependencies between tasks, and cancellation by filter.
--- (Uniqueness is decided at spawn, 10_spawn.sql; cancellation policies and partitions at claim,
--- 20_claim.sql.)
+-- Flow control: limits per task name, dependencies between tasks, cancellation by filter, and
+-- paused queues. (Uniqueness is decided at spawn, 10_spawn.sql; cancellation policies and
+-- partitions at claim, 20_claim.sql.)
 
 -- Set (or, with every limit null, remove) the cluster-wide limits of a task name on a queue: at
 -- most p_max_running runs at once, and p_rate_allowed starts per p_rate_period seconds.
@@ -126,3 +126,40 @@ begin
     end loop;
     return v_count;
 end $$;
+
+-- ---------------------------------------------------------------------------------------------
+-- paused queues
+
+-- Pause queue p_queue: it still accepts spawns, but claim() hands out none of its runs until it
+-- is resumed (running runs go on). True when it was not paused before.
+create or replace function durable.pause_queue(p_queue text) returns boolean
+language plpgsql
+security definer set search_path = pg_catalog, pg_temp as $$
+begin
+    perform durable.check_queue(p_queue);
+    insert into durable.paused_queues (queue, paused_at) values (p_queue, durable.now())
+    on conflict (queue) do nothing;
+    return found;
+end $$;
+
+-- Resume queue p_queue and wake its workers. True when it was paused.
+create or replace function durable.resume_queue(p_queue text) returns boolean
+language plpgsql
+security definer set search_path = pg_catalog, pg_temp as $$
+begin
+    perform durable.check_queue(p_queue);
+    delete from durable.paused_queues q where q.queue = p_queue;
+    if found then
+        perform pg_notify('durable_work', p_queue);
+        return true;
+    end if;
+    return false;
+end $$;
+
+-- The paused queues, by name, with the moment each was paused.
+create or replace function durable.list_paused_queues()
+returns table (queue text, paused_at timestamptz)
+language sql stable
+security definer set search_path = pg_catalog, pg_temp as $$
+    select q.queue, q.paused_at from durable.paused_queues q order by q.queue
+$$;

@@ -17,7 +17,8 @@
 -- one task
 
 -- The whole task as one JSON document: the task, its derived state, its runs oldest first, what
--- it waits for and its dependencies that have not completed yet.
+-- it waits for (an event, a task, several tasks with those still running, or a message on a
+-- topic), its dependencies that have not completed yet and the batches it is a member of.
 create or replace function durable.get_task(p_queue text, p_task_id uuid) returns jsonb
 language plpgsql stable
 security definer set search_path = pg_catalog, pg_temp as $$
@@ -36,11 +37,25 @@ begin
         'waiting_for', coalesce((select jsonb_agg(jsonb_build_object(
                                             'step_name', w.step_name, 'event_name', w.event_name,
                                             'child_task_id', w.child_task_id,
-                                            'timeout_at', w.timeout_at) order by w.created_at)
+                                            'timeout_at', w.timeout_at) || case
+                                            when w.topic is not null
+                                            then jsonb_build_object('topic', w.topic)
+                                            when w.child_task_ids is not null
+                                            then jsonb_build_object(
+                                                'child_task_ids', w.child_task_ids,
+                                                'running_task_ids', array(
+                                                    select c.child_task_id
+                                                      from durable.wait_children c
+                                                     where c.task_id = w.task_id
+                                                       and c.step_name = w.step_name
+                                                     order by c.child_task_id))
+                                            else '{}' end order by w.created_at)
                                    from durable.waits w where w.task_id = p_task_id), '[]'),
         'pending_dependencies', coalesce((select jsonb_agg(d.depends_on order by d.depends_on)
                                             from durable.task_dependencies d
-                                           where d.task_id = p_task_id), '[]'));
+                                           where d.task_id = p_task_id), '[]'),
+        'batch_ids', coalesce((select jsonb_agg(distinct m.batch_id)
+                                 from durable.batch_members m where m.task_id = p_task_id), '[]'));
 end $$;
 
 -- A task's state, result and (once it failed or was cancelled) failure.

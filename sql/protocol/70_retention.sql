@@ -4,7 +4,8 @@
 -- call them (90_privileges.sql).
 
 -- Finished tasks of p_states that ended more than p_older_than seconds ago, with their runs,
--- checkpoints, waits and dependency edges: at most p_limit per call. p_task_names: only these
+-- checkpoints, waits, dependency edges, messages, published state and batch memberships: at most
+-- p_limit per call. p_task_names: only these
 -- task names; p_except_names: not these (the names that have a rule of their own). Runs and
 -- checkpoints carry no foreign key to their task, so the same statement deletes them.
 create or replace function durable.prune_tasks(p_older_than double precision, p_states text[],
@@ -46,14 +47,22 @@ begin
         delete from durable.waits w using gone where w.task_id = gone.task_id
     ), gone_edges as (
         delete from durable.task_dependencies d using gone where d.task_id = gone.task_id
+    ), gone_wait_edges as (
+        delete from durable.wait_children c using gone where c.task_id = gone.task_id
+    ), gone_messages as (
+        delete from durable.messages m using gone where m.task_id = gone.task_id
+    ), gone_states as (
+        delete from durable.states s using gone where s.task_id = gone.task_id
+    ), gone_members as (
+        delete from durable.batch_members m using gone where m.task_id = gone.task_id
     )
     select count(*) into v_count from gone;
     return v_count;
 end $$;
 
--- Events emitted, partition turns served and workers gone more than p_older_than seconds ago, at
--- most p_limit rows of each per call; returns how many rows went. (A wait for an event that was
--- pruned waits for the next emit.)
+-- Events emitted, partition turns served, workers gone and batches finished more than
+-- p_older_than seconds ago, at most p_limit rows of each per call; returns how many rows went.
+-- (A wait for an event that was pruned waits for the next emit.)
 create or replace function durable.prune_bookkeeping(p_older_than double precision,
                                                      p_limit integer default 1000)
 returns integer
@@ -63,6 +72,7 @@ declare
     v_events integer;
     v_turns  integer;
     v_workers integer;
+    v_batches integer;
 begin
     if p_older_than is null or p_older_than < 0 then
         raise exception 'older_than must be a non-negative number of seconds'
@@ -86,5 +96,15 @@ begin
                                 where r.claimed_by = x.worker_id and r.state = 'running')
              limit greatest(p_limit, 0) for update skip locked);
     get diagnostics v_workers = row_count;
-    return v_events + v_turns + v_workers;
+    with gone as (
+        delete from durable.batches b
+         where b.batch_id in (select x.batch_id from durable.batches x
+                               where x.finished_at < v_cutoff
+                               limit greatest(p_limit, 0) for update skip locked)
+        returning b.batch_id
+    ), gone_members as (
+        delete from durable.batch_members m using gone where m.batch_id = gone.batch_id
+    )
+    select count(*) into v_batches from gone;
+    return v_events + v_turns + v_workers + v_batches;
 end $$;

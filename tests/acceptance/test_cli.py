@@ -42,6 +42,10 @@ COMMANDS = [
     "replay",
     "prune",
     "dashboard",
+    "send",
+    "state",
+    "queue",
+    "cron",
 ]
 
 
@@ -181,9 +185,9 @@ async def test_status_counts_tasks_per_queue_and_state(dsn: str, client: Client)
     done = await durable("status", dsn=dsn)
     assert done.code == 0, done.err
     assert rows(done.out) == [
-        ["queue", "pending", "running", "sleeping", "completed", "failed", "cancelled"],
-        ["default", "3", "0", "0", "0", "0", "1"],
-        ["emails", "1", "0", "0", "0", "0", "0"],
+        ["queue", "pending", "running", "sleeping", "completed", "failed", "cancelled", "paused"],
+        ["default", "3", "0", "0", "0", "0", "1", "no"],
+        ["emails", "1", "0", "0", "0", "0", "0", "no"],
     ]
 
     done = await durable("status", "-q", "emails", "--json", dsn=dsn)
@@ -197,6 +201,7 @@ async def test_status_counts_tasks_per_queue_and_state(dsn: str, client: Client)
             "completed": 0,
             "failed": 0,
             "cancelled": 0,
+            "paused": False,
         }
     ]
 
@@ -419,6 +424,7 @@ async def test_spawn_with_tags_partition_dependency_and_start_time(
         "attempt",
         "state",
         "worker",
+        "version",
         "started",
         "finished",
         "available",
@@ -477,16 +483,16 @@ async def test_status_and_failed_filter_by_tags(dsn: str, client: Client) -> Non
     done = await durable("status", "--tag", "billing", dsn=dsn)
     assert done.code == 0, done.err
     assert rows(done.out) == [
-        ["queue", "pending", "running", "sleeping", "completed", "failed", "cancelled"],
-        ["default", "2", "0", "0", "0", "0", "0"],
-        ["jobs", "0", "0", "0", "0", "1", "0"],
+        ["queue", "pending", "running", "sleeping", "completed", "failed", "cancelled", "paused"],
+        ["default", "2", "0", "0", "0", "0", "0", "no"],
+        ["jobs", "0", "0", "0", "0", "1", "0", "no"],
     ]
     done = await durable("status", "--tag", "billing", "--tag", "eu", "--json", dsn=dsn)
     assert done.code == 0, done.err
     assert [(row["queue"], row["pending"]) for row in json.loads(done.out)] == [("default", 1)]
     done = await durable("status", "--tag", "nobody", dsn=dsn)
     assert rows(done.out) == [
-        ["queue", "pending", "running", "sleeping", "completed", "failed", "cancelled"]
+        ["queue", "pending", "running", "sleeping", "completed", "failed", "cancelled", "paused"]
     ]
 
     done = await durable("failed", dsn=dsn)
@@ -678,3 +684,84 @@ async def test_worker_refuses_a_metrics_port_in_use(dsn: str) -> None:
         )
     assert done.code == 1, done.err
     assert f"durable: InvalidArgument: cannot serve metrics on 127.0.0.1:{port}" in done.err
+
+
+# --- messages, published state, code versions -----------------------------------------------------
+
+
+async def test_send_state_and_show_a_task_waiting_in_recv(dsn: str, client: Client) -> None:
+    """Drive the run with the low-level client: published state, then a receive that parks."""
+    info = await client.spawn("default", "listen", None)
+    [claim] = await client.claim("default", "cli-test", 60, code_version="v7")
+    await client.set_state("default", claim.run_id, "stage", {"step": "listening", "n": 2})
+    await client.set_state("default", claim.run_id, "rows", 40)
+    assert await client.receive_message("default", claim.run_id, "$recv:cmd", "cmd") == (
+        "suspended",
+        None,
+    )
+    task_id = str(info.task_id)
+
+    done = await durable("state", task_id, dsn=dsn)
+    assert done.code == 0, done.err
+    assert rows(done.out) == [
+        ["key", "value"],
+        ["rows", "40"],
+        ["stage", '{"n":', "2,", '"step":', '"listening"}'],  # jsonb orders the keys
+    ]
+    done = await durable("state", task_id, "stage", "--json", dsn=dsn)
+    assert json.loads(done.out) == {"stage": {"step": "listening", "n": 2}}
+    done = await durable("state", task_id, "missing", dsn=dsn)
+    assert done.out.strip() == f"task {task_id} published no state under 'missing'"
+
+    show = await durable("show", task_id, dsn=dsn)
+    assert show.code == 0, show.err
+    fields = show_fields(show.out)
+    assert fields["waiting_for"] == "a message on topic 'cmd' (step '$recv:cmd', no timeout)"
+    header, suspended, sleeping = show_runs(show.out)
+    assert header[:4] == ["attempt", "state", "worker", "version"]
+    assert suspended[:4] == ["1", "suspended", "cli-test", "v7"]
+    assert sleeping[:4] == ["1", "sleeping", "-", "-"]
+    assert section_rows(show.out, "published state:") == [
+        ["key", "value"],
+        ["rows", "40"],
+        ["stage", '{"n": 2, "step": "listening"}'],
+    ]
+    doc = json.loads((await durable("show", task_id, "--json", dsn=dsn)).out)
+    assert doc["published_state"] == {"rows": 40, "stage": {"step": "listening", "n": 2}}
+    assert [run["code_version"] for run in doc["runs"]] == ["v7", None]
+
+    done = await durable("send", task_id, "cmd", '{"n": 1}', dsn=dsn)
+    assert done.code == 0, done.err
+    assert done.out.strip() == f"message on 'cmd' sent to task {task_id}: it was waiting: woken"
+    done = await durable("send", task_id, "cmd", dsn=dsn)
+    assert done.out.strip() == f"message on 'cmd' sent to task {task_id}: stored for its next recv"
+    [claim] = await client.claim("default", "cli-test", 60)  # woken: claimable now
+    assert await client.receive_message("default", claim.run_id, "$recv:cmd", "cmd") == (
+        "received",
+        {"n": 1},
+    )
+    assert await client.receive_message("default", claim.run_id, "$recv:cmd#2", "cmd") == (
+        "received",
+        None,
+    )
+
+
+async def test_send_refuses_bad_input(dsn: str, client: Client) -> None:
+    info = await client.spawn("default", "listen", None)
+    missing = str(uuid.uuid4())
+    unknown = await durable("send", missing, "cmd", dsn=dsn)
+    assert unknown.code == 1
+    assert unknown.err_lines == [f"durable: TaskNotFound: no task {missing}"]
+    long_topic = await durable("send", str(info.task_id), "t" * 256, dsn=dsn)
+    assert long_topic.code == 1
+    assert long_topic.err_lines == [
+        "durable: InvalidArgument: topic must be a string of 1 to 255 characters, got 256"
+        " characters"
+    ]
+    not_json = await durable("send", str(info.task_id), "cmd", "{nope}", dsn=dsn)
+    assert not_json.code == 2
+    assert "argument PAYLOAD_JSON: not JSON" in not_json.err
+    await client.cancel(None, info.task_id)
+    ended = await durable("send", str(info.task_id), "cmd", dsn=dsn)
+    assert ended.code == 1
+    assert ended.err.startswith("durable: InvalidState: ")

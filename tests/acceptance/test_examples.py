@@ -75,12 +75,22 @@ def test_producer_spawns_once_per_idempotency_key(dsn: str) -> None:
     assert out.count(": completed {") == 3
 
 
-def test_workflow_parks_on_a_child_a_sleep_and_an_event(dsn: str) -> None:
+def test_workflow_gathers_receives_a_message_parks_and_patches(dsn: str) -> None:
     out = run_example("workflow.py", dsn)
     assert out.count("  charge: 42 for order-") == 1
+    picked = re.findall(r"^  pick: (\w+)$", out, re.MULTILINE)
+    assert sorted(picked) == ["kettle", "mug", "teapot"]  # each child ran once
+    assert "task is sleeping, waiting for the address" in out  # its published state
+    assert "sent the address to the task: woke it" in out
     assert re.search(r"task is sleeping, waiting for packed:order-\w+", out)
     assert "woke 1 task" in out
-    receipt = r"\{'receipt': 'R-order-\w+', 'packed_by': 'warehouse-3'\}"
-    assert re.search(rf"ship_order completed: {receipt}", out)
-    # parked by the sleep and the event (and by the child's result unless it was done already)
-    assert re.search(r"^runs: (suspended, ){2,3}completed$", out, re.MULTILINE)
+    result = (
+        r"\{'address': 'Lyon', 'receipt': 'R-order-\w+', 'shelves': \['S-6', 'S-3', 'S-6'\],"
+        r" 'wrapped': 'wrapped 3 items', 'packed_by': 'warehouse-3'\}"
+    )
+    assert re.search(rf"ship_order completed: {result}", out)
+    # parked by the message, the sleep and the event (and by the gather and the child's result
+    # unless those children were done already)
+    assert re.search(r"^runs: (suspended, ){3,5}completed$", out, re.MULTILINE)
+    assert "patch 'gift-wrap': new path, recorded as $patch:gift-wrap" in out
+    assert "code version of every run: ['2024-06-01']" in out

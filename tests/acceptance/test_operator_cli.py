@@ -6,7 +6,9 @@ and by params, and pages newest first.
 Failed work is found by filter and grouped; a bulk retry is a dry run until ``--yes``, then goes
 at the given rate and resumes from the checkpoint; bulk cancel stops retrying work; discard ends a
 task for good; replay runs a finished task again from a step; prune deletes old finished tasks;
-``show`` keeps every attempt.
+``show`` keeps every attempt. A paused queue stays paused across a SIGKILL and a restart of its
+worker until ``durable queue resume``; ``durable cron`` adds, lists, pauses, resumes and removes
+schedules.
 """
 
 from __future__ import annotations
@@ -223,3 +225,104 @@ async def test_list_finds_a_running_task_by_its_live_state_and_pages(
     assert str(running.task_id) in second.out
     assert bad.code == 2
     assert "invalid choice: 'dead'" in bad.err
+
+
+# --- paused queues and cron schedules -------------------------------------------------------------
+
+
+async def test_a_paused_queue_stays_paused_across_a_worker_kill_and_restart(
+    dsn: str, client: Client, tmp_path: Path
+) -> None:
+    done = await durable("queue", "pause", "default", dsn=dsn)
+    assert (done.code, done.out) == (0, "queue 'default' paused\n"), done.err
+    held = [(await client.spawn("default", "add", {"a": n, "b": 1})).task_id for n in range(3)]
+    args = ("cli_app:app", "-q", "default", "-q", "other", "--poll-interval", "0.1")
+
+    async def other_task_done() -> None:
+        # the positive signal that the worker claims: a task of the other queue completes
+        task_id = (await client.spawn("other", "add", {"a": 1, "b": 1})).task_id
+        await wait_outcomes(client, [task_id])
+
+    async with cli_worker(tmp_path / "first.log", *args, dsn=dsn) as first:
+        await other_task_done()
+        first.kill()
+        await first.wait(10)
+    async with cli_worker(tmp_path / "second.log", *args, dsn=dsn):
+        await other_task_done()
+        states = [(await client.get_task(None, t)).state for t in held]
+        status = await durable("status", "--json", dsn=dsn)
+        listed = await durable("queue", "list", "--json", dsn=dsn)
+        table = await durable("queue", "list", dsn=dsn)
+
+        done = await durable("queue", "resume", "default", dsn=dsn)
+        assert (done.code, done.out) == (0, "queue 'default' resumed\n"), done.err
+        outcomes = await wait_outcomes(client, held)
+    again = await durable("queue", "resume", "default", dsn=dsn)
+
+    assert states == [TaskState.PENDING] * 3
+    by_queue = {row["queue"]: row for row in json.loads(status.out)}
+    assert (by_queue["default"]["pending"], by_queue["default"]["paused"]) == (3, True)
+    assert (by_queue["other"]["completed"], by_queue["other"]["paused"]) == (2, False)
+    [default, other] = json.loads(listed.out)
+    assert (default["queue"], default["paused"], default["pending"]) == ("default", True, 3)
+    assert default["paused_at"] is not None
+    assert (other["queue"], other["paused"], other["paused_at"]) == ("other", False, None)
+    header, default_line = (line.split() for line in table.out.splitlines()[:2])
+    assert header[:5] == ["queue", "state", "pending", "running", "sleeping"]
+    assert default_line[:3] == ["default", "paused", "3"]
+    assert [o.state for o in outcomes.values()] == [TaskState.COMPLETED] * 3
+    assert again.out == "queue 'default' was not paused\n"
+
+
+async def test_cron_schedules_are_managed_from_the_cli(dsn: str, client: Client) -> None:
+    add = (
+        "cron", "add", "nightly", "0 3 * * *", "add", "-q", "default", "--tz", "Europe/Paris",
+        "--params", '{"a": 1, "b": 2}', "--missed", "latest", "--max-attempts", "5",
+    )  # fmt: skip
+    done = await durable(*add, dsn=dsn)
+    assert (done.code, done.out) == (0, "cron schedule 'nightly' added\n"), done.err
+    done = await durable(*add, dsn=dsn)
+    assert done.out == "cron schedule 'nightly' updated\n"
+
+    done = await durable("cron", "pause", "nightly", dsn=dsn)
+    assert (done.code, done.out) == (0, "cron schedule 'nightly' paused\n"), done.err
+    [row] = json.loads((await durable("cron", "list", "--json", dsn=dsn)).out)
+    table = (await durable("cron", "list", "-q", "default", dsn=dsn)).out.splitlines()
+    done = await durable("cron", "resume", "nightly", dsn=dsn)
+    assert done.out == "cron schedule 'nightly' resumed\n"
+    [schedule] = (await client.list_cron_schedules()).schedules
+    done = await durable("cron", "remove", "nightly", dsn=dsn)
+    assert done.out == "cron schedule 'nightly' removed\n"
+    missing = await durable("cron", "remove", "nightly", dsn=dsn)
+    bad_zone = await durable(
+        "cron", "add", "x", "0 3 * * *", "add", "-q", "q", "--tz", "Mars/Base", dsn=dsn
+    )
+    bad_expr = await durable("cron", "add", "x", "0 25 * * *", "add", "-q", "q", dsn=dsn)
+
+    assert (row["name"], row["expr"], row["timezone"], row["queue"]) == (
+        "nightly",
+        "0 3 * * *",
+        "Europe/Paris",
+        "default",
+    )
+    assert (row["task_name"], row["params"], row["missed"], row["source"]) == (
+        "add",
+        {"a": 1, "b": 2},
+        "latest",
+        "api",
+    )
+    assert row["options"] == {"max_attempts": 5}
+    assert row["paused"] is True
+    assert table[0].split()[:4] == ["name", "expr", "timezone", "queue"]
+    assert table[1].split()[0] == "nightly"
+    assert "paused" in table[1].split()
+    assert not schedule.paused
+    assert (missing.code, missing.err_lines) == (
+        1,
+        ["durable: ScheduleNotFound: no cron schedule named 'nightly' — see `durable cron list`"],
+    )
+    assert bad_zone.code == 1
+    assert bad_zone.err.startswith("durable: InvalidTimeZone: invalid time zone 'Mars/Base'")
+    assert bad_expr.code == 1
+    assert "bad hour field" in bad_expr.err
+    assert (await client.list_cron_schedules()).schedules == []

@@ -7,9 +7,7 @@ processes and ``on_discard`` across two run ``scheduling_app.py`` in subprocesse
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
-import math
 import uuid
 from collections.abc import MutableMapping
 from datetime import UTC, datetime, timedelta
@@ -34,10 +32,11 @@ from scheduling_app import (
     gated,
 )
 from scheduling_app import app as scheduling_app
+from support.clock import FakeClock
 from support.in_process import running_worker
 from support.processes import WorkerProcess, wait_event, worker_process
 from support.side_tables import side_connection, wait_entered
-from support.waiting import wait_finished, wait_for
+from support.waiting import wait_finished, wait_for, wait_until
 from worker_app import QUEUE
 
 from durable import (
@@ -46,6 +45,7 @@ from durable import (
     FailureReason,
     Fixed,
     RunState,
+    ScheduleNotFound,
     Snooze,
     TaskContext,
     TaskHandle,
@@ -56,6 +56,7 @@ from durable.runtime.cron import CronExpr
 
 pytestmark = pytest.mark.anyio
 
+EVERY_MINUTE = CronExpr.parse("* * * * *")
 #: Slack for comparing two timestamps that the database computed from one clock reading.
 CLOCK_SLACK = timedelta(milliseconds=5)
 SUBPROCESS_ARGS = ("--claim-timeout", "1", "--poll-interval", "0.1")
@@ -390,17 +391,31 @@ async def test_a_delayed_task_is_not_claimed_before_its_time(dsn: str) -> None:
 # --- cron -----------------------------------------------------------------------------------------
 
 
-class _EveryHalfSecond(CronExpr):
-    """A schedule with a slot every half second (cron's own resolution is the minute)."""
-
-    __slots__ = ()
-
-    def next_after(self, when: datetime) -> datetime:
-        half_seconds = math.floor(when.timestamp() * 2) + 1
-        return datetime.fromtimestamp(half_seconds / 2, UTC)
+async def database_now(dsn: str) -> datetime:
+    async with side_connection(dsn) as conn:
+        now: datetime = await conn.fetchval("select durable.now()")
+    return now
 
 
-async def test_cron_slots_fire_once_each_across_three_in_process_workers(dsn: str) -> None:
+async def wait_published(app: Durable, names: set[str]) -> None:
+    """Until the workers wrote the code's schedules to the database."""
+
+    async def published() -> bool:
+        return names <= {s.name for s in await app.cron_schedules()}
+
+    await wait_until(published, timeout=10, what=f"cron schedules {sorted(names)} published")
+
+
+def fired_events(logs: list[MutableMapping[str, Any]]) -> dict[str, list[MutableMapping[str, Any]]]:
+    """The ``cron.fired`` events by slot."""
+    fired: dict[str, list[MutableMapping[str, Any]]] = {}
+    for event in logs:
+        if event["event"] == "cron.fired":
+            fired.setdefault(event["slot"], []).append(event)
+    return fired
+
+
+async def test_cron_slots_fire_once_each_across_three_workers_on_a_fake_clock(dsn: str) -> None:
     app = Durable(dsn)
     executed: list[uuid.UUID] = []
 
@@ -409,18 +424,25 @@ async def test_cron_slots_fire_once_each_across_three_in_process_workers(dsn: st
         executed.append(ctx.task_id)
         return params
 
-    job = app.cron("* * * * *", beat, {"from": "cron"}, name="fast")
-    base = job.schedule
-    fast = _EveryHalfSecond(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
-    app.crons[:] = [dataclasses.replace(job, schedule=fast)]
+    app.cron("* * * * *", beat, {"from": "cron"}, name="fast")
+    clock = FakeClock(await database_now(dsn))
     slots_wanted = 4
-
-    async def enough_slots() -> bool | None:
-        return True if len(await task_rows(dsn, "beat")) >= slots_wanted else None
+    workers = 3
 
     with structlog.testing.capture_logs() as logs:
-        async with running_worker(app), running_worker(app), running_worker(app):
-            await wait_for(enough_slots, timeout=15, what=f"{slots_wanted} cron slots")
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(workers):
+                await stack.enter_async_context(running_worker(app, cron_clock=clock))
+            await wait_published(app, {"fast"})
+            for n in range(1, slots_wanted + 1):
+                slot = EVERY_MINUTE.next_after(clock.now())
+                clock.advance(slot - clock.now())
+
+                async def fired_by_all(slot: datetime = slot) -> bool:
+                    return len(fired_events(logs).get(slot.isoformat(), [])) == workers
+
+                # every worker reaches the slot before the clock moves on
+                await wait_until(fired_by_all, timeout=10, what=f"slot {n} fired by {workers}")
         async with app:
             rows = await task_rows(dsn, "beat")
             records = [await app.get_task(row["task_id"]) for row in rows]
@@ -431,24 +453,162 @@ async def test_cron_slots_fire_once_each_across_three_in_process_workers(dsn: st
     )
     assert all(row["idempotency_key"].startswith(prefix) for row in rows)
     # one task per slot, and no slot skipped between the first and the last
-    assert len(set(slots)) == len(slots) >= slots_wanted
-    assert all(b - a == timedelta(seconds=0.5) for a, b in itertools.pairwise(slots))
+    assert len(set(slots)) == len(slots) == slots_wanted
+    assert all(b - a == timedelta(minutes=1) for a, b in itertools.pairwise(slots))
     assert all(r.params == {"from": "cron"} for r in records)
     finished = [r for r in records if r.state.finished]
     assert all(r.state is TaskState.COMPLETED for r in finished)
     # each ran once (the last slot may have been left pending when the workers stopped)
     assert len(executed) == len(set(executed))
     assert {r.task_id for r in finished} <= set(executed)
-    # every worker fired the slots it saw; the database kept one spawn each
-    fired: dict[str, list[MutableMapping[str, Any]]] = {}
-    for event in logs:
-        if event["event"] == "cron.fired":
-            fired.setdefault(event["slot"], []).append(event)
+    # every worker fired every slot; the database kept one spawn each
+    fired = fired_events(logs)
     assert set(fired) == {s.isoformat() for s in slots}
-    assert max(len(events) for events in fired.values()) == 3
     for events in fired.values():
+        assert len(events) == workers
         assert sum(e["created"] for e in events) == 1
         assert len({e["task_id"] for e in events}) == 1
+
+
+async def test_after_downtime_each_schedule_catches_up_as_its_missed_policy_says(
+    dsn: str,
+) -> None:
+    """Three hourly schedules, one per policy. The workers stop; three new ones start two and a
+    half hours of (fake) time later: skip fires nothing of the three missed slots, latest the
+    newest one, all every one; then the next slot fires on time for all three."""
+    app = Durable(dsn)
+    hourly = CronExpr.parse("0 * * * *")
+
+    @app.task
+    async def report(ctx: TaskContext, params: Any) -> Any:
+        return params
+
+    for missed in ("skip", "latest", "all"):
+        app.cron("0 * * * *", report, {"missed": missed}, name=missed, missed=missed)
+    start = await database_now(dsn)
+    async with running_worker(app, cron_clock=FakeClock(start)):
+        await wait_published(app, {"skip", "latest", "all"})
+    first = hourly.next_after(start)
+    missed_slots = [first, first + timedelta(hours=1), first + timedelta(hours=2)]
+    clock = FakeClock(missed_slots[-1] + timedelta(minutes=30))  # the newest is 30 min late
+
+    async def keys(name: str) -> list[str]:
+        rows = await task_rows(dsn, "report")
+        prefix = f"durable:cron:{name}:"
+        return sorted(r["idempotency_key"] for r in rows if r["idempotency_key"].startswith(prefix))
+
+    def key(name: str, slot: datetime) -> str:
+        return f"durable:cron:{name}:{slot.isoformat()}"
+
+    with structlog.testing.capture_logs() as logs:
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(3):  # three schedulers race for the same catch-up
+                await stack.enter_async_context(running_worker(app, cron_clock=clock))
+
+            async def caught_up() -> bool:
+                skipped = {e["cron"] for e in logs if e["event"] == "cron.missed"}
+                return len(await keys("all")) == 3 and skipped >= {"skip", "latest"}
+
+            await wait_until(caught_up, timeout=15, what="the catch-up")
+            after_downtime = {name: await keys(name) for name in ("skip", "latest", "all")}
+            on_time = clock.advance(missed_slots[-1] + timedelta(hours=1) - clock.now())
+
+            async def fired_on_time() -> bool:
+                for name in ("skip", "latest", "all"):
+                    if key(name, on_time) not in await keys(name):
+                        return False
+                return True
+
+            await wait_until(fired_on_time, timeout=15, what="the next slot")
+            final = {name: await keys(name) for name in ("skip", "latest", "all")}
+
+    assert after_downtime == {
+        "skip": [],
+        "latest": [key("latest", missed_slots[-1])],
+        "all": [key("all", slot) for slot in missed_slots],
+    }
+    assert final == {
+        "skip": [key("skip", on_time)],
+        "latest": [key("latest", slot) for slot in (missed_slots[-1], on_time)],
+        "all": [key("all", slot) for slot in (*missed_slots, on_time)],
+    }
+    # every fire of a schedule's slot returned the one task of that slot
+    for name in ("latest", "all"):
+        schedule_logs = [e for e in logs if e.get("cron") == name]
+        for events in fired_events(schedule_logs).values():
+            assert sum(e["created"] for e in events) == 1
+            assert len({e["task_id"] for e in events}) == 1
+
+
+async def test_a_schedule_added_at_run_time_fires_and_can_be_paused_and_removed(
+    dsn: str,
+) -> None:
+    """An hourly schedule added by API on a worker's fake clock: it fires, it fires nothing
+    while paused (a second schedule, later in name order, marks the scheduler's pass), after
+    resuming the next slot fires (the paused one, an hour late, stays skipped), and once removed
+    nothing more fires."""
+    app = Durable(dsn)
+    hourly = CronExpr.parse("0 * * * *")
+
+    @app.task(name="digest", queue="mail")
+    async def digest(ctx: TaskContext, params: Any) -> Any:
+        return params
+
+    @app.task(name="marker", queue="mail")
+    async def marker(ctx: TaskContext, params: Any) -> Any:
+        return params
+
+    def key(name: str, slot: datetime) -> str:
+        return f"durable:cron:{name}:{slot.isoformat()}"
+
+    async def keys(task_name: str) -> list[str]:
+        return [r["idempotency_key"] for r in await task_rows(dsn, task_name)]
+
+    clock = FakeClock(await database_now(dsn))
+
+    async def next_slot_passed() -> datetime:
+        """Move the clock to the next slot; wait until the marker schedule fired it."""
+        slot = clock.advance(hourly.next_after(clock.now()) - clock.now())
+
+        async def marked() -> bool:
+            return key("zz-marker", slot) in await keys("marker")
+
+        await wait_until(marked, timeout=10, what=f"the scheduler's pass at {slot}")
+        return slot
+
+    async with running_worker(app, queues=["mail"], cron_clock=clock):
+        # added by name, as a service that does not register the task would
+        created = await app.add_cron("digest-eu", "0 * * * *", "digest", {"n": 1}, queue="mail")
+        again = await app.add_cron(
+            "digest-eu", "0 * * * *", "digest", {"n": 2}, queue="mail", timezone="Europe/Paris"
+        )
+        await app.add_cron("zz-marker", "0 * * * *", marker)
+        [schedule, _] = await app.cron_schedules(["mail"])
+        first = await next_slot_passed()
+        await app.pause_cron("digest-eu")
+        paused_slot = await next_slot_passed()
+        [paused, _] = await app.cron_schedules()
+        await app.resume_cron("digest-eu")
+        resumed_slot = await next_slot_passed()
+        await app.remove_cron("digest-eu")
+        await next_slot_passed()
+        digest_keys = await keys("digest")
+        records = [await app.get_task(r["task_id"]) for r in await task_rows(dsn, "digest")]
+        with pytest.raises(ScheduleNotFound, match="digest-eu"):
+            await app.pause_cron("digest-eu")
+
+    assert (created, again) == (True, False)
+    assert (schedule.name, schedule.queue, schedule.task_name) == ("digest-eu", "mail", "digest")
+    assert (schedule.params, schedule.timezone, str(schedule.source)) == (
+        {"n": 2},
+        "Europe/Paris",
+        "api",
+    )
+    assert paused.paused
+    assert paused.last_slot == first
+    assert digest_keys == [key("digest-eu", first), key("digest-eu", resumed_slot)]
+    assert key("digest-eu", paused_slot) not in digest_keys
+    assert all(r.params == {"n": 2} and r.queue == "mail" for r in records)
 
 
 @pytest.mark.slow

@@ -18,12 +18,13 @@ from durable import Client, FailureReason, Fixed, RunState, SpawnOptions, TaskSt
 pytestmark = pytest.mark.anyio
 
 
+@pytest.mark.parametrize("task_name", ["three_steps", "three_steps_sync"])
 async def test_sigkill_mid_step_is_reaped_as_crash_and_resumed_without_rerunning_steps(
-    dsn: str, client: Client, tmp_path: Path
+    dsn: str, client: Client, tmp_path: Path, task_name: str
 ) -> None:
     async with side_connection(dsn, create_tables=True) as side:
         info = await client.spawn(
-            QUEUE, "three_steps", {}, SpawnOptions(max_attempts=3, retry=Fixed(0))
+            QUEUE, task_name, {}, SpawnOptions(max_attempts=3, retry=Fixed(0))
         )
         task_id = info.task_id
         worker_args = ("--claim-timeout", "1", "--poll-interval", "0.1")

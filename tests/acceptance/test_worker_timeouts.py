@@ -6,6 +6,7 @@ task-level timeouts run an in-process worker.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from durable import (
     Fixed,
     RunState,
     SpawnOptions,
+    SyncTaskContext,
     TaskContext,
     TaskFailed,
     TaskState,
@@ -96,17 +98,29 @@ async def test_blocked_event_loop_is_reaped_as_heartbeat_timeout_and_its_late_wr
 # --- task-level timeouts, in-process ----------------------------------------------------------
 
 
-async def test_job_timeout(dsn: str) -> None:
+@pytest.mark.parametrize("kind", ["async", "sync"])
+async def test_job_timeout(dsn: str, kind: str) -> None:
     app = Durable(dsn)
 
-    @app.task(timeout=0.5, max_attempts=1)
-    async def sleeps_too_long(ctx: TaskContext, params: Any) -> str:
-        await anyio.sleep(5)
-        return "unreachable"
+    if kind == "async":
+
+        @app.task(name="sleeps_too_long", timeout=0.5, max_attempts=1)
+        async def sleeps_too_long(ctx: TaskContext, params: Any) -> str:
+            await anyio.sleep(5)
+            return "unreachable"
+
+    else:
+
+        @app.task(name="sleeps_too_long", timeout=0.5, max_attempts=1)
+        def sleeps_too_long_sync(ctx: SyncTaskContext, params: Any) -> str:
+            time.sleep(5)
+            return "unreachable"
+
+    sleeps_too_long_task = app.registry["sleeps_too_long"]
 
     async with running_worker(app):
         started = anyio.current_time()
-        handle = await sleeps_too_long.spawn()
+        handle = await sleeps_too_long_task.spawn(None)
         with pytest.raises(TaskFailed) as failed:
             await handle.result(timeout=10)
         assert anyio.current_time() - started < 4
@@ -121,28 +135,48 @@ async def test_job_timeout(dsn: str) -> None:
     assert run.error["type"] == "JobTimeout"
 
 
-async def test_heartbeat_timeout_and_a_task_that_keeps_heartbeating(dsn: str) -> None:
+@pytest.mark.parametrize("kind", ["async", "sync"])
+async def test_heartbeat_timeout_and_a_task_that_keeps_heartbeating(dsn: str, kind: str) -> None:
     app = Durable(dsn)
 
-    @app.task(heartbeat_timeout=0.5, max_attempts=1)
-    async def silent(ctx: TaskContext, params: Any) -> str:
-        await anyio.sleep(5)
-        return "unreachable"
+    if kind == "async":
 
-    @app.task(heartbeat_timeout=0.5, max_attempts=1)
-    async def chatty(ctx: TaskContext, params: Any) -> int:
-        beats = 0
-        with anyio.move_on_after(1.5):
-            while True:
-                await ctx.heartbeat()
+        @app.task(name="silent", heartbeat_timeout=0.5, max_attempts=1)
+        async def silent(ctx: TaskContext, params: Any) -> str:
+            await anyio.sleep(5)
+            return "unreachable"
+
+        @app.task(name="chatty", heartbeat_timeout=0.5, max_attempts=1)
+        async def chatty(ctx: TaskContext, params: Any) -> int:
+            beats = 0
+            with anyio.move_on_after(1.5):
+                while True:
+                    await ctx.heartbeat()
+                    beats += 1
+                    await anyio.sleep(0.1)
+            return beats
+
+    else:
+
+        @app.task(name="silent", heartbeat_timeout=0.5, max_attempts=1)
+        def silent_sync(ctx: SyncTaskContext, params: Any) -> str:
+            time.sleep(5)
+            return "unreachable"
+
+        @app.task(name="chatty", heartbeat_timeout=0.5, max_attempts=1)
+        def chatty_sync(ctx: SyncTaskContext, params: Any) -> int:
+            beats = 0
+            until = time.monotonic() + 1.5
+            while time.monotonic() < until:
+                ctx.heartbeat()
                 beats += 1
-                await anyio.sleep(0.1)
-        return beats
+                time.sleep(0.1)
+            return beats
 
     async with running_worker(app):
         started = anyio.current_time()
-        silent_handle = await silent.spawn()
-        chatty_handle = await chatty.spawn()
+        silent_handle = await app.registry["silent"].spawn(None)
+        chatty_handle = await app.registry["chatty"].spawn(None)
         with pytest.raises(TaskFailed) as failed:
             await silent_handle.result(timeout=10)
         assert anyio.current_time() - started < 4

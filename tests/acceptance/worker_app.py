@@ -33,6 +33,7 @@ sys.path.insert(0, str(SCRIPT.parents[1]))  # tests/, for `support`, when run as
 from support.side_tables import (  # noqa: E402 — tests/ is on sys.path from here
     gate_open,
     record_done,
+    record_done_sync,
     record_step,
     side_pool,
     wait_gate,
@@ -51,6 +52,15 @@ async def three_steps(ctx: durable.TaskContext, params: Any) -> dict[str, Any]:
     two = await ctx.step("two", wait_gate, ctx.task_id, "two")
     three = await ctx.step("three", record_step, ctx.task_id, "three", 3)
     return {"steps": [one, two, three], **await record_done(ctx)}
+
+
+@app.task(name="three_steps_sync")
+def three_steps_sync(ctx: durable.SyncTaskContext, params: Any) -> dict[str, Any]:
+    """:func:`three_steps` as a plain ``def`` handler: its context's calls block its thread."""
+    one = ctx.step("one", record_step, ctx.task_id, "one", 1)
+    two = ctx.step("two", wait_gate, ctx.task_id, "two")
+    three = ctx.step("three", record_step, ctx.task_id, "three", 3)
+    return {"steps": [one, two, three], **record_done_sync(ctx)}
 
 
 @app.task(name="block_loop")

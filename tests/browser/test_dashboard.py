@@ -83,6 +83,10 @@ async def test_retry_clicked_on_a_failed_task_completes_it_live(
             run = find(browser, "#runs tr.run")
             assert run.get_attribute("data-state") == "failed"
             assert "ConnectionError" in run.text
+            # the code version the run ran (derived from the app's handlers: none declared)
+            assert "version" in find(browser, "#runs thead").text.lower()
+            assert find(browser, "#runs tr.run td.run-version").text == app.version
+            assert not shown(browser, "#published-state")  # the task published nothing
             assert "download" in find(browser, '#checkpoints tr[data-step="download"]').text
             click(browser, "#runs details.traceback summary")
             assert "Traceback" in find(browser, "#runs details.traceback pre").text

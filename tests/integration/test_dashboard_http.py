@@ -116,9 +116,10 @@ async def test_overview_json_counts_queues_throughput_and_failed_work(client: Cl
 
 async def test_task_json_has_runs_checkpoints_progress_and_actions(client: Client) -> None:
     info = await client.spawn(Q, "fetch", {"url": "u"}, SpawnOptions(max_attempts=2, tags=["t1"]))
-    [claim] = await client.claim(Q, "w1")
+    [claim] = await client.claim(Q, "w1", code_version="v3")
     await client.set_checkpoint(Q, claim.run_id, "download", {"body": "x" * 1000})
     await client.set_progress(Q, claim.run_id, 40, {"rows": 4})
+    await client.set_state(Q, claim.run_id, "stage", {"downloaded": 1000})
     error = {"type": "ConnectionError", "message": "gone", "traceback": "Traceback...\nboom"}
     await client.fail(Q, claim.run_id, error, retry_in=0)
 
@@ -136,6 +137,7 @@ async def test_task_json_has_runs_checkpoints_progress_and_actions(client: Clien
     assert json.loads(task["progress"]["detail"]) == {"rows": 4}
     first, second = doc["runs"]
     assert (first["attempt"], first["state"], first["worker"]) == (1, "failed", "w1")
+    assert (first["code_version"], second["code_version"]) == ("v3", None)
     assert (first["error_type"], first["error_message"]) == ("ConnectionError", "gone")
     assert first["traceback"] == "Traceback...\nboom"
     assert (second["attempt"], second["state"], second["live"]) == (2, "pending", True)
@@ -144,6 +146,9 @@ async def test_task_json_has_runs_checkpoints_progress_and_actions(client: Clien
     assert len(checkpoint["value"]) <= 300  # clipped
     assert checkpoint["value"].endswith("…")
     assert doc["actions"] == {"retry": False, "cancel": True, "discard": True, "replay": False}
+    [published] = doc["published_state"]
+    assert (published["key"], json.loads(published["value"])) == ("stage", {"downloaded": 1000})
+    assert task["batch_ids"] == []
     assert missing.status == 404
     assert missing.json()["error"].startswith("TaskNotFound: ")
 

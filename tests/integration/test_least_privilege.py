@@ -64,6 +64,24 @@ PROTOCOL = {
     "finished_counts",
     "replay",
     "discard",
+    "await_tasks",
+    "spawn_batch",
+    "get_batch",
+    "get_dependency_results",
+    "send_message",
+    "receive_message",
+    "set_state",
+    "get_state",
+    "decide_patch",
+    "pause_queue",
+    "resume_queue",
+    "list_paused_queues",
+    "set_cron_schedule",
+    "remove_cron_schedule",
+    "pause_cron_schedule",
+    "resume_cron_schedule",
+    "list_cron_schedules",
+    "fire_cron",
     "list_tasks",
     "queue_depth",
     "list_workers",
@@ -71,7 +89,19 @@ PROTOCOL = {
     "flow",
     "ended_counts",
 }
-TABLES = ["tasks", "runs", "checkpoints", "workers", "schema_migrations", "applied_protocol"]
+TABLES = [
+    "tasks",
+    "runs",
+    "checkpoints",
+    "workers",
+    "schema_migrations",
+    "applied_protocol",
+    "messages",
+    "states",
+    "batches",
+    "batch_members",
+    "wait_children",
+]
 #: What a client opened with migrate=False reads to check the schema and the protocol.
 READABLE = {"schema_migrations", "applied_protocol"}
 
@@ -202,6 +232,60 @@ async def test_a_worker_running_as_the_role_completes_tasks_with_steps(
         "select count(*) from durable.workers where stopped_at is not null"
     )
     assert stopped == 1
+
+
+async def test_the_role_runs_the_workflow_functions(worker_dsn: str) -> None:
+    """Fan-in, messages, published state, patches and batches, as the role, end to end."""
+    app = Durable(worker_dsn, migrate=False, version="lp-1")
+
+    @app.task(queue=QUEUE)
+    async def leaf(ctx: TaskContext, params: int) -> int:
+        return 2 * params
+
+    @app.task(queue=QUEUE)
+    async def flow(ctx: TaskContext, params: None) -> dict[str, Any]:
+        new = await ctx.patched("lp")
+        children = [await ctx.spawn(leaf, n, name=f"leaf-{n}") for n in (1, 2)]
+        results = await ctx.gather(children)
+        await ctx.set_state("stage", "waiting")
+        message = await ctx.recv("go", timeout=30)
+        return {"new": new, "sum": sum(r.result for r in results), "message": message}
+
+    @app.task(queue=QUEUE)
+    async def report(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
+        return {"counts": params["counts"], "inputs": len(await ctx.dependency_results())}
+
+    with anyio.fail_after(60):
+        async with app, anyio.create_task_group() as tg:
+            await tg.start(
+                partial(
+                    app.run_worker,
+                    queues=[QUEUE],
+                    claim_timeout=5.0,
+                    poll_interval=0.1,
+                    handle_signals=False,
+                )
+            )
+            handle = await flow.spawn(None)
+            while not any(  # noqa: ASYNC110 — polls the database
+                w.get("topic") == "go" for w in (await app.get_task(handle.task_id)).waiting_for
+            ):
+                await anyio.sleep(0.05)
+            assert await app.get_state(handle.task_id, "stage") == "waiting"
+            assert await app.send(handle.task_id, "go", "now") is True  # it woke the task
+            outcome = await handle.result(timeout=30)
+            batch = await app.batch([(leaf, 3), (leaf, 4)], on_complete=report)
+            info = await app.get_batch(batch.batch_id)
+            while info.callback_task_id is None:
+                await anyio.sleep(0.05)
+                info = await app.get_batch(batch.batch_id)
+            callback = await app.result(info.callback_task_id, timeout=30)
+            record = await app.get_task(handle.task_id)
+            tg.cancel_scope.cancel()
+
+    assert outcome.result == {"new": True, "sum": 6, "message": "now"}
+    assert callback.result == {"counts": {"completed": 2, "failed": 0, "cancelled": 0}, "inputs": 0}
+    assert {run.code_version for run in record.runs} == {"lp-1"}
 
 
 @pytest.mark.parametrize(

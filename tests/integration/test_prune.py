@@ -47,3 +47,27 @@ async def test_prune_refuses_live_states_and_negative_ages(client: Client) -> No
         await client.prune_tasks(60, ["pending"])
     with pytest.raises(ValueError, match="non-negative"):
         await client.prune_tasks(-1)
+
+
+async def test_prune_takes_a_tasks_messages_state_and_batch_with_it(
+    client: Client, dsn: str
+) -> None:
+    batch = await client.spawn_batch([("q", "t", 0, None)])
+    (claim,) = await client.claim("q", "w", 30)
+    await client.set_state("q", claim.run_id, "stage", "done")
+    await client.send_message(claim.task_id, "never-read", "unread")
+    await client.complete("q", claim.run_id, None)
+    assert (await client.get_batch(batch.batch_id)).finished
+
+    future = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    async with Client(dsn, server_settings={"durable.fake_now": future}) as later:
+        assert await later.prune_tasks(3600) == 1
+        assert await later.prune_bookkeeping(3600) >= 1  # the finished batch (and the worker)
+    async with connection(dsn) as conn:
+        left = await conn.fetchrow(
+            "select (select count(*) from durable.messages) as messages,"
+            " (select count(*) from durable.states) as states,"
+            " (select count(*) from durable.batch_members) as members,"
+            " (select count(*) from durable.batches) as batches"
+        )
+    assert dict(left or {}) == {"messages": 0, "states": 0, "members": 0, "batches": 0}

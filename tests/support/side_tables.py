@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import anyio.from_thread
 import asyncpg
 
 import durable
@@ -61,7 +62,7 @@ async def wait_gate(task_id: uuid.UUID, step: str) -> str:
     return "gate-opened"
 
 
-async def record_done(ctx: durable.TaskContext) -> dict[str, Any]:
+async def record_done(ctx: durable.TaskContext | durable.SyncTaskContext) -> dict[str, Any]:
     """The task's last act: note which run of it finished, here."""
     pid = os.getpid()
     await side_pool.pool.execute(
@@ -71,6 +72,11 @@ async def record_done(ctx: durable.TaskContext) -> dict[str, Any]:
         pid,
     )
     return {"run_id": str(ctx.run_id), "attempt": ctx.attempt, "pid": pid}
+
+
+def record_done_sync(ctx: durable.SyncTaskContext) -> dict[str, Any]:
+    """:func:`record_done` from a plain ``def`` handler's thread."""
+    return anyio.from_thread.run(record_done, ctx)
 
 
 # --- what tests read (in the test process) --------------------------------------------------------

@@ -6,7 +6,7 @@ from durable.protocol.migrate import PROTOCOL_VERSION, load_migrations, load_pro
 
 #: The protocol's version and the sha256 of its files at that version. A change to sql/protocol/
 #: is a new protocol: raise PROTOCOL_VERSION and pin the new hash here.
-PINNED = (2, "0ce8efc607f3256d068852749813eb77117add150fcf07dde446c8afb7ad7a80")
+PINNED = (4, "be98ce137bd99a2d03904b7447bca61cd5ba3e870326dc5c098ff07e589fbec9")
 
 _DEFINITION = re.compile(r"^create\s+(or\s+replace\s+)?function\s+durable\.(\w+)\(", re.I | re.M)
 

@@ -1,4 +1,5 @@
-"""``durable show``: a task, every attempt (run) with its error, its checkpoints."""
+"""``durable show``: a task, every attempt (run) with its code version and error, the state it
+published, its checkpoints."""
 
 from __future__ import annotations
 
@@ -31,8 +32,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         async with session.connect(args) as client:
             task = await client.get_task(args.queue, args.task_id)
             checkpoints = await client.get_checkpoints(task.queue, task.task_id)
+            published = await client.get_state(task.queue, task.task_id)
         if args.json:
             doc = dataclasses.asdict(task)
+            doc["published_state"] = published
             doc["checkpoints"] = [dataclasses.asdict(c) for c in checkpoints]
             print_json(doc)
             return EXIT_OK
@@ -45,6 +48,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                     "attempt",
                     "state",
                     "worker",
+                    "version",
                     "started",
                     "finished",
                     "available",
@@ -56,6 +60,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                         run.attempt,
                         run.state,
                         run.claimed_by,
+                        run.code_version,
                         when(run.started_at),
                         when(run.finished_at),
                         _available_text(run),
@@ -71,6 +76,11 @@ def cmd_show(args: argparse.Namespace) -> int:
             print()
             print("errors:")
             print(errors)
+        if published:
+            print()
+            print("published state:")
+            rows = ([key, json_text(value, VALUE_MAX)] for key, value in published.items())
+            print(table(["key", "value"], rows, indent=2))
         print()
         print("checkpoints:")
         print(
@@ -137,6 +147,7 @@ def _task_text(task: TaskRecord) -> str:
         ("depends_on", ", ".join(str(d) for d in task.depends_on)),
         ("pending_dependencies", ", ".join(str(d) for d in task.pending_dependencies)),
         ("waiting_for", "; ".join(_wait_text(wait) for wait in task.waiting_for)),
+        ("batch_ids", ", ".join(str(b) for b in task.batch_ids)),
         ("wakes_at", _wakes_at(task)),
         ("progress", _progress_text(task.progress) if task.progress else None),
     ]
@@ -145,9 +156,15 @@ def _task_text(task: TaskRecord) -> str:
 
 
 def _wait_text(wait: dict[str, Any]) -> str:
-    """One thing a parked task waits for: an event or another task, and until when."""
+    """One thing a parked task waits for: an event, another task, several tasks (ctx.gather) or
+    a message on a topic (ctx.recv), and until when."""
     if wait.get("event_name") is not None:
         what = f"event {wait['event_name']!r}"
+    elif wait.get("topic") is not None:
+        what = f"a message on topic {wait['topic']!r}"
+    elif wait.get("child_task_ids") is not None:
+        running, every = wait.get("running_task_ids") or [], wait["child_task_ids"]
+        what = f"{len(every)} tasks, {len(running)} still running"
     else:
         what = f"task {wait.get('child_task_id')}"
     timeout = wait.get("timeout_at")

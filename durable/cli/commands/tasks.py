@@ -44,17 +44,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     async def status() -> int:
         async with session.connect(args) as client:
             counts = await client.queue_counts(args.tags)
+            paused = {p.queue for p in await client.list_paused_queues()}
         per_queue: dict[str, dict[str, int]] = {}
         for row_count in counts:
             if args.queue is None or row_count.queue == args.queue:
                 row = per_queue.setdefault(row_count.queue, dict.fromkeys(TaskState, 0))
                 row[row_count.state] += row_count.count
-        rows = [{"queue": queue, **per_queue[queue]} for queue in sorted(per_queue)]
+        if not args.tags:  # a paused queue shows even without tasks
+            for queue in paused:
+                if args.queue is None or queue == args.queue:
+                    per_queue.setdefault(queue, dict.fromkeys(TaskState, 0))
+        rows = [
+            {"queue": queue, **per_queue[queue], "paused": queue in paused}
+            for queue in sorted(per_queue)
+        ]
         if args.json:
             print_json(rows)
         else:
             headers = ["queue", *TaskState]
-            print(table(headers, ([row[h] for h in headers] for row in rows)))
+            lines = ([*(row[h] for h in headers), "yes" if row["paused"] else "no"] for row in rows)
+            print(table([*headers, "paused"], lines))
         return EXIT_OK
 
     return session.run(status)

@@ -441,6 +441,7 @@
     const fields = section("task-fields", "Task");
     const timeline = section("timeline", "Timeline", el("small", {}, " runs and steps, sleeps and waits"));
     const runs = section("runs", "Runs");
+    const published = section("published-state", "Published state");
     const checkpoints = section("checkpoints", "Checkpoints");
     const notFound = el("p", { class: "message error", hidden: true });
     main.replaceChildren(
@@ -455,6 +456,7 @@
       fields.node,
       timeline.node,
       runs.node,
+      published.node,
       checkpoints.node,
     );
 
@@ -517,7 +519,20 @@
           t.parent_task_id ? row("parent", taskLink(t.parent_task_id)) : null,
           t.depends_on.length ? row("depends on", t.depends_on.map((id) => el("div", {}, taskLink(id)))) : null,
           t.waiting_for.length ? row("waiting for", t.waiting_for.map((w) => pre(w))) : null,
+          t.batch_ids.length ? row("batches", t.batch_ids.map((id) => el("div", { class: "mono" }, id))) : null,
         ),
+      );
+
+    const renderState = (list) =>
+      table(
+        ["key", "value"],
+        list.map((s) =>
+          el("tr", { dataset: { key: s.key } },
+            el("td", { class: "mono" }, s.key),
+            el("td", {}, pre(s.value, "value small")),
+          ),
+        ),
+        "Nothing published.",
       );
 
     function renderProgress(p) {
@@ -542,7 +557,7 @@
 
     const renderRuns = (list) =>
       table(
-        ["attempt", "state", "worker", "started", "finished", "reason", "error"],
+        ["attempt", "state", "worker", "version", "started", "finished", "reason", "error"],
         list.flatMap((r) => {
           const error = [
             r.error_type ? el("span", { class: "mono" }, r.error_type) : null,
@@ -559,6 +574,7 @@
               el("td", { class: "num" }, r.attempt),
               el("td", {}, stateBadge(r.state)),
               el("td", { class: "mono small" }, text(r.worker)),
+              el("td", { class: "mono small run-version" }, text(r.code_version)),
               el("td", {}, when(r.started_at)),
               el("td", {}, when(r.finished_at)),
               el("td", {}, text(r.failure_reason)),
@@ -577,7 +593,7 @@
               if (details.open) openTracebacks.add(r.run_id);
               else openTracebacks.delete(r.run_id);
             });
-            rows.push(el("tr", { class: "traceback-row" }, el("td", { colspan: 7 }, details)));
+            rows.push(el("tr", { class: "traceback-row" }, el("td", { colspan: 8 }, details)));
           }
           return rows;
         }),
@@ -613,6 +629,8 @@
           fields.render(t, renderFields);
           timeline.render(doc.timeline, renderTimeline);
           runs.render(doc.runs, renderRuns);
+          published.node.hidden = doc.published_state.length === 0; // shown once a task publishes
+          published.render(doc.published_state, renderState);
           checkpoints.render(doc.checkpoints, renderCheckpoints);
         },
         (status, doc) => {
