@@ -1,6 +1,7 @@
 """The console's newer pages in a real headless Chromium: the overview's counts following the event
-stream, the task browser (filter, search, pages, a bulk retry with its preview), the flow charts
-with data, the workers page and a task's timeline. Screenshots go where ``test_dashboard.py``'s go.
+stream and its queue controls (pause, resume), the task browser (filter, search, pages, a bulk
+retry with its preview), the flow charts with data, the workers page and a task's timeline.
+Screenshots go where ``test_dashboard.py``'s go.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def _count(queue: str, state: str) -> str:
     return f'tr[data-queue="{queue}"] td[data-state="{state}"]'
 
 
-async def test_the_overview_counts_follow_the_event_stream(
+async def test_the_overview_counts_follow_the_event_stream_and_queues_pause(
     dsn: str, browser: WebDriver, screenshots: Path
 ) -> None:
     app = make_app(dsn, Upstream())
@@ -65,6 +66,24 @@ async def test_the_overview_counts_follow_the_event_stream(
             no_console_errors(browser)
 
         await in_browser(browser, counted)
+
+        def pause() -> None:
+            click(browser, f'tr[data-queue="{IDLE}"] button.queue-pause')
+            wait(browser).until(attribute_is(f'tr[data-queue="{IDLE}"]', "data-paused", "1"))
+            assert "paused" in find(browser, f'tr[data-queue="{IDLE}"] td.queue').text
+            assert find(browser, f'tr[data-queue="{IDLE}"] button.queue-resume').text == "Resume"
+            screenshot(browser, screenshots / "overview-paused.png")
+
+        await in_browser(browser, pause)
+        assert [p.queue for p in await app.client.list_paused_queues()] == [IDLE]
+
+        def resume() -> None:
+            click(browser, f'tr[data-queue="{IDLE}"] button.queue-resume')
+            wait(browser).until(attribute_is(f'tr[data-queue="{IDLE}"]', "data-paused", "0"))
+            no_console_errors(browser)
+
+        await in_browser(browser, resume)
+        assert await app.client.list_paused_queues() == []
 
 
 async def test_the_task_browser_filters_searches_pages_and_retries_in_bulk(
