@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar, Unpack, cast, overload
 import anyio
 
 from durable.client import Client
+from durable.client.client import TaskFilters
 from durable.protocol.cron import Missed
 from durable.protocol.log import get_logger
 from durable.protocol.records import (
@@ -32,6 +33,7 @@ from durable.protocol.records import (
     SpawnInfo,
     SpawnKwargs,
     SpawnOptions,
+    TaskPage,
     TaskRecord,
     TaskResult,
     TaskState,
@@ -343,6 +345,12 @@ class Durable:
             error_type=error_type,
             tags=tags,
         )
+
+    async def list_tasks(self, **filters: Unpack[TaskFilters]) -> TaskPage:
+        """A page of the task browser, newest first: see :meth:`Client.list_tasks` for the
+        filters (queue, task name, live state, tags, spawn time, task id, idempotency key,
+        params containment) and the page (``before``, ``limit``)."""
+        return await self.client.list_tasks(**filters)
 
     async def replay(
         self, task_id: uuid.UUID, *, from_step: str | None = None, queue: str | None = None

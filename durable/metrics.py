@@ -1,17 +1,23 @@
-"""Prometheus metrics of one worker, on an opt-in port: ``pip install 'durable[metrics]'``.
+"""Prometheus metrics and health of one worker, on an opt-in port: ``pip install
+'durable[metrics]'`` (prometheus-client, and uvicorn to serve them).
 
-``prometheus_client`` is imported only when a worker is given a metrics port
-(``run_worker(metrics_port=...)``, ``durable worker --metrics-port``). Each worker keeps a
-registry of its own, not the process-wide default (two workers in one process do not clash),
-and serves it at ``http://HOST:PORT/metrics`` from its own task group: the endpoint stops with
-the worker. HOST defaults to 127.0.0.1: the metrics name queues and tasks, so serving them
-beyond the machine is a choice (``0.0.0.0`` for a container scraped from outside).
+Nothing of it is imported until a worker is given a metrics port (``run_worker(metrics_port=...)``,
+``durable worker --metrics-port``). Each worker keeps a registry of its own, not the process-wide
+default (two workers in one process do not clash), and serves it from its own task group with
+uvicorn (:mod:`durable.asgi`): the endpoint stops with the worker. HOST defaults to 127.0.0.1:
+the metrics name queues and tasks, so serving them beyond the machine is a choice.
+
+Paths: ``/metrics`` (text or OpenMetrics, by the scrape's Accept), ``/healthz`` (200 while the
+process serves: liveness) and ``/readyz`` (200 while the worker claims and the database answers,
+503 with the reason otherwise: draining, database unreachable, not claiming yet). GET and HEAD.
 
 Labels stay low-cardinality — queue, task name, failure reason, outcome, state — never an id:
 
-* ``durable_queue_depth{queue,state}`` (gauge): tasks per state on the worker's queues, from
-  one grouped query every ``metrics_interval`` seconds (every worker of a queue reports it:
-  aggregate with ``max``);
+* ``durable_tasks{queue,state}`` (gauge): tasks pending, running and sleeping on the worker's
+  queues, and ``durable_queue_depth{queue}`` (gauge): the runs that could start now (the
+  backlog), ``durable_queue_oldest_pending_age_seconds{queue}`` (gauge): how long the oldest of
+  them has waited. From the live runs only (``queue_depth``: never the finished history), every
+  ``metrics_interval`` seconds; every worker of a queue reports them: aggregate with ``max``;
 * ``durable_runs_started_total{queue,task_name}``,
   ``durable_runs_completed_total{queue,task_name}``,
   ``durable_runs_failed_total{queue,task_name,reason}`` (errored, job_timeout,
@@ -19,31 +25,42 @@ Labels stay low-cardinality — queue, task name, failure reason, outcome, state
   ``durable_lease_lost_total{queue,task_name}`` (counters, of this worker's runs);
 * ``durable_run_duration_seconds{queue,task_name,outcome}`` (histogram): from the start of a
   run to its outcome written; outcome completed, failed, released, snoozed, suspended,
-  lease_lost or unwritten.
+  lease_lost or unwritten;
+* ``durable_worker_slots``, ``durable_worker_busy_slots``, ``durable_worker_claimed_ahead_runs``
+  (gauges): this worker's concurrency, its handlers running, the runs waiting for a slot;
+  ``durable_worker_ready`` (gauge, 1 or 0: as ``/readyz``);
+* ``durable_database_errors_total{during}`` (counter): failed database calls of the worker's
+  loops (claim, listen), each retried with backoff;
+* ``durable_build_info{version}`` (gauge, 1).
 """
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
 
+from durable.asgi import bind, serve_asgi
 from durable.client import Client
 from durable.protocol.errors import DurableError, InvalidArgument
 from durable.protocol.log import get_logger
 from durable.protocol.records import Claim, FailureReason, TaskState
 from durable.runtime import instruments
 from durable.runtime.deadlines import within
+from durable.runtime.instruments import WorkerStatus
 from durable.runtime.outcome import Outcome, RunEnded
 
 if TYPE_CHECKING:
-    from prometheus_client import Counter, Histogram
+    import socket
+    from collections.abc import Awaitable, MutableMapping
 
-    from durable.client import Client
-    from durable.protocol.records import Claim
+    from prometheus_client import Counter, Histogram
+    from prometheus_client.metrics_core import Metric
 
 log = get_logger()
 
@@ -57,12 +74,10 @@ WORKER_FAILURE_REASONS = (
     FailureReason.JOB_TIMEOUT,
     FailureReason.HEARTBEAT_TIMEOUT,
 )
-#: A scrape must be answered within this (a client that sends nothing is dropped).
-REQUEST_TIMEOUT_S = 10.0
-#: The longest request head read (a scrape's is a few hundred bytes).
-MAX_REQUEST_BYTES = 16384
-#: After the listener fails to accept (out of file descriptors), wait this long to retry.
-ACCEPT_RETRY_S = 1.0
+#: The live states ``durable_tasks`` counts (finished tasks are history: see the counters).
+LIVE_STATES = (TaskState.PENDING, TaskState.RUNNING, TaskState.SLEEPING)
+#: What the worker's database errors are counted by (its loops that retry with backoff).
+DATABASE_CALLS = ("claim", "listen")
 
 
 class WorkerMetrics:
@@ -80,23 +95,42 @@ class WorkerMetrics:
     ) -> None:
         try:
             import prometheus_client as prometheus
-            from prometheus_client.exposition import choose_encoder
+            import uvicorn  # noqa: F401 — serves the endpoint: checked here, imported when serving
         except ImportError as exc:
             raise InvalidArgument(
-                "a metrics port needs prometheus-client — pip install 'durable[metrics]'"
+                "a metrics port needs prometheus-client and uvicorn — pip install "
+                "'durable[metrics]'"
             ) from exc
         self.queues = tuple(queues)
         self.host = host
         self.port = port  # the bound port once serving (a port of 0 picks a free one)
         self.interval = interval
         self.registry = prometheus.CollectorRegistry(auto_describe=True)
-        self._choose_encoder = choose_encoder  # by the scrape's Accept: text or OpenMetrics
-        self._scrapes = anyio.CapacityLimiter(1)  # not the limiter of sync handlers' threads
-        self._listener: anyio.abc.Listener[anyio.abc.SocketStream] | None = None
+        self._socket: socket.socket | None = None
+        self._status: Callable[[], WorkerStatus] | None = None
         reg = self.registry
-        self.queue_depth = prometheus.Gauge(
-            "durable_queue_depth", "Tasks per queue and state.", ["queue", "state"], registry=reg
+        self.tasks = prometheus.Gauge(
+            "durable_tasks",
+            "Live tasks per queue and state (pending, running, sleeping), from the live runs.",
+            ["queue", "state"],
+            registry=reg,
         )
+        self.queue_depth = prometheus.Gauge(
+            "durable_queue_depth",
+            "Runs per queue that could start now: the backlog.",
+            ["queue"],
+            registry=reg,
+        )
+        self.oldest_pending = prometheus.Gauge(
+            "durable_queue_oldest_pending_age_seconds",
+            "How long the oldest run that could start now has waited, per queue.",
+            ["queue"],
+            registry=reg,
+        )
+        prometheus.Info(
+            "durable_build", "The durable package serving these metrics.", registry=reg
+        ).info({"version": _version()})
+        reg.register(_StatusCollector(self))
         run = ["queue", "task_name"]
         self.runs_started = prometheus.Counter(
             "durable_runs_started", "Runs this worker started.", run, registry=reg
@@ -142,89 +176,172 @@ class WorkerMetrics:
         """Bind the metrics port (a port in use is an :class:`InvalidArgument`, raised here
         rather than from inside the worker's task group)."""
         try:
-            self._listener = await anyio.create_tcp_listener(
-                local_host=self.host, local_port=self.port
-            )
+            self._socket = bind(self.host, self.port)
         except OSError as exc:
             raise InvalidArgument(
-                f"cannot serve metrics on {self.host}:{self.port} — {exc.strerror or exc}; "
+                f"cannot serve metrics on {self.host}:{self.port} — {_reason(exc)}; "
                 "choose another metrics port"
             ) from exc
-        self.port = self._listener.extra(anyio.abc.SocketAttribute.local_port)
+        self.port = self._socket.getsockname()[1]
 
     async def run(
         self,
         client: Client,
         db_timeout: float,
+        status: Callable[[], WorkerStatus],
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve ``/metrics`` (:meth:`listen` first) and refresh the queue depth until
-        cancelled; then the port is closed."""
-        listener = self._listener
-        if listener is None:
+        """Serve ``/metrics``, ``/healthz`` and ``/readyz`` (:meth:`listen` first) and refresh
+        the queue gauges until cancelled; then the port is closed."""
+        sock, self._socket = self._socket, None
+        if sock is None:
             raise RuntimeError("WorkerMetrics.listen() must be called before run()")
-        try:
-            async with anyio.create_task_group() as tg:
-                log.info("metrics.serving", host=self.host, port=self.port, path="/metrics")
-                tg.start_soon(self._refresh_queue_depth, client, db_timeout)
-                task_status.started()
-                while True:
-                    try:
-                        await listener.serve(self._handle, tg)
-                    except* OSError as failed:  # out of file descriptors, say: the worker goes on
-                        log.warning("metrics.accept_failed", error=str(failed.exceptions[0]))
-                        await anyio.sleep(ACCEPT_RETRY_S)
-        finally:
-            await self.close()
+        self._status = status
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._refresh_queue_depth, client, db_timeout)
+            await tg.start(serve_asgi, self._app(), sock)
+            log.info("metrics.serving", host=self.host, port=self.port, path="/metrics")
+            task_status.started()
 
     async def close(self) -> None:
-        """Close the metrics port (again: nothing)."""
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            with anyio.CancelScope(shield=True):
-                await listener.aclose()
+        """Close the metrics port if :meth:`run` never took it (again: nothing)."""
+        sock, self._socket = self._socket, None
+        if sock is not None:
+            sock.close()
+
+    def status(self) -> WorkerStatus | None:
+        """The worker's status now; None before :meth:`run`."""
+        return None if self._status is None else self._status()
 
     async def _refresh_queue_depth(self, client: Client, db_timeout: float) -> None:
         while True:
             try:
-                counts = await within(db_timeout, client.queue_counts())
+                depths = await within(db_timeout, client.queue_depth())
             except DurableError as exc:
                 log.warning("metrics.queue_depth_failed", error=str(exc))
             else:
-                depth = {(c.queue, c.state): c.count for c in counts}
+                by_queue = {d.queue: d for d in depths}
                 for queue in self.queues:
-                    for state in TaskState:
-                        self.queue_depth.labels(queue, state).set(depth.get((queue, state), 0))
+                    depth = by_queue.get(queue)
+                    counts = (depth.pending, depth.running, depth.sleeping) if depth else (0, 0, 0)
+                    for state, count in zip(LIVE_STATES, counts, strict=True):
+                        self.tasks.labels(queue, state).set(count)
+                    self.queue_depth.labels(queue).set(depth.available if depth else 0)
+                    oldest = depth.oldest_available_s if depth else None
+                    self.oldest_pending.labels(queue).set(oldest or 0.0)
             await anyio.sleep(self.interval)
 
-    async def _handle(self, stream: anyio.abc.SocketStream) -> None:
-        async with stream:
-            try:
-                with anyio.fail_after(REQUEST_TIMEOUT_S):
-                    head = await _read_head(stream)
-                    await stream.send(await self._respond(head))
-            except (
-                TimeoutError,
-                OSError,
-                anyio.BrokenResourceError,
-                anyio.ClosedResourceError,
-                anyio.EndOfStream,
-            ) as exc:
-                log.debug("metrics.request_failed", error=str(exc) or type(exc).__name__)
+    def _app(self) -> _ASGIApp:
+        """``/metrics`` (prometheus-client's own ASGI app), ``/healthz`` and ``/readyz``."""
+        from prometheus_client import make_asgi_app
 
-    async def _respond(self, head: bytes | None) -> bytes:
-        request = head.split(b"\n", 1)[0].split() if head is not None else []
-        if head is None or len(request) != 3:
-            return _response(b"400 Bad Request", b"text/plain", b"bad request\n")
-        method, target, _version = request
-        if method not in (b"GET", b"HEAD"):
-            return _response(b"405 Method Not Allowed", b"text/plain", b"GET /metrics\n")
-        if target.split(b"?", 1)[0] != b"/metrics":
-            return _response(b"404 Not Found", b"text/plain", b"the metrics are at /metrics\n")
-        encode, content_type = self._choose_encoder(_header(head, b"accept"))
-        body = await anyio.to_thread.run_sync(encode, self.registry, limiter=self._scrapes)
-        return _response(b"200 OK", content_type.encode(), body, head_only=method == b"HEAD")
+        metrics = make_asgi_app(self.registry)
+
+        async def app(scope: _Scope, receive: _Receive, send: _Send) -> None:
+            if scope["type"] != "http":
+                return
+            method, path = scope["method"], scope["path"]
+            if method not in ("GET", "HEAD"):
+                await _text(send, 405, "GET or HEAD\n", method, allow="GET, HEAD")
+            elif path == "/metrics":
+                await metrics(scope, receive, send)
+            elif path == "/healthz":
+                await _text(send, 200, "ok\n", method)
+            elif path == "/readyz":
+                status = self.status()
+                reason = _not_ready(status)
+                if reason is None:
+                    await _text(send, 200, "ready\n", method)
+                else:
+                    await _text(send, 503, f"not ready: {reason}\n", method)
+            else:
+                await _text(
+                    send, 404, "the metrics are at /metrics (and /healthz, /readyz)\n", method
+                )
+
+        return app
+
+
+class _StatusCollector:
+    """The metrics read from the worker's status at each scrape: its slots, readiness and
+    database errors."""
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        status = self._metrics.status()
+        yield GaugeMetricFamily(
+            "durable_worker_slots",
+            "Handlers this worker runs at once (its concurrency).",
+            value=status.concurrency if status else 0,
+        )
+        yield GaugeMetricFamily(
+            "durable_worker_busy_slots",
+            "Slots of this worker running a handler now.",
+            value=status.busy if status else 0,
+        )
+        yield GaugeMetricFamily(
+            "durable_worker_claimed_ahead_runs",
+            "Runs this worker claimed ahead of a free slot, waiting for one.",
+            value=status.claimed_ahead if status else 0,
+        )
+        yield GaugeMetricFamily(
+            "durable_worker_ready",
+            "1 while the worker claims and the database answers (as /readyz), else 0.",
+            value=1 if status is not None and status.ready else 0,
+        )
+        errors = CounterMetricFamily(
+            "durable_database_errors",
+            "Failed database calls of the worker's loops, each retried with backoff.",
+            labels=["during"],
+        )
+        for during in DATABASE_CALLS:
+            errors.add_metric([during], status.database_errors.get(during, 0) if status else 0)
+        yield errors
+
+
+def _reason(exc: OSError) -> str:
+    """An OSError's reason without the address it names ("Address already in use")."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("durable")
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
+
+def _not_ready(status: WorkerStatus | None) -> str | None:
+    """Why the worker is not ready; None when it is."""
+    if status is not None and status.draining:
+        return "the worker is draining"
+    if status is None or not status.claiming:
+        return "the worker is not claiming yet"
+    if not status.database_ok:
+        return "the database is unreachable"
+    return None
+
+
+async def _text(send: _Send, status: int, body: str, method: str, *, allow: str = "") -> None:
+    headers = [(b"content-type", b"text/plain; charset=utf-8")]
+    if allow:
+        headers.append((b"allow", allow.encode()))
+    data = body.encode()
+    headers.append((b"content-length", str(len(data)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if method == "HEAD" else data})
+
+
+if TYPE_CHECKING:
+    _Scope = MutableMapping[str, Any]
+    _Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+    _Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+    _ASGIApp = Callable[[_Scope, _Receive, _Send], Awaitable[None]]
 
 
 class _TaskSeries:
@@ -272,35 +389,6 @@ class _RunMetrics:
 
     def run_ended(self, ended: RunEnded) -> None:
         self._series.observe(ended, time.perf_counter() - self._started)
-
-
-async def _read_head(stream: anyio.abc.SocketStream) -> bytes | None:
-    """The request line and headers; None when they are too long."""
-    data = b""
-    while b"\r\n\r\n" not in data and b"\n\n" not in data:
-        if len(data) > MAX_REQUEST_BYTES:
-            return None
-        data += await stream.receive()
-    return data
-
-
-def _header(head: bytes, name: bytes) -> str:
-    """The value of header ``name`` (lowercase) in a request head; empty when absent."""
-    for line in head.split(b"\n")[1:]:
-        key, _, value = line.partition(b":")
-        if key.strip().lower() == name:
-            return value.strip().decode("latin-1")
-    return ""
-
-
-def _response(status: bytes, content_type: bytes, body: bytes, *, head_only: bool = False) -> bytes:
-    head = (
-        b"HTTP/1.1 " + status + b"\r\n"
-        b"Content-Type: " + content_type + b"\r\n"
-        b"Content-Length: " + str(len(body)).encode() + b"\r\n"
-        b"Connection: close\r\n\r\n"
-    )
-    return head if head_only else head + body
 
 
 def _worker_metrics(

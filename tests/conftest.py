@@ -23,6 +23,9 @@ from durable.client import Client
 from durable.protocol.embedded import EmbeddedServer
 from durable.protocol.store import Store
 
+#: The browser tests' fixtures (``browser``, ``screenshots``): see support/browser.py.
+pytest_plugins = ["support.browser"]
+
 
 @pytest.fixture(autouse=True, scope="session")
 def durable_logs_at_debug() -> None:

@@ -8,6 +8,7 @@ from typing import NoReturn
 
 from durable import __version__
 from durable.cli import arguments
+from durable.cli.commands.browse import cmd_list
 from durable.cli.commands.crons import (
     cmd_cron_add,
     cmd_cron_list,
@@ -173,6 +174,51 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = add("status", cmd_status, "count tasks per queue and state", as_json, tag)
     status.add_argument("-q", "--queue", help="only this queue")
+
+    listing = add(
+        "list",
+        cmd_list,
+        "list tasks newest first: by live state, queue, task name, tags, spawn time, id, "
+        "idempotency key or params",
+        as_json,
+        tag,
+    )
+    listing.add_argument("-q", "--queue", help="only this queue")
+    listing.add_argument("--task", dest="task_name", metavar="NAME", help="only this task name")
+    listing.add_argument(
+        "--state",
+        choices=list(TaskState),
+        help="only tasks in this state (a live task's is its run's: running, not pending)",
+    )
+    listing.add_argument(
+        "--since",
+        type=arguments.since,
+        metavar="WHEN",
+        help="only tasks spawned since WHEN: a duration back from now (30m, 6h) or an ISO time",
+    )
+    listing.add_argument(
+        "--until",
+        type=arguments.aware_datetime,
+        metavar="ISO",
+        help="only tasks spawned before this time",
+    )
+    listing.add_argument("--id", type=arguments.task_id, metavar="ID", help="one task by its id")
+    listing.add_argument("--key", metavar="KEY", help="the task with this idempotency key")
+    listing.add_argument(
+        "--params",
+        type=arguments.json_value,
+        metavar="JSON",
+        help="tasks whose params contain this JSON (e.g. '{\"user_id\": 7}')",
+    )
+    listing.add_argument(
+        "--before",
+        type=arguments.task_id,
+        metavar="ID",
+        help="the page after this task id (printed at the end of a full page)",
+    )
+    listing.add_argument(
+        "--limit", type=arguments.positive_int, default=50, metavar="N", help="tasks per page"
+    )
 
     work = _Parser(add_help=False)  # the failed-work filters
     work.add_argument("-q", "--queue", help="only this queue (with ID: the task's queue)")

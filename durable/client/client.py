@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import anyio
 
@@ -41,24 +41,47 @@ from durable.protocol.records import (
     FailedWorkState,
     FailureGroup,
     FailureReason,
+    FlowMinute,
     PausedQueue,
     QueueCount,
+    QueueDepth,
     RateLimit,
     ReasonClass,
     RetryInfo,
     SpawnInfo,
     SpawnOptions,
+    TaskPage,
     TaskRecord,
     TaskResult,
     TaskState,
+    WorkerInfo,
 )
-from durable.protocol.store import Listener, Store
+from durable.protocol.store import CHANNEL_DONE, CHANNEL_WORK, Listener, Store
 
 log = get_logger()
+
+__all__ = ["CHANNEL_DONE", "CHANNEL_WORK", "Client", "TaskFilters"]
 
 _NO_OPTIONS = SpawnOptions()
 
 _E = TypeVar("_E", bound=StrEnum)
+
+
+class TaskFilters(TypedDict, total=False):
+    """The task browser's filters and page, as ``Client.list_tasks`` takes them (and
+    ``Durable.list_tasks`` passes them on)."""
+
+    queue: str | None
+    task_name: str | None
+    state: TaskState | str | None
+    tags: Sequence[str] | None
+    since: datetime | float | timedelta | None
+    until: datetime | None
+    task_id: uuid.UUID | None
+    idempotency_key: str | None
+    params: Any
+    before: uuid.UUID | None
+    limit: int
 
 
 class Client:
@@ -627,18 +650,32 @@ class Client:
     # --- workers and operators ------------------------------------------------------------------
 
     async def register_worker(
-        self, worker_id: str, host: str, pid: int, queues: Sequence[str], ttl: float
+        self,
+        worker_id: str,
+        host: str,
+        pid: int,
+        queues: Sequence[str],
+        ttl: float,
+        *,
+        concurrency: int | None = None,
     ) -> None:
-        await self.store.register_worker(worker_id, host, pid, queues, ttl)
+        await self.store.register_worker(worker_id, host, pid, queues, ttl, concurrency)
 
     async def worker_heartbeat(self, worker_id: str, ttl: float) -> bool:
         return await self.store.worker_heartbeat(worker_id, ttl)
 
     async def extend_claims(
-        self, worker_id: str, run_ids: Sequence[uuid.UUID], worker_ttl: float
+        self,
+        worker_id: str,
+        run_ids: Sequence[uuid.UUID],
+        worker_ttl: float,
+        *,
+        busy: int | None = None,
+        ahead: int | None = None,
     ) -> list[uuid.UUID]:
-        """Extend every listed lease of this worker and its liveness; return the lost runs."""
-        return await self.store.extend_claims(worker_id, run_ids, worker_ttl)
+        """Extend every listed lease of this worker and its liveness, recording how many of its
+        slots are ``busy`` and how many runs it claimed ``ahead``; return the lost runs."""
+        return await self.store.extend_claims(worker_id, run_ids, worker_ttl, busy, ahead)
 
     async def stop_worker(self, worker_id: str) -> None:
         await self.store.stop_worker(worker_id)
@@ -710,6 +747,82 @@ class Client:
     async def finished_counts(self, window_s: float | timedelta = 60.0) -> list[QueueCount]:
         """Tasks that ended within the last ``window_s`` seconds, per queue and end state."""
         return await self.store.finished_counts(durations.seconds(window_s, what="window_s"))
+
+    # --- the console ----------------------------------------------------------------------------
+
+    async def list_tasks(
+        self,
+        *,
+        queue: str | None = None,
+        task_name: str | None = None,
+        state: TaskState | str | None = None,
+        tags: Sequence[str] | None = None,
+        since: datetime | float | timedelta | None = None,
+        until: datetime | None = None,
+        task_id: uuid.UUID | None = None,
+        idempotency_key: str | None = None,
+        params: Any = None,
+        before: uuid.UUID | None = None,
+        limit: int = 50,
+    ) -> TaskPage:
+        """A page of tasks, newest first, matching every filter given: ``state`` is the live
+        state (a live task's run's), ``tags`` all of them, ``since``/``until`` the spawn time (a
+        time, or for ``since`` a duration back from now), ``params`` a JSON value the params
+        contain (``@>``). ``before`` is the previous page's ``next_before``; ``limit`` 1 to
+        1000."""
+        if not 1 <= limit <= 1000:
+            raise InvalidArgument(f"limit must be between 1 and 1000, got {limit}")
+        if until is not None and until.tzinfo is None:
+            raise InvalidArgument("until must be timezone-aware")
+        rows = await self.store.list_tasks(
+            _optional_queue(queue),
+            task_name,
+            _enum(TaskState, state, "state"),
+            tags,
+            _since(since),
+            until,
+            task_id,
+            idempotency_key,
+            params,
+            before,
+            limit,
+        )
+        return TaskPage(tasks=rows, next_before=rows[-1].task_id if len(rows) == limit else None)
+
+    async def queue_depth(self) -> list[QueueDepth]:
+        """Per queue with live work: tasks pending, running and sleeping, the runs that could
+        start now and how long the oldest of them has waited. Reads the live runs only."""
+        return await self.store.queue_depth()
+
+    async def list_workers(self, gone_within: float | timedelta = 3600.0) -> list[WorkerInfo]:
+        """The workers alive, and those gone within ``gone_within`` seconds; alive first."""
+        return await self.store.list_workers(durations.seconds(gone_within, what="gone_within"))
+
+    async def roll_up_flow(self, max_minutes: int = 60) -> int:
+        """Add the runs that ended since the last rollup to the flow over time (workers call it
+        every few seconds; concurrent calls skip). Returns how many minute rows it added to."""
+        if max_minutes < 1:
+            raise InvalidArgument("max_minutes must be at least 1")
+        return await self.store.roll_up_flow(max_minutes)
+
+    async def flow(
+        self, since: datetime | float | timedelta = 3600.0, *, step_s: int = 60
+    ) -> list[FlowMinute]:
+        """The runs that ended since ``since`` (a time, or a duration back from now), per step of
+        ``step_s`` seconds (whole minutes, aligned on the epoch) and queue, oldest first; see
+        :mod:`durable.client.flow` for series and percentiles. Reads the window's minutes."""
+        start = _since(since)
+        assert start is not None
+        if step_s < 60 or step_s % 60:
+            raise InvalidArgument(f"step_s must be a whole number of minutes, got {step_s}")
+        return await self.store.flow(start, step_s)
+
+    async def ended_counts(self, since: datetime | float | timedelta = 86400.0) -> list[QueueCount]:
+        """Tasks that ended since ``since``, per queue and end state (failed: for good), from
+        the flow over time: the cost of the window's minutes, not of its tasks."""
+        start = _since(since)
+        assert start is not None
+        return await self.store.ended_counts(start)
 
     async def replay(
         self,

@@ -1,8 +1,10 @@
-"""Recovery of failed work in bulk: retry, cancel or discard the rows a filter matched.
+"""Recovery in bulk: retry, cancel, discard or replay the tasks a filter (or a selection)
+matched.
 
 ``durable retry --queue q --reason crash`` lists the matching failed work (a dry run unless
 ``--yes``), then acts on each row in turn, at most ``rate`` per second, so that a fix can be tried
-on a few before the rest (``--limit``). Each action is its own statement; a row whose task changed
+on a few before the rest (``--limit``); the console's bulk actions do the same with rows of the
+task browser (:class:`TaskSummary`). Each action is its own statement; a row whose task changed
 in the meantime (another operator, a worker) is reported and skipped, the others go on.
 
 A retry revives the dependents its task's end cancelled (unless ``revive_dependents=False``). A
@@ -17,13 +19,20 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Protocol, TypeVar
 
 import anyio
 
 from durable.client import Client
 from durable.protocol.errors import DurableError
 from durable.protocol.log import get_logger
-from durable.protocol.records import FailedWork, FailedWorkState, SpawnInfo, TaskState
+from durable.protocol.records import (
+    FailedWork,
+    FailedWorkState,
+    SpawnInfo,
+    TaskState,
+    TaskSummary,
+)
 
 log = get_logger()
 
@@ -32,13 +41,42 @@ class Action(StrEnum):
     RETRY = "retry"  # a dead task gets a new run (from its last checkpoint)
     CANCEL = "cancel"  # a retrying task is cancelled: it will not run again
     DISCARD = "discard"  # either ends for good and leaves the failed work
+    REPLAY = "replay"  # a finished task runs again (from its last checkpoint)
 
 
-#: Which failed work each action applies to.
+class Target(Protocol):
+    """What an action is applied to: a row of the failed work or of the task browser."""
+
+    @property
+    def task_id(self) -> uuid.UUID: ...
+
+    @property
+    def queue(self) -> str: ...
+
+    @property
+    def task_name(self) -> str: ...
+
+    @property
+    def state(self) -> str: ...
+
+
+_T = TypeVar("_T", bound=Target)
+
+
+#: Which failed work each action applies to (the CLI's bulk commands: no replay there).
 APPLIES_TO: dict[Action, frozenset[FailedWorkState]] = {
     Action.RETRY: frozenset({FailedWorkState.FAILED}),
     Action.CANCEL: frozenset({FailedWorkState.RETRYING}),
     Action.DISCARD: frozenset({FailedWorkState.FAILED, FailedWorkState.RETRYING}),
+    Action.REPLAY: frozenset(),
+}
+_LIVE = frozenset({TaskState.PENDING, TaskState.RUNNING, TaskState.SLEEPING})
+#: Which tasks of the task browser each action applies to, by live state.
+APPLIES_TO_TASKS: dict[Action, frozenset[TaskState]] = {
+    Action.RETRY: frozenset({TaskState.FAILED, TaskState.CANCELLED}),
+    Action.CANCEL: _LIVE,
+    Action.DISCARD: _LIVE | {TaskState.FAILED, TaskState.CANCELLED},
+    Action.REPLAY: frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED}),
 }
 
 
@@ -70,9 +108,15 @@ def applicable(rows: Sequence[FailedWork], action: Action) -> list[FailedWork]:
     return [row for row in rows if row.state in APPLIES_TO[action]]
 
 
+def applicable_tasks(rows: Sequence[TaskSummary], action: Action) -> list[TaskSummary]:
+    """The tasks ``action`` applies to: retry a failed or cancelled one, cancel a live one,
+    discard any but a completed one, replay a finished one."""
+    return [row for row in rows if row.state in APPLIES_TO_TASKS[action]]
+
+
 async def recover(
     client: Client,
-    rows: Sequence[FailedWork],
+    rows: Sequence[_T],
     action: Action | str,
     *,
     rate: float | None = None,
@@ -85,7 +129,7 @@ async def recover(
     if rate is not None and rate <= 0:
         raise ValueError("rate must be positive (actions per second)")
     revive = action is Action.RETRY and revive_dependents
-    later: dict[uuid.UUID, FailedWork] = {}
+    later: dict[uuid.UUID, _T] = {}
     if revive and rows:
         dependents = await client.revivable_dependents([row.task_id for row in rows])
         revivable = {d.task_id for d in dependents}
@@ -120,7 +164,7 @@ def _logged(change: Change) -> Change:
     return change
 
 
-def _revived_with(row: FailedWork, info: SpawnInfo, dependency: uuid.UUID) -> Change:
+def _revived_with(row: Target, info: SpawnInfo, dependency: uuid.UUID) -> Change:
     """The change of a row that the retry of ``dependency`` revived."""
     return Change(
         action=Action.RETRY,
@@ -135,7 +179,7 @@ def _revived_with(row: FailedWork, info: SpawnInfo, dependency: uuid.UUID) -> Ch
     )
 
 
-async def _apply(client: Client, row: FailedWork, action: Action, revive: bool) -> Change:
+async def _apply(client: Client, row: Target, action: Action, revive: bool) -> Change:
     change = Change(
         action=action,
         task_id=row.task_id,
@@ -145,17 +189,22 @@ async def _apply(client: Client, row: FailedWork, action: Action, revive: bool) 
     )
     try:
         if action is Action.RETRY:
-            info = await client.retry(row.queue, row.task_id, revive_dependents=revive)
+            retried = await client.retry(row.queue, row.task_id, revive_dependents=revive)
             return replace(
                 change,
                 after=str(TaskState.PENDING),
-                run_id=info.run_id,
-                attempt=info.attempt,
-                revived=info.revived,
+                run_id=retried.run_id,
+                attempt=retried.attempt,
+                revived=retried.revived,
             )
         if action is Action.CANCEL:
             await client.cancel(row.queue, row.task_id)
             return replace(change, after=str(TaskState.CANCELLED))
+        if action is Action.REPLAY:
+            info = await client.replay(row.queue, row.task_id)
+            return replace(
+                change, after=str(TaskState.PENDING), run_id=info.run_id, attempt=info.attempt
+            )
         before = await client.discard(row.queue, row.task_id)
         after = TaskState.CANCELLED if not before.finished else before
         return replace(change, before=str(before), after=f"{after} (discarded)")

@@ -512,6 +512,90 @@ class FailureGroup:
     last_seen: datetime
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskSummary:
+    """A row of the task browser (``list_tasks``): a task without its runs and payloads.
+    ``state`` is the live state (a live task's run's), ``failure_reason`` and ``error_type``
+    those of its latest failure, ``progress`` its last reported percentage."""
+
+    task_id: uuid.UUID
+    queue: str
+    task_name: str
+    state: TaskState
+    attempt: int
+    max_attempts: int
+    priority: int
+    created_at: datetime
+    scheduled_at: datetime | None
+    finished_at: datetime | None
+    idempotency_key: str | None
+    tags: list[str]
+    failure_reason: FailureReason | None
+    error_type: str | None
+    progress: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskPage:
+    """A page of the task browser, newest first. ``next_before`` is the cursor of the next page
+    (pass it as ``before=``); None when this page is the last."""
+
+    tasks: list[TaskSummary]
+    next_before: uuid.UUID | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueDepth:
+    """A queue's live work (``queue_depth``): tasks pending, running and sleeping, the runs that
+    could start now (``available``: the depth) and how long the oldest of them has waited."""
+
+    queue: str
+    pending: int
+    running: int
+    sleeping: int
+    available: int
+    oldest_available_s: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerInfo:
+    """A worker as the workers page shows it (``list_workers``): its slots (``concurrency``),
+    how many run a handler (``busy``) and how many runs it claimed ahead, as it said at
+    ``stats_at``; ``running`` counts the runs it holds in the database."""
+
+    worker_id: str
+    host: str | None
+    pid: int | None
+    queues: list[str]
+    started_at: datetime
+    last_seen_at: datetime
+    expires_at: datetime
+    stopped_at: datetime | None
+    alive: bool
+    concurrency: int | None
+    busy: int | None
+    claimed_ahead: int | None
+    stats_at: datetime | None
+    running: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FlowMinute:
+    """The runs of one queue that ended in one minute (``flow``): completed, failed (of which
+    ``dead`` ended their task), cancelled; the failed ones per reason class; and histograms of
+    start lag and run time, ``{bucket: count}`` (see :mod:`durable.client.flow`)."""
+
+    minute: datetime
+    queue: str
+    completed: int
+    failed: int
+    dead: int
+    cancelled: int
+    failed_classes: dict[str, int]
+    lag_ms: dict[int, int]
+    run_ms: dict[int, int]
+
+
 @dataclass(frozen=True, slots=True)
 class ChildTask:
     """What ``ctx.spawn`` returns: the child's identity, for ``await ctx.result(child)``."""

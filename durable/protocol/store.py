@@ -46,9 +46,11 @@ from durable.protocol.records import (
     Failure,
     FailureGroup,
     FailureReason,
+    FlowMinute,
     PausedQueue,
     Progress,
     QueueCount,
+    QueueDepth,
     ReasonClass,
     Recovery,
     RetryInfo,
@@ -58,6 +60,8 @@ from durable.protocol.records import (
     TaskRecord,
     TaskResult,
     TaskState,
+    TaskSummary,
+    WorkerInfo,
 )
 
 CHANNEL_WORK: Final = "durable_work"
@@ -91,7 +95,7 @@ _COMPLETE = "select durable.complete($1, $2, $3)"
 _COMPLETE_RUNS = "select run_id, completed from durable.complete_runs($1, $2, $3)"
 _FAIL = "select durable.fail($1, $2, $3, $4, $5, $6)"
 _EXTEND_CLAIM = "select durable.extend_claim($1, $2, $3)"
-_EXTEND_CLAIMS = "select lost_run_id from durable.extend_claims($1, $2, $3)"
+_EXTEND_CLAIMS = "select lost_run_id from durable.extend_claims($1, $2, $3, $4, $5)"
 _SET_CHECKPOINT = "select durable.set_checkpoint($1, $2, $3, $4, $5)"
 _SET_CHECKPOINTS = "select run_id, written from durable.set_checkpoints($1, $2, $3, $4)"
 _GET_CHECKPOINTS = "select * from durable.get_checkpoints($1, $2)"
@@ -101,7 +105,7 @@ _RETRY = "select * from durable.retry($1, $2, $3, $4)"
 _REVIVABLE_DEPENDENTS = "select * from durable.revivable_dependents($1)"
 _GET_TASK = "select durable.get_task($1, $2)"
 _GET_RESULT = "select * from durable.get_result($1, $2)"
-_REGISTER_WORKER = "select durable.register_worker($1, $2, $3, $4, $5)"
+_REGISTER_WORKER = "select durable.register_worker($1, $2, $3, $4, $5, $6)"
 _WORKER_HEARTBEAT = "select durable.worker_heartbeat($1, $2)"
 _STOP_WORKER = "select durable.stop_worker($1)"
 _QUEUE_COUNTS = "select * from durable.queue_counts($1)"
@@ -134,6 +138,12 @@ _FAILURE_GROUPS = "select * from durable.failure_groups($1, $2, $3, $4, $5, $6, 
 _FINISHED_COUNTS = "select * from durable.finished_counts($1)"
 _REPLAY = "select * from durable.replay($1, $2, $3, $4)"
 _DISCARD = "select durable.discard($1, $2)"
+_LIST_TASKS = "select * from durable.list_tasks($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+_QUEUE_DEPTH = "select * from durable.queue_depth()"
+_LIST_WORKERS = "select * from durable.list_workers($1)"
+_ROLL_UP_FLOW = "select durable.roll_up_flow($1)"
+_FLOW = "select * from durable.flow($1, $2)"
+_ENDED_COUNTS = "select * from durable.ended_counts($1)"
 _PAUSE_QUEUE = "select durable.pause_queue($1)"
 _RESUME_QUEUE = "select durable.resume_queue($1)"
 _LIST_PAUSED_QUEUES = "select queue, paused_at from durable.list_paused_queues()"
@@ -420,10 +430,17 @@ class Store:
         return lease
 
     async def extend_claims(
-        self, worker_id: str, run_ids: Sequence[uuid.UUID], worker_ttl: float
+        self,
+        worker_id: str,
+        run_ids: Sequence[uuid.UUID],
+        worker_ttl: float,
+        busy: int | None = None,
+        ahead: int | None = None,
     ) -> list[uuid.UUID]:
         async with self._translate():
-            rows = await self._pool.fetch(_EXTEND_CLAIMS, worker_id, list(run_ids), worker_ttl)
+            rows = await self._pool.fetch(
+                _EXTEND_CLAIMS, worker_id, list(run_ids), worker_ttl, busy, ahead
+            )
         return [r["lost_run_id"] for r in rows]
 
     async def set_checkpoint(
@@ -749,10 +766,18 @@ class Store:
     # --- workers --------------------------------------------------------------------------------
 
     async def register_worker(
-        self, worker_id: str, host: str, pid: int, queues: Sequence[str], ttl: float
+        self,
+        worker_id: str,
+        host: str,
+        pid: int,
+        queues: Sequence[str],
+        ttl: float,
+        concurrency: int | None = None,
     ) -> None:
         async with self._translate():
-            await self._pool.execute(_REGISTER_WORKER, worker_id, host, pid, list(queues), ttl)
+            await self._pool.execute(
+                _REGISTER_WORKER, worker_id, host, pid, list(queues), ttl, concurrency
+            )
 
     async def worker_heartbeat(self, worker_id: str, ttl: float) -> bool:
         async with self._translate():
@@ -903,6 +928,125 @@ class Store:
         async with self._translate():
             deleted: int = await self._pool.fetchval(_PRUNE_BOOKKEEPING, older_than, limit)
         return deleted
+
+    # --- the console ----------------------------------------------------------------------------
+
+    async def list_tasks(
+        self,
+        queue: str | None,
+        task_name: str | None,
+        state: str | None,
+        tags: Sequence[str] | None,
+        since: datetime | None,
+        until: datetime | None,
+        task_id: uuid.UUID | None,
+        idempotency_key: str | None,
+        params: Any,
+        before: uuid.UUID | None,
+        limit: int,
+    ) -> list[TaskSummary]:
+        params_json = None if params is None else encode_json(params, "params")
+        async with self._translate():
+            rows = await self._pool.fetch(
+                _LIST_TASKS,
+                queue,
+                task_name,
+                state,
+                list(tags) if tags else None,
+                since,
+                until,
+                task_id,
+                idempotency_key,
+                params_json,
+                before,
+                limit,
+            )
+        return [
+            TaskSummary(
+                task_id=r["task_id"],
+                queue=r["queue"],
+                task_name=r["task_name"],
+                state=TaskState(r["state"]),
+                attempt=r["attempt"],
+                max_attempts=r["max_attempts"],
+                priority=r["priority"],
+                created_at=r["created_at"],
+                scheduled_at=r["scheduled_at"],
+                finished_at=r["finished_at"],
+                idempotency_key=r["idempotency_key"],
+                tags=list(r["tags"] or ()),
+                failure_reason=FailureReason(r["failure_reason"]) if r["failure_reason"] else None,
+                error_type=r["error_type"],
+                progress=r["progress"],
+            )
+            for r in rows
+        ]
+
+    async def queue_depth(self) -> list[QueueDepth]:
+        async with self._translate():
+            rows = await self._pool.fetch(_QUEUE_DEPTH)
+        return [
+            QueueDepth(
+                queue=r["queue"],
+                pending=r["pending"],
+                running=r["running"],
+                sleeping=r["sleeping"],
+                available=r["available"],
+                oldest_available_s=r["oldest_available_s"],
+            )
+            for r in rows
+        ]
+
+    async def list_workers(self, gone_within: float) -> list[WorkerInfo]:
+        async with self._translate():
+            rows = await self._pool.fetch(_LIST_WORKERS, gone_within)
+        return [
+            WorkerInfo(
+                worker_id=r["worker_id"],
+                host=r["host"],
+                pid=r["pid"],
+                queues=list(r["queues"] or ()),
+                started_at=r["started_at"],
+                last_seen_at=r["last_seen_at"],
+                expires_at=r["expires_at"],
+                stopped_at=r["stopped_at"],
+                alive=r["alive"],
+                concurrency=r["concurrency"],
+                busy=r["busy"],
+                claimed_ahead=r["claimed_ahead"],
+                stats_at=r["stats_at"],
+                running=r["running"],
+            )
+            for r in rows
+        ]
+
+    async def roll_up_flow(self, max_minutes: int) -> int:
+        async with self._translate():
+            rows: int = await self._pool.fetchval(_ROLL_UP_FLOW, max_minutes)
+        return rows
+
+    async def ended_counts(self, since: datetime) -> list[QueueCount]:
+        async with self._translate():
+            rows = await self._pool.fetch(_ENDED_COUNTS, since)
+        return _queue_counts(rows)
+
+    async def flow(self, since: datetime, step_s: int) -> list[FlowMinute]:
+        async with self._translate():
+            rows = await self._pool.fetch(_FLOW, since, step_s)
+        return [
+            FlowMinute(
+                minute=r["minute"],
+                queue=r["queue"],
+                completed=r["completed"],
+                failed=r["failed"],
+                dead=r["dead"],
+                cancelled=r["cancelled"],
+                failed_classes={k: int(v) for k, v in r["failed_classes"].items()},
+                lag_ms={int(k): int(v) for k, v in r["lag_ms"].items()},
+                run_ms={int(k): int(v) for k, v in r["run_ms"].items()},
+            )
+            for r in rows
+        ]
 
     async def terminate_other_sessions(self, wait_s: float = 10.0) -> int:
         """Terminate every other client session on this database and wait until they are gone

@@ -8,7 +8,8 @@ is called per run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
@@ -19,6 +20,28 @@ from durable.runtime.outcome import RunEnded
 
 if TYPE_CHECKING:
     from durable.client import Client
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerStatus:
+    """A worker at one instant, for its metrics and its health endpoints: its slots, how many run
+    a handler (``busy``), how many runs wait claimed ahead of a slot, whether it is draining,
+    whether the database answered its last call (``database_ok``) and its claim loop runs
+    (``claiming``), and how many database calls failed so far, by what it was doing."""
+
+    worker_id: str
+    concurrency: int
+    busy: int
+    claimed_ahead: int
+    draining: bool
+    database_ok: bool
+    claiming: bool
+    database_errors: Mapping[str, int]
+
+    @property
+    def ready(self) -> bool:
+        """Ready to take work: claiming, not draining, and the database reachable."""
+        return self.claiming and not self.draining and self.database_ok
 
 
 class RunWatch(Protocol):
@@ -44,6 +67,7 @@ class WorkerMetrics(RunObserver, Protocol):
         self,
         client: Client,
         db_timeout: float,
+        status: Callable[[], WorkerStatus],
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None: ...

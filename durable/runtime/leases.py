@@ -43,7 +43,9 @@ async def renew_leases(
     claim_timeout: float,
     interval: float,
 ) -> None:
-    """Forever: extend all leases of ``active`` and the worker's liveness in one statement.
+    """Forever: extend all leases of ``active`` and the worker's liveness in one statement,
+    which also records how many of the worker's slots run a handler and how many runs wait
+    claimed ahead (the console's workers page).
 
     A lease is extended to the database's ``now() + claim_timeout``; the statement runs before it
     returns, so a lease is surely gone ``claim_timeout`` after the last renewal returned (or after
@@ -57,9 +59,11 @@ async def renew_leases(
         now = time.monotonic()
         run_ids = [run_id for run_id, control in active.items() if not control.finished]
         first_seen = {run_id: first_seen.get(run_id, now) for run_id in run_ids}
+        busy, ahead = slots_in_use(active)
         try:
             lost = await within(
-                db_timeout(claim_timeout), client.extend_claims(worker_id, run_ids, claim_timeout)
+                db_timeout(claim_timeout),
+                client.extend_claims(worker_id, run_ids, claim_timeout, busy=busy, ahead=ahead),
             )
         except DurableError as exc:
             log.warning("heartbeat.failed", worker=worker_id, error=str(exc))
@@ -70,6 +74,19 @@ async def renew_leases(
             control = active.get(run_id)
             if control is not None and not control.finished:
                 control.stop(Outcome.LEASE_LOST)
+
+
+def slots_in_use(active: Mapping[uuid.UUID, RunControl]) -> tuple[int, int]:
+    """How many of ``active`` run a handler now, and how many wait claimed ahead of a slot."""
+    busy = ahead = 0
+    for control in active.values():
+        if control.finished:
+            continue
+        if control.started:
+            busy += 1
+        else:
+            ahead += 1
+    return busy, ahead
 
 
 def _stop_lapsed(

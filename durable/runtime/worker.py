@@ -40,14 +40,21 @@ from durable.runtime.context import RunControl, cancel_scope, run_fields
 from durable.runtime.cron import REFRESH_S, SchedulerClock, run_cron_scheduler
 from durable.runtime.deadlines import CLOSE_TIMEOUT_S, ReconnectBackoff, db_timeout, within
 from durable.runtime.executor import DISCARD_TASK, execute, run_discard_hook
+from durable.runtime.flow_rollup import run_flow_rollup
 from durable.runtime.group_commit import RunWrites
 from durable.runtime.instruments import (
     WorkerMetrics,
+    WorkerStatus,
     combine_observers,
     run_observers,
     worker_metrics,
 )
-from durable.runtime.leases import LivenessThread, renew_leases, supervise_heartbeats
+from durable.runtime.leases import (
+    LivenessThread,
+    renew_leases,
+    slots_in_use,
+    supervise_heartbeats,
+)
 from durable.runtime.outcome import Outcome
 from durable.runtime.registry import Registry
 from durable.runtime.retention import run_retention
@@ -141,6 +148,9 @@ class Worker:
         self._listen_now = anyio.Event()
         self._unknown_logged: set[str] = set()
         self._listener: Listener | None = None
+        self._claiming = False  # the claim loop runs
+        self._database_ok = True  # the last claim (or LISTEN) reached the database
+        self._database_errors: dict[str, int] = {}  # failed database calls, by what was done
         self._db_timeout = db_timeout(options.claim_timeout)
         self._writes = RunWrites(self.client, timeout_s=self._db_timeout)
         self.metrics: WorkerMetrics | None = None
@@ -177,6 +187,20 @@ class Worker:
             if force or not control.started:  # a claimed-ahead run goes back at once
                 control.stop(Outcome.RELEASED)
 
+    def status(self) -> WorkerStatus:
+        """This worker now: slots, draining, database, claiming (its metrics and health)."""
+        busy, ahead = slots_in_use(self.active)
+        return WorkerStatus(
+            worker_id=self.worker_id,
+            concurrency=self.options.concurrency,
+            busy=busy,
+            claimed_ahead=ahead,
+            draining=self.draining,
+            database_ok=self._database_ok,
+            claiming=self._claiming,
+            database_errors=dict(self._database_errors),
+        )
+
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
@@ -184,7 +208,12 @@ class Worker:
         client = self.client
         ttl = opts.claim_timeout
         await client.register_worker(
-            self.worker_id, socket.gethostname(), os.getpid(), opts.queues, ttl
+            self.worker_id,
+            socket.gethostname(),
+            os.getpid(),
+            opts.queues,
+            ttl,
+            concurrency=opts.concurrency,
         )
         await self._record_limits()
         liveness = LivenessThread(client, self.worker_id, ttl, interval=max(ttl / 4, 0.05))
@@ -218,9 +247,10 @@ class Worker:
                 )
                 if rules := self.registry.prune_rules():
                     tg.start_soon(run_retention, client, rules, self.registry.retention_interval)
+                tg.start_soon(run_flow_rollup, client, self._db_timeout)
                 await tg.start(self._writes.run)
                 if self.metrics is not None:
-                    await tg.start(self.metrics.run, client, self._db_timeout)
+                    await tg.start(self.metrics.run, client, self._db_timeout, self.status)
                 task_status.started()
                 # A fixed set of runner tasks takes claims from a queue: no task per run. (An
                 # asyncio queue: its get() costs nothing when a claim is waiting; durable runs on
@@ -232,7 +262,11 @@ class Worker:
                 async with anyio.create_task_group() as runs:
                     for _ in range(runners):
                         runs.start_soon(self._runner, claimed)
-                    await self._claim_loop(claimed)
+                    self._claiming = True
+                    try:
+                        await self._claim_loop(claimed)
+                    finally:
+                        self._claiming = False
                     await self._finish_or_release()
                     for _ in range(runners):
                         claimed.put_nowait(None)  # each runner stops at its None
@@ -294,6 +328,8 @@ class Worker:
 
     def _unavailable(self, during: str, backoff: ReconnectBackoff, exc: Exception) -> float:
         """Log a failed attempt to reach the database; return how long to back off."""
+        self._database_ok = False
+        self._database_errors[during] = self._database_errors.get(during, 0) + 1
         delay = backoff.next_delay()
         log.warning(
             "db.unavailable",
@@ -333,6 +369,7 @@ class Worker:
         except DurableError as exc:
             log.warning("worker.claim_failed", worker=self.worker_id, error=str(exc))
             return []
+        self._database_ok = True
         if backoff.attempt:
             attempts = backoff.reset()
             log.info("db.reconnected", worker=self.worker_id, during="claim", attempts=attempts)

@@ -42,9 +42,9 @@
 -- any reason but 'cancelled' spends an attempt: the next run is scheduled by the task's retry
 -- strategy (durable.next_delay), or the task ends 'failed' when its attempts are exhausted; a
 -- cancelled run ends its task 'cancelled'. tasks.failure holds the last failure (reason, run_id,
--- attempt, error). Its REASON CLASS (transport, validation, timeout, crash, exhausted, unknown:
--- durable.reason_class) comes from the reason or, for an error a handler raised, from the class the
--- worker recorded with it.
+-- attempt, error) and tasks.failed_at when it happened. Its REASON CLASS (transport, validation,
+-- timeout, crash, exhausted, unknown: durable.reason_class) comes from the reason or, for an error
+-- a handler raised, from the class the worker recorded with it.
 --
 -- UNSUCCESSFUL ENDS: a task that ends failed or cancelled, whatever ended it (its last attempt, a
 -- reap, a cancel, cancel_by, a discard, a cancellation policy, a dependency, its parent), ends in

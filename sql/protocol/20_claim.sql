@@ -342,9 +342,11 @@ end $$;
 -- ---------------------------------------------------------------------------------------------
 -- the workers' liveness
 
--- A worker starting (or starting again under the same id): alive for p_ttl seconds.
+-- A worker starting (or starting again under the same id) with p_concurrency slots: alive for
+-- p_ttl seconds.
 create or replace function durable.register_worker(p_worker_id text, p_host text, p_pid integer,
-                                                   p_queues text[], p_ttl double precision)
+                                                   p_queues text[], p_ttl double precision,
+                                                   p_concurrency integer default null)
 returns void
 language plpgsql
 security definer set search_path = pg_catalog, pg_temp as $$
@@ -352,12 +354,14 @@ declare
     v_now timestamptz := durable.now();
 begin
     insert into durable.workers as w (worker_id, host, pid, queues, started_at, last_seen_at,
-                                      expires_at)
+                                      expires_at, concurrency, busy, claimed_ahead, stats_at)
     values (p_worker_id, p_host, p_pid, coalesce(p_queues, '{}'), v_now, v_now,
-            v_now + make_interval(secs => p_ttl))
+            v_now + make_interval(secs => p_ttl), p_concurrency, 0, 0, v_now)
     on conflict (worker_id) do update
         set host = excluded.host, pid = excluded.pid, queues = excluded.queues,
-            last_seen_at = v_now, expires_at = excluded.expires_at, stopped_at = null;
+            last_seen_at = v_now, expires_at = excluded.expires_at, stopped_at = null,
+            concurrency = excluded.concurrency, busy = 0,
+            claimed_ahead = 0, stats_at = v_now;
 end $$;
 
 -- A worker alive for p_ttl more seconds; false when it is unknown or stopped.

@@ -164,7 +164,8 @@ begin
     v_failure := jsonb_build_object('reason', p_reason, 'run_id', p_run.run_id,
                                     'attempt', p_run.attempt, 'error', p_error);
     if p_reason <> 'cancelled' and p_run.attempt < v_task.max_attempts then
-        update durable.tasks set attempt = p_run.attempt + 1, failure = v_failure
+        update durable.tasks set attempt = p_run.attempt + 1, failure = v_failure,
+                                 failed_at = p_now
          where task_id = v_task.task_id;
         return durable.insert_run(
             v_task, p_run.attempt + 1, 'pending',
@@ -246,7 +247,8 @@ create or replace function durable.end_task_unsuccessfully(p_task durable.tasks,
 returns void
 language plpgsql as $$
 begin
-    update durable.tasks set state = p_state, failure = p_failure, finished_at = p_now
+    update durable.tasks
+       set state = p_state, failure = p_failure, failed_at = p_now, finished_at = p_now
      where task_id = p_task.task_id;
     perform pg_notify('durable_done', p_task.task_id::text);
     perform durable.on_tasks_ended(array[p_task.task_id], p_now);
@@ -369,9 +371,13 @@ security definer set search_path = pg_catalog, pg_temp as $$
 $$;
 
 -- A worker's heartbeat, one statement per interval: extend every lease it holds and its own
--- liveness. Returns the run ids that were not extended (lost: expired, reaped, cancelled).
+-- liveness, and record how many of its slots are busy and how many runs it claimed ahead (the
+-- workers page; null: not said). Returns the run ids that were not extended (lost: expired,
+-- reaped, cancelled).
 create or replace function durable.extend_claims(p_worker_id text, p_run_ids uuid[],
-                                                 p_worker_ttl double precision)
+                                                 p_worker_ttl double precision,
+                                                 p_busy integer default null,
+                                                 p_ahead integer default null)
 returns table (lost_run_id uuid)
 language plpgsql
 security definer set search_path = pg_catalog, pg_temp set random_page_cost = 1.1 as $$
@@ -379,7 +385,9 @@ declare
     v_now timestamptz := durable.now();
 begin
     update durable.workers
-       set last_seen_at = v_now, expires_at = v_now + make_interval(secs => p_worker_ttl)
+       set last_seen_at = v_now, expires_at = v_now + make_interval(secs => p_worker_ttl),
+           busy = coalesce(p_busy, busy), claimed_ahead = coalesce(p_ahead, claimed_ahead),
+           stats_at = case when p_busy is null then stats_at else v_now end
      where worker_id = p_worker_id;
     -- a running task past its max_duration is cancelled here even when nobody claims
     perform durable.enforce_cancellations(v_now);

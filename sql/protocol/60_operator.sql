@@ -2,10 +2,11 @@
 -- and the views of queues, failed work and throughput.
 --
 -- FAILED WORK is the set of tasks whose latest failure is not behind them: tasks.failure (the last
--- failed run: reason, run_id, attempt, error) is set and the task has not completed since. A task
--- in it is either dead ('failed': its last attempt failed, or it was cancelled) or 'retrying' (it
--- is live and will run again). An operator's DISCARD takes a task out of it for good: a live task
--- is cancelled, and a discarded task can be neither retried nor replayed.
+-- failed run: reason, run_id, attempt, error; tasks.failed_at says when) is set and the task has
+-- not completed since. A task in it is either dead ('failed': its last attempt failed, or it was
+-- cancelled) or 'retrying' (it is live and will run again). An operator's DISCARD takes a task
+-- out of it for good: a live task is cancelled, and a discarded task can be neither retried nor
+-- replayed.
 --
 -- A failure's REASON CLASS (transport, validation, timeout, crash, exhausted, unknown) comes from
 -- its reason (crash; job_timeout and heartbeat_timeout are timeouts) or, for an error a handler
@@ -288,7 +289,8 @@ begin
         v_broken := durable.lock_dependencies(v_task);
         continue when v_broken.task_id is not null;  -- changed meanwhile: it stays cancelled
         update durable.tasks t
-           set state = 'pending', finished_at = null, failure = null, cancel_at = null
+           set state = 'pending', finished_at = null, failure = null, failed_at = null,
+               cancel_at = null
          where t.task_id = v_task.task_id
         returning * into v_task;
         v_run_id := durable.insert_dependent_run(
@@ -406,19 +408,17 @@ language sql immutable as $$
     end
 $$;
 
--- The failed work, newest failure first. p_limit null: every row. Filters that are null do not
--- apply.
-create or replace function durable.failed_work(p_queue text, p_task_name text, p_reason text,
-                                               p_since timestamptz, p_limit integer,
-                                               p_state text default null,
-                                               p_reason_class text default null,
-                                               p_error_type text default null,
-                                               p_tags text[] default null)
+-- The failed work's rows, unordered and without their last checkpoint: what failed_work and
+-- failure_groups share. A plain SQL function, so it is inlined into their queries and planned
+-- with them. Filters that are null do not apply.
+create or replace function durable.failed_work_rows(p_queue text, p_task_name text,
+                                                    p_reason text, p_since timestamptz,
+                                                    p_state text, p_reason_class text,
+                                                    p_error_type text, p_tags text[])
 returns table (task_id uuid, run_id uuid, queue text, task_name text, state text,
                attempt integer, max_attempts integer, failure_reason text, reason_class text,
-               error jsonb, failed_at timestamptz, last_checkpoint text, tags text[])
-language sql stable
-security definer set search_path = pg_catalog, pg_temp as $$
+               error jsonb, failed_at timestamptz, tags text[])
+language sql stable as $$
     select w.* from (
         select t.task_id, (t.failure->>'run_id')::uuid as run_id, t.queue, t.task_name,
                case when t.state = 'pending' then 'retrying' else 'failed' end as state,
@@ -426,12 +426,9 @@ security definer set search_path = pg_catalog, pg_temp as $$
                t.failure->>'reason' as failure_reason,
                durable.reason_class(t.failure->>'reason', t.failure->'error') as reason_class,
                t.failure->'error' as error,
-               coalesce(r.finished_at, t.finished_at, t.created_at) as failed_at,
-               (select k.step_name from durable.checkpoints k where k.task_id = t.task_id
-                 order by k.created_at desc, k.step_name desc limit 1) as last_checkpoint,
+               t.failed_at,
                t.tags
           from durable.tasks t
-          left join durable.runs r on r.run_id = (t.failure->>'run_id')::uuid
          where t.failure is not null and t.state <> 'completed' and t.discarded_at is null
            and (p_queue is null or t.queue = p_queue)
            and (p_task_name is null or t.task_name = p_task_name)
@@ -442,6 +439,28 @@ security definer set search_path = pg_catalog, pg_temp as $$
      where (p_since is null or w.failed_at >= p_since)
        and (p_state is null or w.state = p_state)
        and (p_reason_class is null or w.reason_class = p_reason_class)
+$$;
+
+-- The failed work, newest failure first, each row with its last checkpoint (looked up for the
+-- rows returned only). p_limit null: every row. Filters that are null do not apply.
+create or replace function durable.failed_work(p_queue text, p_task_name text, p_reason text,
+                                               p_since timestamptz, p_limit integer,
+                                               p_state text default null,
+                                               p_reason_class text default null,
+                                               p_error_type text default null,
+                                               p_tags text[] default null)
+returns table (task_id uuid, run_id uuid, queue text, task_name text, state text,
+               attempt integer, max_attempts integer, failure_reason text, reason_class text,
+               error jsonb, failed_at timestamptz, last_checkpoint text, tags text[])
+language sql stable
+security definer set search_path = pg_catalog, pg_temp set random_page_cost = 1.1 as $$
+    select w.task_id, w.run_id, w.queue, w.task_name, w.state, w.attempt, w.max_attempts,
+           w.failure_reason, w.reason_class, w.error, w.failed_at,
+           (select k.step_name from durable.checkpoints k where k.task_id = w.task_id
+             order by k.created_at desc, k.step_name desc limit 1) as last_checkpoint,
+           w.tags
+      from durable.failed_work_rows(p_queue, p_task_name, p_reason, p_since, p_state,
+                                    p_reason_class, p_error_type, p_tags) w
      order by w.failed_at desc, w.task_id
      limit p_limit
 $$;
@@ -456,23 +475,25 @@ create or replace function durable.failure_groups(p_queue text, p_task_name text
 returns table (failure_reason text, reason_class text, error_type text, task_name text,
                queue text, count bigint, first_seen timestamptz, last_seen timestamptz)
 language sql stable
-security definer set search_path = pg_catalog, pg_temp as $$
+security definer set search_path = pg_catalog, pg_temp set random_page_cost = 1.1 as $$
     select w.failure_reason, w.reason_class, w.error->>'type', w.task_name, w.queue, count(*),
            min(w.failed_at), max(w.failed_at)
-      from durable.failed_work(p_queue, p_task_name, p_reason, p_since, null, p_state,
-                               p_reason_class, p_error_type, p_tags) w
+      from durable.failed_work_rows(p_queue, p_task_name, p_reason, p_since, p_state,
+                                    p_reason_class, p_error_type, p_tags) w
      group by 1, 2, 3, 4, 5
      order by count(*) desc, max(w.failed_at) desc
 $$;
 
--- Tasks that ended within the last p_window seconds, per queue and end state (throughput).
+-- Tasks that ended within the last p_window seconds, per queue and end state (throughput). The
+-- window's start is computed once (durable.now() is volatile: compared row by row, it would keep
+-- the index on finished_at from bounding the scan), so the cost is the window's tasks.
 create or replace function durable.finished_counts(p_window double precision)
 returns table (queue text, state text, count bigint)
 language sql stable
 security definer set search_path = pg_catalog, pg_temp as $$
     select t.queue, t.state, count(*)
       from durable.tasks t
-     where t.finished_at >= durable.now() - make_interval(secs => p_window)
+     where t.finished_at >= (select durable.now() - make_interval(secs => p_window))
      group by 1, 2
      order by 1, 2
 $$;

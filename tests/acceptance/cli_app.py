@@ -9,6 +9,8 @@ import os
 import time
 from typing import Any
 
+import anyio
+
 from durable import Durable, Fixed, TaskContext
 
 app = Durable()
@@ -67,3 +69,9 @@ def _stamp(step: str) -> list[Any]:
 async def pipeline(ctx: TaskContext, params: Any) -> list[Any]:
     """Three checkpointed steps, each recording when it ran."""
     return [await ctx.step(step, _stamp, step) for step in ("a", "b", "c")]
+
+
+@app.task
+async def linger(ctx: TaskContext, params: dict[str, float]) -> None:
+    """Runs (holding a slot, without a checkpoint) for ``params["seconds"]``."""
+    await anyio.sleep(params["seconds"])

@@ -31,6 +31,7 @@ COMMANDS = [
     "migrate",
     "spawn",
     "status",
+    "list",
     "failed",
     "retry",
     "cancel",

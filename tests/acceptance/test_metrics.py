@@ -3,6 +3,7 @@ extras installed (``prometheus_client`` and ``opentelemetry`` blocked in a subpr
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import textwrap
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -19,6 +21,7 @@ from support.in_process import running_worker
 from support.waiting import wait_finished, wait_for
 from worker_app import QUEUE
 
+import durable
 from durable import Durable, InvalidArgument, TaskContext, TaskState
 from durable.metrics import WorkerMetrics
 from durable.runtime.worker import Worker, WorkerOptions
@@ -40,6 +43,48 @@ async def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
                 return exc.code, exc.read().decode()
 
     return await anyio.to_thread.run_sync(get)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+async def request(port: int, method: str, path: str) -> Answer:
+    def send() -> Answer:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            connection.request(method, path)
+            response = connection.getresponse()
+            body = response.read()
+            headers = {name.lower(): v for name, v in response.getheaders()}
+            return Answer(response.status, headers, body)
+        finally:
+            connection.close()
+
+    return await anyio.to_thread.run_sync(send)
+
+
+def assert_prometheus_names(text: str) -> None:
+    """Prometheus's naming conventions (what ``promtool check metrics`` checks): snake_case
+    names under the ``durable_`` namespace, counters ending ``_total``, base units in the
+    name (``_seconds``), a HELP for every metric."""
+    families = list(text_string_to_metric_families(text))
+    assert families
+    for family in families:
+        assert re.fullmatch(r"durable_[a-z0-9_]+", family.name), family.name
+        assert family.documentation, family.name
+        assert "milliseconds" not in family.name
+        if family.type == "counter":
+            assert all(sample.name.endswith(("_total", "_created")) for sample in family.samples), (
+                family.name
+            )
+        if family.type == "histogram":
+            assert family.name.endswith("_seconds"), family.name
+        if family.type == "gauge":
+            assert not family.name.endswith("_total"), family.name
 
 
 def parse(text: str) -> Samples:
@@ -98,12 +143,18 @@ async def test_worker_serves_run_counters_durations_queue_depth_and_lease_losses
             lost = value(
                 samples, "durable_lease_lost_total", queue=QUEUE, task_name=victim.task_name
             )
-            pending = value(samples, "durable_queue_depth", queue=QUEUE, state="pending")
+            pending = value(samples, "durable_tasks", queue=QUEUE, state="pending")
             return samples if lost == 1 and pending == 1 else None
 
         samples = await wait_for(scraped, timeout=15, what="the lease loss and the queue depth")
         _, text = await scrape(port)
         not_found, _ = await scrape(port, "/other")
+        health = await scrape(port, "/healthz")
+        ready = await scrape(port, "/readyz")
+        head = await request(port, "HEAD", "/metrics")
+        post = await request(port, "POST", "/metrics")
+        worker.drain()
+        draining = await scrape(port, "/readyz")
 
     run = {"queue": QUEUE}
     assert value(samples, "durable_runs_started_total", **run, task_name="ok") == 3
@@ -135,24 +186,43 @@ async def test_worker_serves_run_counters_durations_queue_depth_and_lease_losses
     lost = {"task_name": "cancelled_while_running", "outcome": "lease_lost"}
     assert value(samples, "durable_run_duration_seconds_count", **run, **lost) == 1
 
-    depth = {
-        state: value(samples, "durable_queue_depth", **run, state=state) for state in TaskState
-    }
-    assert depth == {
+    # the live tasks, from the live runs: finished ones are history (the counters above)
+    live = {state: value(samples, "durable_tasks", **run, state=state) for state in TaskState}
+    assert live == {
         TaskState.PENDING: 1,
         TaskState.RUNNING: 0,
         TaskState.SLEEPING: 0,
-        TaskState.COMPLETED: 3,
-        TaskState.FAILED: 2,
-        TaskState.CANCELLED: 1,
+        TaskState.COMPLETED: None,
+        TaskState.FAILED: None,
+        TaskState.CANCELLED: None,
     }
+    # the one pending task waits an hour: nothing could start now
+    assert value(samples, "durable_queue_depth", **run) == 0
+    assert value(samples, "durable_queue_oldest_pending_age_seconds", **run) == 0
+    assert value(samples, "durable_worker_slots") == 4
+    assert value(samples, "durable_worker_busy_slots") == 0
+    assert value(samples, "durable_worker_claimed_ahead_runs") == 0
+    assert value(samples, "durable_worker_ready") == 1
+    assert value(samples, "durable_database_errors_total", during="claim") == 0
+    [build] = [labels for (name, labels) in samples if name == "durable_build_info"]
+    assert dict(build)["version"] == durable.__version__
 
-    # labels are queue, task name, reason, outcome, state (and the histogram's le): never an id
+    # labels are queue, task name, reason, outcome, state (and the histogram's le), what failed
+    # and the version: never an id
     label_names = {name for (_, labels) in samples for name, _ in labels}
-    assert label_names <= {"queue", "task_name", "reason", "outcome", "state", "le"}
+    assert label_names <= {
+        "queue", "task_name", "reason", "outcome", "state", "le", "during", "version"
+    }  # fmt: skip
     assert not UUID_RE.search(text)
     assert str(later.task_id) not in text
+    assert_prometheus_names(text)
     assert not_found == 404
+    assert health == (200, "ok\n")
+    assert ready == (200, "ready\n")
+    assert draining == (503, "not ready: the worker is draining\n")
+    assert head.status == 200
+    assert head.body == b""
+    assert (post.status, post.headers["allow"]) == (405, "GET, HEAD")
 
     # the endpoint stopped with the worker
     with pytest.raises(OSError, match="refused"):

@@ -1,5 +1,8 @@
 """Each operator action end to end: the real CLI and a real worker (``durable worker cli_app:app``).
 
+``durable list`` finds a running task by its live state (``tasks.state`` says pending), by key
+and by params, and pages newest first.
+
 Failed work is found by filter and grouped; a bulk retry is a dry run until ``--yes``, then goes
 at the given rate and resumes from the checkpoint; bulk cancel stops retrying work; discard ends a
 task for good; replay runs a finished task again from a step; prune deletes old finished tasks;
@@ -21,7 +24,13 @@ from support.cli import TASKS_TIMEOUT_S, cli_worker, durable, section_rows, wait
 from support.waiting import wait_task
 
 from durable.client import Client
-from durable.protocol.records import FailedWorkState, ReasonClass, RunState, TaskState
+from durable.protocol.records import (
+    FailedWorkState,
+    ReasonClass,
+    RunState,
+    SpawnOptions,
+    TaskState,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -266,6 +275,49 @@ async def test_bulk_retry_revives_dependents_once_and_no_dependents_leaves_them(
         results = await wait_outcomes(client, [*roots, *dependents])
         assert await fixed.stop() == 0
     assert {r.state for r in results.values()} == {TaskState.COMPLETED}
+
+
+async def test_list_finds_a_running_task_by_its_live_state_and_pages(
+    dsn: str, client: Client, tmp_path: Path
+) -> None:
+    running = await client.spawn("default", "linger", {"seconds": 60})
+    later = SpawnOptions(idempotency_key="order-7", delay=3600)
+    keyed = await client.spawn("default", "add", {"a": 7, "b": 1}, later)
+    async with cli_worker(tmp_path / "worker.log", "cli_app:app", dsn=dsn) as worker:
+        await wait_task(
+            client,
+            running.task_id,
+            lambda record: record.state is TaskState.RUNNING,
+            timeout=TASKS_TIMEOUT_S,
+            what="the lingering task to run",
+        )
+        by_state = await durable("list", "--state", "running", dsn=dsn)
+        as_json = await durable("list", "--state", "running", "--json", dsn=dsn)
+        by_key = await durable("list", "--key", "order-7", dsn=dsn)
+        by_params = await durable("list", "--params", '{"a": 7}', dsn=dsn)
+        first = await durable("list", "--limit", "1", dsn=dsn)
+        cursor = first.out.strip().splitlines()[-1].split("--before ")[1]
+        second = await durable("list", "--limit", "1", "--before", cursor, dsn=dsn)
+        bad = await durable("list", "--state", "dead", dsn=dsn)
+        worker.kill()
+        await worker.wait(10)
+
+    assert by_state.code == 0, by_state.err
+    [header, row] = [line.split() for line in by_state.out.splitlines()]
+    assert header[:5] == ["created", "task_id", "task_name", "queue", "state"]
+    assert row[2:6] == [str(running.task_id), "linger", "default", "running"]
+    doc = json.loads(as_json.out)
+    assert [t["task_id"] for t in doc["tasks"]] == [str(running.task_id)]
+    assert doc["tasks"][0]["state"] == "running"
+    assert str(keyed.task_id) in by_key.out
+    assert str(running.task_id) not in by_key.out
+    assert str(keyed.task_id) in by_params.out
+    # newest first, a page at a time: the keyed task, then the lingering one
+    assert str(keyed.task_id) in first.out
+    assert cursor == str(keyed.task_id)
+    assert str(running.task_id) in second.out
+    assert bad.code == 2
+    assert "invalid choice: 'dead'" in bad.err
 
 
 # --- paused queues and cron schedules -------------------------------------------------------------

@@ -4,7 +4,8 @@
 down, after checkpointing its download and reporting progress; a test brings the upstream up
 before it clicks Retry, so the retried run completes (replaying the checkpointed step).
 ``always_down`` keeps failing and waits an hour between attempts (it stays ``retrying``);
-``send_digest`` is spawned with a delay (it stays ``pending``).
+``send_digest`` is spawned with a delay (it stays ``pending``); ``nap`` runs a step, sleeps
+0.3 s durably and runs another (a timeline with two runs, two steps and a sleep).
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ def make_app(dsn: str, upstream: Upstream) -> Durable:
     @app.task(name="send_digest", queue=QUEUE)
     async def send_digest(ctx: TaskContext, params: Any) -> None:
         return None
+
+    @app.task(name="nap", queue=QUEUE)
+    async def nap(ctx: TaskContext, params: Any) -> str:
+        await ctx.step("prepare", download, "prepared")
+        await ctx.sleep("rest", 0.3)
+        await ctx.step("finish", download, "finished")
+        return "rested"
 
     return app
 

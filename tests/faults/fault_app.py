@@ -117,9 +117,10 @@ def fault_worker(
     poll_interval: float = 0.2,
     concurrency: int = 4,
     skew_s: float = 0.0,
+    metrics_port: int | None = None,
 ) -> contextlib.AbstractAsyncContextManager[WorkerProcess]:
-    """This module as a worker on ``dsn`` whose wall clock is ``skew_s`` off; SIGKILLed on exit
-    if it still runs."""
+    """This module as a worker on ``dsn`` whose wall clock is ``skew_s`` off (serving its metrics
+    and health on ``metrics_port``, 0: a free one, if given); SIGKILLed on exit if it still runs."""
     return worker_process(
         SCRIPT,
         dsn,
@@ -127,6 +128,7 @@ def fault_worker(
         worker_id,
         *("-c", str(concurrency), "--claim-timeout", str(claim_timeout)),
         *("--poll-interval", str(poll_interval)),
+        *(() if metrics_port is None else ("--metrics-port", str(metrics_port))),
         env={"FAULT_CLOCK_SKEW_S": str(skew_s)},
     )
 

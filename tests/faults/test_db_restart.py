@@ -4,7 +4,9 @@
   spawn is tried during the outage: it raises :class:`DatabaseUnavailable` promptly and leaves
   nothing half-written;
 * every backend of the test's database on the shared server is terminated
-  (``pg_terminate_backend``), twice.
+  (``pg_terminate_backend``), twice;
+* a worker's ``/readyz`` says the database is unreachable while it is down, and ready once the
+  worker claims again; ``durable_database_errors_total`` counted the failed claims.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +24,7 @@ from typing import Any
 import anyio
 import pytest
 from fault_app import QUEUE, fault_worker
+from prometheus_client.parser import text_string_to_metric_families
 from support.database import connection
 from support.processes import WorkerProcess, wait_event
 from support.waiting import wait_all_finished, wait_for, wait_until
@@ -227,3 +232,46 @@ async def test_a_result_waiter_whose_listen_connection_dies_still_sees_the_outco
 
         await wait_until(seen, timeout=10, what="the waiter to see the outcome")
     assert outcome[0].result == {"ok": True}
+
+
+async def _get(port: int, path: str) -> tuple[int, str]:
+    def get() -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, exc.read().decode()
+
+    return await anyio.to_thread.run_sync(get)
+
+
+async def test_readyz_follows_a_restart_of_the_database(
+    embedded_server: EmbeddedServer, embedded_dsn: str, tmp_path: Path
+) -> None:
+    async with fault_worker(embedded_dsn, tmp_path / "w.log", "worker-m", metrics_port=0) as w:
+        port = (await wait_event(w, "metrics.serving", timeout=15))["port"]
+
+        async def answers(status: int, text: str) -> bool:
+            return await _get(port, "/readyz") == (status, text)
+
+        await wait_until(lambda: answers(200, "ready\n"), timeout=10, what="the worker ready")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, lambda: embedded_server.restart(3.0))
+            await wait_until(
+                lambda: answers(503, "not ready: the database is unreachable\n"),
+                timeout=10,
+                what="/readyz to say the database is unreachable",
+                interval=0.05,
+            )
+            assert await _get(port, "/healthz") == (200, "ok\n")  # the process is alive
+        await wait_until(lambda: answers(200, "ready\n"), timeout=20, what="ready again")
+        _, text = await _get(port, "/metrics")
+        errors = {
+            sample.labels["during"]: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "durable_database_errors_total"
+        }
+        assert errors["claim"] >= 1
+        assert w.returncode is None

@@ -1,90 +1,22 @@
-"""The dashboard's HTTP layer over real sockets: JSON documents, the CSRF guard, read-only mode,
-security headers, and clear answers to bad requests that never take the server down."""
+"""The console over real sockets (uvicorn serving the Starlette app): JSON documents, the CSRF
+guard, read-only mode, security headers, the Host guard, the authorization hook of an app mounted
+under a prefix, and clear answers to bad requests that never take the server down."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
-import re
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
 
 import anyio
 import pytest
 import structlog
+from support.http import csrf_token, dashboard, request, send_raw
 
 from durable import Client, SpawnOptions, TaskState
-from durable.dashboard import serve
 
 pytestmark = pytest.mark.anyio
 
 Q = "default"
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        assert self.headers["content-type"] == "application/json", self
-        return json.loads(self.body)
-
-
-@contextlib.asynccontextmanager
-async def dashboard(client: Client, *, read_only: bool = False) -> AsyncIterator[int]:
-    """The dashboard on a free port of 127.0.0.1; yields the port."""
-    async with anyio.create_task_group() as tg:
-        port: int = await tg.start(functools.partial(serve, client, port=0, read_only=read_only))
-        try:
-            yield port
-        finally:
-            tg.cancel_scope.cancel()
-
-
-async def send_raw(port: int, raw: bytes) -> Answer:
-    """Send ``raw`` bytes, read until the server closes, parse the response."""
-    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
-        await stream.send(raw)
-        data = b""
-        with anyio.fail_after(10):
-            while True:
-                try:
-                    data += await stream.receive()
-                except anyio.EndOfStream:
-                    break
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        headers[name.lower()] = value.strip()
-    assert int(headers["content-length"]) == len(body)
-    assert headers["connection"] == "close"
-    return Answer(int(status_line.split(" ")[1]), headers, body)
-
-
-async def request(
-    port: int, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b""
-) -> Answer:
-    all_headers = {"Host": f"127.0.0.1:{port}", **(headers or {})}
-    if body:
-        all_headers["Content-Length"] = str(len(body))
-    head = f"{method} {path} HTTP/1.1\r\n" + "".join(
-        f"{k}: {v}\r\n" for k, v in all_headers.items()
-    )
-    return await send_raw(port, head.encode() + b"\r\n" + body)
-
-
-async def csrf_token(port: int) -> str:
-    page = await request(port, "GET", "/")
-    match = re.search(rb'<meta name="csrf-token" content="([^"]*)">', page.body)
-    assert match is not None
-    return match[1].decode()
 
 
 async def test_pages_and_static_files_carry_the_security_headers(client: Client) -> None:
@@ -213,7 +145,7 @@ async def test_task_json_has_runs_checkpoints_progress_and_actions(client: Clien
     assert checkpoint["step"] == "download"
     assert len(checkpoint["value"]) <= 300  # clipped
     assert checkpoint["value"].endswith("…")
-    assert doc["actions"] == {"retry": False, "cancel": True}
+    assert doc["actions"] == {"retry": False, "cancel": True, "discard": True, "replay": False}
     [published] = doc["published_state"]
     assert (published["key"], json.loads(published["value"])) == ("stage", {"downloaded": 1000})
     assert task["batch_ids"] == []
@@ -312,12 +244,6 @@ async def test_read_only_mode_refuses_every_post(client: Client) -> None:
 
 
 BAD_REQUESTS: list[tuple[bytes, int, str]] = [
-    (b"GARBAGE\r\n\r\n", 400, "not an HTTP request line"),
-    (b"GET / HTTP/2.0\r\nHost: h\r\n\r\n", 505, "HTTP/2.0"),
-    (b"GET http://x/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400, "must be a path"),
-    (b"GET / HTTP/1.1\r\n\r\n", 400, "needs a Host"),
-    (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nno colon here\r\n\r\n", 400, "malformed header"),
-    (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX: \xff\r\n\r\n", 400, "not ASCII"),
     (b"DELETE / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 405, "only GET"),
     (b"GET /nowhere HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 404, "no page at '/nowhere'"),
     (b"GET /static/../server.py HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 404, "no static file"),
@@ -336,28 +262,19 @@ BAD_REQUESTS: list[tuple[bytes, int, str]] = [
         "no page",
     ),
     (b"POST /api/overview HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 405, "only GET"),
-    (
-        b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: abc\r\n\r\n",
-        400,
-        "Content-Length",
-    ),
-    (
-        b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10000000\r\n\r\n",
-        413,
-        "over 65536 bytes",
-    ),
-    (
-        b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-        501,
-        "Transfer-Encoding",
-    ),
-    (
-        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n",
-        431,
-        "over 16384 bytes",
-    ),
+    (b"GET /api/flow?window=week HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400, "hour, day"),
+    (b"GET /api/tasks?state=dead HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400, "state 'dead'"),
+    (b"GET /api/tasks?since=yesterday HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400, "ISO time"),
+    (b"GET /api/tasks?search={x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400, "not valid JSON"),
     # a DNS-rebinding page reaches a loopback server under its own name: refused
     (b"GET /api/overview HTTP/1.1\r\nHost: evil.example:8080\r\n\r\n", 403, "loopback only"),
+]
+#: Malformed HTTP: uvicorn (h11) answers these itself, before the console sees them.
+MALFORMED: list[bytes] = [
+    b"GARBAGE\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",  # HTTP/1.1 without Host
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nno colon here\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: abc\r\n\r\n",
 ]
 
 
@@ -371,6 +288,9 @@ async def test_bad_requests_get_clear_answers_and_the_server_keeps_serving(
             assert message in answer.body.decode(), (raw[:80], answer)
             if status == 405:
                 assert answer.headers["allow"] in ("GET", "POST")
+        for raw in MALFORMED:
+            answer = await send_raw(port, raw)
+            assert answer.status == 400, (raw[:80], answer)
         # a client that connects and says nothing, or half a request, then leaves
         async with await anyio.connect_tcp("127.0.0.1", port):
             pass
@@ -380,7 +300,39 @@ async def test_bad_requests_get_clear_answers_and_the_server_keeps_serving(
         ok = await send_raw(
             port, f"GET /api/overview HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode()
         )
+        head = await request(port, "HEAD", "/")
     assert ok.status == 200
+    assert head.status == 200  # HEAD: the headers of GET, no body
+    assert head.body == b""
+    assert head.headers["content-type"] == "text/html; charset=utf-8"
+
+
+async def test_an_action_body_is_bounded_and_must_be_json(client: Client) -> None:
+    async with dashboard(client) as port:
+        token = await csrf_token(port)
+        post = {"X-CSRF-Token": token}
+        huge = await send_raw(
+            port,
+            f"POST /api/bulk HTTP/1.1\r\nHost: 127.0.0.1\r\nX-CSRF-Token: {token}\r\n"
+            "Content-Length: 10000000\r\n\r\n".encode(),
+        )
+        chunk = b"x" * 70000
+        chunked = await send_raw(
+            port,
+            f"POST /api/bulk HTTP/1.1\r\nHost: 127.0.0.1\r\nX-CSRF-Token: {token}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n".encode()
+            + f"{len(chunk):x}\r\n".encode()
+            + chunk
+            + b"\r\n0\r\n\r\n",
+        )
+        not_json = await request(port, "POST", "/api/bulk", post, b"retry them all")
+        no_action = await request(port, "POST", "/api/bulk", post, b'{"action": "explode"}')
+    assert (huge.status, chunked.status) == (413, 413)
+    assert "over 65536 bytes" in huge.json()["error"]
+    assert "over 65536 bytes" in chunked.json()["error"]
+    assert (not_json.status, not_json.json()) == (400, {"error": "the body is not JSON"})
+    assert no_action.status == 400
+    assert no_action.json()["error"].startswith("action must be one of: retry, cancel")
 
 
 async def test_an_unexpected_error_answers_500_is_logged_and_the_server_goes_on(
@@ -390,7 +342,7 @@ async def test_an_unexpected_error_answers_500_is_logged_and_the_server_goes_on(
         raise RuntimeError("the database driver had a bad day")
 
     info = await client.spawn(Q, "later", None, SpawnOptions(delay=3600))
-    monkeypatch.setattr(client, "queue_counts", broken)
+    monkeypatch.setattr(client, "queue_depth", broken)
     with structlog.testing.capture_logs() as logs:
         async with dashboard(client) as port:
             failed = await request(port, "GET", "/api/overview")

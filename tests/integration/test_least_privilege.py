@@ -82,6 +82,12 @@ PROTOCOL = {
     "resume_cron_schedule",
     "list_cron_schedules",
     "fire_cron",
+    "list_tasks",
+    "queue_depth",
+    "list_workers",
+    "roll_up_flow",
+    "flow",
+    "ended_counts",
     "revivable_dependents",
 }
 TABLES = [

@@ -92,7 +92,8 @@ async def v13_dsn(server_dsn: str) -> AsyncIterator[str]:
 # --- the data and the protocol survive the upgrade -----------------------------------------------
 
 _ROWS = {
-    "tasks": "select to_jsonb(x)::text from durable.tasks x order by 1",
+    # 0018 records when each failure happened (backfilled: the failed run's end; checked below)
+    "tasks": "select (to_jsonb(x) - 'failed_at')::text from durable.tasks x order by 1",
     "runs": "select to_jsonb(x)::text from durable.runs x order by 1",
     "checkpoints": "select to_jsonb(x)::text from durable.checkpoints x order by 1",
     "workers": "select to_jsonb(x)::text from durable.workers x order by 1",
@@ -104,6 +105,7 @@ _ROWS = {
 _ADDED_COLUMNS: dict[str, dict[str, Any]] = {
     "runs": {"code_version": None},
     "tasks": {"on_parent_cancel": "cancel"},
+    "workers": {"concurrency": None, "busy": None, "claimed_ahead": None, "stats_at": None},
 }
 
 
@@ -171,6 +173,14 @@ async def test_a_database_at_version_13_is_upgraded_in_place(v13_dsn: str) -> No
     async with Client(v13_dsn) as client:  # connecting migrates
         async with connection(v13_dsn) as conn:
             assert await _v13_rows(conn) == before
+            # the failure recorded by the v13 protocol got its run's end as when it happened
+            backfilled = await conn.fetchval(
+                "select t.failed_at = r.finished_at from durable.tasks t"
+                " join durable.runs r on r.run_id = (t.failure->>'run_id')::uuid"
+                " where t.task_id = $1",
+                ids["failed"],
+            )
+            assert backfilled is True
             versions = [
                 r[0]
                 for r in await conn.fetch(

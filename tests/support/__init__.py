@@ -10,6 +10,8 @@
   and the reads the tests make of them.
 - :mod:`support.in_process` — a worker of an app in the test's own event loop.
 - :mod:`support.cli` — the ``durable`` command in subprocesses.
+- :mod:`support.http` — the console on a free port, raw HTTP requests, its event stream.
+- :mod:`support.browser` — the console in headless Chromium: waits, clicks, screenshots.
 
 How it is found: under pytest, ``tests/`` is on ``sys.path`` (pytest puts the folder of
 ``tests/conftest.py`` there, as for every conftest outside a package). A test app run as a script

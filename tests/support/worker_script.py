@@ -1,12 +1,14 @@
 """What a test app runs as a worker script, the other end of :mod:`support.processes`::
 
     python worker_app.py [-q QUEUE]... [-c N] [--claim-timeout S] [--grace-period S]
-                         [--poll-interval S] [--worker-id ID]
+                         [--poll-interval S] [--worker-id ID] [--metrics-port PORT]
 
 runs ``app.run_worker(...)`` on ``$DURABLE_DSN`` until SIGTERM/SIGINT (drain) or SIGKILL, logging
 JSON lines to stderr. Each option falls back to an environment variable (``WORKER_QUEUES``
 comma-separated, ``WORKER_CONCURRENCY``, ``WORKER_CLAIM_TIMEOUT``, ``WORKER_GRACE_PERIOD``,
-``WORKER_POLL_INTERVAL``, ``WORKER_ID``), then to the app's default (:class:`Settings`).
+``WORKER_POLL_INTERVAL``, ``WORKER_ID``), then to the app's default (:class:`Settings`). With
+``--metrics-port`` (0: a free one, logged as ``metrics.serving``) the worker serves its metrics,
+``/healthz`` and ``/readyz``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Settings:
     grace_period: float = 5.0
     poll_interval: float = 0.2
     worker_id: str | None = None
+    metrics_port: int | None = None
 
 
 DEFAULTS = Settings()
@@ -58,12 +61,15 @@ def parse_settings(
         fallback = os.environ.get(f"WORKER_{name.upper()}") or getattr(defaults, name)
         parser.add_argument(*flags, dest=name, type=kind, default=kind(fallback))
     parser.add_argument("--worker-id", default=os.environ.get("WORKER_ID") or defaults.worker_id)
+    parser.add_argument("--metrics-port", type=int, default=defaults.metrics_port)
     args = parser.parse_args(argv)
     queues = args.queues or (os.environ.get("WORKER_QUEUES") or ",".join(defaults.queues)).split(
         ","
     )
     numbers = {name: getattr(args, name) for name in _NUMBERS}
-    return Settings(queues=tuple(queues), worker_id=args.worker_id, **numbers)
+    return Settings(
+        queues=tuple(queues), worker_id=args.worker_id, metrics_port=args.metrics_port, **numbers
+    )
 
 
 async def serve(app: durable.Durable, settings: Settings, side: SidePool | None = None) -> None:
@@ -78,6 +84,8 @@ async def serve(app: durable.Durable, settings: Settings, side: SidePool | None 
             grace_period=settings.grace_period,
             poll_interval=settings.poll_interval,
             worker_id=settings.worker_id,
+            metrics_port=settings.metrics_port,
+            metrics_interval=0.2,
         )
 
 

@@ -1,4 +1,4 @@
-"""``durable dashboard``: serve the web dashboard until Ctrl-C."""
+"""``durable dashboard``: serve the web console until Ctrl-C (``durable[dashboard]``)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,17 @@ from durable.cli import session
 from durable.cli.exits import EXIT_ERROR, EXIT_OK
 from durable.cli.render import err
 from durable.client import Client
-from durable.dashboard import serve
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
+    try:
+        from durable.dashboard import serve  # Starlette and uvicorn: the extra's
+    except ImportError as exc:
+        err(f"durable: the dashboard needs {exc.name} — pip install 'durable[dashboard]'")
+        return EXIT_ERROR
 
     async def dashboard() -> int:
-        # each open browser polls every second: a few connections
+        # each open page holds one LISTEN connection of its own (its event stream)
         async with Client(args.dsn, pool_size=4) as client, anyio.create_task_group() as tg:
             session.print_embedded(client)
             try:
@@ -27,7 +31,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
                     )
                 )
             except OSError as exc:
-                err(f"durable: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
+                err(f"durable: cannot listen on {args.host}:{args.port}: {_reason(exc)}")
                 return EXIT_ERROR
             host = f"[{args.host}]" if ":" in args.host else args.host
             mode = " (read-only)" if args.read_only else ""
@@ -38,3 +42,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         return session.run(dashboard)
     except KeyboardInterrupt:  # Ctrl-C is how a dashboard stops
         return EXIT_OK
+
+
+def _reason(exc: OSError) -> str:
+    import os
+
+    return os.strerror(exc.errno) if exc.errno else str(exc)

@@ -1,13 +1,20 @@
-// The durable dashboard: polls the page's JSON every second and renders it.
+// The durable console: renders the pages' JSON, and re-reads it when the server's event stream
+// (fed by LISTEN) says work arrived or tasks ended — no polling of the database on a timer.
 // Every value goes into the page as text (textContent / Text nodes), never as HTML.
 "use strict";
 
 (() => {
-  const POLL_MS = 1000;
   const meta = (name) => document.querySelector(`meta[name="${name}"]`)?.content ?? "";
   const CSRF = meta("csrf-token");
   const READ_ONLY = meta("durable-read-only") === "1";
+  const ROOT = meta("durable-root"); // where the console is mounted ("" at the server's root)
   const TASK_STATES = ["pending", "running", "sleeping", "completed", "failed", "cancelled"];
+  const LIVE_STATES = ["pending", "running", "sleeping"];
+  // without an event stream (too many open, or the server cannot LISTEN): refresh this often
+  const FALLBACK_MS = 10000;
+  // a live task's page re-reads itself this often too (progress sends no notification)
+  const LIVE_TASK_MS = 2000;
+  const url = (path) => `${ROOT}${path}`;
 
   // --- DOM helpers ------------------------------------------------------------------------------
 
@@ -30,7 +37,7 @@
 
   const classNames = (...names) => names.filter(Boolean).join(" ");
   const tagChip = (tag) => el("span", { class: "tag" }, tag);
-  const taskLink = (id) => el("a", { href: `/tasks/${id}`, class: "mono" }, id);
+  const taskLink = (id) => el("a", { href: url(`/tasks/${id}`), class: "mono" }, id);
   const badge = (kind, value, label) =>
     el("span", { class: `badge ${kind}-${value}`, dataset: { [kind]: value } }, label ?? value);
   const stateBadge = (state, label) => badge("state", state, label);
@@ -72,18 +79,7 @@
     };
   }
 
-  // --- live polling -----------------------------------------------------------------------------
-
-  let wakeUp = () => {};
-  const refreshNow = () => wakeUp();
-  const pause = (ms) =>
-    new Promise((resolve) => {
-      const timer = setTimeout(resolve, ms);
-      wakeUp = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-    });
+  // --- live: the event stream ----------------------------------------------------------------
 
   function setLive(ok, detail) {
     const live = document.getElementById("live");
@@ -93,28 +89,87 @@
     live.textContent = ok ? `live · ${now}Z` : `disconnected · ${detail}`;
   }
 
-  async function getJson(url) {
-    const response = await fetch(url, { cache: "no-store", headers: { Accept: "application/json" } });
+  async function getJson(path) {
+    const response = await fetch(url(path), { cache: "no-store", headers: { Accept: "application/json" } });
     const doc = await response.json().catch(() => ({ error: `${response.status} ${response.statusText}` }));
     return { ok: response.ok, status: response.status, doc };
   }
 
-  async function poll(url, render, onError) {
-    for (;;) {
-      try {
-        const { ok, status, doc } = await getJson(url);
-        if (ok) {
-          render(doc);
-          setLive(true);
-        } else if (onError && onError(status, doc)) {
-          setLive(true);
-        } else {
-          setLive(false, doc.error || String(status));
-        }
-      } catch (error) {
-        setLive(false, error.message || String(error));
+  async function postJson(path, body) {
+    const response = await fetch(url(path), {
+      method: "POST",
+      cache: "no-store",
+      headers: { "X-CSRF-Token": CSRF, "Content-Type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const doc = await response.json().catch(() => ({ error: `${response.status} ${response.statusText}` }));
+    return { ok: response.ok, status: response.status, doc };
+  }
+
+  // a page's view: load() reads its JSON and renders it; refresh() asks for a load, at most one
+  // at a time (a burst of events makes one more load, not one per event)
+  function view(load) {
+    let running = false;
+    let again = false;
+    async function refresh() {
+      if (running) {
+        again = true;
+        return;
       }
-      await pause(POLL_MS);
+      running = true;
+      try {
+        do {
+          again = false;
+          await load();
+        } while (again);
+      } finally {
+        running = false;
+      }
+    }
+    return refresh;
+  }
+
+  // re-run refresh() when the event stream says something changed (and on a slow timer when
+  // there is no stream); onChange(event) may decline an event by returning false
+  function follow(refresh, onChange) {
+    let timer = null;
+    const fallback = () => {
+      clearInterval(timer);
+      timer = setInterval(refresh, FALLBACK_MS);
+    };
+    if (!window.EventSource) {
+      fallback();
+      return;
+    }
+    const source = new EventSource(url("/api/events"));
+    source.addEventListener("open", () => {
+      clearInterval(timer);
+      setLive(true);
+      refresh();
+    });
+    source.addEventListener("change", (message) => {
+      const change = JSON.parse(message.data);
+      setLive(true);
+      if (!onChange || onChange(change) !== false) refresh();
+    });
+    source.addEventListener("error", () => {
+      setLive(false, "reconnecting");
+      fallback();
+    });
+    window.addEventListener("pagehide", () => source.close());
+  }
+
+  async function render(path, draw, onError) {
+    try {
+      const { ok, status, doc } = await getJson(path);
+      if (ok) {
+        draw(doc);
+        setLive(true);
+      } else if (!(onError && onError(status, doc))) {
+        setLive(false, doc.error || String(status));
+      }
+    } catch (error) {
+      setLive(false, error.message || String(error));
     }
   }
 
@@ -128,28 +183,24 @@
     while (messages.children.length > 4) messages.lastChild.remove();
   }
 
+  const DONE = { retry: "Retried", cancel: "Cancelled", discard: "Discarded", replay: "Replayed" };
+  const LABEL = { retry: "Retry", cancel: "Cancel", discard: "Discard", replay: "Replay" };
+  let afterAction = () => {};
+
   async function act(taskId, action, button) {
     if (button) button.disabled = true;
     try {
-      const response = await fetch(`/api/tasks/${encodeURIComponent(taskId)}/${action}`, {
-        method: "POST",
-        cache: "no-store",
-        headers: { "X-CSRF-Token": CSRF },
-      });
-      const doc = await response.json().catch(() => ({ error: `${response.status} ${response.statusText}` }));
-      if (response.ok) {
-        const revived = doc.revived?.length
-          ? `, and revived ${doc.revived.length} ${doc.revived.length === 1 ? "dependent" : "dependents"} its end had cancelled`
-          : "";
-        say("ok", `${action === "retry" ? "Retried" : "Cancelled"} task ${doc.task_id}: ${doc.before} → ${doc.after}${revived}`);
-      } else {
-        say("error", `${action} refused: ${doc.error || response.status}`);
-      }
+      const { ok, status, doc } = await postJson(`/api/tasks/${encodeURIComponent(taskId)}/${action}`);
+      const revived = doc.revived?.length
+        ? `, and revived ${doc.revived.length} ${doc.revived.length === 1 ? "dependent" : "dependents"} its end had cancelled`
+        : "";
+      if (ok) say("ok", `${DONE[action]} task ${doc.task_id}: ${doc.before} → ${doc.after}${revived}`);
+      else say("error", `${action} refused: ${doc.error || status}`);
     } catch (error) {
       say("error", `${action} failed: ${error.message || error}`);
     } finally {
       if (button) button.disabled = false;
-      refreshNow();
+      afterAction();
     }
   }
 
@@ -162,9 +213,17 @@
         dataset: { action, taskId },
         onclick: (event) => act(taskId, action, event.currentTarget),
       },
-      action === "retry" ? "Retry" : "Cancel",
+      LABEL[action],
     );
   }
+
+  const seconds = (s) => {
+    if (s === null || s === undefined) return "–";
+    if (s < 1) return `${Math.round(s * 1000)} ms`;
+    if (s < 120) return `${s.toFixed(s < 10 ? 1 : 0)} s`;
+    if (s < 7200) return `${Math.round(s / 60)} min`;
+    return `${(s / 3600).toFixed(1)} h`;
+  };
 
   function recoveryText(r) {
     const what = {
@@ -187,29 +246,56 @@
     const failed = section("failed-work", "Recent failed work");
     main.replaceChildren(messages, queues.node, classes.node, groups.node, failed.node);
 
+    const queueControl = (q) => {
+      if (READ_ONLY || q.paused === null || q.paused === undefined) return null;
+      const action = q.paused ? "resume" : "pause";
+      return el(
+        "button",
+        {
+          type: "button",
+          class: `btn queue-${action}`,
+          dataset: { queue: q.queue, action },
+          onclick: async (event) => {
+            event.currentTarget.disabled = true;
+            const { ok, doc } = await postJson(`/api/queues/${encodeURIComponent(q.queue)}/${action}`);
+            say(ok ? "ok" : "error", ok ? `Queue ${q.queue}: ${action}d` : `${action} refused: ${doc.error}`);
+            refresh();
+          },
+        },
+        q.paused ? "Resume" : "Pause",
+      );
+    };
+
     const renderQueues = (doc) =>
       table(
         [
           "queue",
-          ...TASK_STATES.map((s) => ({ label: s, class: "num" })),
-          { label: "total", class: "num" },
+          ...TASK_STATES.map((s) => ({
+            label: LIVE_STATES.includes(s) ? s : `${s} 24 h`,
+            class: "num",
+          })),
+          { label: "could start", class: "num" },
+          { label: "oldest waits", class: "num" },
           { label: "completed / min", class: "num" },
           { label: "failed / min", class: "num" },
+          ...(doc.queue_controls && !READ_ONLY ? [""] : []),
         ],
         doc.queues.map((q) =>
           el(
             "tr",
-            { dataset: { queue: q.queue } },
-            el("td", { class: "queue" }, q.queue),
+            { dataset: { queue: q.queue, paused: q.paused ? "1" : "0" } },
+            el("td", { class: "queue" }, q.queue, q.paused ? el("span", { class: "badge paused" }, " paused") : null),
             TASK_STATES.map((s) =>
               el("td", { class: `num count ${q.counts[s] ? `has-${s}` : "zero"}`, dataset: { state: s } }, q.counts[s]),
             ),
-            el("td", { class: "num" }, q.total),
+            el("td", { class: "num", dataset: { metric: "available" } }, q.available),
+            el("td", { class: "num", dataset: { metric: "oldest" } }, q.available ? seconds(q.oldest_available_s) : "–"),
             el("td", { class: "num throughput", dataset: { metric: "completed-per-min" } }, q.completed_per_min),
             el("td", { class: "num", dataset: { metric: "failed-per-min" } }, q.failed_per_min),
+            doc.queue_controls && !READ_ONLY ? el("td", { class: "actions" }, queueControl(q)) : null,
           ),
         ),
-        "No tasks yet.",
+        "No live work, and nothing ended in the last day.",
       );
 
     const renderClasses = (doc) => {
@@ -293,7 +379,7 @@
             el(
               "td",
               {},
-              el("a", { href: `/tasks/${r.task_id}`, class: "task-link" }, r.task_name),
+              el("a", { href: url(`/tasks/${r.task_id}`), class: "task-link" }, r.task_name),
               el("div", { class: "mono small" }, r.task_id),
             ),
             el("td", {}, r.queue),
@@ -331,12 +417,17 @@
       failed.render({ rows: lastDoc.failed_work, filter: classFilter, limit: lastDoc.failed_work_limit }, renderFailed);
     }
 
-    poll("/api/overview", (doc) => {
-      lastDoc = doc;
-      queues.render(doc.queues, () => renderQueues(doc));
-      groups.render([doc.failure_groups, doc.failure_groups_total], () => renderGroups(doc));
-      rerender();
-    });
+    const refresh = view(() =>
+      render("/api/overview", (doc) => {
+        lastDoc = doc;
+        queues.render([doc.queues, doc.queue_controls], () => renderQueues(doc));
+        groups.render([doc.failure_groups, doc.failure_groups_total], () => renderGroups(doc));
+        rerender();
+      }),
+    );
+    afterAction = refresh;
+    refresh();
+    follow(refresh);
   }
 
   // --- a task -----------------------------------------------------------------------------------
@@ -345,11 +436,13 @@
     const openTracebacks = new Set();
     const title = el("h1", {}, "Task");
     const idLine = el("div", { class: "mono subtitle" }, taskId);
-    const retry = READ_ONLY ? null : actionButton(taskId, "retry");
-    const cancel = READ_ONLY ? null : actionButton(taskId, "cancel");
-    for (const button of [retry, cancel]) if (button) button.hidden = true;
-    const toolbar = el("div", { class: "toolbar" }, retry, cancel);
+    const buttons = READ_ONLY
+      ? {}
+      : Object.fromEntries(["retry", "replay", "cancel", "discard"].map((a) => [a, actionButton(taskId, a)]));
+    for (const button of Object.values(buttons)) button.hidden = true;
+    const toolbar = el("div", { class: "toolbar" }, Object.values(buttons));
     const fields = section("task-fields", "Task");
+    const timeline = section("timeline", "Timeline", el("small", {}, " runs and steps, sleeps and waits"));
     const runs = section("runs", "Runs");
     const published = section("published-state", "Published state");
     const checkpoints = section("checkpoints", "Checkpoints");
@@ -358,16 +451,46 @@
       el(
         "div",
         { class: "title-row" },
-        el("div", {}, el("a", { href: "/", class: "back" }, "← Overview"), title, idLine),
+        el("div", {}, el("a", { href: url("/tasks"), class: "back" }, "← Tasks"), title, idLine),
         toolbar,
       ),
       messages,
       notFound,
       fields.node,
+      timeline.node,
       runs.node,
       published.node,
       checkpoints.node,
     );
+
+    const renderTimeline = (items) => {
+      if (!items.length) return el("p", { class: "empty" }, "Nothing ran yet.");
+      const startOf = (i) => new Date(i.start).getTime();
+      const endOf = (i) => (i.end ? new Date(i.end).getTime() : Date.now());
+      const t0 = Math.min(...items.map(startOf));
+      const t1 = Math.max(...items.map(endOf), t0 + 1);
+      const span = t1 - t0;
+      return table(
+        ["", "name", "start", "end", { label: "duration", class: "num" }, "span"],
+        items.map((i) => {
+          const bar = el("div", { class: `bar-fill kind-${i.kind} ${i.state ? `state-${i.state}` : ""}` });
+          // positions through the CSSOM: the CSP allows no inline style attributes
+          bar.style.marginLeft = `${((startOf(i) - t0) / span) * 100}%`;
+          bar.style.width = `${Math.max(((endOf(i) - startOf(i)) / span) * 100, 0.5)}%`;
+          return el(
+            "tr",
+            { class: `timeline-row kind-${i.kind}`, dataset: { kind: i.kind, name: i.name } },
+            el("td", {}, el("span", { class: `badge kind-${i.kind}` }, i.kind)),
+            el("td", { class: "mono" }, i.name, i.state ? el("span", { class: "muted" }, ` ${i.state}`) : null),
+            el("td", {}, when(i.start)),
+            el("td", {}, i.end ? when(i.end) : el("span", { class: "muted" }, "running")),
+            el("td", { class: "num duration" }, seconds(i.duration_s)),
+            el("td", { class: "span-cell" }, el("div", { class: "bar-track" }, bar)),
+          );
+        }),
+        "",
+      );
+    };
 
     const row = (label, value) => el("tr", {}, el("th", {}, label), el("td", {}, value));
     const pre = (value, cls) => el("pre", { class: cls ?? "value" }, value);
@@ -494,34 +617,474 @@
         "No checkpoints.",
       );
 
-    poll(
-      `/api/tasks/${encodeURIComponent(taskId)}`,
-      (doc) => {
-        const t = doc.task;
-        notFound.hidden = true;
-        title.textContent = t.task_name;
-        document.title = `${t.task_name} · ${t.state} · durable`;
-        document.body.dataset.taskState = t.state;
-        if (retry) retry.hidden = !doc.actions.retry;
-        if (cancel) cancel.hidden = !doc.actions.cancel;
-        fields.render(t, renderFields);
-        runs.render(doc.runs, renderRuns);
-        published.node.hidden = doc.published_state.length === 0;  // shown once a task publishes
-        published.render(doc.published_state, renderState);
-        checkpoints.render(doc.checkpoints, renderCheckpoints);
-      },
-      (status, doc) => {
-        if (status !== 404) return false;
-        notFound.hidden = false;
-        notFound.textContent = doc.error || "no such task";
-        return true;
-      },
+    let live = true;
+    const refresh = view(() =>
+      render(
+        `/api/tasks/${encodeURIComponent(taskId)}`,
+        (doc) => {
+          const t = doc.task;
+          notFound.hidden = true;
+          title.textContent = t.task_name;
+          document.title = `${t.task_name} · ${t.state} · durable`;
+          document.body.dataset.taskState = t.state;
+          live = LIVE_STATES.includes(t.state);
+          for (const [action, button] of Object.entries(buttons)) button.hidden = !doc.actions[action];
+          fields.render(t, renderFields);
+          timeline.render(doc.timeline, renderTimeline);
+          runs.render(doc.runs, renderRuns);
+          published.node.hidden = doc.published_state.length === 0; // shown once a task publishes
+          published.render(doc.published_state, renderState);
+          checkpoints.render(doc.checkpoints, renderCheckpoints);
+        },
+        (status, doc) => {
+          if (status !== 404) return false;
+          notFound.hidden = false;
+          notFound.textContent = doc.error || "no such task";
+          return true;
+        },
+      ),
     );
+    afterAction = refresh;
+    refresh();
+    follow(refresh);
+    // progress and checkpoints send no notification: a live task's page re-reads it (one task)
+    setInterval(() => live && refresh(), LIVE_TASK_MS);
+  }
+
+  // --- the task browser ------------------------------------------------------------------------
+
+  const FILTERS = ["state", "queue", "task_name", "tag", "since", "until", "search"];
+
+  function tasksPage(main) {
+    const params = new URLSearchParams(window.location.search);
+    const filters = Object.fromEntries(FILTERS.map((k) => [k, params.get(k) || ""]));
+    let before = null; // the page's cursor: null is the newest page
+    let cursors = []; // the cursors of the pages before this one (for "newer")
+    let lastPage = null;
+    const selected = new Set();
+
+    const input = (name, label, attrs) =>
+      el(
+        "label",
+        { class: "field" },
+        el("span", {}, label),
+        el("input", { name, value: filters[name], autocomplete: "off", ...attrs }),
+      );
+    const stateSelect = el(
+      "select",
+      { name: "state" },
+      el("option", { value: "" }, "any state"),
+      TASK_STATES.map((st) => el("option", { value: st, selected: filters.state === st }, st)),
+    );
+    const form = el(
+      "form",
+      { id: "task-filters", class: "filters" },
+      el("label", { class: "field" }, el("span", {}, "state"), stateSelect),
+      input("queue", "queue", { placeholder: "any" }),
+      input("task_name", "task", { placeholder: "any" }),
+      input("tag", "tags", { placeholder: "a,b (all of them)" }),
+      input("since", "spawned since", { placeholder: "ISO time or seconds ago" }),
+      input("until", "until", { placeholder: "ISO time" }),
+      input("search", "search", { placeholder: "task id, idempotency key or params JSON", class: "wide" }),
+      el("button", { type: "submit", class: "btn primary", id: "apply-filters" }, "Filter"),
+    );
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const data = new FormData(form);
+      for (const k of FILTERS) filters[k] = String(data.get(k) || "").trim();
+      const query = new URLSearchParams(Object.entries(filters).filter(([, v]) => v));
+      history.replaceState(null, "", `${window.location.pathname}${query.size ? `?${query}` : ""}`);
+      before = null;
+      cursors = [];
+      selected.clear();
+      refresh();
+    });
+
+    const list = section("task-list", "Tasks", el("small", {}, " newest first"));
+    const newer = el("button", { type: "button", class: "btn", id: "newer-page" }, "← Newer");
+    const older = el("button", { type: "button", class: "btn", id: "older-page" }, "Older →");
+    const pager = el("div", { class: "pager" }, newer, older);
+    newer.addEventListener("click", () => {
+      before = cursors.pop() ?? null;
+      refresh();
+    });
+    older.addEventListener("click", () => {
+      if (!lastPage?.next_before) return;
+      cursors.push(before);
+      before = lastPage.next_before;
+      refresh();
+    });
+
+    // bulk actions: a preview (dry run) first, then the action, at a rate
+    const bulkAction = el(
+      "select",
+      { id: "bulk-action" },
+      ["retry", "cancel", "discard", "replay"].map((a) => el("option", { value: a }, LABEL[a])),
+    );
+    const bulkScope = el(
+      "select",
+      { id: "bulk-scope" },
+      el("option", { value: "selected" }, "the selected tasks"),
+      el("option", { value: "filter" }, "every task the filter matches"),
+    );
+    const bulkRate = el("input", { id: "bulk-rate", type: "number", min: "0.1", step: "any", placeholder: "all at once" });
+    const previewButton = el("button", { type: "button", class: "btn", id: "bulk-preview" }, "Preview");
+    const applyButton = el("button", { type: "button", class: "btn retry", id: "bulk-apply", hidden: true }, "Apply");
+    const preview = el("div", { id: "bulk-result", class: "bulk-result" });
+    const bulkBar = READ_ONLY
+      ? null
+      : el(
+          "section",
+          { id: "bulk" },
+          el("h2", {}, "Bulk action"),
+          el(
+            "div",
+            { class: "bulk-bar" },
+            bulkAction,
+            el("span", {}, "on"),
+            bulkScope,
+            el("label", { class: "field inline" }, el("span", {}, "tasks / s"), bulkRate),
+            previewButton,
+            applyButton,
+          ),
+          preview,
+        );
+
+    const bulkRequest = (dryRun) => {
+      const body = { action: bulkAction.value, dry_run: dryRun, limit: 1000 };
+      if (bulkScope.value === "selected") body.task_ids = [...selected];
+      else body.filter = Object.fromEntries(Object.entries(filters).filter(([, v]) => v));
+      const rate = Number(bulkRate.value);
+      if (!dryRun && rate > 0) body.rate = rate;
+      return body;
+    };
+    for (const control of [bulkAction, bulkScope]) control.addEventListener("change", () => (applyButton.hidden = true));
+    previewButton.addEventListener("click", async () => {
+      applyButton.hidden = true;
+      if (bulkScope.value === "selected" && !selected.size) {
+        preview.replaceChildren(el("p", { class: "message error" }, "Select tasks first (the boxes in the list)."));
+        return;
+      }
+      const { ok, doc } = await postJson("/api/bulk", bulkRequest(true));
+      if (!ok) {
+        preview.replaceChildren(el("p", { class: "message error" }, doc.error));
+        return;
+      }
+      preview.replaceChildren(
+        el(
+          "p",
+          { class: "preview-summary", dataset: { matched: doc.matched, applicable: doc.applicable } },
+          `Dry run: ${doc.matched} matched, ${doc.applicable} would change — ${doc.what}. Nothing changed yet.`,
+        ),
+        table(
+          ["task", "queue", "state", "created"],
+          doc.tasks.map((t) =>
+            el(
+              "tr",
+              { class: "preview-row", dataset: { taskId: t.task_id } },
+              el("td", {}, el("a", { href: url(`/tasks/${t.task_id}`) }, t.task_name), el("div", { class: "mono small" }, t.task_id)),
+              el("td", {}, t.queue),
+              el("td", {}, stateBadge(t.state)),
+              el("td", {}, when(t.created_at)),
+            ),
+          ),
+          "Nothing to change.",
+        ),
+        ...(doc.dependents?.length
+          ? [
+              el(
+                "p",
+                { class: "preview-summary", dataset: { revived: doc.revived } },
+                `and ${doc.revived} ${doc.revived === 1 ? "dependent" : "dependents"} their ends cancelled, revived with them (each waits for its dependencies again):`,
+              ),
+              table(
+                ["task", "queue", "cancelled by"],
+                doc.dependents.map((d) =>
+                  el(
+                    "tr",
+                    { class: "preview-dependent", dataset: { taskId: d.task_id } },
+                    el("td", {}, el("a", { href: url(`/tasks/${d.task_id}`) }, d.task_name), el("div", { class: "mono small" }, d.task_id)),
+                    el("td", {}, d.queue),
+                    el("td", { class: "mono small" }, d.dependency),
+                  ),
+                ),
+                "",
+              ),
+            ]
+          : []),
+      );
+      applyButton.hidden = !doc.applicable;
+      applyButton.textContent = `${LABEL[doc.action]} ${doc.applicable} ${doc.applicable === 1 ? "task" : "tasks"}`;
+    });
+    applyButton.addEventListener("click", async () => {
+      applyButton.disabled = true;
+      try {
+        const { ok, doc } = await postJson("/api/bulk", bulkRequest(false));
+        if (!ok) {
+          say("error", `${bulkAction.value} refused: ${doc.error}`);
+          return;
+        }
+        say(
+          doc.not_changed ? "error" : "ok",
+          `${DONE[doc.action]} ${doc.changed} ${doc.changed === 1 ? "task" : "tasks"}; ${doc.not_changed} not changed`,
+        );
+        preview.replaceChildren();
+        applyButton.hidden = true;
+        selected.clear();
+        refresh();
+      } finally {
+        applyButton.disabled = false;
+      }
+    });
+
+    main.replaceChildren(el("h1", {}, "Tasks"), messages, el("section", {}, form), bulkBar, list.node, pager);
+
+    const renderList = (doc) => {
+      const all = el("input", {
+        type: "checkbox",
+        id: "select-page",
+        title: "select every task of this page",
+        onchange: (event) => {
+          for (const t of doc.tasks) event.target.checked ? selected.add(t.task_id) : selected.delete(t.task_id);
+          for (const box of document.querySelectorAll("input.select-task")) box.checked = event.target.checked;
+        },
+      });
+      return table(
+        [
+          READ_ONLY ? "" : { label: all },
+          "created",
+          "task",
+          "queue",
+          "state",
+          { label: "attempt", class: "num" },
+          "tags",
+          "last failure",
+          { label: "progress", class: "num" },
+        ],
+        doc.tasks.map((t) =>
+          el(
+            "tr",
+            { class: "task-row", dataset: { taskId: t.task_id, state: t.state, queue: t.queue } },
+            el(
+              "td",
+              {},
+              READ_ONLY
+                ? null
+                : el("input", {
+                    type: "checkbox",
+                    class: "select-task",
+                    dataset: { taskId: t.task_id },
+                    checked: selected.has(t.task_id),
+                    onchange: (event) =>
+                      event.target.checked ? selected.add(t.task_id) : selected.delete(t.task_id),
+                  }),
+            ),
+            el("td", {}, when(t.created_at)),
+            el(
+              "td",
+              {},
+              el("a", { href: url(`/tasks/${t.task_id}`), class: "task-link" }, t.task_name),
+              el("div", { class: "mono small" }, t.task_id),
+              t.idempotency_key ? el("div", { class: "small" }, "key ", el("span", { class: "mono" }, t.idempotency_key)) : null,
+            ),
+            el("td", {}, t.queue),
+            el("td", {}, stateBadge(t.state)),
+            el("td", { class: "num" }, `${t.attempt}/${t.max_attempts}`),
+            el("td", {}, t.tags.length ? el("span", { class: "tags" }, t.tags.map(tagChip)) : dash()),
+            el("td", {}, t.failure_reason ? el("span", { class: "mono" }, t.error_type || t.failure_reason) : dash()),
+            el("td", { class: "num" }, t.progress === null ? dash() : `${Math.round(t.progress)}%`),
+          ),
+        ),
+        before ? "No older tasks." : "No task matches.",
+      );
+    };
+
+    const query = () => {
+      const q = new URLSearchParams(Object.entries(filters).filter(([, v]) => v));
+      if (before) q.set("before", before);
+      q.set("limit", "50");
+      return `/api/tasks?${q}`;
+    };
+    const refresh = view(() =>
+      render(
+        query(),
+        (doc) => {
+          lastPage = doc;
+          list.render([doc, [...selected]], () => renderList(doc));
+          older.disabled = !doc.next_before;
+          newer.disabled = before === null;
+          document.body.dataset.pageCursor = before ?? "";
+        },
+        (status, doc) => {
+          list.render(doc, () => el("p", { class: "message error" }, doc.error || String(status)));
+          return true;
+        },
+      ),
+    );
+    afterAction = refresh;
+    refresh();
+    // the newest page follows what happens; an older page stays where it is
+    follow(refresh, () => before === null);
+  }
+
+  // --- the flow over time -----------------------------------------------------------------------
+
+  const PALETTE = ["#2f5bd3", "#1f9d55", "#d97706", "#b42318", "#7c3aed", "#0891b2", "#be185d", "#4b5563"];
+  const CLASS_COLORS = {
+    transport: "#d97706",
+    validation: "#be185d",
+    timeout: "#ca8a04",
+    crash: "#b42318",
+    exhausted: "#7c3aed",
+    unknown: "#6b7385",
+  };
+
+  function flowPage(main) {
+    const params = new URLSearchParams(window.location.search);
+    let windowName = params.get("window") === "day" ? "day" : "hour";
+    const charts = new Map();
+    const switcher = el(
+      "div",
+      { class: "switch", id: "flow-window" },
+      ["hour", "day"].map((w) =>
+        el(
+          "button",
+          {
+            type: "button",
+            class: classNames("btn", w === windowName && "selected"),
+            dataset: { window: w },
+            onclick: () => {
+              windowName = w;
+              history.replaceState(null, "", `${window.location.pathname}?window=${w}`);
+              for (const b of switcher.children) b.classList.toggle("selected", b.dataset.window === w);
+              refresh();
+            },
+          },
+          w === "hour" ? "Last hour" : "Last day",
+        ),
+      ),
+    );
+    const totals = el("p", { id: "flow-totals", class: "totals" });
+    const panel = (id, title, note) =>
+      el("section", { class: "chart-panel" }, el("h2", {}, title, note ? el("small", {}, ` ${note}`) : null), el("div", { id, class: "chart" }));
+    main.replaceChildren(
+      el("div", { class: "title-row" }, el("h1", {}, "Flow over time"), switcher),
+      totals,
+      panel("chart-completed", "Completed per step", "by queue"),
+      panel("chart-failed", "Failed attempts per step", "by queue"),
+      panel("chart-classes", "Failures by reason class"),
+      panel("chart-lag", "Start lag", "from when a run could start to its start: p50, p95, p99"),
+      panel("chart-run", "Run time", "start to end of completed and failed runs: p50, p95, p99"),
+    );
+
+    function draw(id, times, series, opts = {}) {
+      const node = document.getElementById(id);
+      const data = [times, ...series.map((s) => s.values)];
+      const key = JSON.stringify([series.map((s) => s.label), data.length]);
+      node.dataset.points = String(times.length);
+      node.dataset.sum = String(series.reduce((sum, s) => sum + s.values.reduce((a, v) => a + (v || 0), 0), 0));
+      const existing = charts.get(id);
+      if (existing && existing.key === key) {
+        existing.chart.setData(data);
+        return;
+      }
+      if (existing) existing.chart.destroy();
+      node.replaceChildren();
+      if (!window.uPlot) {
+        node.append(el("p", { class: "message error" }, "the charting library did not load"));
+        return;
+      }
+      const chart = new window.uPlot(
+        {
+          width: Math.max(node.clientWidth, 320),
+          height: 220,
+          scales: { x: { time: true } },
+          axes: [{}, { size: 60, values: opts.values }],
+          series: [
+            {},
+            ...series.map((s, i) => ({
+              label: s.label,
+              stroke: s.color || PALETTE[i % PALETTE.length],
+              width: 2,
+              value: opts.value,
+              spanGaps: opts.spanGaps,
+            })),
+          ],
+        },
+        data,
+        node,
+      );
+      charts.set(id, { key, chart });
+    }
+
+    const perQueue = (byQueue) =>
+      Object.entries(byQueue).map(([queue, values]) => ({ label: queue, values }));
+    const secondsAxis = (u, splits) => splits.map((v) => (v === null ? "" : seconds(v)));
+    const secondsValue = (u, v) => (v === null || v === undefined ? "–" : seconds(v));
+
+    const refresh = view(() =>
+      render(`/api/flow?window=${windowName}`, (doc) => {
+        const t = doc.totals;
+        totals.dataset.completed = t.completed;
+        totals.dataset.failed = t.failed;
+        totals.textContent =
+          `In the last ${doc.window}: ${t.completed} completed, ${t.failed} failed attempts ` +
+          `(${t.dead} failed for good), ${t.cancelled} cancelled — steps of ${doc.step_s / 60} min.`;
+        draw("chart-completed", doc.times, perQueue(doc.completed));
+        draw("chart-failed", doc.times, perQueue(doc.failed));
+        draw(
+          "chart-classes",
+          doc.times,
+          Object.entries(doc.failed_classes).map(([rc, values]) => ({ label: rc, values, color: CLASS_COLORS[rc] })),
+        );
+        const pcts = (by) => Object.entries(by).map(([p, values], i) => ({ label: p, values, color: PALETTE[i] }));
+        draw("chart-lag", doc.times, pcts(doc.lag_s), { values: secondsAxis, value: secondsValue, spanGaps: true });
+        draw("chart-run", doc.times, pcts(doc.run_s), { values: secondsAxis, value: secondsValue, spanGaps: true });
+      }),
+    );
+    refresh();
+    follow(refresh, (change) => change.done > 0); // the flow moves when runs end
+  }
+
+  // --- the workers ------------------------------------------------------------------------------
+
+  function workersPage(main) {
+    const list = section("workers", "Workers", el("small", {}, " alive, then those gone in the last hour"));
+    main.replaceChildren(el("h1", {}, "Workers"), list.node);
+    const renderWorkers = (doc) =>
+      table(
+        ["worker", "host", "queues", { label: "busy / slots", class: "num" }, { label: "claimed ahead", class: "num" }, { label: "holds", class: "num" }, "started", "last heartbeat", ""],
+        doc.workers.map((w) =>
+          el(
+            "tr",
+            { class: classNames("worker-row", !w.alive && "gone"), dataset: { workerId: w.worker_id, alive: w.alive ? "1" : "0" } },
+            el("td", { class: "mono small" }, w.worker_id),
+            el("td", {}, w.host ? `${w.host}${w.pid ? `:${w.pid}` : ""}` : dash()),
+            el("td", {}, w.queues.length ? el("span", { class: "tags" }, w.queues.map(tagChip)) : dash()),
+            el("td", { class: "num slots" }, w.concurrency === null ? dash() : `${w.busy ?? 0} / ${w.concurrency}`),
+            el("td", { class: "num" }, w.claimed_ahead ?? dash()),
+            el("td", { class: "num", dataset: { metric: "running" } }, w.running),
+            el("td", {}, when(w.started_at)),
+            el("td", {}, when(w.last_seen_at)),
+            el("td", {}, w.alive ? stateBadge("running", "alive") : stateBadge("cancelled", w.stopped_at ? "stopped" : "lost")),
+          ),
+        ),
+        "No worker in the last hour.",
+      );
+    const refresh = view(() => render("/api/workers", (doc) => list.render(doc, () => renderWorkers(doc))));
+    refresh();
+    follow(refresh);
+    // heartbeats send no notification: re-read the (small) list now and then
+    setInterval(refresh, FALLBACK_MS);
   }
 
   // --- start ------------------------------------------------------------------------------------
 
   const main = document.getElementById("main");
-  if (document.body.dataset.page === "task") taskPage(main, document.body.dataset.taskId);
+  const page = document.body.dataset.page;
+  if (page === "task") taskPage(main, document.body.dataset.taskId);
+  else if (page === "tasks") tasksPage(main);
+  else if (page === "flow") flowPage(main);
+  else if (page === "workers") workersPage(main);
   else overviewPage(main);
 })();
