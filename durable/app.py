@@ -66,6 +66,37 @@ class Durable:
 
     ``Durable(dsn)`` > ``$DURABLE_DSN`` > the embedded PostgreSQL under ``$DURABLE_HOME`` (the
     ``durable[embedded]`` extra; without it, connecting raises ``DatabaseUnavailable``).
+    ``async with app:`` connects and migrates; a worker (``durable worker module:app`` or
+    ``app.run_worker()``) connects by itself.
+
+    Args:
+        dsn: the PostgreSQL DSN; None reads ``$DURABLE_DSN``, else starts the embedded server.
+        default_queue: the queue of tasks that name none.
+        migrate: bring the schema and the protocol up to date when connecting; with False,
+            only check them (run ``durable migrate`` in your deploy step).
+        pool_size: connections in the pool.
+        statement_cache_size: asyncpg's prepared-statement cache; 0 behind pgbouncer in
+            transaction mode.
+        command_timeout: the deadline of each database call from your code, in seconds.
+        retention: how long finished tasks are kept (``Retention``); None keeps them.
+        retention_interval: how often each worker prunes, in seconds.
+        version: the code version every run records; None derives it from the handlers' source.
+
+    Raises:
+        InvalidQueueName: ``default_queue`` is not a valid queue name.
+
+    Example:
+        ```python
+        app = Durable("postgresql://localhost/app", default_queue="emails")
+
+        @app.task(name="send_welcome", max_attempts=5)
+        async def send_welcome(ctx: TaskContext, params: dict) -> dict:
+            return await ctx.step("send", send_email, params["user_id"])
+
+        async with app:
+            handle = await send_welcome.spawn({"user_id": 7}, idempotency_key="welcome-7")
+            outcome = await handle.result(timeout=30)
+        ```
     """
 
     def __init__(
@@ -100,6 +131,7 @@ class Durable:
 
     @property
     def default_queue(self) -> str:
+        """The queue of tasks spawned without one."""
         return self.registry.default_queue
 
     @property
@@ -109,10 +141,14 @@ class Durable:
 
     @property
     def retention_interval(self) -> float:
+        """How often each worker prunes finished tasks, in seconds (jittered)."""
         return self.registry.retention_interval
 
     @property
     def crons(self) -> list[CronJob]:
+        """The cron schedules declared in code with ``app.cron``, which workers store when they
+        start.
+        """
         return self.registry.crons
 
     @property
@@ -151,6 +187,20 @@ class Durable:
         ``ctx.params`` and a :class:`durable.TaskDiscarded` saying why; at least once, by
         whichever worker claims the hook's task, so make it idempotent.
         ``retention`` overrides the app's for this task name (see :class:`durable.Retention`).
+
+        Raises:
+            ValueError: an option out of range (``global_limit`` below 1, a bad ``retry``).
+            InvalidQueueName: ``queue`` is not a valid queue name.
+
+        Example:
+            ```python
+            @app.task(name="charge", queue="payments", max_attempts=5, retry=Fixed(30))
+            async def charge(ctx: TaskContext, params: dict) -> str:
+                return await ctx.step("charge", charge_card, params["order"])
+
+            @app.task  # bare: named after the function, on the default queue
+            def resize(ctx: SyncTaskContext, params: dict) -> None: ...
+            ```
         """
         global_limit = options.get("global_limit")
         if global_limit is not None and global_limit < 1:  # refused before the decorator is used
@@ -190,12 +240,30 @@ class Durable:
         **options: Unpack[SpawnKwargs],
     ) -> TaskHandle[Any]:
         """Spawn by name. A producer that does not register the task must name its ``queue``;
-        the options of ``@app.task`` apply only where the task is registered."""
+        the options of ``@app.task`` apply only where the task is registered.
+
+        The keyword options are those of ``SpawnOptions`` (``idempotency_key``, ``delay`` or
+        ``at``, ``priority``, ``tags``, ``depends_on``, ...), overriding the definition's.
+
+        Raises:
+            UnknownTask: the task is not registered here and no ``queue`` was given.
+            NotSerializable: ``params`` is not JSON, or is over 16 MiB.
+            InvalidArgument: an option the protocol refuses.
+
+        Example:
+            ```python
+            handle = await app.spawn("charge", {"order": 7}, queue="payments",
+                                     idempotency_key="order-7")
+            ```
+        """
         return await self.registry.spawn(task_name, params, queue=queue, **options)
 
     async def spawn_with(
         self, queue: str, task_name: str, params: Any, options: SpawnOptions
     ) -> TaskHandle[Any]:
+        """Spawn on ``queue`` with a ready-made ``SpawnOptions``, which replace the definition's
+        options (used by the CLI and by tools that build options themselves).
+        """
         return await self.registry.spawn_with(queue, task_name, params, options)
 
     # --- results and operations -----------------------------------------------------------------
@@ -207,6 +275,13 @@ class Durable:
         return await self.client.result(queue, task_id, timeout=timeout)
 
     async def cancel(self, task_id: uuid.UUID, *, queue: str | None = None) -> None:
+        """Cancel an unfinished task, and its live children spawned with the default
+        ``on_parent_cancel="cancel"``; a running handler stops at its worker's next lease renewal.
+
+        Raises:
+            TaskNotFound: no such task.
+            InvalidState: the task already ended.
+        """
         await self.client.cancel(queue, task_id)
         log.info("task.cancelled", task_id=str(task_id), queue=queue)
 
@@ -226,6 +301,11 @@ class Durable:
         return info
 
     async def get_task(self, task_id: uuid.UUID, *, queue: str | None = None) -> TaskRecord:
+        """Read a task with every run, oldest first (``TaskRecord``).
+
+        Raises:
+            TaskNotFound: no such task (or retention pruned it).
+        """
         return await self.client.get_task(queue, task_id)
 
     async def emit_event(self, name: str, payload: Any = None) -> int:

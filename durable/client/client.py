@@ -118,6 +118,16 @@ class Client:
     # --- lifecycle ------------------------------------------------------------------------------
 
     async def connect(self) -> None:
+        """Open the pool (starting or joining the embedded server when no DSN is given) and migrate,
+        or, with ``migrate=False``, check the schema and the protocol. Connecting twice does
+        nothing.
+
+        Raises:
+            DatabaseUnavailable: the DSN is bad, the server is unreachable, or there is no DSN and
+                no ``embedded`` extra.
+            SchemaError: with ``migrate=False``, the database needs a migration (run
+                ``durable migrate``), or its schema is newer than this package.
+        """
         if self._store is not None:
             return
         dsn = self._dsn
@@ -141,6 +151,9 @@ class Client:
             raise
 
     async def close(self) -> None:
+        """Close the pool and the result listener; release the embedded server if this client
+        started it.
+        """
         await self._results.close()
         store, self._store = self._store, None
         if store is not None:
@@ -166,12 +179,18 @@ class Client:
 
     @property
     def store(self) -> Store:
+        """The protocol access layer under this client (internal: one method per SQL function).
+
+        Raises:
+            DatabaseUnavailable: the client is not connected.
+        """
         if self._store is None:
             raise DatabaseUnavailable("the client is not connected — use `async with` or connect()")
         return self._store
 
     @property
     def dsn(self) -> str:
+        """The DSN the client is connected to (the embedded server's, when it started one)."""
         return self.store.dsn
 
     async def open_side_store(self) -> Store:
@@ -201,6 +220,23 @@ class Client:
         params: Any,
         options: SpawnOptions | None = None,
     ) -> SpawnInfo:
+        """Spawn a task: ``durable.spawn(queue, task_name, params, options)``, one round trip.
+
+        Returns ``SpawnInfo(task_id, run_id, attempt, created)``; ``created`` is False when the
+        idempotency key or the ``unique`` option found an existing task. The task gets only the
+        options given: the options of an ``@app.task`` elsewhere do not apply here.
+
+        Raises:
+            InvalidQueueName: ``queue`` is not a valid queue name.
+            NotSerializable: ``params`` (or a header) is not JSON, or is over 16 MiB.
+            InvalidArgument: an option the protocol refuses (an unknown dependency, say).
+
+        Example:
+            ```python
+            info = await client.spawn("emails", "send_welcome", {"user_id": 7},
+                                      SpawnOptions(idempotency_key="welcome-7"))
+            ```
+        """
         check_queue_name(queue)
         with instruments.spawn_tracer.spawning(queue, task_name) as traced:
             document = traced.options(options or _NO_OPTIONS).to_json()
@@ -250,6 +286,11 @@ class Client:
         )
 
     async def complete(self, queue: str, run_id: uuid.UUID, result: Any = None) -> None:
+        """Complete a run with ``result``: the task ends ``completed``.
+
+        Raises:
+            LeaseLost: the run no longer holds its lease; nothing was written.
+        """
         await self.store.complete(check_queue_name(queue), run_id, result)
 
     async def complete_runs(
@@ -286,6 +327,12 @@ class Client:
     async def extend_claim(
         self, queue: str, run_id: uuid.UUID, extend_by: float | timedelta | None = None
     ) -> datetime:
+        """Extend a run's lease by ``extend_by`` seconds (default: the claim's timeout); returns the
+        new expiry.
+
+        Raises:
+            LeaseLost: the run no longer holds its lease.
+        """
         return await self.store.extend_claim(
             check_queue_name(queue), run_id, durations.seconds(extend_by, what="extend_by")
         )
@@ -298,6 +345,12 @@ class Client:
         value: Any,
         extend_by: float | timedelta | None = None,
     ) -> None:
+        """Record step ``step`` of a run with ``value`` and extend the run's lease.
+
+        Raises:
+            LeaseLost: the run no longer holds its lease; nothing was written.
+            NotSerializable: ``value`` is not JSON.
+        """
         await self.store.set_checkpoint(
             check_queue_name(queue),
             run_id,
@@ -315,16 +368,30 @@ class Client:
         return await self.store.set_checkpoints(check_queue_name(queue), items)
 
     async def get_checkpoints(self, queue: str, task_id: uuid.UUID) -> list[Checkpoint]:
+        """Every recorded step of a task, oldest first (``Checkpoint`` rows)."""
         return await self.store.get_checkpoints(check_queue_name(queue), task_id)
 
     async def schedule_run(
         self, queue: str, run_id: uuid.UUID, defer_seconds: float | timedelta
     ) -> uuid.UUID:
+        """Hand a run back without spending an attempt: a new run of the same attempt becomes
+        claimable after ``defer_seconds``. Returns the new run's id.
+
+        Raises:
+            LeaseLost: the run no longer holds its lease.
+        """
         return await self.store.schedule_run(
             check_queue_name(queue), run_id, durations.seconds(defer_seconds, what="defer_seconds")
         )
 
     async def cancel(self, queue: str | None, task_id: uuid.UUID) -> None:
+        """Cancel an unfinished task (and its children spawned with ``on_parent_cancel="cancel"``);
+        ``queue`` None finds it on any queue.
+
+        Raises:
+            TaskNotFound: no such task.
+            InvalidState: the task already ended.
+        """
         await self.store.cancel(_optional_queue(queue), task_id)
 
     async def retry(
@@ -353,9 +420,19 @@ class Client:
         return await self.store.revivable_dependents(task_ids)
 
     async def get_task(self, queue: str | None, task_id: uuid.UUID) -> TaskRecord:
+        """Read a task with its runs, oldest first (``queue`` None: any queue).
+
+        Raises:
+            TaskNotFound: no such task (or retention pruned it).
+        """
         return await self.store.get_task(_optional_queue(queue), task_id)
 
     async def get_result(self, queue: str | None, task_id: uuid.UUID) -> TaskResult[Any]:
+        """The task's outcome now, without waiting: ``TaskResult(state, result, failure)``.
+
+        Raises:
+            TaskNotFound: no such task.
+        """
         return await self.store.get_result(_optional_queue(queue), task_id)
 
     async def result(
@@ -480,6 +557,11 @@ class Client:
     async def set_progress(
         self, queue: str, run_id: uuid.UUID, pct: float, detail: Any = None
     ) -> None:
+        """Record a run's progress (``pct`` from 0 to 100, any JSON ``detail``); extends its lease.
+
+        Raises:
+            LeaseLost: the run no longer holds its lease.
+        """
         await self.store.set_progress(check_queue_name(queue), run_id, float(pct), detail)
 
     async def cancel_by(
@@ -659,9 +741,13 @@ class Client:
         *,
         concurrency: int | None = None,
     ) -> None:
+        """Record a worker as alive for ``ttl`` seconds (with its host, pid, queues and
+        concurrency).
+        """
         await self.store.register_worker(worker_id, host, pid, queues, ttl, concurrency)
 
     async def worker_heartbeat(self, worker_id: str, ttl: float) -> bool:
+        """Renew a worker's liveness for ``ttl`` seconds; False when its registration was gone."""
         return await self.store.worker_heartbeat(worker_id, ttl)
 
     async def extend_claims(
@@ -678,6 +764,7 @@ class Client:
         return await self.store.extend_claims(worker_id, run_ids, worker_ttl, busy, ahead)
 
     async def stop_worker(self, worker_id: str) -> None:
+        """Mark a worker stopped (the end of a drain)."""
         await self.store.stop_worker(worker_id)
 
     async def queue_counts(self, tags: Sequence[str] | None = None) -> list[QueueCount]:
@@ -687,6 +774,9 @@ class Client:
     async def list_failed_runs(
         self, queue: str | None = None, limit: int = 50, tags: Sequence[str] | None = None
     ) -> list[FailedRun]:
+        """The newest failed runs (``limit``), on one queue or all, optionally of tasks carrying all
+        ``tags``.
+        """
         return await self.store.list_failed_runs(_optional_queue(queue), limit, tags)
 
     async def failed_work(
@@ -877,6 +967,9 @@ class Client:
         return total
 
     async def listen(self, handlers: Mapping[str, Any]) -> Listener:
+        """Listen on notification channels (``durable_work``, ``durable_done``) with one dedicated
+        connection held until the listener is closed.
+        """
         return await self.store.listen(handlers)
 
 

@@ -44,6 +44,16 @@ class DurableError(Exception):
 
 
 class InvalidQueueName(DurableError):
+    """A queue name that is not lowercase letters, digits and ``_``, starting with a letter, at most
+    48 characters (``^[a-z][a-z0-9_]{0,47}$``).
+
+    Raised by the client before anything is sent, and by SQL (SQLSTATE ``DU004``) for a client in
+    another language.
+
+    Attributes:
+        queue: the name that was refused.
+    """
+
     def __init__(self, queue: object) -> None:
         self.queue = queue
         super().__init__(
@@ -52,6 +62,16 @@ class InvalidQueueName(DurableError):
 
 
 class UnknownTask(DurableError):
+    """A task name this app has no handler for (``app.spawn("name", ...)`` without ``queue=``,
+    ``ctx.spawn("name", ...)``).
+
+    A worker that claims a task it has no handler for does not raise this: it hands the run back
+    for ``unknown_task_defer`` seconds, spending no attempt.
+
+    Attributes:
+        task_name: the name that was looked up.
+    """
+
     def __init__(self, task_name: str) -> None:
         self.task_name = task_name
         super().__init__(
@@ -61,6 +81,16 @@ class UnknownTask(DurableError):
 
 
 class NotSerializable(DurableError):
+    """A value durable cannot store as JSON, refused before anything is sent.
+
+    Params, headers, step values, results and errors must be JSON: objects that are not JSON,
+    integers beyond 64 bits, NaN and infinities, a NUL character and lone surrogates are refused.
+
+    Attributes:
+        what: which value (``params``, ``result``, ``the value of step 'load'``).
+        detail: why it is not JSON.
+    """
+
     def __init__(self, what: str, detail: str) -> None:
         self.what = what
         self.detail = detail
@@ -82,6 +112,16 @@ class PayloadTooLarge(NotSerializable):
 
 
 class DatabaseUnavailable(DurableError):
+    """PostgreSQL cannot be reached: a bad DSN, a server down, a connection lost, a call past its
+    deadline (``command_timeout``), or no DSN and no ``embedded`` extra.
+
+    Its reason class is ``transport``: a task that raises it is retried like any error.
+
+    Attributes:
+        host: the host the DSN names, when known.
+        port: the port the DSN names, when known.
+    """
+
     def __init__(self, message: str, *, host: str | None = None, port: int | None = None) -> None:
         self.host = host
         self.port = port
@@ -89,6 +129,15 @@ class DatabaseUnavailable(DurableError):
 
 
 class LeaseLost(DurableError):
+    """A write of a run that is no longer its task's live run under an unexpired lease (SQLSTATE
+    ``DU001``): the lease expired, the run was reaped, released or cancelled. Nothing was written.
+
+    A worker stops the run when it sees this; another run may own the task now.
+
+    Attributes:
+        run_id: the run whose write was refused.
+    """
+
     def __init__(self, run_id: Any, detail: str = "") -> None:
         self.run_id = run_id
         super().__init__(
@@ -98,6 +147,14 @@ class LeaseLost(DurableError):
 
 
 class TaskNotFound(DurableError):
+    """No task with this id (on this queue, when one is given): SQLSTATE ``DU002``. A task that
+    retention pruned is not found either.
+
+    Attributes:
+        task_id: the id looked up.
+        queue: the queue it was looked up on, or None.
+    """
+
     def __init__(self, task_id: Any, queue: str | None = None) -> None:
         self.task_id = task_id
         self.queue = queue
@@ -106,12 +163,25 @@ class TaskNotFound(DurableError):
 
 
 class BatchNotFound(DurableError):
+    """No batch with this id (``app.get_batch``): SQLSTATE ``DU006``.
+
+    Attributes:
+        batch_id: the id looked up.
+    """
+
     def __init__(self, batch_id: Any) -> None:
         self.batch_id = batch_id
         super().__init__(f"no batch {batch_id}")
 
 
 class InvalidState(DurableError):
+    """The operation does not fit the task's state (SQLSTATE ``DU003``): cancelling a task that
+    already ended, retrying one that has not, sending a message to a task that ended.
+
+    Attributes:
+        state: the task's state, when the database said it.
+    """
+
     def __init__(self, message: str, *, state: str | None = None) -> None:
         self.state = state
         super().__init__(message)
@@ -197,6 +267,24 @@ class SchemaError(DurableError):
 
 
 class TaskFailed(DurableError):
+    """The awaited task ended ``failed`` or ``cancelled``: raised by ``handle.result()``,
+    ``app.result()`` and, inside a task, ``ctx.result()``.
+
+    Attributes:
+        task_id: the task.
+        state: ``failed`` or ``cancelled``.
+        failure: the [Failure][durable.Failure] of the run that ended it (reason, error document),
+            or None.
+
+    Example:
+        ```python
+        try:
+            outcome = await handle.result(timeout=30)
+        except TaskFailed as exc:
+            print(exc.state, exc.failure.reason if exc.failure else None)
+        ```
+    """
+
     def __init__(self, task_id: Any, state: str, failure: Failure | None) -> None:
         self.task_id = task_id
         self.state = state

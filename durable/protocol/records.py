@@ -78,6 +78,9 @@ class Unique:
             raise ValueError(f"unique replace: unknown fields {sorted(unknown)}")
 
     def to_json(self) -> dict[str, JSON]:
+        """The ``unique`` document of the spawn options (``keys``, ``states``, ``period``,
+        ``replace``, ``debounce``: the fields that are set).
+        """
         doc: dict[str, JSON] = {}
         if self.keys is not None:
             doc["keys"] = list(self.keys)
@@ -102,6 +105,7 @@ class Cancellation:
     max_delay: float | timedelta | None = None
 
     def to_json(self) -> dict[str, JSON]:
+        """The ``cancellation`` document of the spawn options (``max_duration``, ``max_delay``)."""
         doc: dict[str, JSON] = {}
         if (duration := seconds(self.max_duration, what="max_duration")) is not None:
             doc["max_duration"] = duration
@@ -328,6 +332,10 @@ _NO_OPTIONS = SpawnOptions()
 
 @dataclass(frozen=True, slots=True)
 class SpawnInfo:
+    """What a spawn returns: the task, its first run, the attempt, and ``created`` (False when an
+    idempotency key or a ``unique`` option found an existing task, whose ids these are).
+    """
+
     task_id: uuid.UUID
     run_id: uuid.UUID
     attempt: int
@@ -383,6 +391,25 @@ class TaskResult(Generic[R]):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunRecord:
+    """One run of a task (``TaskRecord.runs``), as the database keeps it until the task is pruned.
+
+    Attributes:
+        run_id: the run, also its lease token.
+        attempt: the attempt it belongs to, from 1 (a run that spent no attempt keeps the number).
+        state: a [RunState][durable.RunState].
+        claimed_by: the worker that claimed it, or None.
+        available_at: when it could start; ``datetime.max`` while only an event, a message, a
+            task's end or its dependencies can release it.
+        started_at: when it was claimed.
+        finished_at: when it ended.
+        lease_expires_at: its lease while it runs.
+        failure_reason: why it failed, if it did.
+        error: the error document (``type``, ``module``, ``message``, ``traceback``,
+            ``reason_class``), if the handler raised.
+        result: what it returned, if it completed.
+        code_version: the code version of the worker that claimed it.
+    """
+
     run_id: uuid.UUID
     attempt: int
     state: RunState
@@ -394,12 +421,40 @@ class RunRecord:
     failure_reason: FailureReason | None
     error: dict[str, JSON] | None
     result: JSON = None
-    #: The code version of the worker that claimed the run (``Durable(version=...)``).
     code_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskRecord:
+    """A task as ``app.get_task`` and ``client.get_task`` read it, with every run, oldest first.
+
+    Attributes:
+        task_id: the task (a UUIDv7: ordered by creation).
+        queue: its queue.
+        task_name: the name its handler is registered under.
+        params: what it was spawned with.
+        headers: its headers (the trace context among them).
+        state: its [TaskState][durable.TaskState] (the live run's state while it has one).
+        attempt: its current or last attempt.
+        max_attempts: how many attempts it may spend.
+        idempotency_key: the key it was spawned with, or None.
+        created_at: when it was spawned.
+        result: what its handler returned, once it completed.
+        failure: why its last run failed, if it did.
+        runs: every run, oldest first.
+        tags: its tags.
+        progress: what ``ctx.progress`` last recorded.
+        partition_key: its partition for fair claiming.
+        parent_task_id: the task that spawned it with ``ctx.spawn``.
+        depends_on: the tasks it waits for (``depends_on=``).
+        pending_dependencies: those of them not completed yet.
+        waiting_for: what its parked run waits for (an event, tasks, a message).
+        scheduled_at: its first start (``delay``/``at``).
+        discarded_at: when an operator discarded it.
+        on_parent_cancel: ``cancel`` or ``abandon``: what cancelling its parent does to it.
+        batch_ids: the batches (``app.batch``) it is a member of.
+    """
+
     task_id: uuid.UUID
     queue: str
     task_name: str
@@ -423,7 +478,6 @@ class TaskRecord:
     scheduled_at: datetime | None = None
     discarded_at: datetime | None = None
     on_parent_cancel: ParentCancelPolicy = "cancel"
-    #: The batches (``app.batch``) the task is a member of.
     batch_ids: list[uuid.UUID] = field(default_factory=list)
 
 
@@ -439,6 +493,10 @@ class Progress:
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
+    """A step's recorded value (``client.get_checkpoints``): ``step_name`` (``load``, ``load#2``,
+    ``$event:...``), its JSON ``value``, the run that wrote it and when.
+    """
+
     step_name: str
     value: JSON
     run_id: uuid.UUID
@@ -495,6 +553,7 @@ class FailedWork:
 
     @property
     def error_type(self) -> str | None:
+        """The error's type name (``error["type"]``), or None when the run failed without one."""
         return self.error.get("type") if self.error else None
 
 
@@ -635,6 +694,7 @@ class BatchRecord:
 
     @property
     def finished(self) -> bool:
+        """Whether every member ended (the callback, if any, was spawned then)."""
         return self.finished_at is not None
 
 
@@ -685,6 +745,7 @@ class CronSchedule:
 
     @property
     def paused(self) -> bool:
+        """Whether the schedule is paused (``app.pause_cron``): it fires nothing until resumed."""
         return self.paused_at is not None
 
 

@@ -34,6 +34,7 @@ class Fixed:
         object.__setattr__(self, "seconds", durations.seconds(seconds, what="Fixed(seconds)"))
 
     def to_json(self) -> dict[str, Any]:
+        """The ``retry`` document stored with the task: ``{"kind": "fixed", "seconds"}``."""
         return {"kind": "fixed", "seconds": self.seconds}
 
 
@@ -53,6 +54,7 @@ class Exponential:
             raise ValueError("Exponential jitter must be between 0 and 1")
 
     def to_json(self) -> dict[str, Any]:
+        """The ``retry`` document stored with the task (SQL computes each delay from it)."""
         return {
             "kind": "exponential",
             "base": self.base,

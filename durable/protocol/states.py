@@ -13,6 +13,13 @@ JSON = Any
 
 
 class TaskState(StrEnum):
+    """The state of a task: its live run's state while it has one, else how it ended.
+
+    ``pending`` (waiting to be claimed, maybe for its start time, a retry's delay or its
+    dependencies), ``running``, ``sleeping`` (parked by a sleep or a wait, holding no worker slot),
+    and the three ends: ``completed``, ``failed`` (its last attempt failed), ``cancelled``.
+    """
+
     PENDING = "pending"
     RUNNING = "running"
     SLEEPING = "sleeping"
@@ -22,10 +29,19 @@ class TaskState(StrEnum):
 
     @property
     def finished(self) -> bool:
+        """Whether the task ended: completed, failed or cancelled."""
         return self in (TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED)
 
 
 class RunState(StrEnum):
+    """The state of a run, one attempt at a task.
+
+    Live: ``pending``, ``running``, ``sleeping`` (parked until a time, an event, a message or
+    another task's end). Ended: ``completed``, ``failed``, ``cancelled``, ``released`` (handed back
+    without an outcome: deferred, snoozed, released on drain; a new run takes over, no attempt
+    spent) and ``suspended`` (parked: a ``sleeping`` run of the same attempt takes over).
+    """
+
     PENDING = "pending"
     RUNNING = "running"
     SLEEPING = "sleeping"
@@ -37,6 +53,15 @@ class RunState(StrEnum):
 
 
 class FailureReason(StrEnum):
+    """Why a run failed.
+
+    ``errored`` (the handler raised), ``job_timeout`` (it outlived the task's ``timeout``),
+    ``heartbeat_timeout`` (no ``ctx.heartbeat()`` or checkpoint within ``heartbeat_timeout``, or its
+    lease lapsed while its worker was alive: a blocked event loop), ``crash`` (the lease lapsed and
+    the worker is gone: SIGKILL, OOM, a lost machine), ``cancelled``. Every reason but ``cancelled``
+    spends an attempt.
+    """
+
     ERRORED = "errored"
     JOB_TIMEOUT = "job_timeout"
     HEARTBEAT_TIMEOUT = "heartbeat_timeout"
@@ -70,6 +95,10 @@ class DiscardReason(StrEnum):
 
 
 class FailedWorkState(StrEnum):
+    """Where a row of failed work stands: ``failed`` (dead: it runs again only if an operator
+    retries it) or ``retrying`` (it will run again by itself).
+    """
+
     FAILED = "failed"  # dead: runs again only if an operator retries it
     RETRYING = "retrying"  # failed at least once and will run again (it has a live run)
 
@@ -93,12 +122,18 @@ class Failure:
 
     @property
     def message(self) -> str:
+        """The error's ``"Type: message"``, or ``""`` when the run failed without an error document
+        (a crash, a timeout before any error).
+        """
         if not self.error:
             return ""
         return f"{self.error.get('type', '')}: {self.error.get('message', '')}".strip(": ")
 
     @classmethod
     def from_json(cls, doc: dict[str, JSON] | None) -> Failure | None:
+        """Read the ``failure`` document the protocol returns (``reason``, ``run_id``, ``attempt``,
+        ``error``); None for none.
+        """
         if not doc:
             return None
         run_id = doc.get("run_id")

@@ -171,6 +171,7 @@ class Worker:
 
     @property
     def draining(self) -> bool:
+        """Whether the worker drains: it claims nothing more and lets its running tasks finish."""
         return self._draining.is_set()
 
     def drain(self, *, force: bool = False) -> None:
@@ -204,6 +205,11 @@ class Worker:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
+        """Run until cancelled, or until a drain ends: register, claim and run tasks, renew
+        leases, fire cron slots, prune. Start it with ``await tg.start(worker.run)`` to get
+        control back once it claims (``app.run_worker`` does all of it); database outages are
+        retried with backoff.
+        """
         opts = self.options
         client = self.client
         ttl = opts.claim_timeout

@@ -1,14 +1,23 @@
-"""Every example runs to completion against a fresh database, so the examples cannot rot."""
+"""Every example runs to completion against a fresh database, so the examples cannot rot.
+
+The guides of the documentation site include these files (``--8<--``), so their code is what
+runs here; ``tests/unit/test_docs.py`` checks that no page holds Python of its own.
+"""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
+import anyio
 import pytest
+
+from durable import Durable, TaskContext
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -17,11 +26,11 @@ TIMEOUT_S = 60
 pytestmark = pytest.mark.timeout(TIMEOUT_S + 30)
 
 
-def run_example(name: str, dsn: str) -> str:
+def run_example(name: str, dsn: str, command: list[str] | None = None) -> str:
     env = {**os.environ, "DURABLE_DSN": dsn}
     env.pop("DURABLE_HOME", None)
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)],
+        command or [sys.executable, str(EXAMPLES / name)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -36,8 +45,140 @@ def run_example(name: str, dsn: str) -> str:
 
 
 def test_every_example_is_tested() -> None:
-    tested = {"quickstart.py", "checkpoints.py", "producer.py", "workflow.py"}
+    tested = {
+        "quickstart.py",
+        "checkpoints.py",
+        "producer.py",
+        "workflow.py",
+        "hello.py",
+        "tasks.py",
+        "failures.py",
+        "scheduling.py",
+        "batches.py",
+        "deploy.py",
+        "observability.py",
+    }
     assert {path.name for path in EXAMPLES.glob("*.py")} == tested
+    assert {path.name for path in (EXAMPLES / "node").glob("*.mjs")} == {"client.mjs"}
+
+
+def test_hello(dsn: str) -> None:
+    assert run_example("hello.py", dsn) == "{'price': 42}\n"
+
+
+def test_tasks_steps_progress_and_a_sync_handler(dsn: str) -> None:
+    out = run_example("tasks.py", dsn)
+    assert "import_file: {'file': 'orders.csv', 'rows': 39, 'chunks': 3}" in out
+    assert "thumbnail: cat.png@64px, cat.png@512px" in out
+    assert "steps: ['split', 'load', 'load#2', 'load#3']" in out
+    assert "progress: 100 tags: ['tenant-a']" in out
+    assert "chunks loaded: ['orders.csv[0]', 'orders.csv[1]', 'orders.csv[2]']" in out
+
+
+def test_failures_snooze_hook_failed_work_and_retry_from_checkpoint(dsn: str) -> None:
+    out = run_example("failures.py", dsn)
+    assert "poll_export: 'export 7 ready' after 3 runs, attempt 1" in out  # snoozes spend none
+    assert "on_discard: sync_invoices exhausted: ValueError: ledger refused the batch" in out
+    assert "sync_invoices failed errored validation ValueError" in out
+    assert "  recovery: retry_from_checkpoint after fetch" in out
+    assert "group: 1 x sync_invoices ValueError (validation)" in out
+    assert "by class: {'validation': 1}" in out
+    assert "after the retry: completed 200" in out
+    assert "fetch ran 1 time(s), post ran 3 time(s)" in out  # the fetch replayed, not re-run
+    assert "failed work left: 0" in out
+
+
+def test_scheduling_and_flow_control(dsn: str) -> None:
+    out = run_example("scheduling.py", dsn)
+    assert "unique: created=True, then created=False, same task: True" in out
+    assert "priority: report of 2030-01-01" in out
+    assert "scheduled: pending, starts 2030-01-03" in out
+    assert "cron: added=True, ['digest-eu', 'nightly', 'report:30 8 * * MON-FRI'," in out
+    assert "paused queue: pending while paused, then completed" in out
+    assert "dependencies: load got 5 rows" in out
+    assert "cancel_by: 1 cancelled" in out
+    assert "partners: every call ran" in out
+
+
+def test_batch_runs_one_callback(dsn: str) -> None:
+    out = run_example("batches.py", dsn)
+    assert "batch of 3, created=True" in out
+    assert "finished=True total=3 pending=0" in out
+    assert re.search(r"publish_album got: \{.*'completed': 3.*\} \{'album': 7\}", out)
+    assert "some images failed" not in out
+    assert "same key again: created = False" in out
+
+
+def test_deploy_migrates_then_checks_only(dsn: str, server_dsn: str) -> None:
+    out = run_example("deploy.py", dsn)
+    assert re.search(r"^durable migrate: schema up to date", out, re.M)
+    assert "send_welcome completed, code version 2024-06-01" in out
+
+
+def test_observability_logs_spans_metrics_and_the_mounted_console(dsn: str) -> None:
+    out = run_example("observability.py", dsn)
+    assert re.search(r"\[info\s*\] run\.completed .*task_name=send_welcome", out)
+    assert (
+        'metrics: 200 [\'durable_runs_started_total{queue="emails",task_name="send_welcome"}'
+        " 1.0']" in out
+    )
+    assert "readyz: 200" in out
+    assert "spans: ['durable.run send_welcome', 'durable.spawn send_welcome']" in out
+    assert "console as a viewer: 200" in out
+    assert "console anonymous: 403" in out
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_a_node_postgres_client_speaks_the_protocol(dsn: str) -> None:
+    """examples/node/client.mjs: JavaScript with node-postgres, nothing of durable's."""
+    node_dir = EXAMPLES / "node"
+    if not (node_dir / "node_modules" / "pg").is_dir():
+        npm = shutil.which("npm")
+        assert npm, "node without npm: install npm to fetch node-postgres"
+        subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=node_dir,
+            check=True,
+            timeout=TIMEOUT_S,
+            capture_output=True,
+        )
+    out = run_example("node/client.mjs", dsn, ["node", str(node_dir / "client.mjs")])
+    spawned = re.search(r"^spawned (\S+) created=true$", out, re.M)
+    assert spawned, out
+    assert "completed greet attempt 1: hello, ada" in out
+    assert 'result: completed {"by":"node","greeting":"hello, ada"}' in out
+    assert "late write refused: SQLSTATE DU001" in out
+    for_python = re.search(r"^spawned for python (\S+)$", out, re.M)
+    assert for_python, out
+
+    async def check() -> None:
+        app = Durable(dsn)
+        ran: list[dict[str, str]] = []
+
+        @app.task(name="python_side", queue="polyglot_py")
+        async def python_side(ctx: TaskContext, params: dict[str, str]) -> str:
+            ran.append(params)
+            return "hello from python"
+
+        async with app, anyio.create_task_group() as tg:
+            record = await app.get_task(uuid.UUID(spawned[1]))
+            assert (record.state, record.result) == (
+                "completed",
+                {"by": "node", "greeting": "hello, ada"},
+            )
+            steps = await app.client.get_checkpoints("polyglot", record.task_id)
+            assert [(c.step_name, c.value) for c in steps] == [("greeting", "hello, ada")]
+            worker = await tg.start(
+                lambda task_status: app.run_worker(
+                    poll_interval=0.1, handle_signals=False, task_status=task_status
+                )
+            )
+            outcome = await app.result(uuid.UUID(for_python[1]), timeout=30)
+            assert outcome.result == "hello from python"
+            worker.drain()
+        assert ran == [{"from": "node"}]
+
+    anyio.run(check)
 
 
 def test_quickstart(dsn: str) -> None:

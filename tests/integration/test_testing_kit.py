@@ -1,7 +1,7 @@
 """``durable.testing``: crash a run after a checkpoint, expire its lease, drop the connections,
 move the clock, drain a queue — and see each side effect happen the number of times it should.
 
-This file is also the example of ``docs/testing.md``: a checkout task in three steps, whose
+This file is also the example of ``docs/guides/testing.md`` (which includes its marked sections): a checkout task in three steps, whose
 side effects (a card charge, an email, a shipment) are counted by a fake shop.
 """
 
@@ -33,6 +33,7 @@ pytestmark = pytest.mark.anyio
 RETRY_S = 30.0
 
 
+# --8<-- [start:shop]
 @dataclass
 class Shop:
     """The outside world the task talks to: every call is counted per order."""
@@ -69,6 +70,10 @@ def make_app(dsn: str) -> tuple[Durable, Shop]:
     return app, shop
 
 
+# --8<-- [end:shop]
+
+
+# --8<-- [start:crash]
 async def test_a_crash_after_the_charge_never_charges_twice(dsn: str) -> None:
     app, shop = make_app(dsn)
     async with Harness(app) as harness:
@@ -102,6 +107,9 @@ async def test_a_crash_after_the_charge_never_charges_twice(dsn: str) -> None:
         first_run = done.task.runs[0]
         assert first_run.failure_reason is FailureReason.CRASH
         assert (await handle.result(timeout=10)).result == done.result
+
+
+# --8<-- [end:crash]
 
 
 async def test_a_crash_right_after_the_claim_runs_nothing(dsn: str) -> None:
