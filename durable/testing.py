@@ -14,7 +14,8 @@ The harness's clock is the real clock plus an offset that only :meth:`Harness.ad
 :meth:`Harness.expire_lease` move. It applies to the harness's own operations (claims, reaps, the
 runs it executes, and :attr:`Harness.client`) through the session setting ``durable.fake_now``
 that ``durable.now()`` reads; the app's client keeps the real clock, which is never ahead of the
-harness's, so what the app spawns is claimable by the harness at once. See ``docs/guides/testing.md``.
+harness's, so what the app spawns is claimable by the harness at once. See
+``docs/guides/testing.md``.
 """
 
 from __future__ import annotations

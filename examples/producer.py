@@ -24,10 +24,12 @@ import structlog
 
 from durable import Durable, TaskContext, TaskHandle
 
+# --8<-- [start:apps]
 service = Durable()  # the producer's side
 app = Durable()  # the worker's side
 
 executions: Counter[str] = Counter()  # event id -> how often the handler ran for it
+# --8<-- [end:apps]
 
 
 @app.task(name="charge_card", queue="payments")
@@ -41,6 +43,7 @@ async def charge_card(ctx: TaskContext, event: dict[str, Any]) -> dict[str, Any]
     }
 
 
+# --8<-- [start:on_webhook]
 async def on_webhook(event: dict[str, Any]) -> TaskHandle[Any]:
     """What the service does per delivery: spawn by name, keyed by the event id.
 
@@ -56,6 +59,9 @@ async def on_webhook(event: dict[str, Any]) -> TaskHandle[Any]:
     )
     print(f"delivery of {event['id']}: task {handle.task_id} created={handle.created}")
     return handle
+
+
+# --8<-- [end:on_webhook]
 
 
 async def main() -> None:
@@ -76,10 +82,12 @@ async def main() -> None:
         )
         home = service.client.embedded_home
         print(f"database: {f'embedded PostgreSQL, data in {home}' if home else '$DURABLE_DSN'}")
+        # --8<-- [start:results]
         handles = [await on_webhook(event) for event in deliveries]
         for handle in handles:
             outcome = await handle.result(timeout=30)
             print(f"task {handle.task_id}: {outcome.state} {outcome.result}")
+        # --8<-- [end:results]
         worker.drain()
 
     distinct = len({handle.task_id for handle in handles})

@@ -24,6 +24,7 @@ from durable import Durable, Fixed, SyncTaskContext, TaskContext, TaskHandle
 app = Durable()  # Durable(dsn) > $DURABLE_DSN > the embedded server under $DURABLE_HOME
 
 
+# --8<-- [start:tasks]
 @app.task
 def add(ctx: SyncTaskContext, params: dict[str, int]) -> int:
     return params["a"] + params["b"]
@@ -52,9 +53,13 @@ async def report(ctx: TaskContext, params: dict[str, str]) -> dict[str, Any]:
     return {"line": line, "steps": 3}
 
 
+# --8<-- [end:tasks]
+
+
 async def main() -> None:
     started = time.perf_counter()
     async with app, anyio.create_task_group() as tg:
+        # --8<-- [start:worker]
         worker = await tg.start(
             lambda task_status: app.run_worker(
                 concurrency=4,
@@ -64,6 +69,7 @@ async def main() -> None:
                 task_status=task_status,
             )
         )
+        # --8<-- [end:worker]
         ready = time.perf_counter()
         where = app.client.embedded_home
         print(f"database: {f'embedded PostgreSQL, data in {where}' if where else '$DURABLE_DSN'}")

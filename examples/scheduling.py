@@ -91,11 +91,18 @@ async def main() -> None:
         # --8<-- [start:unique_spawn]
         first = await sync_account.spawn({"account": 7, "reason": "webhook"})  # created
         again = await sync_account.spawn({"account": 7, "reason": "cron"})  # the same task
+
+        # debounce: start 10 s after the last of a burst of edits, with the latest params
+        edit = Unique(keys=["doc"], states=["pending"], debounce=10, replace=["params"])
+        await app.spawn("reindex", {"doc": 9, "rev": 3}, queue="search", unique=edit)
+        burst = await app.spawn("reindex", {"doc": 9, "rev": 4}, queue="search", unique=edit)
         # --8<-- [end:unique_spawn]
         print(
             f"unique: created={first.created}, then created={again.created}, same task:",
             first.task_id == again.task_id,
         )
+        debounced = await app.get_task(burst.task_id)
+        print(f"debounce: created={burst.created}, params now {debounced.params}")
 
         # --8<-- [start:start_times]
         urgent = await report.spawn({"day": "2030-01-01"}, priority=10)  # higher first

@@ -50,6 +50,7 @@ def gift_wrap(items: int) -> str:
     return f"wrapped {items} items"
 
 
+# --8<-- [start:handler]
 @app.task(name="ship_order", queue="orders")
 async def ship_order(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
     order = params["order"]
@@ -79,6 +80,9 @@ async def ship_order(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]
     }
 
 
+# --8<-- [end:handler]
+
+
 async def wait_until_waiting(task_id: uuid.UUID, what: str) -> TaskRecord:
     """The task once it waits for ``what`` (a topic or an event); the demo polls the task's
     state, a service would not."""
@@ -105,14 +109,18 @@ async def main() -> None:
         say(f"spawned ship_order for {order}")
 
         record = await wait_until_waiting(handle.task_id, "address")
-        stage = await app.get_state(handle.task_id, "stage")
+        # --8<-- [start:send]
+        stage = await app.get_state(handle.task_id, "stage")  # what ctx.set_state published
         say(f"task is {record.state}, {stage}")
         woke = await app.send(handle.task_id, "address", {"city": "Lyon"})
         say(f"sent the address to the task: {'woke it' if woke else 'stored'}")
+        # --8<-- [end:send]
 
         record = await wait_until_waiting(handle.task_id, f"packed:{order}")
         say(f"task is {record.state}, waiting for {record.waiting_for[0]['event_name']}")
-        woken = await app.emit_event(f"packed:{order}", {"by": "warehouse-3"})
+        # --8<-- [start:emit]
+        woken = await app.emit_event(f"packed:{order}", {"by": "warehouse-3"})  # how many woke
+        # --8<-- [end:emit]
         say(f"emitted packed:{order}, woke {woken} task")
 
         outcome = await handle.result(timeout=30)

@@ -36,7 +36,7 @@ def cli_reference() -> str:
         parts = []
         for path, parser in _commands(build_parser(), ("durable",)):
             title = " ".join(path)
-            parts.append(f"## `{title}`\n\n```text\n{parser.format_help().rstrip()}\n```\n")
+            parts.append(f"### `{title}`\n\n```text\n{parser.format_help().rstrip()}\n```\n")
         return "\n".join(parts)
     finally:
         if previous is None:

@@ -91,6 +91,7 @@ def test_failures_snooze_hook_failed_work_and_retry_from_checkpoint(dsn: str) ->
 def test_scheduling_and_flow_control(dsn: str) -> None:
     out = run_example("scheduling.py", dsn)
     assert "unique: created=True, then created=False, same task: True" in out
+    assert "debounce: created=False, params now {'doc': 9, 'rev': 4}" in out
     assert "priority: report of 2030-01-01" in out
     assert "scheduled: pending, starts 2030-01-03" in out
     assert "cron: added=True, ['digest-eu', 'nightly', 'report:30 8 * * MON-FRI'," in out

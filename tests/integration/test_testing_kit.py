@@ -1,8 +1,9 @@
 """``durable.testing``: crash a run after a checkpoint, expire its lease, drop the connections,
 move the clock, drain a queue — and see each side effect happen the number of times it should.
 
-This file is also the example of ``docs/guides/testing.md`` (which includes its marked sections): a checkout task in three steps, whose
-side effects (a card charge, an email, a shipment) are counted by a fake shop.
+This file is also the example of ``docs/guides/testing.md``, which includes its marked sections:
+a checkout task in three steps, whose side effects (a card charge, an email, a shipment) are
+counted by a fake shop.
 """
 
 from __future__ import annotations

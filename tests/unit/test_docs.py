@@ -135,7 +135,7 @@ def _hook() -> ModuleType:
 def test_the_cli_reference_has_every_command() -> None:
     text: str = _hook().cli_reference()
     for path, _ in _hook()._commands(build_parser(), ("durable",)):
-        assert f"## `{' '.join(path)}`" in text
+        assert f"### `{' '.join(path)}`" in text
     for command in ("worker", "migrate", "spawn", "retry", "cron add", "queue pause", "dashboard"):
-        assert f"## `durable {command}`" in text
+        assert f"### `durable {command}`" in text
     assert "<!-- durable --help -->" in (DOCS / "reference" / "cli.md").read_text()
