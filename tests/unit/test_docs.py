@@ -6,7 +6,8 @@
   holds an untested block of Python;
 - the README's example is ``examples/hello.py``, which ``tests/acceptance/test_examples.py``
   runs;
-- the CLI reference is generated from the parser, every command included.
+- the CLI reference is generated from the parser, every command included;
+- every test the guarantees page names exists.
 """
 
 from __future__ import annotations
@@ -139,3 +140,18 @@ def test_the_cli_reference_has_every_command() -> None:
     for command in ("worker", "migrate", "spawn", "retry", "cron add", "queue pause", "dashboard"):
         assert f"### `durable {command}`" in text
     assert "<!-- durable --help -->" in (DOCS / "reference" / "cli.md").read_text()
+
+
+def test_every_test_a_guarantee_names_exists() -> None:
+    """docs/guarantees.md names, for each promise, the tests that prove it: they must exist."""
+    page = (DOCS / "guarantees.md").read_text()
+    named = re.findall(r"`((?:tests|bench)/[\w/]+\.py)(?:::(\w+))?`", page)
+    assert len(named) > 30
+    missing = []
+    for path, test in named:
+        source = ROOT / path
+        if not source.is_file():
+            missing.append(path)
+        elif test and not re.search(rf"^(async )?def {test}\(", source.read_text(), re.M):
+            missing.append(f"{path}::{test}")
+    assert missing == [], f"guarantees name tests that do not exist: {missing}"
