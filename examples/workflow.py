@@ -66,9 +66,11 @@ async def ship_order(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]
     await ctx.set_state("stage", "cooling off")
     await ctx.sleep("cooling-off", 1.0)  # parked: the worker slot is free meanwhile
     packed = await ctx.await_event(f"packed:{order}", timeout=30)
+    # --8<-- [start:patch]
     wrapped = None
     if await ctx.patched("gift-wrap"):  # the change; tasks that went past here before keep
         wrapped = await ctx.step("gift-wrap", gift_wrap, len(picked))
+    # --8<-- [end:patch]
     # each wake-up replays the handler from the top: the recorded children, results, message
     # and sleep return at once, so charge ran once however often ship_order resumed
     return {
