@@ -271,7 +271,13 @@ class Durable:
     async def result(
         self, task_id: uuid.UUID, *, timeout: float | None = None, queue: str | None = None
     ) -> TaskResult[Any]:
-        """Wait for the task to end (woken by NOTIFY); raise :class:`TaskFailed` unless done."""
+        """Wait for the task to end (woken by NOTIFY); raise :class:`TaskFailed` unless done.
+
+        Raises:
+            TaskFailed: the task ended ``failed`` or ``cancelled``.
+            TimeoutError: it did not end within ``timeout`` seconds.
+            TaskNotFound: no such task.
+        """
         return await self.client.result(queue, task_id, timeout=timeout)
 
     async def cancel(self, task_id: uuid.UUID, *, queue: str | None = None) -> None:
@@ -290,7 +296,14 @@ class Durable:
     ) -> RetryInfo:
         """A new run for a failed or cancelled task, resuming after its last checkpoint; with
         ``revive_dependents`` (the default) the dependents its end cancelled are revived too
-        (``RetryInfo.revived``), each waiting for its dependencies again."""
+        (``RetryInfo.revived``), each waiting for its dependencies again.
+
+        Raises:
+            TaskNotFound: no such task.
+            InvalidState: the task has not ended, ended ``completed`` or was discarded, or (for
+                a dependent) one of its dependencies is still failed or cancelled: retry that
+                one first.
+        """
         info = await self.client.retry(queue, task_id, revive_dependents=revive_dependents)
         log.info(
             "task.retried",
@@ -319,7 +332,13 @@ class Durable:
         """Send ``payload`` (any JSON) to task ``task_id`` on ``topic``, for its
         ``ctx.recv(topic)``: stored until received, in the order sent, each message received
         once. True when it woke the task (it was waiting in ``recv`` on the topic).
-        :class:`TaskNotFound` for an unknown task, :class:`InvalidState` for one that ended."""
+        :class:`TaskNotFound` for an unknown task, :class:`InvalidState` for one that ended.
+
+        Example:
+            ```python
+            woke = await app.send(task_id, "decision", {"approved": True})
+            ```
+        """
         woke = await self.client.send_message(task_id, topic, payload)
         log.info("message.sent", task_id=str(task_id), topic=topic, woke=woke)
         return woke
@@ -435,7 +454,12 @@ class Durable:
     async def replay(
         self, task_id: uuid.UUID, *, from_step: str | None = None, queue: str | None = None
     ) -> SpawnInfo:
-        """Run a finished task again from its last checkpoint (or from step ``from_step``)."""
+        """Run a finished task again from its last checkpoint (or from step ``from_step``).
+
+        Raises:
+            TaskNotFound: no such task.
+            InvalidState: the task has not ended, or was discarded.
+        """
         info = await self.client.replay(queue, task_id, from_step)
         log.info(
             "task.replayed", task_id=str(task_id), from_step=from_step, run_id=str(info.run_id)
@@ -568,6 +592,17 @@ class Durable:
         ``claim_timeout=60.0``, ...). With ``metrics_port`` (0: any free port) the worker serves
         Prometheus metrics at ``http://metrics_host:port/metrics`` (needs ``durable[metrics]``),
         refreshing queue depths every ``metrics_interval`` seconds.
+
+        Raises:
+            InvalidArgument: a metrics port without the ``metrics`` extra, or already in use.
+
+        Example:
+            ```python
+            async with anyio.create_task_group() as tg:
+                worker = await tg.start(app.run_worker)  # returns once the worker claims
+                ...
+                worker.drain()  # stop claiming, finish what runs, then return
+            ```
         """
         if queues is None:
             queues = sorted({d.queue for d in self.registry.values()}) or [self.default_queue]

@@ -177,6 +177,17 @@ class TaskContext:
         On a later attempt the recorded value is returned without calling ``fn``. The same name
         used again within one run (a loop) gets its own checkpoint: ``name``, ``name#2``, ...
         Sync functions run in a worker thread.
+
+        Raises:
+            NotSerializable: ``fn``'s result is not JSON (nothing is recorded; the run fails).
+            LeaseLost: the run lost its lease before the checkpoint was written: the run stops.
+
+        Example:
+            ```python
+            profile = await ctx.step("load-profile", load_profile, params["user_id"])
+            for chunk in chunks:
+                await ctx.step("load", load_chunk, chunk)  # load, load#2, ...
+            ```
         """
         key, recorded = await self.begin_step(name)
         if recorded is not NOT_RECORDED:
@@ -212,7 +223,16 @@ class TaskContext:
     async def sleep(self, name: str, seconds: float | timedelta) -> None:
         """Durable sleep, recorded as step ``name``: the run is parked (its worker slot freed)
         and the task resumes after ``seconds`` on whichever worker claims it then, even across
-        restarts of every worker; finished steps are replayed, not re-run."""
+        restarts of every worker; finished steps are replayed, not re-run.
+
+        Raises:
+            InvalidArgument: a negative duration or an empty name.
+
+        Example:
+            ```python
+            await ctx.sleep("wait-a-day", timedelta(days=1))
+            ```
+        """
         await self._sleep(name, seconds=durations.seconds(seconds, what="sleep seconds"))
 
     async def sleep_until(self, name: str, when: datetime) -> None:
@@ -236,7 +256,19 @@ class TaskContext:
     async def await_event(self, name: str, *, timeout: float | timedelta | None = None) -> Any:
         """Wait for event ``name`` (``app.emit_event``) and return its payload. The run is parked
         meanwhile; an event emitted before the wait is received at once. Raises
-        :class:`EventTimeout` when ``timeout`` seconds pass first."""
+        :class:`EventTimeout` when ``timeout`` seconds pass first.
+
+        Raises:
+            EventTimeout: no event within ``timeout`` (recorded: a replay raises it again).
+
+        Example:
+            ```python
+            try:
+                answer = await ctx.await_event(f"survey:{params['user']}", timeout=3600)
+            except EventTimeout:
+                answer = None
+            ```
+        """
         key = self._next_key(f"$event:{name}")
 
         async def wait() -> tuple[str, Any]:
@@ -293,7 +325,13 @@ class TaskContext:
         """Wait for a task (a child from :meth:`spawn`, or any task id) to end, parked
         meanwhile. Returns its :class:`TaskResult`; raises :class:`TaskFailed` if it failed or
         was cancelled, :class:`EventTimeout` if ``timeout`` passed first. Recorded: a replay
-        gets the same outcome without waiting."""
+        gets the same outcome without waiting.
+
+        Raises:
+            TaskFailed: the task ended failed or cancelled (recorded: a replay raises it again).
+            EventTimeout: it did not end within ``timeout``.
+            TaskNotFound: no such task.
+        """
         child_id: uuid.UUID = child if isinstance(child, uuid.UUID) else child.task_id
         key = self._next_key(f"$result:{child_id}")
         value = await self._wait(
@@ -317,7 +355,18 @@ class TaskContext:
         they are. Returns their results (:class:`TaskResult`) in the order given; a failed or
         cancelled task is a result too (its ``state`` and ``failure`` say so), not an exception,
         so one failure does not hide the others' results. Raises :class:`EventTimeout` if
-        ``timeout`` passed first. Recorded: a replay gets the same results without waiting."""
+        ``timeout`` passed first. Recorded: a replay gets the same results without waiting.
+
+        Raises:
+            EventTimeout: they did not all end within ``timeout``.
+            TaskNotFound: an unknown task id.
+
+        Example:
+            ```python
+            children = [await ctx.spawn(resize, {"image": i}, name=f"resize-{i}") for i in images]
+            results = await ctx.gather(children, timeout=3600)  # parks once, wakes once
+            ```
+        """
         ids = [child if isinstance(child, uuid.UUID) else child.task_id for child in children]
         if not ids:
             return []
@@ -352,7 +401,17 @@ class TaskContext:
         payload. Messages of a topic arrive in the order they were sent, and each is received
         once; with none waiting the run is parked (its worker slot freed) until one is sent.
         Raises :class:`EventTimeout` when ``timeout`` seconds pass first. Recorded: a replay gets
-        the same message without taking another."""
+        the same message without taking another.
+
+        Raises:
+            EventTimeout: no message within ``timeout``.
+            InvalidArgument: an empty topic, or one over 255 characters.
+
+        Example:
+            ```python
+            decision = await ctx.recv("decision", timeout=timedelta(days=3))
+            ```
+        """
         check_name(topic, "topic")
         key = self._next_key(f"$recv:{topic}")
 

@@ -111,7 +111,21 @@ class TaskDefinition(Generic[P, R]):
     async def spawn(
         self, params: Any = None, *, queue: str | None = None, **options: Unpack[SpawnKwargs]
     ) -> TaskHandle[R]:
-        """Spawn this task; options given here override the ones on ``@app.task``."""
+        """Spawn this task; options given here override the ones on ``@app.task``.
+
+        Returns a ``TaskHandle`` whose ``created`` is False when an idempotency key or the
+        ``unique`` option found an existing task.
+
+        Raises:
+            NotSerializable: ``params`` (or a header) is not JSON, or is over 16 MiB.
+            InvalidArgument: an option the protocol refuses (an unknown ``depends_on`` id, say).
+            DatabaseUnavailable: PostgreSQL cannot be reached; nothing was written.
+
+        Example:
+            ```python
+            handle = await send_welcome.spawn({"user_id": 7}, idempotency_key="welcome-7", delay=60)
+            ```
+        """
         handle = await self.registry.spawn(self, params, queue=queue, **options)
         return cast(TaskHandle[R], handle)
 
@@ -129,7 +143,18 @@ class TaskHandle(Generic[R]):
     created: bool
 
     async def result(self, timeout: float | None = None) -> TaskResult[R]:
-        """Wait until the task ends; raise :class:`TaskFailed` if it failed or was cancelled."""
+        """Wait until the task ends; raise :class:`TaskFailed` if it failed or was cancelled.
+
+        Raises:
+            TaskFailed: the task ended ``failed`` or ``cancelled`` (``.failure`` says why).
+            TimeoutError: it did not end within ``timeout`` seconds.
+
+        Example:
+            ```python
+            outcome = await handle.result(timeout=30)
+            print(outcome.state, outcome.result)
+            ```
+        """
         outcome = await self.client.result(self.queue, self.task_id, timeout=timeout)
         return cast(TaskResult[R], outcome)
 

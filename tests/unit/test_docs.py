@@ -12,10 +12,12 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib.util
 import inspect
 import re
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -155,3 +157,28 @@ def test_every_test_a_guarantee_names_exists() -> None:
         elif test and not re.search(rf"^(async )?def {test}\(", source.read_text(), re.M):
             missing.append(f"{path}::{test}")
     assert missing == [], f"guarantees name tests that do not exist: {missing}"
+
+
+def _docstrings() -> Iterator[tuple[str, str]]:
+    for name in durable.__all__:
+        obj = getattr(durable, name)
+        yield name, _own_docstring(obj)
+        if inspect.isclass(obj):
+            for member, fn in _public_members(obj):
+                yield f"{name}.{member}", inspect.getdoc(fn) or ""
+
+
+def test_the_examples_in_docstrings_are_valid_python() -> None:
+    """A docstring's example is an excerpt (it needs an app and a database to run), but it must
+    at least parse, top-level ``await`` allowed, so a renamed keyword shows up in review."""
+    flags = ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    checked = 0
+    for where, doc in _docstrings():
+        for block in _python_blocks(inspect.cleandoc(doc)):
+            code = textwrap.dedent(block)
+            try:
+                compile(code, where, "exec", flags=flags)
+            except SyntaxError as exc:
+                pytest.fail(f"the example in {where}'s docstring does not parse: {exc}\n{code}")
+            checked += 1
+    assert checked >= 15
