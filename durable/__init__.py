@@ -12,6 +12,7 @@ from durable import metrics as _metrics  # noqa: F401 — installs itself (see a
 from durable import tracing as _tracing  # noqa: F401 — installs itself (see above)
 from durable.app import Durable
 from durable.client import Client
+from durable.protocol.connections import SpawnConnection
 from durable.protocol.cron import Missed
 from durable.protocol.errors import (
     BatchNotFound,
@@ -27,6 +28,7 @@ from durable.protocol.errors import (
     PatchRetired,
     PayloadTooLarge,
     ScheduleNotFound,
+    SchemaError,
     Snooze,
     TaskDiscarded,
     TaskFailed,
@@ -127,7 +129,9 @@ __all__ = [
     "RunRecord",
     "RunState",
     "ScheduleNotFound",
+    "SchemaError",
     "Snooze",
+    "SpawnConnection",
     "SpawnInfo",
     "SpawnOptions",
     "SyncTaskContext",
