@@ -11,6 +11,7 @@ from importlib import metadata as _metadata
 from durable import metrics as _metrics  # noqa: F401 — installs itself (see above)
 from durable import tracing as _tracing  # noqa: F401 — installs itself (see above)
 from durable.app import Durable
+from durable.blocking import SyncDurable, SyncTaskHandle
 from durable.client import Client
 from durable.protocol.connections import SpawnConnection
 from durable.protocol.cron import Missed
@@ -134,7 +135,9 @@ __all__ = [
     "SpawnConnection",
     "SpawnInfo",
     "SpawnOptions",
+    "SyncDurable",
     "SyncTaskContext",
+    "SyncTaskHandle",
     "TaskContext",
     "TaskDefinition",
     "TaskDiscarded",

@@ -14,6 +14,7 @@ from typing import Any, Protocol, TypeVar, Unpack, cast, overload
 
 import anyio
 
+from durable.blocking import SyncDurable
 from durable.client import Client
 from durable.client.client import TaskFilters
 from durable.protocol.connections import SpawnConnection
@@ -97,6 +98,9 @@ class Durable:
             retention_interval=retention_interval,
             version=version,
         )
+        #: The blocking API (Django, Flask, WSGI, scripts): ``app.sync.spawn(task, params)``,
+        #: run on a background event loop of its own (see :mod:`durable.blocking`).
+        self.sync = SyncDurable(self.registry)
         self._entered = 0
 
     @property
