@@ -85,7 +85,7 @@ def produce_blocking() -> str:
         # a TypedDict's literal needs its name here: mypy infers P from the task and the params
         handle = sync.spawn(greet, Greeting(name="ada"), idempotency_key="greet-ada")
         counted: int = sync.spawn(count, [1, 2]).result().result
-        text: str = handle.result(timeout=10).result
+        text: str = handle.result(timeout=10).result + str(counted)
         by_name = sync.spawn("greet", {"name": "bob"}, queue="default")
         sync.cancel(by_name.task_id)
         return text + str(sync.get_task(handle.task_id).state)
