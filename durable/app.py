@@ -19,6 +19,7 @@ from durable.client import Client
 from durable.client.client import TaskFilters
 from durable.protocol.connections import SpawnConnection
 from durable.protocol.cron import Missed
+from durable.protocol.errors import DurableError
 from durable.protocol.log import get_logger
 from durable.protocol.records import (
     BatchInfo,
@@ -169,6 +170,11 @@ class Durable:
 
     async def __aenter__(self) -> Durable:
         if self._entered == 0:
+            if self.sync.is_open:
+                raise DurableError(
+                    "app.sync is open: this app's pool belongs to its background event loop —"
+                    " close it (app.sync.close()) or use another Durable(...) from async code"
+                )
             await self.client.connect()
         self._entered += 1
         return self

@@ -24,6 +24,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, Unpack, cast, overload
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from durable.protocol.errors import DurableError
 from durable.protocol.records import SpawnKwargs, TaskRecord, TaskResult
 from durable.runtime.registry import Registry, TaskDefinition, TaskHandle
 
@@ -104,6 +105,12 @@ class SyncDurable:
             return portal
         with self._lock:
             if self._portal is None:
+                if self._registry.client.connected:
+                    raise DurableError(
+                        "this app is connected from async code (async with app, run_worker), and"
+                        " its pool belongs to that event loop — use app.sync in an app object"
+                        " that async code does not enter (another Durable(...))"
+                    )
                 cm = start_blocking_portal(name="durable-sync")
                 portal = cm.__enter__()
                 try:

@@ -173,6 +173,11 @@ class Client:
         await self.close()
 
     @property
+    def connected(self) -> bool:
+        """Whether the pool is open (``connect`` ran, ``close`` did not)."""
+        return self._store is not None
+
+    @property
     def store(self) -> Store:
         if self._store is None:
             raise DatabaseUnavailable("the client is not connected — use `async with` or connect()")

@@ -15,6 +15,7 @@ from support.in_process import running_worker
 from durable import (
     DatabaseUnavailable,
     Durable,
+    DurableError,
     SyncDurable,
     SyncTaskContext,
     SyncTaskHandle,
@@ -120,3 +121,19 @@ async def test_an_unreachable_database_fails_the_call_and_leaves_it_closed() -> 
     await anyio.to_thread.run_sync(call)
     assert not sync.is_open
     assert [t for t in threading.enumerate() if t.name == "durable-sync"] == []  # it ended
+
+
+async def test_an_app_is_entered_from_async_code_or_used_through_sync_not_both(dsn: str) -> None:
+    app = make_app(dsn)
+    async with app:
+        with pytest.raises(DurableError, match="connected from async code"):
+            await anyio.to_thread.run_sync(app.sync.open)
+    assert not app.sync.is_open
+    await anyio.to_thread.run_sync(app.sync.open)
+    try:
+        with pytest.raises(DurableError, match=r"app\.sync is open"):
+            await app.__aenter__()
+    finally:
+        await anyio.to_thread.run_sync(app.sync.close)
+    async with app:  # closed: async code may enter it again
+        assert app.client.connected
