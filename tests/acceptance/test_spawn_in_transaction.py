@@ -26,6 +26,7 @@ from support.database import connection, empty_database
 from support.in_process import running_worker
 
 from durable import (
+    DatabaseUnavailable,
     Durable,
     InvalidArgument,
     SchemaError,
@@ -202,6 +203,24 @@ async def test_spawn_many_on_a_connection_commits_or_rolls_back_together(dsn: st
             results = [(await h.result()).result for h in handles]
         assert results == ["welcome, a", "welcome, b"]
         assert (await app.get_task(info[0].task_id)).params == {"user": "c"}
+
+
+async def test_a_connection_killed_before_its_commit_leaves_no_task(dsn: str) -> None:
+    app = make_app(dsn)
+    async with listening(dsn) as seen, connection(dsn) as killer:
+        conn = await asyncpg.connect(dsn)
+        try:
+            tx = conn.transaction()
+            await tx.start()
+            await app.spawn("welcome", {"user": "ada"}, connection=conn)
+            assert await killer.fetchval("select pg_terminate_backend($1)", conn.get_server_pid())
+            with pytest.raises(DatabaseUnavailable, match="caller's connection"):
+                await app.spawn("welcome", {"user": "bob"}, connection=conn)
+        finally:
+            conn.terminate()
+        await anyio.sleep(QUIET_S)
+        assert seen.queues == []
+    assert await count_tasks(dsn) == 0
 
 
 async def test_a_database_without_durable_gives_schema_error(server_dsn: str) -> None:
