@@ -33,6 +33,7 @@ from durable import (
     TaskContext,
     TaskNotFound,
     TaskState,
+    Unique,
 )
 from durable.client import CHANNEL_WORK
 
@@ -178,6 +179,28 @@ async def test_every_option_and_the_params_arrive_as_on_the_pool(dsn: str) -> No
     assert record.state is TaskState.PENDING  # delayed an hour
     assert record.max_attempts == 7
     assert record.headers == {"source": "test"}
+
+
+async def test_uniqueness_and_dependencies_hold_inside_one_transaction(dsn: str) -> None:
+    app = make_app(dsn)
+    welcome = app.registry["welcome"]
+    async with running_worker(app), connection(dsn) as conn:
+        async with conn.transaction():
+            first = await welcome.spawn(
+                {"user": "ada", "n": 1}, unique=Unique(keys=["user"]), connection=conn
+            )
+            duplicate = await welcome.spawn(
+                {"user": "ada", "n": 2}, unique=Unique(keys=["user"]), connection=conn
+            )
+            after = await welcome.spawn(
+                {"user": "bob"}, depends_on=[first.task_id], connection=conn
+            )
+        assert (duplicate.created, duplicate.task_id) == (False, first.task_id)
+        with anyio.fail_after(20):
+            assert (await after.result()).result == "welcome, bob"
+        record = await app.get_task(first.task_id)
+        assert record.state is TaskState.COMPLETED
+        assert record.params == {"user": "ada", "n": 1}
 
 
 async def test_spawn_many_on_a_connection_commits_or_rolls_back_together(dsn: str) -> None:
