@@ -24,6 +24,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, Unpack, cast, overload
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from durable.client import Client
 from durable.protocol.errors import DurableError
 from durable.protocol.records import SpawnKwargs, TaskRecord, TaskResult
 from durable.runtime.registry import Registry, TaskDefinition, TaskHandle
@@ -62,6 +63,7 @@ class SyncDurable:
         self._lock = threading.Lock()
         self._portal: BlockingPortal | None = None
         self._portal_cm: contextlib.AbstractContextManager[BlockingPortal] | None = None
+        self._client_cm: contextlib.AbstractContextManager[Client] | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -75,14 +77,14 @@ class SyncDurable:
     def close(self) -> None:
         """Close the client's pool and stop the background loop (a later call opens again)."""
         with self._lock:
-            portal, cm = self._portal, self._portal_cm
-            self._portal = self._portal_cm = None
-            if portal is None or cm is None:
+            portal_cm, client_cm = self._portal_cm, self._client_cm
+            self._portal = self._portal_cm = self._client_cm = None
+            if portal_cm is None or client_cm is None:
                 return
             try:
-                portal.call(self._registry.client.close)
+                client_cm.__exit__(None, None, None)
             finally:
-                cm.__exit__(None, None, None)
+                portal_cm.__exit__(None, None, None)
 
     @property
     def is_open(self) -> bool:
@@ -111,14 +113,17 @@ class SyncDurable:
                         " its pool belongs to that event loop — use app.sync in an app object"
                         " that async code does not enter (another Durable(...))"
                     )
-                cm = start_blocking_portal(name="durable-sync")
-                portal = cm.__enter__()
+                portal_cm = start_blocking_portal(name="durable-sync")
+                portal = portal_cm.__enter__()
+                # the client is entered and exited in one task of the portal's loop, as
+                # `async with client` would be (its task groups must be)
+                client_cm = portal.wrap_async_context_manager(self._registry.client)
                 try:
-                    portal.call(self._registry.client.connect)
+                    client_cm.__enter__()
                 except BaseException as exc:
-                    cm.__exit__(type(exc), exc, exc.__traceback__)
+                    portal_cm.__exit__(type(exc), exc, exc.__traceback__)
                     raise
-                self._portal_cm, self._portal = cm, portal
+                self._portal_cm, self._client_cm, self._portal = portal_cm, client_cm, portal
             return self._portal
 
     def _call(self, fn: Callable[A, Awaitable[T]], /, *args: A.args, **kwargs: A.kwargs) -> T:
