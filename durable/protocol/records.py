@@ -396,6 +396,10 @@ class RunRecord:
     result: JSON = None
     #: The code version of the worker that claimed the run (``Durable(version=...)``).
     code_version: str | None = None
+    #: Its handler never started as far as the database knows: claimed, and not reported
+    #: started by its worker. A reaped run that is still reserved ended ``released`` with its
+    #: reap's reason, and spent no attempt.
+    reserved: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -416,6 +420,8 @@ class TaskRecord:
     tags: list[str] = field(default_factory=list)
     progress: Progress | None = None
     partition_key: str | None = None
+    #: Its concurrency key (``@app.task(concurrency_key=...)``), limited by ``key_limit``.
+    concurrency_key: str | None = None
     parent_task_id: uuid.UUID | None = None
     depends_on: list[uuid.UUID] = field(default_factory=list)
     pending_dependencies: list[uuid.UUID] = field(default_factory=list)

@@ -339,7 +339,8 @@ end $$;
 -- leases
 
 -- Extend the lease of a live, unexpired run by p_extend_by (default: its claim's lease) in one
--- fenced statement; raise DU001 otherwise. Returns the run as updated.
+-- fenced statement; raise DU001 otherwise. Its handler runs: it is no longer reserved. Returns
+-- the run as updated.
 create or replace function durable.extend_live_run(p_queue text, p_run_id uuid,
                                                    p_extend_by double precision, p_now timestamptz)
 returns durable.runs
@@ -350,7 +351,8 @@ begin
     update durable.runs r
        set lease_expires_at = greatest(r.lease_expires_at,
                                        p_now + make_interval(
-                                           secs => coalesce(p_extend_by, r.lease_s)))
+                                           secs => coalesce(p_extend_by, r.lease_s))),
+           reserved = false
      where r.run_id = p_run_id and r.state = 'running' and r.lease_expires_at > p_now
        and (p_queue is null or r.queue = p_queue)
     returning r.* into v_run;
@@ -372,12 +374,14 @@ $$;
 
 -- A worker's heartbeat, one statement per interval: extend every lease it holds and its own
 -- liveness, and record how many of its slots are busy and how many runs it claimed ahead (the
--- workers page; null: not said). Returns the run ids that were not extended (lost: expired,
--- reaped, cancelled).
+-- workers page; null: not said). p_started: the runs whose handlers started since the worker's
+-- last report, no longer reserved (RESERVED in 00_model.sql). Returns the run ids that were not
+-- extended (lost: expired, reaped, cancelled).
 create or replace function durable.extend_claims(p_worker_id text, p_run_ids uuid[],
                                                  p_worker_ttl double precision,
                                                  p_busy integer default null,
-                                                 p_ahead integer default null)
+                                                 p_ahead integer default null,
+                                                 p_started uuid[] default null)
 returns table (lost_run_id uuid)
 language plpgsql
 security definer set search_path = pg_catalog, pg_temp set random_page_cost = 1.1 as $$
@@ -400,7 +404,8 @@ begin
            for update
     ), extended as (
         update durable.runs r
-           set lease_expires_at = v_now + make_interval(secs => r.lease_s)
+           set lease_expires_at = v_now + make_interval(secs => r.lease_s),
+               reserved = r.reserved and not r.run_id = any(coalesce(p_started, '{}'))
           from live where r.run_id = live.run_id
         returning r.run_id
     )
@@ -465,7 +470,8 @@ begin
     ), extended as (
         update durable.runs r
            set lease_expires_at = greatest(r.lease_expires_at,
-                                           v_now + make_interval(secs => r.lease_s))
+                                           v_now + make_interval(secs => r.lease_s)),
+               reserved = false
           from live where r.run_id = live.run_id
         returning r.run_id, r.task_id
     ), written as (
@@ -539,7 +545,8 @@ begin
     end if;
     v_run := durable.lock_live_run(p_queue, p_run_id, v_now);
     update durable.runs
-       set lease_expires_at = greatest(lease_expires_at, v_now + make_interval(secs => lease_s))
+       set lease_expires_at = greatest(lease_expires_at, v_now + make_interval(secs => lease_s)),
+           reserved = false
      where run_id = p_run_id;
     update durable.tasks
        set progress = jsonb_build_object('pct', p_pct, 'detail', p_detail, 'at', v_now,

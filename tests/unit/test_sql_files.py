@@ -6,7 +6,7 @@ from durable.protocol.migrate import PROTOCOL_VERSION, load_migrations, load_pro
 
 #: The protocol's version and the sha256 of its files at that version. A change to sql/protocol/
 #: is a new protocol: raise PROTOCOL_VERSION and pin the new hash here.
-PINNED = (5, "14064a1917a0ca6c6d7cea89a88ba94def367c33a77021f850ae0cc80dfc0365")
+PINNED = (6, "6a3d45dff73a06b3aedae4f08cc58b14aad307fafeb8f6324e43f4c8e683e7b0")
 
 _DEFINITION = re.compile(r"^create\s+(or\s+replace\s+)?function\s+durable\.(\w+)\(", re.I | re.M)
 
