@@ -34,7 +34,7 @@ def note_start(ctx: durable.TaskContext) -> None:
     """The handler's first act: a line that proves it started (a write SIGKILL cannot undo)."""
     path = os.environ.get("CLAIMS_STARTS")
     if path:
-        with open(path, "a") as starts:  # noqa: ASYNC230 — before any await, on purpose
+        with open(path, "a") as starts:  # a plain write, before any await: on purpose
             starts.write(f"{ctx.task_id} {ctx.attempt}\n")
 
 

@@ -16,7 +16,7 @@ import pytest
 from claims_app import QUEUE, SCRIPT
 from support.processes import worker_process
 from support.side_tables import open_gate, side_connection
-from support.waiting import wait_all_finished, wait_for, wait_finished
+from support.waiting import wait_all_finished, wait_finished, wait_for
 
 from durable import Client, FailureReason, Fixed, RunState, SpawnOptions, TaskState
 
@@ -93,7 +93,8 @@ async def test_runs_claimed_ahead_of_a_slot_survive_a_sigkill_without_spending_a
         first, second = record.runs
         assert (first.state, first.attempt, first.claimed_by) == (RunState.RELEASED, 1, "worker-a")
         assert (first.failure_reason, first.reserved) == (FailureReason.CRASH, True)
-        assert first.error is not None and first.error["reserved"] is True
+        assert first.error is not None
+        assert first.error["reserved"] is True
         assert (second.state, second.attempt, second.claimed_by) == (
             RunState.COMPLETED,
             1,
