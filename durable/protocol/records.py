@@ -223,6 +223,10 @@ class SpawnOptions:
     partition_key: str | None = field(
         default=None, metadata=_meta(cli="claims take turns across partitions of a queue")
     )
+    concurrency_key: str | None = field(
+        default=None,
+        metadata=_meta(cli="the key the task name's key_limit counts per (e.g. a tenant)"),
+    )
     unique: Unique | None = field(default=None, metadata=_meta(to_json=_to_json))
     cancellation: Cancellation | None = field(default=None, metadata=_meta(to_json=_to_json))
     depends_on: Sequence[uuid.UUID] | None = field(
@@ -250,6 +254,8 @@ class SpawnOptions:
             raise ValueError("tags must be a list of non-empty strings")
         if self.partition_key is not None and not isinstance(self.partition_key, str):
             raise ValueError("partition_key must be a string")
+        if self.concurrency_key is not None and not isinstance(self.concurrency_key, str):
+            raise ValueError("concurrency_key must be a string")
         if self.max_attempts is not None and self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         if self.delay is not None and self.at is not None:
@@ -313,6 +319,7 @@ class SpawnKwargs(DefinitionOptions, total=False):
     delay: float | timedelta | None
     at: datetime | None
     partition_key: str | None
+    concurrency_key: str | None
     depends_on: Sequence[uuid.UUID] | None
     on_parent_cancel: ParentCancelPolicy | None
 

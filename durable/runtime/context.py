@@ -270,7 +270,7 @@ class TaskContext:
             if options.get("idempotency_key") is None:
                 options["idempotency_key"] = f"durable:child:{self.task_id}:{key}"
             child_queue, _, spawn_opts = self._registry.resolve(
-                task, queue, options, fallback_queue=self.queue
+                task, queue, options, fallback_queue=self.queue, params=params
             )
             info = await self._write(
                 self._client.spawn(

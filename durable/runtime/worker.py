@@ -305,6 +305,7 @@ class Worker:
                 definition.name,
                 concurrency=definition.global_limit,
                 rate=definition.rate_limit,
+                key_limit=definition.key_limit,
             )
 
     def _on_work(self, queue: str) -> None:
