@@ -33,6 +33,7 @@ declare
     v_now    timestamptz := durable.now();
     v_lease  timestamptz;
     v_picked uuid[];
+    v_limited boolean;
 begin
     perform durable.check_queue(p_queue);
     if p_claim_timeout is null or p_claim_timeout <= 0 then
@@ -79,11 +80,16 @@ begin
           from claimed c join durable.tasks t on t.task_id = c.task_id
          order by t.priority desc, c.run_id;
     else
+        -- (a run of a limited name spawned since the check above waits for the next claim)
+        v_limited := exists (select 1 from durable.limits);
         return query
         with picked as (
             select r.run_id from durable.runs r
              where r.queue = p_queue and r.state in ('pending', 'sleeping')
                and r.available_at <= v_now
+               and (not v_limited
+                    or not exists (select 1 from durable.limits l
+                                    where l.task_name = r.task_name))
              order by r.priority desc, r.available_at, r.run_id
              limit greatest(p_qty, 0)
              for update skip locked
@@ -309,7 +315,12 @@ begin
                                           order by x.ord) as kn
                   from unnest(coalesce(v_locked, '{}')) with ordinality as x(id, ord)
                   join durable.runs r on r.run_id = x.id) z
-             where coalesce(z.n <= v_caps[array_position(v_names, z.task_name)], true)
+             where coalesce(z.n <= v_caps[array_position(v_names, z.task_name)],
+                            -- a limited name whose limits were not read here (its first run
+                            -- in this queue came after they were locked) waits for the next
+                            -- claim
+                            not exists (select 1 from durable.limits l
+                                         where l.task_name = z.task_name))
                and (array_position(v_knames, z.task_name) is null
                     or z.kn <= v_klimits[array_position(v_knames, z.task_name)] - (
                            select count(*) from durable.runs r
