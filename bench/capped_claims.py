@@ -24,7 +24,9 @@ import harness
 
 QUEUE = "bench"
 _SPAWN = "select count(*) from durable.spawn_many($1, $2::jsonb)"
-_EXPLAIN = "explain (analyze, buffers, format json) select * from durable.claim($1, 'bench', 60, 10)"
+_EXPLAIN = (
+    "explain (analyze, buffers, format json) select * from durable.claim($1, 'bench', 60, 10)"
+)
 
 
 async def _load(dsn: str, capped: int, free: int) -> None:
