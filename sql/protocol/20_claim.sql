@@ -2,9 +2,9 @@
 -- policies, and the workers' liveness the reaper reads.
 
 -- Claim up to p_qty runs of p_queue for worker p_worker_id, each under a lease of p_claim_timeout
--- seconds. First records the starts the worker reports (p_started: runs whose handlers got a
--- slot since its last report; see RESERVED in 00_model.sql), reaps the queue's lapsed leases
--- and enforces the cancellation policies whose moment passed. A queue with limits (recorded on
+-- seconds. First reaps the queue's lapsed leases and enforces the cancellation policies whose
+-- moment passed; last records the starts the worker reports (p_started: runs whose handlers got
+-- a slot since its last report; see RESERVED in 00_model.sql). A queue with limits (recorded on
 -- it, or on another queue for a task name waiting here), partitioned runs, or task names this
 -- worker skips (p_skip_names: names it deferred, unknown to its code) picks its runs through
 -- pick_runs(); any other takes its claimable runs in claim order (priority desc, available_at,
@@ -34,6 +34,7 @@ declare
     v_lease  timestamptz;
     v_picked uuid[];
     v_limited boolean;
+    v_claimed boolean;
 begin
     perform durable.check_queue(p_queue);
     if p_claim_timeout is null or p_claim_timeout <= 0 then
@@ -46,13 +47,13 @@ begin
         raise exception 'code version must be at most 255 characters' using errcode = 'DU005';
     end if;
     v_lease := v_now + make_interval(secs => p_claim_timeout);
-    if cardinality(p_started) > 0 then
-        perform durable.record_starts(p_worker_id, p_started);
-    end if;
     perform durable.reap_runs(p_queue, v_now);
     perform durable.enforce_cancellations(v_now);
     -- a paused queue hands out nothing (its lapsed leases are reaped all the same)
     if exists (select 1 from durable.paused_queues q where q.queue = p_queue) then
+        if cardinality(p_started) > 0 then
+            perform durable.record_starts(p_worker_id, p_started);
+        end if;
         return;
     end if;
     if cardinality(p_skip_names) > 0
@@ -107,7 +108,13 @@ begin
           from claimed c join durable.tasks t on t.task_id = c.task_id
          order by t.priority desc, c.run_id;
     end if;
-    if found then
+    v_claimed := found;
+    -- the starts last, then the worker's row: the order of extend_claims(), which locks the
+    -- same runs (in run_id order) before the same row
+    if cardinality(p_started) > 0 then
+        perform durable.record_starts(p_worker_id, p_started);
+    end if;
+    if v_claimed then
         insert into durable.workers as w (worker_id, started_at, last_seen_at, expires_at)
         values (p_worker_id, v_now, v_now, v_lease)
         on conflict (worker_id) do update

@@ -388,13 +388,10 @@ security definer set search_path = pg_catalog, pg_temp set random_page_cost = 1.
 declare
     v_now timestamptz := durable.now();
 begin
-    update durable.workers
-       set last_seen_at = v_now, expires_at = v_now + make_interval(secs => p_worker_ttl),
-           busy = coalesce(p_busy, busy), claimed_ahead = coalesce(p_ahead, claimed_ahead),
-           stats_at = case when p_busy is null then stats_at else v_now end
-     where worker_id = p_worker_id;
     -- a running task past its max_duration is cancelled here even when nobody claims
     perform durable.enforce_cancellations(v_now);
+    -- the runs (in run_id order), then the worker's row: the order of claim(), which records
+    -- the starts its worker reports before it touches the same row
     return query
     with live as (
         select r.run_id from durable.runs r
@@ -411,6 +408,11 @@ begin
     )
     select u.id from unnest(p_run_ids) as u(id)
      where not exists (select 1 from extended e where e.run_id = u.id);
+    update durable.workers
+       set last_seen_at = v_now, expires_at = v_now + make_interval(secs => p_worker_ttl),
+           busy = coalesce(p_busy, busy), claimed_ahead = coalesce(p_ahead, claimed_ahead),
+           stats_at = case when p_busy is null then stats_at else v_now end
+     where worker_id = p_worker_id;
 end $$;
 
 -- ---------------------------------------------------------------------------------------------
