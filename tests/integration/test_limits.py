@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import Counter
 from typing import Any
 
 import anyio
 import asyncpg
 import pytest
+from support.database import connection, with_database
 from support.in_process import running_worker
 
 from durable import Client, Durable, InvalidArgument, SpawnOptions, TaskContext
@@ -74,6 +76,51 @@ async def test_runs_behind_a_capped_head_are_claimed(
     claims = await client.claim("q", "w1", 60, 10)
     # in claim order (FIFO), none of the capped ones
     assert [(c.task_name, c.params["i"]) for c in claims] == [("free", i) for i in range(10)]
+
+
+async def _rows_read_by_a_claim(dsn: str, capped: int) -> int:
+    """The runs a claim of 10 reads (heap tuples fetched or scanned, from the transaction's own
+    statistics) behind ``capped`` runs of a name at its limit."""
+    async with Client(dsn) as client:
+        await client.set_limit("q", "capped", concurrency=1)
+        await client.spawn_many("q", [("capped", {"i": i}) for i in range(capped)])
+        [head] = await client.claim("q", "holder", 3600, 1)
+        assert head.task_name == "capped"
+        await client.spawn_many("q", [("free", {"i": i}) for i in range(100)])
+    async with connection(dsn) as conn:
+        await conn.execute("vacuum analyze durable.runs")
+        read = []
+        for _ in range(3):  # rolled back each time: every claim finds the same queue
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                claimed = await conn.fetch("select * from durable.claim('q', 'w1', 60, 10)")
+                assert [r["task_name"] for r in claimed] == ["free"] * 10
+                n = await conn.fetchval(
+                    "select idx_tup_fetch + seq_tup_read from pg_stat_xact_user_tables"
+                    " where relid = 'durable.runs'::regclass"
+                )
+            finally:
+                await tx.rollback()
+            read.append(int(n))
+        return min(read)
+
+
+async def test_a_claim_behind_a_capped_head_reads_none_of_the_capped_runs(
+    dsn: str, server_dsn: str, template_db: str
+) -> None:
+    """20 times more capped runs ahead: the claim reads no more runs (it used to read them all)."""
+    other = f"t_{uuid.uuid4().hex}"
+    async with connection(server_dsn) as conn:
+        await conn.execute(f'create database "{other}" template "{template_db}"')
+    try:
+        small = await _rows_read_by_a_claim(dsn, 1_000)
+        big = await _rows_read_by_a_claim(with_database(server_dsn, other), 20_000)
+    finally:
+        async with connection(server_dsn) as conn:
+            await conn.execute(f'drop database if exists "{other}" with (force)')
+    assert big <= small + 10, (small, big)
+    assert big < 1_000, big
 
 
 async def test_a_key_limit_needs_a_key_and_a_key_must_be_a_string(dsn: str) -> None:
