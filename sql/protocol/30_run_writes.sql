@@ -16,7 +16,8 @@ declare
     v_run durable.runs;
 begin
     v_run := durable.lock_live_run(p_queue, p_run_id, v_now);
-    update durable.runs set state = 'completed', finished_at = v_now where run_id = p_run_id;
+    update durable.runs set state = 'completed', finished_at = v_now, reserved = false
+     where run_id = p_run_id;
     update durable.tasks set state = 'completed', result = coalesce(p_result, 'null'),
                              finished_at = v_now
      where task_id = v_run.task_id;
@@ -57,7 +58,7 @@ begin
          order by r.run_id
            for update of r
     ), done_runs as (
-        update durable.runs r set state = 'completed', finished_at = v_now
+        update durable.runs r set state = 'completed', finished_at = v_now, reserved = false
           from live where r.run_id = live.run_id
         returning r.run_id, r.task_id
     ), done_tasks as (
@@ -139,6 +140,8 @@ begin
             using errcode = 'DU005';
     end if;
     v_run := durable.lock_live_run(p_queue, p_run_id, v_now);
+    -- a failure its worker writes: the handler ran
+    update durable.runs set reserved = false where run_id = p_run_id and reserved;
     return durable.fail_locked_run(
         v_run, p_reason, p_error,
         coalesce(p_retry_at, v_now + make_interval(secs => p_retry_in)), v_now);

