@@ -239,17 +239,18 @@ class Client:
         code_version: str | None = None,
         started: Sequence[uuid.UUID] = (),
         skip_names: Sequence[str] = (),
-        reserve: bool = False,
+        slots: int | None = None,
     ) -> list[Claim]:
         """Claim up to ``qty`` runs of ``queue`` under a lease of ``claim_timeout``; each run
         records ``code_version``, the code the worker runs (shown by ``durable show``).
 
-        With ``reserve``, each claimed run is reserved until the worker reports that its
-        handler started: ``started`` lists this worker's runs whose handlers started since its
-        last report (here or in :meth:`extend_claims`). A reserved run whose worker dies goes
-        back to its queue without spending an attempt; without ``reserve`` a claimed run counts
-        as started. Runs of the task names in ``skip_names`` are left for
-        other workers (names this worker's code does not know)."""
+        The runs come back in priority order; with ``slots`` (the worker's free handler slots),
+        the first ``slots`` count as started from their claim and the others are reserved until
+        the worker reports that their handlers started: ``started`` lists this worker's runs
+        whose handlers started since its last report (here or in :meth:`extend_claims`). A
+        reserved run whose worker dies goes back to its queue without spending an attempt.
+        Without ``slots``, every claimed run counts as started. Runs of the task names in
+        ``skip_names`` are left for other workers (names this worker's code does not know)."""
         check_queue_name(queue)
         return await self.store.claim(
             queue,
@@ -259,7 +260,7 @@ class Client:
             code_version,
             started,
             skip_names,
-            reserve,
+            slots,
         )
 
     async def complete(self, queue: str, run_id: uuid.UUID, result: Any = None) -> None:

@@ -356,7 +356,7 @@ class Store:
         code_version: str | None = None,
         started: Sequence[uuid.UUID] = (),
         skip_names: Sequence[str] = (),
-        reserve: bool = False,
+        slots: int | None = None,
     ) -> list[Claim]:
         async with self._translate():
             rows = await self._pool.fetch(
@@ -368,7 +368,7 @@ class Store:
                 code_version,
                 list(started) or None,
                 list(skip_names) or None,
-                reserve,
+                slots,
             )
         # by position (the columns _CLAIM names): a short task's claim is on the hot path
         return [

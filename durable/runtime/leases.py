@@ -6,10 +6,10 @@
   (the database is down or cut off: other workers reap them, this one must not write for them).
 * :func:`supervise_heartbeats`: a task declared with ``heartbeat_timeout=S`` that goes S seconds
   without ``ctx.heartbeat()`` or a checkpoint is stopped (recorded ``heartbeat_timeout``).
-* :class:`StartReports`: the runs whose handlers started since the worker last told the
-  database; the report rides on the next claim or lease renewal (no statement of its own), and
-  until then the run is reserved: if the worker dies, its task goes back without spending an
-  attempt (RESERVED in ``sql/protocol/00_model.sql``).
+* :class:`StartReports`: the runs claimed ahead of a free slot whose handlers started since the
+  worker last told the database; the report rides on the next claim or lease renewal (no
+  statement of its own), and until then the run is reserved: if the worker dies, its task goes
+  back without spending an attempt (RESERVED in ``sql/protocol/00_model.sql``).
 * :class:`LivenessThread`: the worker's liveness from a thread with its own connection, so a
   handler that blocks the event loop lets its lease lapse (reaped as ``heartbeat_timeout``)
   without the worker looking dead (which would read as ``crash``).

@@ -358,6 +358,11 @@ class Worker:
         waiting out the backoff delay, or less when drained or the LISTEN connection is back)."""
         opts = self.options
         started = self._starts.pending()
+        # the handler slots free now: the first runs the claim returns take them at once (no
+        # run waits for a slot while one is free) and count as started; the others wait,
+        # reserved until their start is reported
+        unfinished = sum(1 for control in self.active.values() if not control.finished)
+        slots = max(0, opts.concurrency - unfinished)
         try:
             # shielded: runs a claim took are handed back if the worker is cancelled meanwhile
             # (see run's finally), not left to lapse into a crash
@@ -372,7 +377,7 @@ class Worker:
                         code_version=self.code_version,
                         started=started,
                         skip_names=self._skipped_names(),
-                        reserve=True,
+                        slots=slots,
                     ),
                 )
         except DatabaseUnavailable as exc:

@@ -27,15 +27,17 @@
 -- state. A worker's heartbeat (extend_claims) renews the leases it holds; a checkpoint or a
 -- progress report renews its run's lease too.
 --
--- RESERVED: a claimed run is reserved (runs.reserved) from its claim until its worker reports
--- that its handler started. The report rides on statements the worker sends anyway: its next
--- claim or heartbeat (the p_started of claim() and extend_claims()); a checkpoint, a progress
--- write or a lease extension of the run counts as one, and a run that completes or fails
--- through its worker obviously started. A reserved run whose lease is reaped never ran its
--- handler as far as anyone knows: it ends 'released' (reserved, with the reap's reason and
--- error) and its task goes back to pending without spending an attempt, at most 3 times per
--- task (reserved_reaps_free); any later such reap spends an attempt like any reap, so a handler
--- that kills its worker before its start is reported still ends failed.
+-- RESERVED: a run a worker claims ahead of a free handler slot (claim()'s runs beyond p_slots)
+-- is reserved (runs.reserved) until its worker reports that its handler started; a run claimed
+-- into a free slot counts as started from its claim (its handler starts at once: the safe side,
+-- its worker's death spends its attempt). The report rides on statements the worker sends
+-- anyway: its next claim or heartbeat (the p_started of claim() and extend_claims()); a
+-- checkpoint, a progress write or a lease extension of the run counts as one, and a run that
+-- completes or fails through its worker obviously started. A reserved run whose lease is reaped
+-- never ran its handler as far as anyone knows: it ends 'released' (reserved, with the reap's
+-- reason and error) and its task goes back to pending without spending an attempt, at most 3
+-- times per task (reserved_reaps_free); any later such reap spends an attempt like any reap, so
+-- a handler that kills its worker before its start is reported still ends failed.
 --
 -- CHECKPOINT: (task_id, step_name) -> value, written only by the lease holder, once: a later write
 -- of the same step changes nothing. A later attempt reads the checkpoints back and skips the

@@ -8,20 +8,21 @@
 -- it, or on another queue for a task name waiting here), partitioned runs, or task names this
 -- worker skips (p_skip_names: names it deferred, unknown to its code) picks its runs through
 -- pick_runs(); any other takes its claimable runs in claim order (priority desc, available_at,
--- run_id), skipping those another claim holds. With p_reserve (a worker that reports its
--- handlers' starts), every claimed run is reserved until its worker reports its start; without
--- it (a client that claims and runs at once), a claimed run counts as started. A worker that
--- claimed something is alive: it is registered if unknown, and its liveness lasts at least as
--- long as the lease. random_page_cost = 1.1 lets the planner
--- find the claimed runs and their tasks by key (index probes of a few rows priced as what they
--- cost on a cached or solid-state database) instead of scanning a small table.
+-- run_id), skipping those another claim holds. The claimed runs come back in priority order
+-- (then run_id): the first p_slots go to the worker's free handler slots and count as started
+-- from their claim; the others wait for a slot, reserved until the worker reports their start
+-- (RESERVED in 00_model.sql). Without p_slots (a client that runs what it claims at once), every
+-- claimed run counts as started. A worker that claimed something is alive: it is registered if
+-- unknown, and its liveness lasts at least as long as the lease. random_page_cost = 1.1 lets the
+-- planner find the claimed runs and their tasks by key (index probes of a few rows priced as
+-- what they cost on a cached or solid-state database) instead of scanning a small table.
 -- Each claimed run records p_code_version, the code version of the worker that runs it.
 create or replace function durable.claim(p_queue text, p_worker_id text,
                                          p_claim_timeout double precision, p_qty integer default 1,
                                          p_code_version text default null,
                                          p_started uuid[] default null,
                                          p_skip_names text[] default null,
-                                         p_reserve boolean default false)
+                                         p_slots integer default null)
 returns table (run_id uuid, task_id uuid, task_name text, params jsonb, headers jsonb,
                attempt integer, max_attempts integer, timeout_s double precision,
                heartbeat_timeout_s double precision, lease_expires_at timestamptz,
@@ -67,25 +68,28 @@ begin
                      and r.partition_key is not null) then
         v_picked := durable.pick_runs(p_queue, p_qty, v_now, coalesce(p_skip_names, '{}'));
         return query
-        with claimed as (
+        with ranked as (
+            select r.run_id, row_number() over (order by r.priority desc, r.run_id) as n
+              from durable.runs r where r.run_id = any(v_picked)
+        ), claimed as (
             update durable.runs r
                set state = 'running', claimed_by = p_worker_id, started_at = v_now,
                    lease_s = p_claim_timeout, lease_expires_at = v_lease,
-                   code_version = p_code_version, reserved = p_reserve
-             where r.run_id = any(v_picked)
-            returning r.run_id, r.task_id, r.attempt
+                   code_version = p_code_version, reserved = coalesce(ranked.n > p_slots, false)
+              from ranked where r.run_id = ranked.run_id
+            returning r.run_id, r.task_id, r.attempt, r.priority
         )
         select c.run_id, t.task_id, t.task_name, t.params, t.headers, c.attempt, t.max_attempts,
                t.timeout_s, t.heartbeat_timeout_s, v_lease,
                exists (select 1 from durable.checkpoints k where k.task_id = t.task_id)
           from claimed c join durable.tasks t on t.task_id = c.task_id
-         order by t.priority desc, c.run_id;
+         order by c.priority desc, c.run_id;
     else
         -- (a run of a limited name spawned since the check above waits for the next claim)
         v_limited := exists (select 1 from durable.limits);
         return query
         with picked as (
-            select r.run_id from durable.runs r
+            select r.run_id, r.priority from durable.runs r
              where r.queue = p_queue and r.state in ('pending', 'sleeping')
                and r.available_at <= v_now
                and (not v_limited
@@ -94,19 +98,22 @@ begin
              order by r.priority desc, r.available_at, r.run_id
              limit greatest(p_qty, 0)
              for update skip locked
+        ), ranked as (
+            select p.run_id, row_number() over (order by p.priority desc, p.run_id) as n
+              from picked p
         ), claimed as (
             update durable.runs r
                set state = 'running', claimed_by = p_worker_id, started_at = v_now,
                    lease_s = p_claim_timeout, lease_expires_at = v_lease,
-                   code_version = p_code_version, reserved = p_reserve
-              from picked where r.run_id = picked.run_id
-            returning r.run_id, r.task_id, r.attempt
+                   code_version = p_code_version, reserved = coalesce(ranked.n > p_slots, false)
+              from ranked where r.run_id = ranked.run_id
+            returning r.run_id, r.task_id, r.attempt, r.priority
         )
         select c.run_id, t.task_id, t.task_name, t.params, t.headers, c.attempt, t.max_attempts,
                t.timeout_s, t.heartbeat_timeout_s, v_lease,
                exists (select 1 from durable.checkpoints k where k.task_id = t.task_id)
           from claimed c join durable.tasks t on t.task_id = c.task_id
-         order by t.priority desc, c.run_id;
+         order by c.priority desc, c.run_id;
     end if;
     v_claimed := found;
     -- the starts last, then the worker's row: the order of extend_claims(), which locks the
