@@ -353,16 +353,14 @@ class Worker:
         )
         return delay
 
-    async def _claim(self, queue: str, free: int, backoff: ReconnectBackoff) -> list[Claim] | None:
-        """Claim up to ``free`` runs of ``queue``; None when the database is unreachable (after
-        waiting out the backoff delay, or less when drained or the LISTEN connection is back)."""
+    async def _claim(
+        self, queue: str, free: int, slots: int, backoff: ReconnectBackoff
+    ) -> list[Claim] | None:
+        """Claim up to ``free`` runs of ``queue``, the first ``slots`` of them into free handler
+        slots; None when the database is unreachable (after waiting out the backoff delay, or
+        less when drained or the LISTEN connection is back)."""
         opts = self.options
         started = self._starts.pending()
-        # the handler slots free now: the first runs the claim returns take them at once (no
-        # run waits for a slot while one is free) and count as started; the others wait,
-        # reserved until their start is reported
-        unfinished = sum(1 for control in self.active.values() if not control.finished)
-        slots = max(0, opts.concurrency - unfinished)
         try:
             # shielded: runs a claim took are handed back if the worker is cancelled meanwhile
             # (see run's finally), not left to lapse into a crash
@@ -419,15 +417,20 @@ class Worker:
                 free = self._free_slots()
                 if free <= 0 or self._draining.is_set():
                     break
+                # the handler slots free now: the first runs the claim returns take them at once
+                # (no run waits for a slot while one is free) and count as started; the others
+                # wait, reserved until their start is reported
+                unfinished = sum(1 for control in self.active.values() if not control.finished)
+                slots = max(0, opts.concurrency - unfinished)
                 claimed_at = time.monotonic()
-                claims = await self._claim(queue, free, backoff)
+                claims = await self._claim(queue, free, slots, backoff)
                 if claims is None:
                     unavailable = True  # backed off already: start over
                     break
                 self._ahead.claimed(time.monotonic() - claimed_at)
                 claimed_full = claimed_full or len(claims) == free
-                for claim in claims:
-                    self._start(runs, claim)
+                for n, claim in enumerate(claims):
+                    self._start(runs, claim, reserved=n >= slots)
             backlog = claimed_full
             if unavailable or claimed_full:
                 continue  # there may be more: claim again as soon as slots allow
@@ -452,8 +455,11 @@ class Worker:
         unfinished = sum(1 for control in self.active.values() if not control.finished)
         return min(limit - unfinished, limit + 2 * self.options.concurrency - len(self.active))
 
-    def _start(self, runs: asyncio.Queue[RunControl | None], claim: Claim) -> None:
+    def _start(
+        self, runs: asyncio.Queue[RunControl | None], claim: Claim, *, reserved: bool
+    ) -> None:
         control = RunControl(claim, on_finish=self._handler_done, on_end=self._run_ended)
+        control.reserved = reserved
         self.active[claim.run_id] = control
         log.info("run.claimed", **control.ids, worker=self.worker_id)
         runs.put_nowait(control)  # a runner is free: there are as many as active runs can be
@@ -489,7 +495,8 @@ class Worker:
             control.start()  # its handler, discard hook or unknown-task deferral runs now
             definition = self.registry.get(claim.task_name)
             if claim.task_name == DISCARD_TASK:
-                self._starts.started(claim.run_id)
+                if control.reserved:
+                    self._starts.started(claim.run_id)
                 if not await run_discard_hook(self.client, self.registry, control):
                     # the hook's task is unknown here: this hook comes back later (others run)
                     await self._defer_unknown(control, skip=False)
@@ -498,7 +505,8 @@ class Worker:
             else:
                 # its handler starts now, with no await before its first line: the next claim
                 # or lease renewal tells the database (no statement of its own)
-                self._starts.started(claim.run_id)
+                if control.reserved:
+                    self._starts.started(claim.run_id)
                 handed_over = await execute(
                     self.client, definition, control, self._writes, self._observer
                 )
