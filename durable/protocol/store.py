@@ -1328,7 +1328,9 @@ async def _on_callers_connection() -> AsyncIterator[None]:
                 " Durable app on it once (it migrates)"
             ) from exc
         raise _map_postgres_error(exc, functools.partial(_callers_connection_failed, exc)) from exc
-    except (OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+    except (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError, TimeoutError) as exc:
+        # InternalClientError: the connection's protocol state broke when its server went away
+        # mid-operation (seen after pg_terminate_backend), as in Store's own mapping
         raise _callers_connection_failed(exc) from exc
 
 
