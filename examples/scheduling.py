@@ -62,6 +62,12 @@ async def call_partner(ctx: TaskContext, params: dict[str, Any]) -> str:
     return f"called for {params['tenant']}"
 
 
+# at most 2 runs per tenant at once, across every worker and queue, while other tenants run
+@app.task(name="sync_tenant", queue="partners", concurrency_key=lambda p: p["tenant"], key_limit=2)
+async def sync_tenant(ctx: TaskContext, params: dict[str, Any]) -> str:
+    return f"synced {params['tenant']}"
+
+
 # --8<-- [end:limits]
 
 
@@ -162,8 +168,13 @@ async def main() -> None:
         print("cancel_by:", cancelled, (await app.get_task(planned.task_id)).state)
         await app.cancel(later.task_id)
         await quote.spawn({"item": "mug"})
+        syncs = [await sync_tenant.spawn({"tenant": t}) for t in ("acme", "acme", "acme", "globex")]
         for call in calls:
             await call.result(timeout=30)
+        for sync in syncs:
+            await sync.result(timeout=30)
+        keyed = await app.get_task(syncs[0].task_id)
+        print(f"key_limit: {len(syncs)} syncs ran, concurrency key {keyed.concurrency_key!r}")
         print("partners: every call ran")
         worker.drain()
 

@@ -101,6 +101,7 @@ def test_scheduling_and_flow_control(dsn: str) -> None:
     assert "dependencies: load got 5 rows" in out
     assert "cancel_by: 1 cancelled" in out
     assert "partners: every call ran" in out
+    assert "key_limit: 4 syncs ran, concurrency key 'acme'" in out
 
 
 def test_batch_runs_one_callback(dsn: str) -> None:
