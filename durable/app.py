@@ -176,8 +176,7 @@ class Durable:
     ) -> None:
         self._entered -= 1
         if self._entered == 0:
-            with anyio.CancelScope(shield=True):
-                await self.client.close()
+            await self.client.close()  # shielded where it must be (its task group is not)
 
     # --- producing ------------------------------------------------------------------------------
 

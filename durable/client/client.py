@@ -5,6 +5,7 @@ Services that drive runs themselves use it directly; the app and the worker are 
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -16,10 +17,13 @@ import anyio
 
 from durable.client import instruments
 from durable.client.results import ResultWaiters
+from durable.client.spawns import Spawn, SpawnBatcher
 from durable.protocol import durations, embedded
+from durable.protocol.codec import RawJson, encode_json
 from durable.protocol.cron import CronExpr, Missed, ScheduleSource
 from durable.protocol.dsn import resolve_dsn
 from durable.protocol.errors import (
+    BatcherClosed,
     DatabaseUnavailable,
     InvalidArgument,
     ScheduleNotFound,
@@ -91,6 +95,11 @@ class Client:
     ``$DURABLE_HOME`` (default ``./.durable``), which needs the ``durable[embedded]`` extra
     (without it, connecting raises ``DatabaseUnavailable``). Connecting applies migrations unless
     ``migrate=False``, in which case an old schema is refused.
+
+    Connecting opens the client's task group, closed by :meth:`close` (so connect and close
+    from the same task, as ``async with`` does): it runs the spawn batcher, through which
+    spawns that other coroutines make while one is in flight share one statement and one
+    commit (:mod:`durable.client.spawns`).
     """
 
     def __init__(
@@ -114,6 +123,8 @@ class Client:
         self._store: Store | None = None
         self._embedded: embedded.EmbeddedServer | None = None
         self._results = ResultWaiters(self.listen)
+        self._tasks: contextlib.AsyncExitStack | None = None  # the client's task group
+        self._spawns: SpawnBatcher | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -139,13 +150,39 @@ class Client:
         except BaseException:
             await self._stop_embedded()
             raise
+        await self._start_tasks(self._store)
+
+    async def _start_tasks(self, store: Store) -> None:
+        """Open the client's task group and start the spawn batcher in it."""
+        async with contextlib.AsyncExitStack() as stack:
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            spawns = SpawnBatcher(store)
+            await tg.start(spawns.run)
+            stack.callback(tg.cancel_scope.cancel)  # on close: the batcher stops (see close)
+            self._tasks, self._spawns = stack.pop_all(), spawns
 
     async def close(self) -> None:
-        await self._results.close()
-        store, self._store = self._store, None
-        if store is not None:
-            await store.close()
-        await self._stop_embedded()
+        """Stop the client's task group, then close its connections (shielded: a cancelled
+        caller still closes them)."""
+        tasks, self._tasks = self._tasks, None
+        try:
+            if tasks is not None:
+                # the batcher writes the spawns it was given, then stops; later ones go alone
+                await tasks.aclose()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._results.close()
+                store, self._store = self._store, None
+                if store is not None:
+                    await store.close()
+                await self._stop_embedded()
+
+    @property
+    def spawn_batches(self) -> tuple[int, int]:
+        """The statements the spawn batcher has sent and the spawns they carried (spawns sent
+        on their own, at low load, are in neither)."""
+        spawns = self._spawns
+        return (0, 0) if spawns is None else (spawns.writes, spawns.items)
 
     async def _stop_embedded(self) -> None:
         server, self._embedded = self._embedded, None
@@ -204,9 +241,25 @@ class Client:
         check_queue_name(queue)
         with instruments.spawn_tracer.spawning(queue, task_name) as traced:
             document = traced.options(options or _NO_OPTIONS).to_json()
-            info = await self.store.spawn(queue, task_name, params, document)
+            info = await self._send_spawn(
+                queue, task_name, encode_json(params, "params"), encode_json(document, "options")
+            )
             traced.spawned(info)
         return info
+
+    async def _send_spawn(
+        self, queue: str, task_name: str, params: RawJson, options: RawJson
+    ) -> SpawnInfo:
+        """The one place that decides how a spawn travels: through the spawn batcher while the
+        client's task group runs it (alone at low load, batched under load), else on its own.
+        A spawn in a caller's own transaction must not come here: it cannot share a commit."""
+        spawns = self._spawns
+        if spawns is not None and isinstance(task_name, str):
+            try:
+                return await spawns.spawn(queue, Spawn(task_name, params, options))
+            except BatcherClosed:
+                pass  # closing: on its own
+        return await self.store.spawn(queue, task_name, params, options)
 
     async def spawn_many(
         self,
