@@ -165,6 +165,7 @@ class Client:
         """Stop the client's task group, then close its connections (shielded: a cancelled
         caller still closes them)."""
         tasks, self._tasks = self._tasks, None
+        self._spawns = None  # later spawns go on their own (and find the client closed)
         try:
             if tasks is not None:
                 # the batcher writes the spawns it was given, then stops; later ones go alone

@@ -1,0 +1,147 @@
+"""Concurrent spawns share a statement and a commit (the client's spawn batcher), end to end:
+fewer statements than spawns, each caller its own handle or its own error, duplicates answered
+as one at a time, one coroutine's spawns in order, a lone spawn sent at once."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import anyio
+import pytest
+from support.database import fetchval
+
+from durable.client import Client
+from durable.protocol.errors import DurableError, InvalidArgument, NotSerializable
+from durable.protocol.records import SpawnInfo, SpawnOptions
+
+pytestmark = pytest.mark.anyio
+
+Q = "batched"
+
+
+async def _spawn_all(client: Client, calls: list[tuple[Any, SpawnOptions | None]]) -> list[Any]:
+    """Spawn each ``(params, options)`` from a coroutine of its own, all at once; per call, its
+    SpawnInfo or the error it raised."""
+    got: list[Any] = [None] * len(calls)
+
+    async def one(i: int) -> None:
+        params, options = calls[i]
+        try:
+            got[i] = await client.spawn(Q, "job", params, options)
+        except DurableError as exc:
+            got[i] = exc
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(calls)):
+            tg.start_soon(one, i)
+    return got
+
+
+async def test_fifty_concurrent_spawns_take_fewer_statements_than_spawns(
+    client: Client, dsn: str
+) -> None:
+    got = await _spawn_all(client, [({"i": i}, None) for i in range(50)])
+    assert all(isinstance(info, SpawnInfo) and info.created for info in got)
+    assert len({info.task_id for info in got}) == 50
+    statements, batched = client.spawn_batches
+    assert batched >= 40  # all but the few sent alone before the first one was in flight
+    assert statements < batched
+    assert statements + (50 - batched) < 50  # fewer statements than spawns, all told
+    assert await fetchval(dsn, "select count(*) from durable.tasks") == 50
+    assert await fetchval(dsn, "select count(*) from durable.runs where state = 'pending'") == 50
+    params = await fetchval(
+        dsn, "select array_agg((params->>'i')::int order by (params->>'i')::int) from durable.tasks"
+    )
+    assert params == list(range(50))
+
+
+async def test_a_lone_spawn_is_sent_at_once_and_alone(client: Client) -> None:
+    with anyio.fail_after(5):
+        for i in range(3):
+            assert (await client.spawn(Q, "job", i)).created
+    assert client.spawn_batches == (0, 0)  # never through the batcher's task
+
+
+async def test_a_bad_spawn_fails_alone_and_the_others_are_made(client: Client, dsn: str) -> None:
+    missing = uuid.uuid4()
+    calls: list[tuple[Any, SpawnOptions | None]] = [({"i": i}, None) for i in range(30)]
+    calls[7] = ({"i": 7}, SpawnOptions(depends_on=[missing]))  # refused by the database
+    calls[19] = ({"bad": float("nan")}, None)  # refused before it joins a batch
+    calls[23] = ({"i": 23}, SpawnOptions(depends_on=[uuid.uuid4()]))  # and another
+    got = await _spawn_all(client, calls)
+    assert isinstance(got[7], InvalidArgument)
+    assert str(missing) in str(got[7])
+    assert isinstance(got[19], NotSerializable)
+    assert isinstance(got[23], InvalidArgument)
+    good = [g for i, g in enumerate(got) if i not in (7, 19, 23)]
+    assert all(isinstance(g, SpawnInfo) and g.created for g in good)
+    assert client.spawn_batches[0] >= 1
+    assert await fetchval(dsn, "select count(*) from durable.tasks") == 27
+
+
+async def test_a_duplicate_key_in_a_batch_returns_the_existing_task(
+    client: Client, dsn: str
+) -> None:
+    first = await client.spawn(Q, "job", "before", SpawnOptions(idempotency_key="old"))
+    calls: list[tuple[Any, SpawnOptions | None]] = []
+    for i in range(40):
+        key = "old" if i % 4 == 0 else "new" if i % 4 == 1 else None
+        calls.append((i, SpawnOptions(idempotency_key=key) if key else None))
+    got = await _spawn_all(client, calls)
+    assert client.spawn_batches[0] >= 1
+    assert all(isinstance(g, SpawnInfo) for g in got)
+    old = [g for i, g in enumerate(got) if i % 4 == 0]
+    new = [g for i, g in enumerate(got) if i % 4 == 1]
+    assert all(
+        not g.created and g.task_id == first.task_id and g.run_id == first.run_id for g in old
+    )
+    assert sum(g.created for g in new) == 1
+    assert len({(g.task_id, g.run_id) for g in new}) == 1
+    assert sum(g.created for i, g in enumerate(got) if i % 4 >= 2) == 20
+    assert await fetchval(dsn, "select count(*) from durable.tasks") == 1 + 1 + 20
+
+
+async def test_each_coroutine_s_spawns_keep_their_order(client: Client) -> None:
+    spawned: dict[int, list[uuid.UUID]] = {c: [] for c in range(10)}
+
+    async def producer(c: int) -> None:
+        for i in range(15):
+            info = await client.spawn(Q, "job", {"c": c, "i": i})
+            spawned[c].append(info.task_id)
+
+    async with anyio.create_task_group() as tg:
+        for c in range(10):
+            tg.start_soon(producer, c)
+    assert client.spawn_batches[0] < 150
+    claimed: list[dict[str, int]] = []
+    while batch := await client.claim(Q, "w", qty=50):
+        claimed += [claim.params for claim in batch]
+    assert len(claimed) == 150
+    for c in range(10):  # claims come in each producer's spawn order
+        assert [p["i"] for p in claimed if p["c"] == c] == list(range(15))
+
+
+async def test_spawns_in_flight_at_close_are_written_and_later_ones_refused(dsn: str) -> None:
+    client = Client(dsn, pool_size=4)
+    got: list[Any] = []
+
+    async def one(i: int) -> None:
+        try:
+            got.append(await client.spawn(Q, "job", i))
+        except DurableError as exc:
+            got.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        await client.connect()  # its task group inside this one: closed before this one ends
+        for i in range(20):
+            tg.start_soon(one, i)
+        await anyio.wait_all_tasks_blocked()  # one spawn in flight, the others queued
+        await client.close()
+    assert len(got) == 20
+    made = [g for g in got if isinstance(g, SpawnInfo)]
+    assert len(made) + sum("not connected" in str(g) for g in got) == 20
+    assert len(made) >= 1
+    assert await fetchval(dsn, "select count(*) from durable.tasks") == len(made)
+    with pytest.raises(DurableError, match="not connected"):
+        await client.spawn(Q, "job", 99)
