@@ -60,6 +60,9 @@ def rows(args: argparse.Namespace) -> list[Row]:
     return [
         Row("enqueue_one", f"enqueue {n:,}, one at a time"),
         Row("enqueue_batch", f"enqueue {n:,}, batched by {args.batch:,}"),
+        Row("service", f"service: {concurrency} coroutines, each awaiting one spawn"),
+        Row("service", "  service: p50 per spawn", "p50_ms", "ms"),
+        Row("service", "  service: p99 per spawn", "p99_ms", "ms"),
         Row("noop", f"end to end, {n:,} no-op, c={concurrency}"),
         Row("steps3", f"end to end, {args.steps_n:,} x 3 steps, c={concurrency}"),
         Row("latency", "spawn-to-start p50, low load", "p50_ms", "ms"),
@@ -281,6 +284,16 @@ def ratios(
             theirs = get(workload, peer)
             if ours and theirs:
                 out.append(f"{label}: durable / {peer} = {ours / theirs:.2f}x")
+    for peer in peers:
+        if (ours := get("enqueue_one", "durable")) and (theirs := get("enqueue_one", peer)):
+            out.append(f"enqueue one at a time: durable / {peer} = {ours / theirs:.2f}x")
+        if (ours := get("service", "durable")) and (theirs := get("service", peer)):
+            p99 = get("service", "durable", "p99_ms")
+            their_p99 = get("service", peer, "p99_ms")
+            out.append(
+                f"service: durable / {peer} = {ours / theirs:.2f}x tasks/s, "
+                f"p99 {fmt(p99, 'ms')} ms vs {fmt(their_p99, 'ms')} ms"
+            )
     if (full := get("backlog", "durable")) and (empty := get("noop", "durable")):
         out.append(f"backlog: durable behind the backlog / empty queue = {full / empty:.2f}")
     if (scaled := get("scale", "durable")) and (single := get("noop", "durable")):
