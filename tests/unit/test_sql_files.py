@@ -6,7 +6,7 @@ from durable.protocol.migrate import PROTOCOL_VERSION, load_migrations, load_pro
 
 #: The protocol's version and the sha256 of its files at that version. A change to sql/protocol/
 #: is a new protocol: raise PROTOCOL_VERSION and pin the new hash here.
-PINNED = (5, "14064a1917a0ca6c6d7cea89a88ba94def367c33a77021f850ae0cc80dfc0365")
+PINNED = (6, "c5b90c642cb5516becb274f7b6378ad7b576e8f4e65dc9efe1a795fece94f4d9")
 
 _DEFINITION = re.compile(r"^create\s+(or\s+replace\s+)?function\s+durable\.(\w+)\(", re.I | re.M)
 
