@@ -9,7 +9,7 @@ from typing import Any
 
 import anyio
 import pytest
-from support.database import fetchval
+from support.database import connection, fetchval
 
 from durable.client import Client
 from durable.protocol.errors import DurableError, InvalidArgument, NotSerializable
@@ -145,3 +145,41 @@ async def test_spawns_in_flight_at_close_are_written_and_later_ones_refused(dsn:
     assert await fetchval(dsn, "select count(*) from durable.tasks") == len(made)
     with pytest.raises(DurableError, match="not connected"):
         await client.spawn(Q, "job", 99)
+
+
+async def test_every_spawn_path_writes_the_same_rows(client: Client, dsn: str) -> None:
+    """durable.spawn without options (one statement), with an option at its default (the
+    general path), alone through spawn_many and batched: the same task and run, ids and times
+    aside; the one notification each."""
+    made = [
+        await client.spawn(Q, "job", {"i": 0}),
+        await client.spawn(Q, "job", {"i": 0}, SpawnOptions(priority=0)),
+        (await client.spawn_many(Q, [("job", {"i": 0})]))[0],
+        (await client.spawn_many(Q, [("job", {"i": 0}, SpawnOptions(priority=0))]))[0],
+    ]
+    ignored = {"task_id", "run_id", "created_at", "scheduled_at", "available_at", "updated_at"}
+    async with connection(dsn) as conn:
+        tasks = [
+            {k: v for k, v in dict(r).items() if k not in ignored}
+            for r in await conn.fetch(
+                "select * from durable.tasks where task_id = any($1::uuid[]) order by task_id",
+                [m.task_id for m in made],
+            )
+        ]
+        runs = [
+            {k: v for k, v in dict(r).items() if k not in ignored}
+            for r in await conn.fetch(
+                "select * from durable.runs where run_id = any($1::uuid[]) order by run_id",
+                [m.run_id for m in made],
+            )
+        ]
+        times = await conn.fetch(
+            "select t.created_at = t.scheduled_at and r.available_at = t.created_at"
+            " and r.created_at = t.created_at as same"
+            " from durable.tasks t join durable.runs r using (task_id)"
+        )
+    assert len(tasks) == len(runs) == 4
+    assert all(t == tasks[0] for t in tasks)
+    assert all(r == runs[0] for r in runs)
+    assert all(row["same"] for row in times)
+    assert all(m.created and m.attempt == 1 for m in made)
