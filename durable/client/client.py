@@ -17,9 +17,9 @@ import anyio
 
 from durable.client import instruments
 from durable.client.results import ResultWaiters
-from durable.client.spawns import Spawn, SpawnBatcher
+from durable.client.spawns import ALONE_OPTIONS, Spawn, SpawnBatcher
 from durable.protocol import durations, embedded
-from durable.protocol.codec import RawJson, encode_json
+from durable.protocol.codec import encode_json
 from durable.protocol.cron import CronExpr, Missed, ScheduleSource
 from durable.protocol.dsn import resolve_dsn
 from durable.protocol.errors import (
@@ -125,6 +125,7 @@ class Client:
         self._results = ResultWaiters(self.listen)
         self._tasks: contextlib.AsyncExitStack | None = None  # the client's task group
         self._spawns: SpawnBatcher | None = None
+        self._spawned: SpawnBatcher | None = None  # the last batcher, for its counts
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -159,7 +160,7 @@ class Client:
             spawns = SpawnBatcher(store)
             await tg.start(spawns.run)
             stack.callback(tg.cancel_scope.cancel)  # on close: the batcher stops (see close)
-            self._tasks, self._spawns = stack.pop_all(), spawns
+            self._tasks, self._spawns, self._spawned = stack.pop_all(), spawns, spawns
 
     async def close(self) -> None:
         """Stop the client's task group, then close its connections (shielded: a cancelled
@@ -181,8 +182,8 @@ class Client:
     @property
     def spawn_batches(self) -> tuple[int, int]:
         """The statements the spawn batcher has sent and the spawns they carried (spawns sent
-        on their own, at low load, are in neither)."""
-        spawns = self._spawns
+        on their own, at low load, are in neither), since the client last connected."""
+        spawns = self._spawned
         return (0, 0) if spawns is None else (spawns.writes, spawns.items)
 
     async def _stop_embedded(self) -> None:
@@ -242,25 +243,29 @@ class Client:
         check_queue_name(queue)
         with instruments.spawn_tracer.spawning(queue, task_name) as traced:
             document = traced.options(options or _NO_OPTIONS).to_json()
-            info = await self._send_spawn(
-                queue, task_name, encode_json(params, "params"), encode_json(document, "options")
-            )
+            info = await self._send_spawn(queue, task_name, params, document)
             traced.spawned(info)
         return info
 
     async def _send_spawn(
-        self, queue: str, task_name: str, params: RawJson, options: RawJson
+        self, queue: str, task_name: str, params: Any, options: dict[str, Any]
     ) -> SpawnInfo:
         """The one place that decides how a spawn travels: through the spawn batcher while the
-        client's task group runs it (alone at low load, batched under load), else on its own.
-        A spawn in a caller's own transaction must not come here: it cannot share a commit."""
+        client's task group runs it (alone at low load, batched under load; alone, too, when
+        its options lock other rows), else on its own. Params and options are checked here,
+        in the caller's task, so a bad spawn fails alone. A spawn in a caller's own transaction
+        must not come here: it cannot share a commit."""
+        encoded = encode_json(params, "params")
+        document = encode_json(options, "options")
         spawns = self._spawns
         if spawns is not None and isinstance(task_name, str):
+            key = options.get("idempotency_key")
+            spawn = Spawn(task_name, encoded, document, key if isinstance(key, str) else None)
             try:
-                return await spawns.spawn(queue, Spawn(task_name, params, options))
+                return await spawns.spawn(queue, spawn, alone=not ALONE_OPTIONS.isdisjoint(options))
             except BatcherClosed:
                 pass  # closing: on its own
-        return await self.store.spawn(queue, task_name, params, options)
+        return await self.store.spawn(queue, task_name, encoded, document)
 
     async def spawn_many(
         self,

@@ -30,12 +30,19 @@ from durable.protocol.store import Store
 MAX_BATCH = 200
 
 
+#: Options whose spawn locks rows besides its own (a unique key's lock, its dependencies, its
+#: parent): such a spawn is sent alone, as before batching, so two batches never wait on each
+#: other's locks.
+ALONE_OPTIONS = frozenset({"unique", "depends_on", "parent_task_id"})
+
+
 class Spawn(NamedTuple):
     """One spawn, checked and encoded: what a batch carries."""
 
     task_name: str
     params: RawJson
     options: RawJson
+    idempotency_key: str | None = None
 
 
 class SpawnBatcher(Batcher[str, Spawn, SpawnInfo]):
@@ -45,13 +52,16 @@ class SpawnBatcher(Batcher[str, Spawn, SpawnInfo]):
         self._store = store
         self._alone = 0  # spawns sent by their callers themselves, in flight
         self._queued = 0  # spawns given to the batcher, not answered yet
+        #: Batch statements the database refused, whose spawns were then sent one by one.
+        self.refused = 0
         super().__init__(self._spawn, max_batch=MAX_BATCH)
 
-    async def spawn(self, queue: str, spawn: Spawn) -> SpawnInfo:
+    async def spawn(self, queue: str, spawn: Spawn, *, alone: bool = False) -> SpawnInfo:
         """Send ``spawn``: at once from the caller's task when no other spawn is in flight (no
-        hop through the batcher's task), else batched with the others that wait. Raises the
-        spawn's own error, or :class:`BatcherClosed` when the batcher has stopped."""
-        if not self._alone and not self._queued:
+        hop through the batcher's task) or when it must go ``alone``, else batched with the
+        others that wait. Raises the spawn's own error, or :class:`BatcherClosed` when the
+        batcher has stopped."""
+        if alone or (not self._alone and not self._queued):
             self._alone += 1
             try:
                 return await self._store.spawn(queue, spawn.task_name, spawn.params, spawn.options)
@@ -66,15 +76,25 @@ class SpawnBatcher(Batcher[str, Spawn, SpawnInfo]):
     async def _spawn(self, queue: str, spawns: list[Spawn]) -> Sequence[SpawnInfo | Exception]:
         if len(spawns) == 1:
             return [await self._one(queue, spawns[0])]
+        # idempotency keys in one order across batches: two batches inserting the same keys
+        # wait for each other in that order, never in a circle (each caller has one spawn in a
+        # batch, so its own order is kept)
+        order = sorted(range(len(spawns)), key=lambda i: _key_order(spawns[i]))
         results: list[SpawnInfo | Exception] = []
-        for chunk in _by_size(spawns):
+        for chunk in _by_size([spawns[i] for i in order]):
             try:
-                results += await self._store.spawn_encoded(queue, chunk)
+                results += await self._store.spawn_encoded(
+                    queue, [(s.task_name, s.params, s.options) for s in chunk]
+                )
             except DatabaseUnavailable:
                 raise  # every caller of this batch gets it: no retry per spawn
             except Exception:  # noqa: BLE001 — one bad spawn: send them one by one, below
+                self.refused += 1
                 results += [await self._one(queue, spawn) for spawn in chunk]
-        return results
+        answers: list[SpawnInfo | Exception] = [results[0]] * len(spawns)
+        for at, i in enumerate(order):
+            answers[i] = results[at]
+        return answers
 
     async def _one(self, queue: str, spawn: Spawn) -> SpawnInfo | Exception:
         """One spawn on its own, through ``durable.spawn``: its result, or its own error."""
@@ -82,6 +102,12 @@ class SpawnBatcher(Batcher[str, Spawn, SpawnInfo]):
             return await self._store.spawn(queue, spawn.task_name, spawn.params, spawn.options)
         except Exception as exc:  # noqa: BLE001 — the caller's own error, raised in its task
             return exc
+
+
+def _key_order(spawn: Spawn) -> tuple[bool, str]:
+    """Spawns without a key first, in the order they came; then by key."""
+    key = spawn.idempotency_key
+    return (key is not None, key or "")
 
 
 def _by_size(spawns: list[Spawn]) -> list[list[Spawn]]:

@@ -13,7 +13,7 @@ from support.database import connection, fetchval
 
 from durable.client import Client
 from durable.protocol.errors import DurableError, InvalidArgument, NotSerializable
-from durable.protocol.records import SpawnInfo, SpawnOptions
+from durable.protocol.records import SpawnInfo, SpawnOptions, Unique
 
 pytestmark = pytest.mark.anyio
 
@@ -183,3 +183,43 @@ async def test_every_spawn_path_writes_the_same_rows(client: Client, dsn: str) -
     assert all(r == runs[0] for r in runs)
     assert all(row["same"] for row in times)
     assert all(m.created and m.attempt == 1 for m in made)
+
+
+async def test_two_clients_batching_the_same_keys_in_opposite_orders_never_deadlock(
+    dsn: str,
+) -> None:
+    keys = [f"k{i:03}" for i in range(300)]
+    infos: list[SpawnInfo] = []
+
+    async def producer(client: Client, key: str) -> None:
+        infos.append(await client.spawn(Q, "job", key, SpawnOptions(idempotency_key=key)))
+
+    async with (
+        Client(dsn, pool_size=4) as one,
+        Client(dsn, pool_size=4) as other,
+        anyio.create_task_group() as tg,
+    ):
+        for a, b in zip(keys, reversed(keys), strict=True):
+            tg.start_soon(producer, one, a)
+            tg.start_soon(producer, other, b)
+    assert len(infos) == 600
+    assert sum(i.created for i in infos) == 300
+    assert len({i.task_id for i in infos}) == 300
+    assert one.spawn_batches[0] >= 1
+    assert other.spawn_batches[0] >= 1
+    # no batch was refused (a deadlock between the two would be, then sent one by one)
+    assert one._spawned is not None and one._spawned.refused == 0
+    assert other._spawned is not None and other._spawned.refused == 0
+
+
+async def test_spawns_that_lock_other_rows_are_sent_alone(client: Client, dsn: str) -> None:
+    parent = await client.spawn(Q, "parent", None)
+    calls: list[tuple[Any, SpawnOptions | None]] = [
+        (i, SpawnOptions(parent_task_id=parent.task_id)) for i in range(10)
+    ]
+    calls += [(i, SpawnOptions(depends_on=[parent.task_id])) for i in range(10)]
+    calls += [({"u": i % 2}, SpawnOptions(unique=Unique())) for i in range(10)]
+    got = await _spawn_all(client, calls)
+    assert all(isinstance(g, SpawnInfo) for g in got)
+    assert client.spawn_batches == (0, 0)
+    assert sum(g.created for g in got[20:]) == 2  # one task per unique params
