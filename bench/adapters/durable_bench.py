@@ -239,7 +239,7 @@ async def service(dsn: str, n: int, concurrency: int) -> None:
             for _ in range(concurrency):
                 tg.start_soon(caller)
         seconds = now() - started
-        statements, batched = app.client.spawn_batches
+        statements, batched, _ = app.client.spawn_batches
     service_result(
         n,
         seconds,

@@ -17,7 +17,7 @@ import anyio
 
 from durable.client import instruments
 from durable.client.results import ResultWaiters
-from durable.client.spawns import ALONE_OPTIONS, Spawn, SpawnBatcher
+from durable.client.spawns import ALONE_OPTIONS, Spawn, SpawnBatcher, SpawnBatches
 from durable.protocol import durations, embedded
 from durable.protocol.codec import encode_json
 from durable.protocol.cron import CronExpr, Missed, ScheduleSource
@@ -180,11 +180,13 @@ class Client:
                 await self._stop_embedded()
 
     @property
-    def spawn_batches(self) -> tuple[int, int]:
-        """The statements the spawn batcher has sent and the spawns they carried (spawns sent
-        on their own, at low load, are in neither), since the client last connected."""
+    def spawn_batches(self) -> SpawnBatches:
+        """What the spawn batcher did since the client last connected (spawns sent on their
+        own, at low load, are not counted)."""
         spawns = self._spawned
-        return (0, 0) if spawns is None else (spawns.writes, spawns.items)
+        if spawns is None:
+            return SpawnBatches(0, 0, 0)
+        return SpawnBatches(spawns.writes, spawns.items, spawns.refused)
 
     async def _stop_embedded(self) -> None:
         server, self._embedded = self._embedded, None

@@ -36,6 +36,16 @@ MAX_BATCH = 200
 ALONE_OPTIONS = frozenset({"unique", "depends_on", "parent_task_id"})
 
 
+class SpawnBatches(NamedTuple):
+    """What a client's spawn batcher did: the ``statements`` it sent, the ``spawns`` they
+    carried, and the statements the database ``refused`` (their spawns sent again one by
+    one)."""
+
+    statements: int
+    spawns: int
+    refused: int
+
+
 class Spawn(NamedTuple):
     """One spawn, checked and encoded: what a batch carries."""
 
