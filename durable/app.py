@@ -164,7 +164,7 @@ class Durable:
 
     async def __aenter__(self) -> Durable:
         if self._entered == 0:
-            await self.client.connect()
+            await self.client.__aenter__()  # its task group: exited in __aexit__, this task
         self._entered += 1
         return self
 
@@ -176,7 +176,7 @@ class Durable:
     ) -> None:
         self._entered -= 1
         if self._entered == 0:
-            await self.client.close()  # shielded where it must be (its task group is not)
+            await self.client.__aexit__(exc_type, exc, tb)  # shields what it must
 
     # --- producing ------------------------------------------------------------------------------
 

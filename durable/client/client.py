@@ -96,10 +96,11 @@ class Client:
     (without it, connecting raises ``DatabaseUnavailable``). Connecting applies migrations unless
     ``migrate=False``, in which case an old schema is refused.
 
-    Connecting opens the client's task group, closed by :meth:`close` (so connect and close
-    from the same task, as ``async with`` does): it runs the spawn batcher, through which
-    spawns that other coroutines make while one is in flight share one statement and one
-    commit (:mod:`durable.client.spawns`).
+    ``async with`` also opens the client's task group, closed on exit: it runs the spawn
+    batcher, through which spawns that other coroutines make while one is in flight share one
+    statement and one commit (:mod:`durable.client.spawns`). A client connected with bare
+    :meth:`connect` (and closed with :meth:`close`, perhaps from another task, as a blocking
+    portal's calls are) has no task group: it sends each spawn on its own.
     """
 
     def __init__(
@@ -151,7 +152,6 @@ class Client:
         except BaseException:
             await self._stop_embedded()
             raise
-        await self._start_tasks(self._store)
 
     async def _start_tasks(self, store: Store) -> None:
         """Open the client's task group and start the spawn batcher in it."""
@@ -194,7 +194,14 @@ class Client:
             await embedded.stop_embedded(server)
 
     async def __aenter__(self) -> Client:
+        """Connect and open the client's task group (closed on exit, in the same task)."""
         await self.connect()
+        if self._tasks is None:
+            try:
+                await self._start_tasks(self.store)
+            except BaseException:
+                await self.close()
+                raise
         return self
 
     async def __aexit__(

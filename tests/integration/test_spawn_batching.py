@@ -134,12 +134,11 @@ async def test_spawns_in_flight_at_close_are_written_and_later_ones_refused(dsn:
         except DurableError as exc:
             got.append(exc)
 
-    async with anyio.create_task_group() as tg:
-        await client.connect()  # its task group inside this one: closed before this one ends
+    # the client's task group inside this one: closed before this one ends
+    async with anyio.create_task_group() as tg, client:
         for i in range(20):
             tg.start_soon(one, i)
         await anyio.wait_all_tasks_blocked()  # one spawn in flight, the others queued
-        await client.close()
     assert len(got) == 20
     made = [g for g in got if isinstance(g, SpawnInfo)]
     assert len(made) + sum("not connected" in str(g) for g in got) == 20
@@ -224,3 +223,18 @@ async def test_spawns_that_lock_other_rows_are_sent_alone(client: Client, dsn: s
     assert all(isinstance(g, SpawnInfo) for g in got)
     assert client.spawn_batches == (0, 0, 0)
     assert sum(g.created for g in got[20:]) == 2  # one task per unique params
+
+
+async def test_a_client_connected_without_async_with_spawns_each_on_its_own(dsn: str) -> None:
+    """connect() and close() may run in different tasks (a blocking portal's calls do): such a
+    client opens no task group, and its concurrent spawns go one by one, as before batching."""
+    client = Client(dsn, pool_size=4)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.connect)  # in a task of its own, which ends
+        got = await _spawn_all(client, [(i, None) for i in range(20)])
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.close)  # in another task
+    assert all(isinstance(g, SpawnInfo) and g.created for g in got)
+    assert client.spawn_batches == (0, 0, 0)
+    assert await fetchval(dsn, "select count(*) from durable.tasks") == 20
