@@ -153,24 +153,28 @@ class Client:
             await self._stop_embedded()
             raise
 
-    async def _start_tasks(self, store: Store) -> None:
+    async def _start_tasks(self) -> None:
         """Open the client's task group and start the spawn batcher in it."""
         async with contextlib.AsyncExitStack() as stack:
             tg = await stack.enter_async_context(anyio.create_task_group())
-            spawns = SpawnBatcher(store)
+            spawns = SpawnBatcher(lambda: self.store)
             await tg.start(spawns.run)
             stack.callback(tg.cancel_scope.cancel)  # on close: the batcher stops (see close)
             self._tasks, self._spawns, self._spawned = stack.pop_all(), spawns, spawns
 
+    async def _stop_tasks(self) -> None:
+        """Close the client's task group: the batcher writes the spawns it was given, then
+        stops; later spawns go on their own."""
+        tasks, self._tasks = self._tasks, None
+        self._spawns = None
+        if tasks is not None:
+            await tasks.aclose()
+
     async def close(self) -> None:
         """Stop the client's task group, then close its connections (shielded: a cancelled
         caller still closes them)."""
-        tasks, self._tasks = self._tasks, None
-        self._spawns = None  # later spawns go on their own (and find the client closed)
         try:
-            if tasks is not None:
-                # the batcher writes the spawns it was given, then stops; later ones go alone
-                await tasks.aclose()
+            await self._stop_tasks()
         finally:
             with anyio.CancelScope(shield=True):
                 await self._results.close()
@@ -198,7 +202,7 @@ class Client:
         await self.connect()
         if self._tasks is None:
             try:
-                await self._start_tasks(self.store)
+                await self._start_tasks()
             except BaseException:
                 await self.close()
                 raise
@@ -210,7 +214,10 @@ class Client:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.close()
+        try:
+            await self._stop_tasks()  # here, in the task that opened it, whatever close does
+        finally:
+            await self.close()
 
     @property
     def store(self) -> Store:

@@ -17,7 +17,7 @@ alike, without a retry per spawn.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from durable.client.batcher import Batcher
@@ -58,8 +58,8 @@ class Spawn(NamedTuple):
 class SpawnBatcher(Batcher[str, Spawn, SpawnInfo]):
     """The client's spawns, batched per queue; run it in the client's task group."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
+    def __init__(self, store: Callable[[], Store]) -> None:
+        self._store = store  # the client's current store (a test harness may replace it)
         self._alone = 0  # spawns sent by their callers themselves, in flight
         self._queued = 0  # spawns given to the batcher, not answered yet
         #: Batch statements the database refused, whose spawns were then sent one by one.
@@ -74,7 +74,9 @@ class SpawnBatcher(Batcher[str, Spawn, SpawnInfo]):
         if alone or (not self._alone and not self._queued):
             self._alone += 1
             try:
-                return await self._store.spawn(queue, spawn.task_name, spawn.params, spawn.options)
+                return await self._store().spawn(
+                    queue, spawn.task_name, spawn.params, spawn.options
+                )
             finally:
                 self._alone -= 1
         self._queued += 1
@@ -93,7 +95,7 @@ class SpawnBatcher(Batcher[str, Spawn, SpawnInfo]):
         results: list[SpawnInfo | Exception] = []
         for chunk in _by_size([spawns[i] for i in order]):
             try:
-                results += await self._store.spawn_encoded(
+                results += await self._store().spawn_encoded(
                     queue, [(s.task_name, s.params, s.options) for s in chunk]
                 )
             except DatabaseUnavailable:
@@ -109,7 +111,7 @@ class SpawnBatcher(Batcher[str, Spawn, SpawnInfo]):
     async def _one(self, queue: str, spawn: Spawn) -> SpawnInfo | Exception:
         """One spawn on its own, through ``durable.spawn``: its result, or its own error."""
         try:
-            return await self._store.spawn(queue, spawn.task_name, spawn.params, spawn.options)
+            return await self._store().spawn(queue, spawn.task_name, spawn.params, spawn.options)
         except Exception as exc:  # noqa: BLE001 — the caller's own error, raised in its task
             return exc
 
