@@ -14,9 +14,12 @@ from typing import Any, Protocol, TypeVar, Unpack, cast, overload
 
 import anyio
 
+from durable.blocking import SyncDurable
 from durable.client import Client
 from durable.client.client import TaskFilters
+from durable.protocol.connections import SpawnConnection
 from durable.protocol.cron import Missed
+from durable.protocol.errors import DurableError
 from durable.protocol.log import get_logger
 from durable.protocol.records import (
     BatchInfo,
@@ -40,7 +43,14 @@ from durable.protocol.records import (
 )
 from durable.runtime.context import TaskContext
 from durable.runtime.cron import CronJob
-from durable.runtime.registry import Handler, Registry, TaskDefinition, TaskHandle, TaskKwargs
+from durable.runtime.registry import (
+    Handler,
+    Registry,
+    TaskDefinition,
+    TaskHandle,
+    TaskKwargs,
+    check_key_limit,
+)
 from durable.runtime.retention import PruneRule
 from durable.runtime.sync_context import SyncTaskContext
 from durable.runtime.worker import Worker, WorkerKwargs, WorkerOptions
@@ -96,6 +106,9 @@ class Durable:
             retention_interval=retention_interval,
             version=version,
         )
+        #: The blocking API (Django, Flask, WSGI, scripts): ``app.sync.spawn(task, params)``,
+        #: run on a background event loop of its own (see :mod:`durable.blocking`).
+        self.sync = SyncDurable(self.registry)
         self._entered = 0
 
     @property
@@ -145,7 +158,11 @@ class Durable:
         renaming the function does not strand tasks in flight.
 
         ``global_limit`` (runs at once) and ``rate_limit`` (starts per period) hold across every
-        worker: a worker serving the task's queue records them when it starts. ``on_discard(ctx,
+        worker: a worker serving the task's queue records them when it starts; ``global_limit``
+        holds across every queue the task name runs on. ``concurrency_key`` (a function of the
+        params, e.g. ``lambda p: p["tenant"]``, evaluated at spawn and stored on the task) with
+        ``key_limit=N``: at most N runs of the task name per key at once, across every worker
+        and queue. ``on_discard(ctx,
         error)`` is called when the task ends without completing (its attempts ran out, or it
         was cancelled, discarded, or cancelled by a policy, a dependency or its parent), with
         ``ctx.params`` and a :class:`durable.TaskDiscarded` saying why; at least once, by
@@ -155,6 +172,7 @@ class Durable:
         global_limit = options.get("global_limit")
         if global_limit is not None and global_limit < 1:  # refused before the decorator is used
             raise ValueError("global_limit must be at least 1")
+        check_key_limit(options.get("concurrency_key"), options.get("key_limit"))
 
         if fn is not None:
             return self.registry.register(fn, **options)
@@ -164,6 +182,11 @@ class Durable:
 
     async def __aenter__(self) -> Durable:
         if self._entered == 0:
+            if self.sync.is_open:
+                raise DurableError(
+                    "app.sync is open: this app's pool belongs to its background event loop —"
+                    " close it (app.sync.close()) or use another Durable(...) from async code"
+                )
             await self.client.__aenter__()  # its task group: exited in __aexit__, this task
         self._entered += 1
         return self
@@ -186,16 +209,42 @@ class Durable:
         params: Any = None,
         *,
         queue: str | None = None,
+        connection: SpawnConnection | None = None,
         **options: Unpack[SpawnKwargs],
     ) -> TaskHandle[Any]:
         """Spawn by name. A producer that does not register the task must name its ``queue``;
-        the options of ``@app.task`` apply only where the task is registered."""
-        return await self.registry.spawn(task_name, params, queue=queue, **options)
+        the options of ``@app.task`` apply only where the task is registered. With
+        ``connection`` (your asyncpg connection, or SQLAlchemy's async connection or session on
+        asyncpg) the spawn runs in your transaction: the task exists only if you commit."""
+        return await self.registry.spawn(
+            task_name, params, queue=queue, connection=connection, **options
+        )
+
+    async def spawn_many(
+        self,
+        items: Sequence[tuple[TaskDefinition[Any, Any] | str, Any]],
+        *,
+        queue: str | None = None,
+        connection: SpawnConnection | None = None,
+        **options: Unpack[SpawnKwargs],
+    ) -> list[TaskHandle[Any]]:
+        """Spawn ``items`` — ``(task, params)`` pairs of one queue, each with the options of its
+        ``@app.task`` and ``options`` on top — in one statement and one transaction (yours, with
+        ``connection``); the handles in the order given."""
+        return await self.registry.spawn_many(items, queue=queue, connection=connection, **options)
 
     async def spawn_with(
-        self, queue: str, task_name: str, params: Any, options: SpawnOptions
+        self,
+        queue: str,
+        task_name: str,
+        params: Any,
+        options: SpawnOptions,
+        *,
+        connection: SpawnConnection | None = None,
     ) -> TaskHandle[Any]:
-        return await self.registry.spawn_with(queue, task_name, params, options)
+        return await self.registry.spawn_with(
+            queue, task_name, params, options, connection=connection
+        )
 
     # --- results and operations -----------------------------------------------------------------
 
@@ -415,7 +464,7 @@ class Durable:
         """Add (True) or update (False) cron schedule ``name`` at run time: stored in the
         database, fired by the workers serving the task's queue (within ``cron_refresh``
         seconds), whatever code they run. Refuses the name of a schedule declared in code."""
-        target, task_name, resolved = self.registry.resolve(task, queue, options)
+        target, task_name, resolved = self.registry.resolve(task, queue, options, params=params)
         created = await self.client.set_cron_schedule(
             name,
             expr,

@@ -20,6 +20,7 @@ from durable.client.results import ResultWaiters
 from durable.client.spawns import ALONE_OPTIONS, Spawn, SpawnBatcher, SpawnBatches
 from durable.protocol import durations, embedded
 from durable.protocol.codec import encode_json
+from durable.protocol.connections import SpawnConnection, driver_connection
 from durable.protocol.cron import CronExpr, Missed, ScheduleSource
 from durable.protocol.dsn import resolve_dsn
 from durable.protocol.errors import (
@@ -60,7 +61,14 @@ from durable.protocol.records import (
     TaskState,
     WorkerInfo,
 )
-from durable.protocol.store import CHANNEL_DONE, CHANNEL_WORK, Listener, Store
+from durable.protocol.store import (
+    CHANNEL_DONE,
+    CHANNEL_WORK,
+    Listener,
+    Store,
+    spawn_many_on,
+    spawn_on,
+)
 
 log = get_logger()
 
@@ -220,6 +228,11 @@ class Client:
             await self.close()
 
     @property
+    def connected(self) -> bool:
+        """Whether the pool is open (``connect`` ran, ``close`` did not)."""
+        return self._store is not None
+
+    @property
     def store(self) -> Store:
         if self._store is None:
             raise DatabaseUnavailable("the client is not connected — use `async with` or connect()")
@@ -255,22 +268,36 @@ class Client:
         task_name: str,
         params: Any,
         options: SpawnOptions | None = None,
+        *,
+        connection: SpawnConnection | None = None,
     ) -> SpawnInfo:
+        """Spawn one task. With ``connection`` (the caller's asyncpg connection, or SQLAlchemy's
+        async connection or session on asyncpg), the spawn runs on it, in the caller's
+        transaction: the task exists only if the caller commits (this client need not be
+        connected)."""
         check_queue_name(queue)
         with instruments.spawn_tracer.spawning(queue, task_name) as traced:
             document = traced.options(options or _NO_OPTIONS).to_json()
-            info = await self._send_spawn(queue, task_name, params, document)
+            info = await self._send_spawn(queue, task_name, params, document, connection)
             traced.spawned(info)
         return info
 
     async def _send_spawn(
-        self, queue: str, task_name: str, params: Any, options: dict[str, Any]
+        self,
+        queue: str,
+        task_name: str,
+        params: Any,
+        options: dict[str, Any],
+        connection: SpawnConnection | None,
     ) -> SpawnInfo:
-        """The one place that decides how a spawn travels: through the spawn batcher while the
-        client's task group runs it (alone at low load, batched under load; alone, too, when
-        its options lock other rows), else on its own. Params and options are checked here,
-        in the caller's task, so a bad spawn fails alone. A spawn in a caller's own transaction
-        must not come here: it cannot share a commit."""
+        """The one place that decides how a spawn travels: on the caller's ``connection``, in
+        its transaction (never batched: it cannot share another's commit); else through the
+        spawn batcher while the client's task group runs it (alone at low load, batched under
+        load; alone, too, when its options lock other rows); else on its own. Params and
+        options are checked in the caller's task, so a bad spawn fails alone."""
+        if connection is not None:
+            conn = await driver_connection(connection)
+            return await spawn_on(conn, queue, task_name, params, options)
         encoded = encode_json(params, "params")
         document = encode_json(options, "options")
         spawns = self._spawns
@@ -287,8 +314,11 @@ class Client:
         self,
         queue: str,
         items: Sequence[tuple[str, Any] | tuple[str, Any, SpawnOptions | None]],
+        *,
+        connection: SpawnConnection | None = None,
     ) -> list[SpawnInfo]:
-        """Spawn many tasks in one round trip: ``items`` are ``(task_name, params[, options])``."""
+        """Spawn many tasks in one round trip: ``items`` are ``(task_name, params[, options])``;
+        ``connection`` as for :meth:`spawn`."""
         check_queue_name(queue)
         with instruments.spawn_tracer.spawning_many(queue, (item[0] for item in items)) as traced:
             no_options = traced.options(_NO_OPTIONS).to_json()  # shared by items without any
@@ -300,7 +330,11 @@ class Client:
                 )
                 for item in items
             ]
-            infos = await self.store.spawn_many(queue, prepared)
+            if connection is None:
+                infos = await self.store.spawn_many(queue, prepared)
+            else:
+                conn = await driver_connection(connection)
+                infos = await spawn_many_on(conn, queue, prepared)
             traced.spawned_many(infos)
         return infos
 
@@ -312,9 +346,20 @@ class Client:
         qty: int = 1,
         *,
         code_version: str | None = None,
+        started: Sequence[uuid.UUID] = (),
+        skip_names: Sequence[str] = (),
+        slots: int | None = None,
     ) -> list[Claim]:
         """Claim up to ``qty`` runs of ``queue`` under a lease of ``claim_timeout``; each run
-        records ``code_version``, the code the worker runs (shown by ``durable show``)."""
+        records ``code_version``, the code the worker runs (shown by ``durable show``).
+
+        The runs come back in priority order; with ``slots`` (the worker's free handler slots),
+        the first ``slots`` count as started from their claim and the others are reserved until
+        the worker reports that their handlers started: ``started`` lists this worker's runs
+        whose handlers started since its last report (here or in :meth:`extend_claims`). A
+        reserved run whose worker dies goes back to its queue without spending an attempt.
+        Without ``slots``, every claimed run counts as started. Runs of the task names in
+        ``skip_names`` are left for other workers (names this worker's code does not know)."""
         check_queue_name(queue)
         return await self.store.claim(
             queue,
@@ -322,6 +367,9 @@ class Client:
             durations.seconds(claim_timeout, what="claim_timeout"),
             qty,
             code_version,
+            started,
+            skip_names,
+            slots,
         )
 
     async def complete(self, queue: str, run_id: uuid.UUID, result: Any = None) -> None:
@@ -573,15 +621,19 @@ class Client:
         *,
         concurrency: int | None = None,
         rate: RateLimit | None = None,
+        key_limit: int | None = None,
     ) -> None:
-        """Set the cluster-wide limits of ``task_name`` on ``queue``: at most ``concurrency``
-        runs at once, at most ``rate.allowed`` starts per ``rate.period``. Neither: no limit."""
+        """Record the cluster-wide limits of ``task_name`` on ``queue``: at most
+        ``concurrency`` runs at once and at most ``key_limit`` at once per concurrency key
+        (both across every queue), at most ``rate.allowed`` starts per ``rate.period`` on
+        ``queue``. None of them: no limit."""
         await self.store.set_limit(
             check_queue_name(queue),
             task_name,
             concurrency,
             rate.allowed if rate else None,
             durations.seconds(rate.period, what="rate period") if rate else None,
+            key_limit,
         )
 
     # --- to and from one task: messages, published state, batches, dependencies' results -------
@@ -747,10 +799,12 @@ class Client:
         *,
         busy: int | None = None,
         ahead: int | None = None,
+        started: Sequence[uuid.UUID] = (),
     ) -> list[uuid.UUID]:
         """Extend every listed lease of this worker and its liveness, recording how many of its
-        slots are ``busy`` and how many runs it claimed ``ahead``; return the lost runs."""
-        return await self.store.extend_claims(worker_id, run_ids, worker_ttl, busy, ahead)
+        slots are ``busy`` and how many runs it claimed ``ahead``, and that the runs
+        ``started`` run their handlers (no longer reserved); return the lost runs."""
+        return await self.store.extend_claims(worker_id, run_ids, worker_ttl, busy, ahead, started)
 
     async def stop_worker(self, worker_id: str) -> None:
         await self.store.stop_worker(worker_id)

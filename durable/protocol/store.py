@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import anyio
 import asyncpg
 import orjson
+from asyncpg.pool import PoolConnectionProxy
 
 from durable.protocol import migrate as _migrate
 from durable.protocol.codec import RawJson, decode_jsonb, encode_json, encode_jsonb
@@ -30,6 +32,7 @@ from durable.protocol.errors import (
     InvalidState,
     LeaseLost,
     NotSerializable,
+    SchemaError,
     TaskNotFound,
 )
 from durable.protocol.records import (
@@ -90,13 +93,13 @@ _SPAWN_MANY = "select * from durable.spawn_many($1, $2)"
 _CLAIM = (
     "select run_id, task_id, task_name, params, headers, attempt, max_attempts, timeout_s,"
     " heartbeat_timeout_s, lease_expires_at, has_checkpoints"
-    " from durable.claim($1, $2, $3, $4, $5)"
+    " from durable.claim($1, $2, $3, $4, $5, $6, $7, $8)"
 )
 _COMPLETE = "select durable.complete($1, $2, $3)"
 _COMPLETE_RUNS = "select run_id, completed from durable.complete_runs($1, $2, $3)"
 _FAIL = "select durable.fail($1, $2, $3, $4, $5, $6)"
 _EXTEND_CLAIM = "select durable.extend_claim($1, $2, $3)"
-_EXTEND_CLAIMS = "select lost_run_id from durable.extend_claims($1, $2, $3, $4, $5)"
+_EXTEND_CLAIMS = "select lost_run_id from durable.extend_claims($1, $2, $3, $4, $5, $6)"
 _SET_CHECKPOINT = "select durable.set_checkpoint($1, $2, $3, $4, $5)"
 _SET_CHECKPOINTS = "select run_id, written from durable.set_checkpoints($1, $2, $3, $4)"
 _GET_CHECKPOINTS = "select * from durable.get_checkpoints($1, $2)"
@@ -131,7 +134,7 @@ _GET_STATE = "select key, value, updated_at from durable.get_state($1, $2, $3)"
 _DECIDE_PATCH = "select durable.decide_patch($1, $2, $3, $4)"
 _SET_PROGRESS = "select durable.set_progress($1, $2, $3, $4)"
 _CANCEL_BY = "select durable.cancel_by($1, $2, $3)"
-_SET_LIMIT = "select durable.set_limit($1, $2, $3, $4, $5)"
+_SET_LIMIT = "select durable.set_limit($1, $2, $3, $4, $5, $6)"
 _PRUNE_TASKS = "select durable.prune_tasks($1, $2, $3, $4, $5)"
 _PRUNE_BOOKKEEPING = "select durable.prune_bookkeeping($1, $2)"
 _FAILED_WORK = "select * from durable.failed_work($1, $2, $3, $4, $5, $6, $7, $8, $9)"
@@ -204,6 +207,39 @@ def _unavailable(dsn: str, exc: BaseException) -> DatabaseUnavailable:
         host=host,
         port=port,
     )
+
+
+def _map_postgres_error(
+    exc: asyncpg.PostgresError,
+    unavailable: Callable[[], DatabaseUnavailable],
+    *,
+    run_id: uuid.UUID | None = None,
+    task_id: uuid.UUID | None = None,
+    batch_id: uuid.UUID | None = None,
+) -> Exception:
+    """The durable error a PostgreSQL error means (``exc`` itself when none does)."""
+    state = exc.sqlstate or ""
+    message = getattr(exc, "message", str(exc))
+    detail = getattr(exc, "detail", None) or ""
+    if state == _SQLSTATE_LEASE_LOST:
+        return LeaseLost(run_id, detail)
+    if state == _SQLSTATE_NOT_FOUND:
+        return TaskNotFound(_named_id(message) or task_id)
+    if state == _SQLSTATE_BATCH_NOT_FOUND:
+        return BatchNotFound(batch_id)
+    if state == _SQLSTATE_INVALID_STATE:
+        return InvalidState(message, state=detail or None)
+    if state == _SQLSTATE_QUEUE:
+        return InvalidQueueName(message.removeprefix("invalid queue name: "))
+    if state == _SQLSTATE_ARGUMENT or state in _SQLSTATES_ARGUMENT:
+        return InvalidArgument(message)
+    if state in _SQLSTATES_TEXT_ARGUMENT:
+        return InvalidArgument(f"{message} — {_SQLSTATES_TEXT_ARGUMENT[state]}")
+    if state in _SQLSTATES_NOT_SERIALIZABLE:
+        return NotSerializable("a value", message)
+    if state.startswith(_SQLSTATES_UNAVAILABLE_PREFIXES):
+        return unavailable()
+    return exc
 
 
 class Store:
@@ -301,28 +337,13 @@ class Store:
         task_id: uuid.UUID | None,
         batch_id: uuid.UUID | None = None,
     ) -> Exception:
-        state = exc.sqlstate or ""
-        message = getattr(exc, "message", str(exc))
-        detail = getattr(exc, "detail", None) or ""
-        if state == _SQLSTATE_LEASE_LOST:
-            return LeaseLost(run_id, detail)
-        if state == _SQLSTATE_NOT_FOUND:
-            return TaskNotFound(_named_id(message) or task_id)
-        if state == _SQLSTATE_BATCH_NOT_FOUND:
-            return BatchNotFound(batch_id)
-        if state == _SQLSTATE_INVALID_STATE:
-            return InvalidState(message, state=detail or None)
-        if state == _SQLSTATE_QUEUE:
-            return InvalidQueueName(message.removeprefix("invalid queue name: "))
-        if state == _SQLSTATE_ARGUMENT or state in _SQLSTATES_ARGUMENT:
-            return InvalidArgument(message)
-        if state in _SQLSTATES_TEXT_ARGUMENT:
-            return InvalidArgument(f"{message} — {_SQLSTATES_TEXT_ARGUMENT[state]}")
-        if state in _SQLSTATES_NOT_SERIALIZABLE:
-            return NotSerializable("a value", message)
-        if state.startswith(_SQLSTATES_UNAVAILABLE_PREFIXES):
-            return _unavailable(self.dsn, exc)
-        return exc
+        return _map_postgres_error(
+            exc,
+            lambda: _unavailable(self.dsn, exc),
+            run_id=run_id,
+            task_id=task_id,
+            batch_id=batch_id,
+        )
 
     # --- the protocol ---------------------------------------------------------------------------
 
@@ -374,10 +395,21 @@ class Store:
         claim_timeout: float,
         qty: int,
         code_version: str | None = None,
+        started: Sequence[uuid.UUID] = (),
+        skip_names: Sequence[str] = (),
+        slots: int | None = None,
     ) -> list[Claim]:
         async with self._translate():
             rows = await self._pool.fetch(
-                _CLAIM, queue, worker_id, claim_timeout, qty, code_version
+                _CLAIM,
+                queue,
+                worker_id,
+                claim_timeout,
+                qty,
+                code_version,
+                list(started) or None,
+                list(skip_names) or None,
+                slots,
             )
         # by position (the columns _CLAIM names): a short task's claim is on the hot path
         return [
@@ -456,10 +488,17 @@ class Store:
         worker_ttl: float,
         busy: int | None = None,
         ahead: int | None = None,
+        started: Sequence[uuid.UUID] = (),
     ) -> list[uuid.UUID]:
         async with self._translate():
             rows = await self._pool.fetch(
-                _EXTEND_CLAIMS, worker_id, list(run_ids), worker_ttl, busy, ahead
+                _EXTEND_CLAIMS,
+                worker_id,
+                list(run_ids),
+                worker_ttl,
+                busy,
+                ahead,
+                list(started) or None,
             )
         return [r["lost_run_id"] for r in rows]
 
@@ -702,10 +741,11 @@ class Store:
         max_running: int | None,
         rate_allowed: int | None,
         rate_period: float | None,
+        key_limit: int | None = None,
     ) -> None:
         async with self._translate():
             await self._pool.execute(
-                _SET_LIMIT, queue, task_name, max_running, rate_allowed, rate_period
+                _SET_LIMIT, queue, task_name, max_running, rate_allowed, rate_period, key_limit
             )
 
     # --- paused queues and cron schedules ---------------------------------------------------------
@@ -1178,6 +1218,7 @@ def _task_record(doc: dict[str, Any]) -> TaskRecord:
             error=r["error"],
             result=doc["result"] if r["state"] == RunState.COMPLETED else None,
             code_version=r.get("code_version"),
+            reserved=bool(r.get("reserved")),
         )
         for r in doc["runs"]
     ]
@@ -1198,6 +1239,7 @@ def _task_record(doc: dict[str, Any]) -> TaskRecord:
         tags=list(doc.get("tags") or ()),
         progress=_progress(doc.get("progress")),
         partition_key=doc.get("partition_key"),
+        concurrency_key=doc.get("concurrency_key"),
         parent_task_id=uuid.UUID(doc["parent_task_id"]) if doc.get("parent_task_id") else None,
         depends_on=[uuid.UUID(d) for d in doc.get("depends_on") or ()],
         pending_dependencies=[uuid.UUID(d) for d in doc.get("pending_dependencies") or ()],
@@ -1265,3 +1307,73 @@ def _failed_work(r: asyncpg.Record) -> FailedWork:
         last_checkpoint=r["last_checkpoint"],
         tags=list(r["tags"] or ()),
     )
+
+
+# --- spawning on a caller's connection ----------------------------------------------------------
+# The caller's connection is not the pool's: durable's jsonb codec is not set on it (and the
+# caller may have set another, as SQLAlchemy's asyncpg dialect does), so JSON travels as text and
+# is cast in SQL; the results are uuids, integers and booleans, which need no codec.
+_SPAWN_ON = (
+    "select task_id, run_id, attempt, created"
+    " from durable.spawn($1, $2, $3::text::jsonb, $4::text::jsonb)"
+)
+_SPAWN_MANY_ON = (
+    "select task_id, run_id, attempt, created from durable.spawn_many($1, $2::text::jsonb)"
+)
+# 3F000: no schema durable; 42883: no such function (a protocol older than this package's)
+_SQLSTATES_NO_PROTOCOL = {"3F000", "42883"}
+
+#: An asyncpg connection that a caller owns (a pool's proxy of one included).
+DriverConnection: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
+
+
+async def spawn_on(
+    conn: DriverConnection,
+    queue: str,
+    task_name: str,
+    params: Any,
+    options: Mapping[str, Any],
+) -> SpawnInfo:
+    """``durable.spawn`` on the caller's connection, in whatever transaction it has open: the
+    task exists when the caller commits, and its NOTIFY is delivered then."""
+    params_json = encode_json(params, "params").decode()
+    options_json = encode_json(dict(options), "options").decode()
+    async with _on_callers_connection():
+        row = await conn.fetchrow(_SPAWN_ON, queue, task_name, params_json, options_json)
+    assert row is not None
+    return _spawn_info(row)
+
+
+async def spawn_many_on(
+    conn: DriverConnection, queue: str, items: Sequence[tuple[str, Any, Mapping[str, Any]]]
+) -> list[SpawnInfo]:
+    """``durable.spawn_many`` on the caller's connection (see :func:`spawn_on`)."""
+    docs = [{"task_name": name, "params": p, "options": dict(o)} for name, p, o in items]
+    payload = encode_json(docs, "params").decode()
+    async with _on_callers_connection():
+        rows = await conn.fetch(_SPAWN_MANY_ON, queue, payload)
+    return [_spawn_info(r) for r in rows]
+
+
+@contextlib.asynccontextmanager
+async def _on_callers_connection() -> AsyncIterator[None]:
+    """Driver errors on a caller's connection, as durable's: a database without durable's
+    protocol is a :class:`SchemaError`."""
+    try:
+        yield
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate in _SQLSTATES_NO_PROTOCOL:
+            raise SchemaError(
+                f"the database of this connection has no durable protocol to spawn with"
+                f" ({getattr(exc, 'message', exc)}) — run `durable migrate` on it, or open a"
+                " Durable app on it once (it migrates)"
+            ) from exc
+        raise _map_postgres_error(exc, functools.partial(_callers_connection_failed, exc)) from exc
+    except (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError, TimeoutError) as exc:
+        # InternalClientError: the connection's protocol state broke when its server went away
+        # mid-operation (seen after pg_terminate_backend), as in Store's own mapping
+        raise _callers_connection_failed(exc) from exc
+
+
+def _callers_connection_failed(exc: BaseException) -> DatabaseUnavailable:
+    return DatabaseUnavailable(f"the caller's connection failed — {type(exc).__name__}: {exc}")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, Unpack, cast, overload
 
 from durable.client import Client
+from durable.protocol.connections import SpawnConnection
 from durable.protocol.cron import CronExpr, Missed
 from durable.protocol.errors import InvalidArgument, UnknownTask, check_queue_name
 from durable.protocol.log import get_logger
@@ -41,6 +42,8 @@ Handler = Callable[..., Any]
 #: ``on_discard(ctx, error)``, sync or async: the task ended without completing (failed for
 #: good, or cancelled); ``error`` is a :class:`~durable.protocol.errors.TaskDiscarded`.
 DiscardHook = Callable[[Any, BaseException], Any]
+#: ``concurrency_key(params) -> str``: the key a spawn's run counts under (``key_limit``).
+ConcurrencyKey = Callable[[Any], str]
 
 #: A task's params type (its handler's second parameter) and result type (what it returns).
 P = TypeVar("P")
@@ -60,6 +63,8 @@ class TaskKwargs(DefinitionOptions, total=False):
     backoff: Backoff | None
     global_limit: int | None
     rate_limit: RateLimit | None
+    concurrency_key: ConcurrencyKey | None
+    key_limit: int | None
     on_discard: DiscardHook | None
     retention: Retention | None
 
@@ -80,6 +85,10 @@ class TaskDefinition(Generic[P, R]):
     backoff: Backoff | None = None
     global_limit: int | None = None
     rate_limit: RateLimit | None = None
+    #: A spawn's concurrency key, from its params (``lambda p: p["tenant"]``): at most
+    #: ``key_limit`` runs of this task name per key at once, across every worker and queue.
+    concurrency_key: ConcurrencyKey | None = None
+    key_limit: int | None = None
     on_discard: DiscardHook | None = None
     retention: Retention | None = None
 
@@ -100,20 +109,50 @@ class TaskDefinition(Generic[P, R]):
         params: None = None,
         *,
         queue: str | None = None,
+        connection: SpawnConnection | None = None,
         **options: Unpack[SpawnKwargs],
     ) -> TaskHandle[R]: ...
 
     @overload
     async def spawn(
-        self, params: P, *, queue: str | None = None, **options: Unpack[SpawnKwargs]
+        self,
+        params: P,
+        *,
+        queue: str | None = None,
+        connection: SpawnConnection | None = None,
+        **options: Unpack[SpawnKwargs],
     ) -> TaskHandle[R]: ...
 
     async def spawn(
-        self, params: Any = None, *, queue: str | None = None, **options: Unpack[SpawnKwargs]
+        self,
+        params: Any = None,
+        *,
+        queue: str | None = None,
+        connection: SpawnConnection | None = None,
+        **options: Unpack[SpawnKwargs],
     ) -> TaskHandle[R]:
-        """Spawn this task; options given here override the ones on ``@app.task``."""
-        handle = await self.registry.spawn(self, params, queue=queue, **options)
+        """Spawn this task; options given here override the ones on ``@app.task``. With
+        ``connection`` (your asyncpg connection, or SQLAlchemy's async connection or session),
+        the spawn runs in your transaction: the task exists only if you commit."""
+        handle = await self.registry.spawn(
+            self, params, queue=queue, connection=connection, **options
+        )
         return cast(TaskHandle[R], handle)
+
+    async def spawn_many(
+        self,
+        params: Sequence[P],
+        *,
+        queue: str | None = None,
+        connection: SpawnConnection | None = None,
+        **options: Unpack[SpawnKwargs],
+    ) -> list[TaskHandle[R]]:
+        """Spawn this task once per item of ``params``, in one statement (one transaction, or
+        yours with ``connection``); the handles in the order given."""
+        handles = await self.registry.spawn_many(
+            [(self, p) for p in params], queue=queue, connection=connection, **options
+        )
+        return cast(list[TaskHandle[R]], handles)
 
 
 @dataclass(slots=True)
@@ -179,6 +218,7 @@ class Registry(Mapping[str, "TaskDefinition[Any, Any]"]):
         global_limit = options.get("global_limit")
         if global_limit is not None and global_limit < 1:
             raise ValueError("global_limit must be at least 1")
+        check_key_limit(options.get("concurrency_key"), options.get("key_limit"))
         task_name = options.get("name") or fn.__name__
         if task_name in self._tasks:
             raise ValueError(f"a task named {task_name!r} is already registered")
@@ -195,6 +235,8 @@ class Registry(Mapping[str, "TaskDefinition[Any, Any]"]):
             backoff=options.get("backoff"),
             global_limit=global_limit,
             rate_limit=options.get("rate_limit"),
+            concurrency_key=options.get("concurrency_key"),
+            key_limit=options.get("key_limit"),
             on_discard=on_discard,
             retention=options.get("retention"),
         )
@@ -209,15 +251,22 @@ class Registry(Mapping[str, "TaskDefinition[Any, Any]"]):
         overrides: Mapping[str, Any],
         *,
         fallback_queue: str | None = None,
+        params: Any = None,
     ) -> tuple[str, str, SpawnOptions]:
-        """The queue, task name and options of a spawn of ``task``: a registered task gets its
-        definition's queue and options under the ones given; an unknown one runs on ``queue``,
+        """The queue, task name and options of a spawn of ``task`` with ``params``: a
+        registered task gets its definition's queue and options under the ones given (and its
+        concurrency key from ``params``, unless one is given); an unknown one runs on ``queue``,
         else ``fallback_queue``, with only the options given (:class:`UnknownTask` if neither
         queue is known)."""
         definition = self._tasks.get(task) if isinstance(task, str) else task
         task_name = task if isinstance(task, str) else task.name
         if definition is not None:
-            return queue or definition.queue, task_name, definition.defaults.merged(overrides)
+            options = definition.defaults.merged(overrides)
+            if definition.concurrency_key is not None and options.concurrency_key is None:
+                options = dataclasses.replace(
+                    options, concurrency_key=_key_of(definition, task_name, params)
+                )
+            return queue or definition.queue, task_name, options
         target = queue or fallback_queue
         if target is None:
             raise UnknownTask(task_name)
@@ -229,17 +278,26 @@ class Registry(Mapping[str, "TaskDefinition[Any, Any]"]):
         params: Any = None,
         *,
         queue: str | None = None,
+        connection: SpawnConnection | None = None,
         **options: Unpack[SpawnKwargs],
     ) -> TaskHandle[Any]:
-        """Spawn ``task`` (see :meth:`resolve`)."""
-        target, task_name, resolved = self.resolve(task, queue, options)
-        return await self.spawn_with(target, task_name, params, resolved)
+        """Spawn ``task`` (see :meth:`resolve`), on ``connection`` when given."""
+        target, task_name, resolved = self.resolve(task, queue, options, params=params)
+        return await self.spawn_with(target, task_name, params, resolved, connection=connection)
 
     async def spawn_with(
-        self, queue: str, task_name: str, params: Any, options: SpawnOptions
+        self,
+        queue: str,
+        task_name: str,
+        params: Any,
+        options: SpawnOptions,
+        *,
+        connection: SpawnConnection | None = None,
     ) -> TaskHandle[Any]:
         """Spawn with options resolved already."""
-        info: SpawnInfo = await self.client.spawn(queue, task_name, params, options)
+        info: SpawnInfo = await self.client.spawn(
+            queue, task_name, params, options, connection=connection
+        )
         log.info(
             "task.spawned",
             queue=queue,
@@ -248,10 +306,54 @@ class Registry(Mapping[str, "TaskDefinition[Any, Any]"]):
             run_id=str(info.run_id),
             attempt=info.attempt,
             created=info.created,
+            in_transaction=connection is not None,
         )
         return TaskHandle(
             self.client, queue, task_name, info.task_id, info.run_id, info.attempt, info.created
         )
+
+    async def spawn_many(
+        self,
+        items: Sequence[tuple[TaskDefinition[Any, Any] | str, Any]],
+        *,
+        queue: str | None = None,
+        connection: SpawnConnection | None = None,
+        **options: Unpack[SpawnKwargs],
+    ) -> list[TaskHandle[Any]]:
+        """Spawn ``items`` (``(task, params)`` pairs, each resolved as a spawn of it is, with
+        ``options`` on top) in one statement: they must resolve to one queue."""
+        queues: set[str] = set()
+        prepared: list[tuple[str, Any, SpawnOptions | None]] = []
+        for item in items:
+            if not isinstance(item, tuple) or len(item) != 2:
+                raise InvalidArgument(f"a spawn_many item is a (task, params) pair, got {item!r}")
+            task, params = item
+            target, task_name, resolved = self.resolve(task, queue, options, params=params)
+            queues.add(target)
+            prepared.append((task_name, params, resolved))
+        if not prepared:
+            return []
+        if len(queues) > 1:
+            raise InvalidArgument(
+                f"spawn_many spawns on one queue, in one statement; these tasks run on"
+                f" {sorted(queues)} — call it once per queue (with one connection= to keep them"
+                " in one transaction)"
+            )
+        (target,) = queues
+        infos = await self.client.spawn_many(target, prepared, connection=connection)
+        log.info(
+            "tasks.spawned",
+            queue=target,
+            count=len(infos),
+            created=sum(info.created for info in infos),
+            in_transaction=connection is not None,
+        )
+        return [
+            TaskHandle(
+                self.client, target, name, info.task_id, info.run_id, info.attempt, info.created
+            )
+            for (name, _, _), info in zip(prepared, infos, strict=True)
+        ]
 
     async def spawn_batch(
         self,
@@ -271,12 +373,14 @@ class Registry(Mapping[str, "TaskDefinition[Any, Any]"]):
             if not isinstance(item, tuple) or len(item) != 2:
                 raise InvalidArgument(f"a batch item is a (task, params) pair, got {item!r}")
             task, params = item
-            target, task_name, options = self.resolve(task, queue, {})
+            target, task_name, options = self.resolve(task, queue, {}, params=params)
             specs.append((target, task_name, params, options))
         callbacks = {}
         for role, callback in (("on_complete", on_complete), ("on_exhausted", on_exhausted)):
             if callback is not None:
-                target, task_name, options = self.resolve(callback, queue, {})
+                target, task_name, options = self.resolve(
+                    callback, queue, {}, params=callback_params
+                )
                 # spawned once by the batch: its own key, uniqueness and dependencies do not apply
                 options = dataclasses.replace(options, unique=None, depends_on=None)
                 callbacks[role] = (target, task_name, callback_params, options)
@@ -307,7 +411,7 @@ class Registry(Mapping[str, "TaskDefinition[Any, Any]"]):
         **options: Unpack[SpawnKwargs],
     ) -> CronJob:
         """Spawn ``task`` with ``params`` at every slot of ``expr`` (see ``Durable.cron``)."""
-        target, task_name, resolved = self.resolve(task, queue, options)
+        target, task_name, resolved = self.resolve(task, queue, options, params=params)
         try:
             policy = Missed(missed)
         except ValueError:
@@ -336,3 +440,31 @@ class Registry(Mapping[str, "TaskDefinition[Any, Any]"]):
     def definitions_on(self, queues: Sequence[str]) -> list[TaskDefinition[Any, Any]]:
         """The definitions whose queue is one of ``queues``."""
         return [d for d in self._tasks.values() if d.queue in queues]
+
+
+def check_key_limit(concurrency_key: ConcurrencyKey | None, key_limit: int | None) -> None:
+    """A definition's per-key limit: at least 1, and only with a ``concurrency_key``."""
+    if key_limit is not None and key_limit < 1:
+        raise ValueError("key_limit must be at least 1")
+    if key_limit is not None and concurrency_key is None:
+        raise ValueError("key_limit needs a concurrency_key (a function of the params)")
+    if concurrency_key is not None and not callable(concurrency_key):
+        raise ValueError("concurrency_key must be a function of the params, e.g. lambda p: p['t']")
+
+
+def _key_of(definition: TaskDefinition[Any, Any], task_name: str, params: Any) -> str:
+    """The concurrency key of a spawn of ``definition`` with ``params``."""
+    assert definition.concurrency_key is not None
+    try:
+        key = definition.concurrency_key(params)
+    except Exception as exc:  # the user's function: any error is bad input
+        raise InvalidArgument(
+            f"the concurrency_key of task {task_name!r} failed on its params: {exc!r}"
+            " — spawn it with the params the key reads"
+        ) from exc
+    if not isinstance(key, str) or not key:
+        raise InvalidArgument(
+            f"the concurrency_key of task {task_name!r} returned {key!r}"
+            " — it must return a non-empty string"
+        )
+    return key
