@@ -6,7 +6,7 @@ from durable.protocol.migrate import PROTOCOL_VERSION, load_migrations, load_pro
 
 #: The protocol's version and the sha256 of its files at that version. A change to sql/protocol/
 #: is a new protocol: raise PROTOCOL_VERSION and pin the new hash here.
-PINNED = (6, "f221d4f0ae0ff27869cdb3af24d94c50b5f165998b7ba23a99027b164bde74f2")
+PINNED = (7, "d846510bca75b5d707f279f740a9242cfef5d263457f40f2c098921bfff1a395")
 
 _DEFINITION = re.compile(r"^create\s+(or\s+replace\s+)?function\s+durable\.(\w+)\(", re.I | re.M)
 
