@@ -151,6 +151,12 @@ class Durable:
         ``ctx.params`` and a :class:`durable.TaskDiscarded` saying why; at least once, by
         whichever worker claims the hook's task, so make it idempotent.
         ``retention`` overrides the app's for this task name (see :class:`durable.Retention`).
+
+        Every error is retried while attempts are left, unless: the handler raised
+        :class:`durable.NonRetryable`; the error is one of ``discard_on`` (exception types, or
+        reason classes such as ``"validation"``); or ``retry_on`` is given and the error is none
+        of it. Such an error ends the task ``failed`` at once (``on_discard`` is told
+        ``non_retryable``). A result that is not JSON is not retried either.
         """
         global_limit = options.get("global_limit")
         if global_limit is not None and global_limit < 1:  # refused before the decorator is used

@@ -473,8 +473,12 @@ class FailedWork:
     """A task whose latest failure is not behind it: dead (``failed``: its last attempt failed,
     or it was cancelled) or ``retrying``. Newest failure first in ``failed_work``.
 
-    ``retryable`` is False when the reason class is ``validation``: the same input would fail
-    the same way until the code or the params change. ``recovery`` is what ``retry`` would do.
+    ``retryable`` says what the runtime did and would do with the failure: True when it is
+    retried (``retrying``, or retried until its attempts ran out), False when it is not (the
+    error was recorded not to be retried: a ``NonRetryable``, a task's ``discard_on`` or
+    ``retry_on``, a result that is not JSON; or the task was cancelled). The reason class
+    ``validation`` says the same input will likely fail again. ``recovery`` is what ``retry``
+    would do.
     """
 
     task_id: uuid.UUID

@@ -1219,6 +1219,17 @@ def _queue_counts(rows: list[asyncpg.Record]) -> list[QueueCount]:
     ]
 
 
+def _retryable(state: FailedWorkState, reason: FailureReason, error: Any) -> bool:
+    """What the runtime did and would do with a failure: retry it (it is being retried, or it
+    was retried until its attempts ran out), or not (cancelled, or recorded not to be retried:
+    ``error["retryable"]`` false)."""
+    if state is FailedWorkState.RETRYING:
+        return True
+    if reason is FailureReason.CANCELLED:
+        return False
+    return not (isinstance(error, dict) and error.get("retryable") is False)
+
+
 def _failed_work(r: asyncpg.Record) -> FailedWork:
     state = FailedWorkState(r["state"])
     reason_class = ReasonClass(r["reason_class"])
@@ -1240,7 +1251,7 @@ def _failed_work(r: asyncpg.Record) -> FailedWork:
         reason_class=reason_class,
         error=r["error"],
         failed_at=r["failed_at"],
-        retryable=reason_class is not ReasonClass.VALIDATION,
+        retryable=_retryable(state, FailureReason(r["failure_reason"]), r["error"]),
         recovery=recovery,
         last_checkpoint=r["last_checkpoint"],
         tags=list(r["tags"] or ()),

@@ -38,19 +38,21 @@ from durable.protocol.errors import (
     DurableError,
     InvalidArgument,
     LeaseLost,
+    NonRetryable,
     NotSerializable,
     Snooze,
     Suspended,
     TaskDiscarded,
     TaskNotFound,
 )
-from durable.protocol.failures import classify_error
+from durable.protocol.failures import classify_error, is_retried
 from durable.protocol.log import get_logger
 from durable.protocol.records import (
     Claim,
     DiscardReason,
     Failure,
     FailureReason,
+    ReasonClass,
     TaskRecord,
     TaskState,
 )
@@ -73,13 +75,21 @@ class JobTimeout(TimeoutError):
 
 
 def error_document(exc: BaseException) -> dict[str, Any]:
-    return {
+    doc: dict[str, Any] = {
         "type": type(exc).__qualname__,
         "module": type(exc).__module__,
         "message": str(exc),
         "traceback": "".join(traceback.format_exception(exc)),
         "reason_class": str(classify_error(exc)),
     }
+    cause = exc.cause if isinstance(exc, NonRetryable) else None
+    if cause is not None:
+        doc["cause"] = {
+            "type": type(cause).__qualname__,
+            "module": type(cause).__module__,
+            "message": str(cause),
+        }
+    return doc
 
 
 async def execute(
@@ -224,8 +234,10 @@ async def _write_outcome(
         if outcome is Outcome.COMPLETED:
             try:
                 encoded = encode_json(value, "result")
-            except NotSerializable as exc:  # the result is not JSON: the run failed
-                await _fail(client, definition, control, Outcome.ERRORED, exc)
+            except NotSerializable as exc:
+                # the result is not JSON: the run failed, and is not retried (running the
+                # handler again would repeat its side effects to return the same kind of value)
+                await _fail(client, definition, control, Outcome.ERRORED, exc, retried=False)
                 return RunEnded(Outcome.ERRORED, exc)
             return _completion_written(await _complete(client, writes, control, encoded), ids)
         if outcome is Outcome.RELEASED:
@@ -272,7 +284,12 @@ async def _fail(
     control: RunControl,
     outcome: Outcome,
     exc: BaseException | None,
+    *,
+    retried: bool | None = None,
 ) -> None:
+    """Record the run's failure: retried while attempts are left, unless ``retried`` is False or
+    the task's rules say otherwise (:func:`is_retried`); then ``error["retryable"]`` is false and
+    the task ends ``failed`` now."""
     claim = control.claim
     ids = control.ids
     reason = outcome.failure_reason
@@ -283,17 +300,27 @@ async def _fail(
             "type": "HeartbeatTimeout",
             "message": f"no heartbeat or checkpoint for {limit:g}s" if limit else "no heartbeat",
         }
+        exc = None
     else:
         error = error_document(exc)
+    if retried is None:
+        retried = is_retried(
+            exc,
+            ReasonClass(error.get("reason_class", ReasonClass.TIMEOUT)),
+            retry_on=definition.retry_on,
+            discard_on=definition.discard_on,
+        )
+    error["retryable"] = retried
     retry_in = None
     if (
-        definition.backoff is not None
+        retried
+        and definition.backoff is not None
         and exc is not None
         and claim.attempt < claim.max_attempts  # the last attempt has no next delay to compute
     ):
         retry_in = await _custom_delay(definition.backoff, claim.attempt, exc, ids)
     next_run = await client.fail(claim.queue, claim.run_id, error, reason, retry_in=retry_in)
-    log.info("run.failed", reason=str(reason), error=error.get("message"), **ids)
+    log.info("run.failed", reason=str(reason), error=error.get("message"), retryable=retried, **ids)
     if next_run is not None:
         log.info("run.retry_scheduled", next_run_id=str(next_run), **ids)
     else:

@@ -145,8 +145,10 @@ begin
 end $$;
 
 -- End a locked, live run as failed (or cancelled) and schedule the next attempt (at p_retry_at,
--- else per the task's retry strategy) or end the task. The caller holds the task lock. Returns
--- the next run's id, or null when the task ended.
+-- else per the task's retry strategy) or end the task: when its attempts ran out, or when its
+-- worker recorded the error as not to be retried (p_error.retryable = false: a NonRetryable, a
+-- task's discard_on or retry_on, a result that is not JSON). The caller holds the task lock.
+-- Returns the next run's id, or null when the task ended.
 create or replace function durable.fail_locked_run(p_run durable.runs, p_reason text,
                                                    p_error jsonb, p_retry_at timestamptz,
                                                    p_now timestamptz)
@@ -163,7 +165,8 @@ begin
     select * into v_task from durable.tasks where task_id = p_run.task_id;
     v_failure := jsonb_build_object('reason', p_reason, 'run_id', p_run.run_id,
                                     'attempt', p_run.attempt, 'error', p_error);
-    if p_reason <> 'cancelled' and p_run.attempt < v_task.max_attempts then
+    if p_reason <> 'cancelled' and p_run.attempt < v_task.max_attempts
+       and (p_error->'retryable') is distinct from 'false'::jsonb then
         update durable.tasks set attempt = p_run.attempt + 1, failure = v_failure,
                                  failed_at = p_now
          where task_id = v_task.task_id;
@@ -298,7 +301,8 @@ language sql immutable as $$
     select case
         when p_state = 'failed' then
             case when (p_failure->>'attempt')::integer < p_max_attempts
-                      or p_failure->'error'->>'type' = 'NonRetryable' then 'non_retryable'
+                      or p_failure->'error'->>'type' = 'NonRetryable'
+                      or p_failure->'error'->'retryable' = 'false'::jsonb then 'non_retryable'
                  else 'exhausted' end
         else case p_failure->'error'->>'type'
                  when 'Discarded' then 'discarded'

@@ -24,8 +24,8 @@ def test_a_definition_sets_spawn_options_and_its_own() -> None:
     fields = {f.name for f in dataclasses.fields(SpawnOptions)}
     assert _keys(DefinitionOptions) <= fields
     own = _keys(TaskKwargs) - _keys(DefinitionOptions)
-    assert own == {"name", "queue", "backoff", "global_limit", "rate_limit", "on_discard",
-                   "retention"}  # fmt: skip
+    assert own == {"name", "queue", "backoff", "retry_on", "discard_on", "global_limit",
+                   "rate_limit", "on_discard", "retention"}  # fmt: skip
 
 
 def test_run_worker_takes_every_worker_option() -> None:
