@@ -170,7 +170,7 @@ def _hand_over(writes: RunWrites, control: RunControl, result: Any) -> bool:
         control.end()
 
     return writes.completions.hand_over(
-        control.claim.queue, (control.claim.run_id, encoded), written
+        control.claim.queue, (control.claim.run_id, encoded), written, control.lease_left
     )
 
 
@@ -241,11 +241,15 @@ async def _write_outcome(
                 return RunEnded(Outcome.ERRORED, exc)
             return _completion_written(await _complete(client, writes, control, encoded), ids)
         if outcome is Outcome.RELEASED:
-            await client.schedule_run(claim.queue, claim.run_id, 0)
+            await control.ride_out(
+                "release", lambda: client.schedule_run(claim.queue, claim.run_id, 0)
+            )
             log.info("run.released", **ids)
             return _RELEASED
         if outcome is Outcome.SNOOZED:
-            await client.schedule_run(claim.queue, claim.run_id, value.seconds)
+            await control.ride_out(
+                "snooze", lambda: client.schedule_run(claim.queue, claim.run_id, value.seconds)
+            )
             log.info("run.snoozed", snooze_s=value.seconds, **ids)
             return _SNOOZED
         if outcome is Outcome.SUSPENDED:
@@ -271,10 +275,12 @@ async def _complete(
     claim = control.claim
     if writes is not None:
         try:
-            return await writes.completions.submit(claim.queue, (claim.run_id, result))
+            return await writes.completions.submit(
+                claim.queue, (claim.run_id, result), control.lease_left
+            )
         except BatcherClosed:
             pass  # shutting down: write it on its own
-    await client.complete(claim.queue, claim.run_id, result)
+    await control.ride_out("completion", lambda: client.complete(claim.queue, claim.run_id, result))
     return True
 
 
@@ -319,7 +325,10 @@ async def _fail(
         and claim.attempt < claim.max_attempts  # the last attempt has no next delay to compute
     ):
         retry_in = await _custom_delay(definition.backoff, claim.attempt, exc, ids)
-    next_run = await client.fail(claim.queue, claim.run_id, error, reason, retry_in=retry_in)
+    next_run = await control.ride_out(
+        "failure",
+        lambda: client.fail(claim.queue, claim.run_id, error, reason, retry_in=retry_in),
+    )
     log.info("run.failed", reason=str(reason), error=error.get("message"), retryable=retried, **ids)
     if next_run is not None:
         log.info("run.retry_scheduled", next_run_id=str(next_run), **ids)

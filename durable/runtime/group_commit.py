@@ -10,6 +10,11 @@ comes back False when its run's lease was lost, and the rest of the batch goes o
 A writer either awaits its item (:meth:`GroupCommit.submit`) or hands it over with a callback
 (:meth:`GroupCommit.hand_over`: a short task's runner goes on to its next run at once). A batcher
 that is closing writes what it was given before it stops.
+
+A write that meets an unreachable database (a dropped connection, a restart) is tried again
+with backoff for the items whose run's lease surely holds (``lease_left``); the others get the
+error. Repeating a write is safe: an item that committed before the answer was lost is refused by
+its fence (False) or changes nothing (a checkpoint is written once).
 """
 
 from __future__ import annotations
@@ -24,8 +29,11 @@ import anyio.abc
 
 from durable.client import Client
 from durable.protocol.codec import RawJson
-from durable.protocol.errors import BatcherClosed, DurableError
-from durable.runtime.deadlines import within
+from durable.protocol.errors import BatcherClosed, DatabaseUnavailable, DurableError
+from durable.protocol.log import get_logger
+from durable.runtime.deadlines import ReconnectBackoff, within
+
+log = get_logger()
 
 MAX_BATCH = 500
 
@@ -34,15 +42,28 @@ Item = TypeVar("Item")
 WriteBatch = Callable[[str, list[Item]], Awaitable[Sequence[bool]]]
 #: Told how a handed-over item's write went: written (False: the lease was lost), or the error.
 OnWritten = Callable[[bool, DurableError | None], None]
+#: Seconds the lease of an item's run surely holds still (how long its write may be retried).
+LeaseLeft = Callable[[], float]
+
+
+def _no_lease() -> float:
+    return 0.0
 
 
 class _Pending(Generic[Item]):
-    __slots__ = ("error", "item", "on_written", "queue", "written")
+    __slots__ = ("error", "item", "lease_left", "on_written", "queue", "written")
 
-    def __init__(self, queue: str, item: Item, on_written: OnWritten | None = None) -> None:
+    def __init__(
+        self,
+        queue: str,
+        item: Item,
+        on_written: OnWritten | None = None,
+        lease_left: LeaseLeft = _no_lease,
+    ) -> None:
         self.queue = queue
         self.item = item
         self.on_written = on_written
+        self.lease_left = lease_left
         self.written = False
         self.error: DurableError | None = None
 
@@ -69,8 +90,8 @@ class GroupCommit(Generic[Item]):
         self._ready = anyio.Event()
         self._closed = False
 
-    async def submit(self, queue: str, item: Item) -> bool:
-        pending = _Pending(queue, item)
+    async def submit(self, queue: str, item: Item, lease_left: LeaseLeft = _no_lease) -> bool:
+        pending = _Pending(queue, item, lease_left=lease_left)
         batch = self._join(pending)
         if batch is None:
             raise BatcherClosed
@@ -79,11 +100,13 @@ class GroupCommit(Generic[Item]):
             raise pending.error
         return pending.written
 
-    def hand_over(self, queue: str, item: Item, on_written: OnWritten) -> bool:
+    def hand_over(
+        self, queue: str, item: Item, on_written: OnWritten, lease_left: LeaseLeft = _no_lease
+    ) -> bool:
         """Queue ``item`` for the next write without waiting for it: ``on_written`` is called
         (in the batcher's task) once it is written or has failed. False when the batcher is
         closed: nothing was queued."""
-        return self._join(_Pending(queue, item, on_written)) is not None
+        return self._join(_Pending(queue, item, on_written, lease_left)) is not None
 
     def _join(self, pending: _Pending[Item]) -> _Batch[Item] | None:
         """Add ``pending`` to the batch the next write takes; None when the batcher is closed."""
@@ -121,17 +144,45 @@ class GroupCommit(Generic[Item]):
             by_queue[pending.queue].append(pending)
         for queue, pendings in by_queue.items():
             for first in range(0, len(pendings), MAX_BATCH):
-                items = pendings[first : first + MAX_BATCH]
-                try:
-                    written = await within(
-                        self._timeout_s, self._write_batch(queue, [p.item for p in items])
-                    )
-                except DurableError as exc:
-                    for pending in items:
+                await self._write_chunk(queue, pendings[first : first + MAX_BATCH])
+
+    async def _write_chunk(self, queue: str, items: list[_Pending[Item]]) -> None:
+        """One statement for ``items``; again with backoff, for the items whose lease holds,
+        while the database is unreachable."""
+        backoff = ReconnectBackoff()
+        while items:
+            try:
+                written = await within(
+                    self._timeout_s, self._write_batch(queue, [p.item for p in items])
+                )
+            except DatabaseUnavailable as exc:
+                left = {id(p): p.lease_left() for p in items}
+                for pending in items:
+                    if left[id(pending)] <= 0:
                         pending.error = exc
-                else:
-                    for pending, ok in zip(items, written, strict=True):
-                        pending.written = ok
+                items = [p for p in items if left[id(p)] > 0]
+                if items:
+                    delay = min(backoff.next_delay(), max(left.values()))
+                    log.warning(
+                        "run.write_retried",
+                        write="batch",
+                        queue=queue,
+                        items=len(items),
+                        tries=backoff.attempt,
+                        delay_s=round(delay, 3),
+                        error=str(exc),
+                    )
+                    await anyio.sleep(delay)
+            except DurableError as exc:
+                for pending in items:
+                    pending.error = exc
+                return
+            else:
+                for pending, ok in zip(items, written, strict=True):
+                    pending.written = ok
+                if backoff.attempt:
+                    log.info("run.write_recovered", write="batch", tries=backoff.attempt)
+                return
 
 
 def _finish(batch: _Batch[Any]) -> None:

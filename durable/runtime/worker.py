@@ -405,7 +405,7 @@ class Worker:
                 self._ahead.claimed(time.monotonic() - claimed_at)
                 claimed_full = claimed_full or len(claims) == free
                 for claim in claims:
-                    self._start(runs, claim)
+                    self._start(runs, claim, claimed_at + opts.claim_timeout)
             backlog = claimed_full
             if unavailable or claimed_full:
                 continue  # there may be more: claim again as soon as slots allow
@@ -422,8 +422,16 @@ class Worker:
         unfinished = sum(1 for control in self.active.values() if not control.finished)
         return min(limit - unfinished, limit + 2 * self.options.concurrency - len(self.active))
 
-    def _start(self, runs: asyncio.Queue[RunControl | None], claim: Claim) -> None:
-        control = RunControl(claim, on_finish=self._handler_done, on_end=self._run_ended)
+    def _start(
+        self, runs: asyncio.Queue[RunControl | None], claim: Claim, lease_until: float
+    ) -> None:
+        control = RunControl(
+            claim,
+            on_finish=self._handler_done,
+            on_end=self._run_ended,
+            lease_until=lease_until,
+            write_timeout_s=self._db_timeout,
+        )
         self.active[claim.run_id] = control
         log.info("run.claimed", **control.ids, worker=self.worker_id)
         runs.put_nowait(control)  # a runner is free: there are as many as active runs can be
