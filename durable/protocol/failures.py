@@ -39,7 +39,9 @@ it; the default is to retry every error while attempts are left:
 
 A failure that is not retried is recorded with ``error["retryable"] = false``, and
 ``durable.fail_locked_run`` ends the task ``failed`` at once (its ``on_discard`` hook is told
-``non_retryable``). A crash is reaped by the database and always retried.
+``non_retryable``). The database applies the task's stored reason classes too (a spawn's
+``retry_on``/``discard_on``, and a definition's classes), to every failure, a crash included: a
+failure is retried only when both allow it.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from durable.protocol.records import (
     BatchInfo,
     DefinitionOptions,
     RateLimit,
+    ReasonClass,
     Retention,
     SpawnInfo,
     SpawnKwargs,
@@ -195,6 +196,14 @@ class Registry(Mapping[str, "TaskDefinition[Any, Any]"]):
         spawn_defaults = {
             k: v for k, v in options.items() if k in DefinitionOptions.__annotations__
         }
+        # the database applies the reason classes too (to a crash as well): every class of
+        # discard_on, and retry_on when it lists classes only (with an exception type in it,
+        # only this worker can tell which failures it retries)
+        discard_classes = [m for m in discard_on if isinstance(m, ReasonClass)]
+        if discard_classes:
+            spawn_defaults["discard_on"] = discard_classes
+        if retry_on is not None and all(isinstance(m, ReasonClass) for m in retry_on):
+            spawn_defaults["retry_on"] = list(retry_on)
         definition: TaskDefinition[Any, Any] = TaskDefinition(
             registry=self,
             name=task_name,

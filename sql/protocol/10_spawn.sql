@@ -3,10 +3,11 @@
 -- Spawn a task on p_queue. p_options (all optional): idempotency_key, max_attempts, retry,
 -- timeout, heartbeat_timeout, priority, delay or at, headers, tags, partition_key,
 -- parent_task_id, on_parent_cancel ('cancel' or 'abandon'), unique, depends_on, cancellation,
--- on_discard. Returns the task and its run; created is false when the idempotency key or a
--- unique spec found an existing task (that one is returned). A task with open dependencies waits
--- (available_at 'infinity'); one whose dependency already failed or was cancelled is cancelled at
--- once, and so is a child (on_parent_cancel 'cancel') whose parent was cancelled already.
+-- on_discard, retry_on and discard_on (reason classes). Returns the task and its run; created is
+-- false when the idempotency key or a unique spec found an existing task (that one is returned). A
+-- task with open dependencies waits (available_at 'infinity'); one whose dependency already
+-- failed or was cancelled is cancelled at once, and so is a child (on_parent_cancel 'cancel')
+-- whose parent was cancelled already.
 create or replace function durable.spawn(p_queue text, p_task_name text, p_params jsonb,
                                          p_options jsonb default '{}')
 returns table (task_id uuid, run_id uuid, attempt integer, created boolean)
@@ -111,7 +112,8 @@ begin
                                     retry, timeout_s, heartbeat_timeout_s, priority,
                                     idempotency_key, created_at, tags, partition_key,
                                     parent_task_id, depends_on, unique_key, cancellation,
-                                    scheduled_at, cancel_at, discard_hook, on_parent_cancel)
+                                    scheduled_at, cancel_at, discard_hook, on_parent_cancel,
+                                    retry_on, discard_on)
     values (durable.uuidv7(), p_queue, p_task_name, p_params, coalesce(v_options->'headers', '{}'),
             coalesce((v_options->>'max_attempts')::integer, 3), v_options->'retry',
             durable.seconds(v_options->'timeout', 'timeout'),
@@ -121,7 +123,9 @@ begin
             v_parent, v_deps, v_ukey,
             nullif(v_options->'cancellation', 'null'), v_at,
             durable.first_cancel_at(nullif(v_options->'cancellation', 'null'), v_at),
-            coalesce((v_options->>'on_discard')::boolean, false), v_policy)
+            coalesce((v_options->>'on_discard')::boolean, false), v_policy,
+            durable.reason_class_list(v_options->'retry_on', 'retry_on'),
+            durable.reason_class_list(v_options->'discard_on', 'discard_on'))
     on conflict (queue, idempotency_key) where idempotency_key is not null do nothing
     returning * into v_task;
     if not found then
@@ -257,7 +261,7 @@ begin
                                        retry, timeout_s, heartbeat_timeout_s, priority,
                                        idempotency_key, created_at, tags, partition_key,
                                        parent_task_id, cancellation, scheduled_at, cancel_at,
-                                       discard_hook, on_parent_cancel)
+                                       discard_hook, on_parent_cancel, retry_on, discard_on)
             select p.new_id, p_queue, p.task_name, p.params, coalesce(p.o->'headers', '{}'),
                    coalesce((p.o->>'max_attempts')::integer, 3), p.o->'retry',
                    case when p.o ? 'timeout' then durable.seconds(p.o->'timeout', 'timeout') end,
@@ -271,7 +275,9 @@ begin
                    case when p.cancellation is not null
                         then durable.first_cancel_at(p.cancellation, p.available_at) end,
                    coalesce((p.o->>'on_discard')::boolean, false),
-                   coalesce(p.o->>'on_parent_cancel', 'cancel')
+                   coalesce(p.o->>'on_parent_cancel', 'cancel'),
+                   durable.reason_class_list(p.o->'retry_on', 'retry_on'),
+                   durable.reason_class_list(p.o->'discard_on', 'discard_on')
               from prepared p order by p.ord
             on conflict (queue, idempotency_key) where idempotency_key is not null do nothing
             returning task_id

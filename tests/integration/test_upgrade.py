@@ -104,7 +104,7 @@ _ROWS = {
 #: wrote (their default).
 _ADDED_COLUMNS: dict[str, dict[str, Any]] = {
     "runs": {"code_version": None},
-    "tasks": {"on_parent_cancel": "cancel"},
+    "tasks": {"on_parent_cancel": "cancel", "retry_on": None, "discard_on": None},
     "workers": {"concurrency": None, "busy": None, "claimed_ahead": None, "stats_at": None},
 }
 

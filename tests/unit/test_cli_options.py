@@ -54,6 +54,8 @@ def test_spawn_flags_keep_their_spelling(capsys: pytest.CaptureFixture[str]) -> 
         "--partition-key",
         "--depends-on",
         "--on-parent-cancel",
+        "--retry-on",
+        "--discard-on",
     }
 
 
@@ -87,6 +89,12 @@ def test_spawn_flags_build_spawn_options() -> None:
             str(dependencies[1]),
             "--on-parent-cancel",
             "abandon",
+            "--discard-on",
+            "validation",
+            "--discard-on",
+            "exhausted",
+            "--retry-on",
+            "transport",
         ]
     )
     assert spawn_options(args) == SpawnOptions(
@@ -100,7 +108,11 @@ def test_spawn_flags_build_spawn_options() -> None:
         partition_key="p",
         depends_on=dependencies,
         on_parent_cancel="abandon",
+        retry_on=["transport"],
+        discard_on=["validation", "exhausted"],
     )
+    with pytest.raises(SystemExit):  # not a reason class
+        build_parser().parse_args(["spawn", "t", "--discard-on", "ValueError"])
     at = build_parser().parse_args(["spawn", "t", "--at", "2030-01-01T09:00:00+02:00"])
     assert spawn_options(at).at == datetime(2030, 1, 1, 7, tzinfo=UTC)
 

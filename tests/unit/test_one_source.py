@@ -56,6 +56,8 @@ def test_spawn_options_encode_every_field_they_hold() -> None:
         depends_on=[uuid.UUID(int=1)],
         parent_task_id=uuid.UUID(int=2),
         on_parent_cancel="abandon",
+        retry_on=["timeout"],
+        discard_on=["validation"],
         on_discard=True,
     )
     fields = {f.name for f in dataclasses.fields(SpawnOptions)}
