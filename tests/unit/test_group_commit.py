@@ -270,3 +270,38 @@ async def test_after_close_submit_raises_batcher_closed_and_hand_over_queues_not
     await wait_all_tasks_blocked()
     assert called == []
     assert writes.calls == [("q", ["a"])]
+
+
+async def test_an_unreachable_database_is_retried_for_the_items_whose_lease_holds() -> None:
+    """A write that meets an unreachable database is tried again, with backoff, for the items
+    whose run's lease still holds; an item whose lease may have lapsed gets the error."""
+    writes = Writes()
+    down = DatabaseUnavailable("the database restarts")
+    writes.fail = {1: down, 2: down}  # the batch's first two tries
+    got: dict[str, Any] = {}
+    async with running(writes) as batcher, anyio.create_task_group() as tg:
+        callers = Callers(tg, batcher)
+        await in_flight(writes, callers, "q", "first")
+        for item, lease_s in (("holds", 10.0), ("lapsed", 0.0)):
+
+            async def call(
+                item: str = item,
+                lease_s: float = lease_s,
+                *,
+                task_status: anyio.abc.TaskStatus[None],
+            ) -> None:
+                task_status.started()
+                try:
+                    got[item] = await batcher.submit("q", item, lambda: lease_s)
+                except DurableError as exc:
+                    got[item] = exc
+
+            await tg.start(call)
+        writes.release()
+    assert writes.calls == [
+        ("q", ["first"]),
+        ("q", ["holds", "lapsed"]),
+        ("q", ["holds"]),  # tried again: its lease holds
+        ("q", ["holds"]),
+    ]
+    assert got == {"holds": True, "lapsed": down}
