@@ -11,6 +11,11 @@ Outcomes, written once and shielded from cancellation so shutdown never loses th
 * it raised/returned Snooze   -> ``schedule_run(seconds)``: again later, no attempt spent
 * it was parked (sleep, wait) -> nothing: the database ended the run when it parked it
 
+A failure is retried unless the handler raised ``NonRetryable``, the task's ``retry_on`` or
+``discard_on`` says otherwise, or the result was not JSON (:func:`is_retried`). Every outcome write
+that meets an unreachable database is tried again while the run's lease holds
+(:meth:`RunControl.ride_out`, the batchers' own retries).
+
 A task's ``on_discard(ctx, error)`` hook is not called here: the SQL that ends a task
 unsuccessfully (its last attempt failed, a cancel, a discard, a policy, a dependency or a parent
 that ended) records a ``durable.on_discard`` task in the same transaction, and whichever worker
