@@ -70,9 +70,14 @@ from durable.runtime.sync_context import SyncTaskContext
 
 log = get_logger()
 
-#: How long an outcome write may take during shutdown before it is given up (a completion
-#: handed over to the batcher is bounded by the batcher's own deadline instead).
+#: How long an outcome write may take before it is given up, at least (a completion handed over
+#: to the batcher is bounded by the batcher's own deadline instead); longer while the run's lease
+#: holds, as its write is tried again that long when the database is unreachable.
 OUTCOME_WRITE_TIMEOUT_S = 15.0
+
+
+def _outcome_deadline(control: RunControl) -> float:
+    return max(OUTCOME_WRITE_TIMEOUT_S, control.lease_left() + control.write_timeout_s)
 
 
 class JobTimeout(TimeoutError):
@@ -132,7 +137,7 @@ async def execute(
                 outcome, value = Outcome.ERRORED, exc
     except anyio.get_cancelled_exc_class():
         # the worker itself is being cancelled: hand the run back so another worker takes it now
-        with anyio.move_on_after(OUTCOME_WRITE_TIMEOUT_S, shield=True):
+        with anyio.move_on_after(_outcome_deadline(control), shield=True):
             ended = await _write_outcome(
                 client, definition, control, Outcome.RELEASED, None, writes
             )
@@ -149,7 +154,7 @@ async def execute(
         and _hand_over(writes, control, value)
     ):
         return True
-    with anyio.move_on_after(OUTCOME_WRITE_TIMEOUT_S, shield=True):
+    with anyio.move_on_after(_outcome_deadline(control), shield=True):
         ended = await _write_outcome(client, definition, control, outcome, value, writes)
     if watch is not None:
         watch.run_ended(ended)
