@@ -272,9 +272,20 @@ class Client:
         qty: int = 1,
         *,
         code_version: str | None = None,
+        started: Sequence[uuid.UUID] = (),
+        skip_names: Sequence[str] = (),
+        slots: int | None = None,
     ) -> list[Claim]:
         """Claim up to ``qty`` runs of ``queue`` under a lease of ``claim_timeout``; each run
-        records ``code_version``, the code the worker runs (shown by ``durable show``)."""
+        records ``code_version``, the code the worker runs (shown by ``durable show``).
+
+        The runs come back in priority order; with ``slots`` (the worker's free handler slots),
+        the first ``slots`` count as started from their claim and the others are reserved until
+        the worker reports that their handlers started: ``started`` lists this worker's runs
+        whose handlers started since its last report (here or in :meth:`extend_claims`). A
+        reserved run whose worker dies goes back to its queue without spending an attempt.
+        Without ``slots``, every claimed run counts as started. Runs of the task names in
+        ``skip_names`` are left for other workers (names this worker's code does not know)."""
         check_queue_name(queue)
         return await self.store.claim(
             queue,
@@ -282,6 +293,9 @@ class Client:
             durations.seconds(claim_timeout, what="claim_timeout"),
             qty,
             code_version,
+            started,
+            skip_names,
+            slots,
         )
 
     async def complete(self, queue: str, run_id: uuid.UUID, result: Any = None) -> None:
@@ -554,15 +568,19 @@ class Client:
         *,
         concurrency: int | None = None,
         rate: RateLimit | None = None,
+        key_limit: int | None = None,
     ) -> None:
-        """Set the cluster-wide limits of ``task_name`` on ``queue``: at most ``concurrency``
-        runs at once, at most ``rate.allowed`` starts per ``rate.period``. Neither: no limit."""
+        """Record the cluster-wide limits of ``task_name`` on ``queue``: at most
+        ``concurrency`` runs at once and at most ``key_limit`` at once per concurrency key
+        (both across every queue), at most ``rate.allowed`` starts per ``rate.period`` on
+        ``queue``. None of them: no limit."""
         await self.store.set_limit(
             check_queue_name(queue),
             task_name,
             concurrency,
             rate.allowed if rate else None,
             durations.seconds(rate.period, what="rate period") if rate else None,
+            key_limit,
         )
 
     # --- to and from one task: messages, published state, batches, dependencies' results -------
@@ -728,10 +746,12 @@ class Client:
         *,
         busy: int | None = None,
         ahead: int | None = None,
+        started: Sequence[uuid.UUID] = (),
     ) -> list[uuid.UUID]:
         """Extend every listed lease of this worker and its liveness, recording how many of its
-        slots are ``busy`` and how many runs it claimed ``ahead``; return the lost runs."""
-        return await self.store.extend_claims(worker_id, run_ids, worker_ttl, busy, ahead)
+        slots are ``busy`` and how many runs it claimed ``ahead``, and that the runs
+        ``started`` run their handlers (no longer reserved); return the lost runs."""
+        return await self.store.extend_claims(worker_id, run_ids, worker_ttl, busy, ahead, started)
 
     async def stop_worker(self, worker_id: str) -> None:
         await self.store.stop_worker(worker_id)

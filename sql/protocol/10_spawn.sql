@@ -1,7 +1,7 @@
 -- Spawning: a task and its first run, one at a time or in batches.
 
 -- Spawn a task on p_queue. p_options (all optional): idempotency_key, max_attempts, retry,
--- timeout, heartbeat_timeout, priority, delay or at, headers, tags, partition_key,
+-- timeout, heartbeat_timeout, priority, delay or at, headers, tags, partition_key, concurrency_key,
 -- parent_task_id, on_parent_cancel ('cancel' or 'abandon'), unique, depends_on, cancellation,
 -- on_discard, retry_on and discard_on (reason classes). Returns the task and its run; created is
 -- false when the idempotency key or a unique spec found an existing task (that one is returned). A
@@ -113,7 +113,7 @@ begin
                                     idempotency_key, created_at, tags, partition_key,
                                     parent_task_id, depends_on, unique_key, cancellation,
                                     scheduled_at, cancel_at, discard_hook, on_parent_cancel,
-                                    retry_on, discard_on)
+                                    concurrency_key, retry_on, discard_on)
     values (durable.uuidv7(), p_queue, p_task_name, p_params, coalesce(v_options->'headers', '{}'),
             coalesce((v_options->>'max_attempts')::integer, 3), v_options->'retry',
             durable.seconds(v_options->'timeout', 'timeout'),
@@ -124,6 +124,7 @@ begin
             nullif(v_options->'cancellation', 'null'), v_at,
             durable.first_cancel_at(nullif(v_options->'cancellation', 'null'), v_at),
             coalesce((v_options->>'on_discard')::boolean, false), v_policy,
+            nullif(v_options->>'concurrency_key', ''),
             durable.reason_class_list(v_options->'retry_on', 'retry_on'),
             durable.reason_class_list(v_options->'discard_on', 'discard_on'))
     on conflict (queue, idempotency_key) where idempotency_key is not null do nothing
@@ -227,8 +228,8 @@ begin
               from items i order by i.ord
         ), rins as (
             insert into durable.runs (run_id, task_id, queue, attempt, state, available_at,
-                                      created_at)
-            select i.new_run, i.new_id, p_queue, 1, 'pending', v_now, v_now
+                                      created_at, task_name)
+            select i.new_run, i.new_id, p_queue, 1, 'pending', v_now, v_now, i.task_name
               from items i order by i.ord
         )
         select array_agg(i.new_id order by i.ord), array_agg(i.new_run order by i.ord)
@@ -261,7 +262,8 @@ begin
                                        retry, timeout_s, heartbeat_timeout_s, priority,
                                        idempotency_key, created_at, tags, partition_key,
                                        parent_task_id, cancellation, scheduled_at, cancel_at,
-                                       discard_hook, on_parent_cancel, retry_on, discard_on)
+                                       discard_hook, on_parent_cancel, concurrency_key,
+                                       retry_on, discard_on)
             select p.new_id, p_queue, p.task_name, p.params, coalesce(p.o->'headers', '{}'),
                    coalesce((p.o->>'max_attempts')::integer, 3), p.o->'retry',
                    case when p.o ? 'timeout' then durable.seconds(p.o->'timeout', 'timeout') end,
@@ -276,6 +278,7 @@ begin
                         then durable.first_cancel_at(p.cancellation, p.available_at) end,
                    coalesce((p.o->>'on_discard')::boolean, false),
                    coalesce(p.o->>'on_parent_cancel', 'cancel'),
+                   nullif(p.o->>'concurrency_key', ''),
                    durable.reason_class_list(p.o->'retry_on', 'retry_on'),
                    durable.reason_class_list(p.o->'discard_on', 'discard_on')
               from prepared p order by p.ord
@@ -283,9 +286,11 @@ begin
             returning task_id
         ), rins as (
             insert into durable.runs (run_id, task_id, queue, attempt, priority, partition_key,
-                                      state, available_at, created_at)
+                                      state, available_at, created_at, task_name,
+                                      concurrency_key)
             select p.new_run, p.new_id, p_queue, 1, p.prio, nullif(p.o->>'partition_key', ''),
-                   'pending', p.available_at, v_now
+                   'pending', p.available_at, v_now, p.task_name,
+                   nullif(p.o->>'concurrency_key', '')
               from prepared p join ins on ins.task_id = p.new_id
             returning available_at
         )

@@ -6,7 +6,7 @@ from durable.protocol.migrate import PROTOCOL_VERSION, load_migrations, load_pro
 
 #: The protocol's version and the sha256 of its files at that version. A change to sql/protocol/
 #: is a new protocol: raise PROTOCOL_VERSION and pin the new hash here.
-PINNED = (6, "2b0a32399d4f0dba967cd2f62e4911d8562499b2d304511e945725d9c5b11ba5")
+PINNED = (7, "73c3334ffc747e89b46156b8299fa5e9c53b1ca66c775475c7cfd7075f4979bc")
 
 _DEFINITION = re.compile(r"^create\s+(or\s+replace\s+)?function\s+durable\.(\w+)\(", re.I | re.M)
 
