@@ -193,7 +193,7 @@ class Durable:
                     "app.sync is open: this app's pool belongs to its background event loop —"
                     " close it (app.sync.close()) or use another Durable(...) from async code"
                 )
-            await self.client.connect()
+            await self.client.__aenter__()  # its task group: exited in __aexit__, this task
         self._entered += 1
         return self
 
@@ -205,8 +205,7 @@ class Durable:
     ) -> None:
         self._entered -= 1
         if self._entered == 0:
-            with anyio.CancelScope(shield=True):
-                await self.client.close()
+            await self.client.__aexit__(exc_type, exc, tb)  # shields what it must
 
     # --- producing ------------------------------------------------------------------------------
 

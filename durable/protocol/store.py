@@ -18,10 +18,11 @@ from typing import Any, Final, TypeAlias
 
 import anyio
 import asyncpg
+import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from durable.protocol import migrate as _migrate
-from durable.protocol.codec import decode_jsonb, encode_json, encode_jsonb
+from durable.protocol.codec import RawJson, decode_jsonb, encode_json, encode_jsonb
 from durable.protocol.cron import Missed, ScheduleSource
 from durable.protocol.errors import (
     BatchNotFound,
@@ -347,10 +348,12 @@ class Store:
     # --- the protocol ---------------------------------------------------------------------------
 
     async def spawn(
-        self, queue: str, task_name: str, params: Any, options: Mapping[str, Any]
+        self, queue: str, task_name: str, params: Any, options: Mapping[str, Any] | RawJson
     ) -> SpawnInfo:
         params_json = encode_json(params, "params")
-        options_json = encode_json(dict(options), "options")
+        options_json = encode_json(
+            options if isinstance(options, RawJson) else dict(options), "options"
+        )
         async with self._translate():
             row = await self._pool.fetchrow(_SPAWN, queue, task_name, params_json, options_json)
         assert row is not None
@@ -364,6 +367,23 @@ class Store:
             for name, p, o in items
         ]
         payload = encode_json(docs, "params")
+        async with self._translate():
+            rows = await self._pool.fetch(_SPAWN_MANY, queue, payload)
+        return [_spawn_info(r) for r in rows]
+
+    async def spawn_encoded(
+        self, queue: str, items: Sequence[tuple[str, RawJson, RawJson]]
+    ) -> list[SpawnInfo]:
+        """``spawn_many`` of items already encoded (``(task_name, params, options)``, each
+        checked by :func:`encode_json`): the batch is joined, not encoded again."""
+        payload = RawJson(
+            b"["
+            + b",".join(
+                b'{"task_name":%b,"params":%b,"options":%b}' % (orjson.dumps(name), p, o)
+                for name, p, o in items
+            )
+            + b"]"
+        )
         async with self._translate():
             rows = await self._pool.fetch(_SPAWN_MANY, queue, payload)
         return [_spawn_info(r) for r in rows]

@@ -502,9 +502,7 @@ class TaskContext:
         """Record the step: batched with other runs' checkpoints when the worker batches."""
         if self._writes is not None:
             try:
-                if await self._writes.checkpoints.submit(
-                    self.queue, (self.run_id, key, encoded), self._control.lease_left
-                ):
+                if await self._writes.checkpoints.submit(self.queue, (self.run_id, key, encoded)):
                     return
             except BatcherClosed:
                 pass  # shutting down: write it on its own (that raises LeaseLost if it was lost)

@@ -180,7 +180,7 @@ def _hand_over(writes: RunWrites, control: RunControl, result: Any) -> bool:
         control.end()
 
     return writes.completions.hand_over(
-        control.claim.queue, (control.claim.run_id, encoded), written, control.lease_left
+        control.claim.queue, (control.claim.run_id, encoded), written
     )
 
 
@@ -285,9 +285,7 @@ async def _complete(
     claim = control.claim
     if writes is not None:
         try:
-            return await writes.completions.submit(
-                claim.queue, (claim.run_id, result), control.lease_left
-            )
+            return await writes.completions.submit(claim.queue, (claim.run_id, result))
         except BatcherClosed:
             pass  # shutting down: write it on its own
     await control.ride_out("completion", lambda: client.complete(claim.queue, claim.run_id, result))

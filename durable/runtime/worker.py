@@ -157,7 +157,9 @@ class Worker:
         self._database_ok = True  # the last claim (or LISTEN) reached the database
         self._database_errors: dict[str, int] = {}  # failed database calls, by what was done
         self._db_timeout = db_timeout(options.claim_timeout)
-        self._writes = RunWrites(self.client, timeout_s=self._db_timeout)
+        self._writes = RunWrites(
+            self.client, timeout_s=self._db_timeout, lease_left=self._lease_left
+        )
         self.metrics: WorkerMetrics | None = None
         if options.metrics_port is not None:
             self.metrics = worker_metrics(
@@ -475,6 +477,11 @@ class Worker:
         self.active[claim.run_id] = control
         log.info("run.claimed", **control.ids, worker=self.worker_id)
         runs.put_nowait(control)  # a runner is free: there are as many as active runs can be
+
+    def _lease_left(self, run_id: uuid.UUID) -> float:
+        """Seconds the lease of run ``run_id`` surely holds still (0: not this worker's)."""
+        control = self.active.get(run_id)
+        return 0.0 if control is None else control.lease_left()
 
     def _handler_done(self) -> None:
         self._handler_slots.release()

@@ -39,10 +39,27 @@ begin
     if p_task_name is null or length(p_task_name) = 0 or length(p_task_name) > 255 then
         raise exception 'task name must be 1 to 255 characters' using errcode = 'DU005';
     end if;
-    perform durable.check_parent_policy(v_policy);
     if p_params is null then
         p_params := 'null'::jsonb;
     end if;
+    if v_options = '{}' then
+        -- no options (the common spawn): every column has its default, no key can conflict and
+        -- the task is due now; one statement writes the task and its run, nothing is looked up
+        v_task.task_id := durable.uuidv7();
+        v_run_id := durable.uuidv7();
+        with task as (
+            insert into durable.tasks (task_id, queue, task_name, params, created_at,
+                                       scheduled_at)
+            values (v_task.task_id, p_queue, p_task_name, p_params, v_now, v_now)
+        )
+        insert into durable.runs (run_id, task_id, queue, attempt, state, available_at,
+                                  created_at, task_name)
+        values (v_run_id, v_task.task_id, p_queue, 1, 'pending', v_now, v_now, p_task_name);
+        perform pg_notify('durable_work', p_queue);
+        return query select v_task.task_id, v_run_id, 1, true;
+        return;
+    end if;
+    perform durable.check_parent_policy(v_policy);
     v_at := durable.start_time(v_options, v_now);
 
     if v_unique is not null and jsonb_typeof(v_unique) <> 'null' then
