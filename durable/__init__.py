@@ -11,7 +11,9 @@ from importlib import metadata as _metadata
 from durable import metrics as _metrics  # noqa: F401 — installs itself (see above)
 from durable import tracing as _tracing  # noqa: F401 — installs itself (see above)
 from durable.app import Durable
+from durable.blocking import SyncDurable, SyncTaskHandle
 from durable.client import Client
+from durable.protocol.connections import SpawnConnection
 from durable.protocol.cron import Missed
 from durable.protocol.errors import (
     BatchNotFound,
@@ -27,6 +29,7 @@ from durable.protocol.errors import (
     PatchRetired,
     PayloadTooLarge,
     ScheduleNotFound,
+    SchemaError,
     Snooze,
     TaskDiscarded,
     TaskFailed,
@@ -127,10 +130,14 @@ __all__ = [
     "RunRecord",
     "RunState",
     "ScheduleNotFound",
+    "SchemaError",
     "Snooze",
+    "SpawnConnection",
     "SpawnInfo",
     "SpawnOptions",
+    "SyncDurable",
     "SyncTaskContext",
+    "SyncTaskHandle",
     "TaskContext",
     "TaskDefinition",
     "TaskDiscarded",

@@ -14,9 +14,12 @@ from typing import Any, Protocol, TypeVar, Unpack, cast, overload
 
 import anyio
 
+from durable.blocking import SyncDurable
 from durable.client import Client
 from durable.client.client import TaskFilters
+from durable.protocol.connections import SpawnConnection
 from durable.protocol.cron import Missed
+from durable.protocol.errors import DurableError
 from durable.protocol.log import get_logger
 from durable.protocol.records import (
     BatchInfo,
@@ -96,6 +99,9 @@ class Durable:
             retention_interval=retention_interval,
             version=version,
         )
+        #: The blocking API (Django, Flask, WSGI, scripts): ``app.sync.spawn(task, params)``,
+        #: run on a background event loop of its own (see :mod:`durable.blocking`).
+        self.sync = SyncDurable(self.registry)
         self._entered = 0
 
     @property
@@ -164,6 +170,11 @@ class Durable:
 
     async def __aenter__(self) -> Durable:
         if self._entered == 0:
+            if self.sync.is_open:
+                raise DurableError(
+                    "app.sync is open: this app's pool belongs to its background event loop —"
+                    " close it (app.sync.close()) or use another Durable(...) from async code"
+                )
             await self.client.connect()
         self._entered += 1
         return self
@@ -187,16 +198,42 @@ class Durable:
         params: Any = None,
         *,
         queue: str | None = None,
+        connection: SpawnConnection | None = None,
         **options: Unpack[SpawnKwargs],
     ) -> TaskHandle[Any]:
         """Spawn by name. A producer that does not register the task must name its ``queue``;
-        the options of ``@app.task`` apply only where the task is registered."""
-        return await self.registry.spawn(task_name, params, queue=queue, **options)
+        the options of ``@app.task`` apply only where the task is registered. With
+        ``connection`` (your asyncpg connection, or SQLAlchemy's async connection or session on
+        asyncpg) the spawn runs in your transaction: the task exists only if you commit."""
+        return await self.registry.spawn(
+            task_name, params, queue=queue, connection=connection, **options
+        )
+
+    async def spawn_many(
+        self,
+        items: Sequence[tuple[TaskDefinition[Any, Any] | str, Any]],
+        *,
+        queue: str | None = None,
+        connection: SpawnConnection | None = None,
+        **options: Unpack[SpawnKwargs],
+    ) -> list[TaskHandle[Any]]:
+        """Spawn ``items`` — ``(task, params)`` pairs of one queue, each with the options of its
+        ``@app.task`` and ``options`` on top — in one statement and one transaction (yours, with
+        ``connection``); the handles in the order given."""
+        return await self.registry.spawn_many(items, queue=queue, connection=connection, **options)
 
     async def spawn_with(
-        self, queue: str, task_name: str, params: Any, options: SpawnOptions
+        self,
+        queue: str,
+        task_name: str,
+        params: Any,
+        options: SpawnOptions,
+        *,
+        connection: SpawnConnection | None = None,
     ) -> TaskHandle[Any]:
-        return await self.registry.spawn_with(queue, task_name, params, options)
+        return await self.registry.spawn_with(
+            queue, task_name, params, options, connection=connection
+        )
 
     # --- results and operations -----------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import anyio
 from durable.client import instruments
 from durable.client.results import ResultWaiters
 from durable.protocol import durations, embedded
+from durable.protocol.connections import SpawnConnection, driver_connection
 from durable.protocol.cron import CronExpr, Missed, ScheduleSource
 from durable.protocol.dsn import resolve_dsn
 from durable.protocol.errors import (
@@ -56,7 +57,14 @@ from durable.protocol.records import (
     TaskState,
     WorkerInfo,
 )
-from durable.protocol.store import CHANNEL_DONE, CHANNEL_WORK, Listener, Store
+from durable.protocol.store import (
+    CHANNEL_DONE,
+    CHANNEL_WORK,
+    Listener,
+    Store,
+    spawn_many_on,
+    spawn_on,
+)
 
 log = get_logger()
 
@@ -165,6 +173,11 @@ class Client:
         await self.close()
 
     @property
+    def connected(self) -> bool:
+        """Whether the pool is open (``connect`` ran, ``close`` did not)."""
+        return self._store is not None
+
+    @property
     def store(self) -> Store:
         if self._store is None:
             raise DatabaseUnavailable("the client is not connected — use `async with` or connect()")
@@ -200,11 +213,21 @@ class Client:
         task_name: str,
         params: Any,
         options: SpawnOptions | None = None,
+        *,
+        connection: SpawnConnection | None = None,
     ) -> SpawnInfo:
+        """Spawn one task. With ``connection`` (the caller's asyncpg connection, or SQLAlchemy's
+        async connection or session on asyncpg), the spawn runs on it, in the caller's
+        transaction: the task exists only if the caller commits (this client need not be
+        connected)."""
         check_queue_name(queue)
         with instruments.spawn_tracer.spawning(queue, task_name) as traced:
             document = traced.options(options or _NO_OPTIONS).to_json()
-            info = await self.store.spawn(queue, task_name, params, document)
+            if connection is None:
+                info = await self.store.spawn(queue, task_name, params, document)
+            else:
+                conn = await driver_connection(connection)
+                info = await spawn_on(conn, queue, task_name, params, document)
             traced.spawned(info)
         return info
 
@@ -212,8 +235,11 @@ class Client:
         self,
         queue: str,
         items: Sequence[tuple[str, Any] | tuple[str, Any, SpawnOptions | None]],
+        *,
+        connection: SpawnConnection | None = None,
     ) -> list[SpawnInfo]:
-        """Spawn many tasks in one round trip: ``items`` are ``(task_name, params[, options])``."""
+        """Spawn many tasks in one round trip: ``items`` are ``(task_name, params[, options])``;
+        ``connection`` as for :meth:`spawn`."""
         check_queue_name(queue)
         with instruments.spawn_tracer.spawning_many(queue, (item[0] for item in items)) as traced:
             no_options = traced.options(_NO_OPTIONS).to_json()  # shared by items without any
@@ -225,7 +251,11 @@ class Client:
                 )
                 for item in items
             ]
-            infos = await self.store.spawn_many(queue, prepared)
+            if connection is None:
+                infos = await self.store.spawn_many(queue, prepared)
+            else:
+                conn = await driver_connection(connection)
+                infos = await spawn_many_on(conn, queue, prepared)
             traced.spawned_many(infos)
         return infos
 

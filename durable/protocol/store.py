@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import anyio
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from durable.protocol import migrate as _migrate
 from durable.protocol.codec import decode_jsonb, encode_json, encode_jsonb
@@ -29,6 +31,7 @@ from durable.protocol.errors import (
     InvalidState,
     LeaseLost,
     NotSerializable,
+    SchemaError,
     TaskNotFound,
 )
 from durable.protocol.records import (
@@ -206,6 +209,39 @@ def _unavailable(dsn: str, exc: BaseException) -> DatabaseUnavailable:
     )
 
 
+def _map_postgres_error(
+    exc: asyncpg.PostgresError,
+    unavailable: Callable[[], DatabaseUnavailable],
+    *,
+    run_id: uuid.UUID | None = None,
+    task_id: uuid.UUID | None = None,
+    batch_id: uuid.UUID | None = None,
+) -> Exception:
+    """The durable error a PostgreSQL error means (``exc`` itself when none does)."""
+    state = exc.sqlstate or ""
+    message = getattr(exc, "message", str(exc))
+    detail = getattr(exc, "detail", None) or ""
+    if state == _SQLSTATE_LEASE_LOST:
+        return LeaseLost(run_id, detail)
+    if state == _SQLSTATE_NOT_FOUND:
+        return TaskNotFound(_named_id(message) or task_id)
+    if state == _SQLSTATE_BATCH_NOT_FOUND:
+        return BatchNotFound(batch_id)
+    if state == _SQLSTATE_INVALID_STATE:
+        return InvalidState(message, state=detail or None)
+    if state == _SQLSTATE_QUEUE:
+        return InvalidQueueName(message.removeprefix("invalid queue name: "))
+    if state == _SQLSTATE_ARGUMENT or state in _SQLSTATES_ARGUMENT:
+        return InvalidArgument(message)
+    if state in _SQLSTATES_TEXT_ARGUMENT:
+        return InvalidArgument(f"{message} — {_SQLSTATES_TEXT_ARGUMENT[state]}")
+    if state in _SQLSTATES_NOT_SERIALIZABLE:
+        return NotSerializable("a value", message)
+    if state.startswith(_SQLSTATES_UNAVAILABLE_PREFIXES):
+        return unavailable()
+    return exc
+
+
 class Store:
     """An asyncpg pool and the protocol's SQL functions as typed methods."""
 
@@ -302,28 +338,13 @@ class Store:
         task_id: uuid.UUID | None,
         batch_id: uuid.UUID | None = None,
     ) -> Exception:
-        state = exc.sqlstate or ""
-        message = getattr(exc, "message", str(exc))
-        detail = getattr(exc, "detail", None) or ""
-        if state == _SQLSTATE_LEASE_LOST:
-            return LeaseLost(run_id, detail)
-        if state == _SQLSTATE_NOT_FOUND:
-            return TaskNotFound(_named_id(message) or task_id)
-        if state == _SQLSTATE_BATCH_NOT_FOUND:
-            return BatchNotFound(batch_id)
-        if state == _SQLSTATE_INVALID_STATE:
-            return InvalidState(message, state=detail or None)
-        if state == _SQLSTATE_QUEUE:
-            return InvalidQueueName(message.removeprefix("invalid queue name: "))
-        if state == _SQLSTATE_ARGUMENT or state in _SQLSTATES_ARGUMENT:
-            return InvalidArgument(message)
-        if state in _SQLSTATES_TEXT_ARGUMENT:
-            return InvalidArgument(f"{message} — {_SQLSTATES_TEXT_ARGUMENT[state]}")
-        if state in _SQLSTATES_NOT_SERIALIZABLE:
-            return NotSerializable("a value", message)
-        if state.startswith(_SQLSTATES_UNAVAILABLE_PREFIXES):
-            return _unavailable(self.dsn, exc)
-        return exc
+        return _map_postgres_error(
+            exc,
+            lambda: _unavailable(self.dsn, exc),
+            run_id=run_id,
+            task_id=task_id,
+            batch_id=batch_id,
+        )
 
     # --- the protocol ---------------------------------------------------------------------------
 
@@ -1256,3 +1277,73 @@ def _failed_work(r: asyncpg.Record) -> FailedWork:
         last_checkpoint=r["last_checkpoint"],
         tags=list(r["tags"] or ()),
     )
+
+
+# --- spawning on a caller's connection ----------------------------------------------------------
+# The caller's connection is not the pool's: durable's jsonb codec is not set on it (and the
+# caller may have set another, as SQLAlchemy's asyncpg dialect does), so JSON travels as text and
+# is cast in SQL; the results are uuids, integers and booleans, which need no codec.
+_SPAWN_ON = (
+    "select task_id, run_id, attempt, created"
+    " from durable.spawn($1, $2, $3::text::jsonb, $4::text::jsonb)"
+)
+_SPAWN_MANY_ON = (
+    "select task_id, run_id, attempt, created from durable.spawn_many($1, $2::text::jsonb)"
+)
+# 3F000: no schema durable; 42883: no such function (a protocol older than this package's)
+_SQLSTATES_NO_PROTOCOL = {"3F000", "42883"}
+
+#: An asyncpg connection that a caller owns (a pool's proxy of one included).
+DriverConnection: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
+
+
+async def spawn_on(
+    conn: DriverConnection,
+    queue: str,
+    task_name: str,
+    params: Any,
+    options: Mapping[str, Any],
+) -> SpawnInfo:
+    """``durable.spawn`` on the caller's connection, in whatever transaction it has open: the
+    task exists when the caller commits, and its NOTIFY is delivered then."""
+    params_json = encode_json(params, "params").decode()
+    options_json = encode_json(dict(options), "options").decode()
+    async with _on_callers_connection():
+        row = await conn.fetchrow(_SPAWN_ON, queue, task_name, params_json, options_json)
+    assert row is not None
+    return _spawn_info(row)
+
+
+async def spawn_many_on(
+    conn: DriverConnection, queue: str, items: Sequence[tuple[str, Any, Mapping[str, Any]]]
+) -> list[SpawnInfo]:
+    """``durable.spawn_many`` on the caller's connection (see :func:`spawn_on`)."""
+    docs = [{"task_name": name, "params": p, "options": dict(o)} for name, p, o in items]
+    payload = encode_json(docs, "params").decode()
+    async with _on_callers_connection():
+        rows = await conn.fetch(_SPAWN_MANY_ON, queue, payload)
+    return [_spawn_info(r) for r in rows]
+
+
+@contextlib.asynccontextmanager
+async def _on_callers_connection() -> AsyncIterator[None]:
+    """Driver errors on a caller's connection, as durable's: a database without durable's
+    protocol is a :class:`SchemaError`."""
+    try:
+        yield
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate in _SQLSTATES_NO_PROTOCOL:
+            raise SchemaError(
+                f"the database of this connection has no durable protocol to spawn with"
+                f" ({getattr(exc, 'message', exc)}) — run `durable migrate` on it, or open a"
+                " Durable app on it once (it migrates)"
+            ) from exc
+        raise _map_postgres_error(exc, functools.partial(_callers_connection_failed, exc)) from exc
+    except (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError, TimeoutError) as exc:
+        # InternalClientError: the connection's protocol state broke when its server went away
+        # mid-operation (seen after pg_terminate_backend), as in Store's own mapping
+        raise _callers_connection_failed(exc) from exc
+
+
+def _callers_connection_failed(exc: BaseException) -> DatabaseUnavailable:
+    return DatabaseUnavailable(f"the caller's connection failed — {type(exc).__name__}: {exc}")

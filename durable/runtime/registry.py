@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, Unpack, cast, overload
 
 from durable.client import Client
+from durable.protocol.connections import SpawnConnection
 from durable.protocol.cron import CronExpr, Missed
 from durable.protocol.errors import InvalidArgument, UnknownTask, check_queue_name
 from durable.protocol.log import get_logger
@@ -100,20 +101,50 @@ class TaskDefinition(Generic[P, R]):
         params: None = None,
         *,
         queue: str | None = None,
+        connection: SpawnConnection | None = None,
         **options: Unpack[SpawnKwargs],
     ) -> TaskHandle[R]: ...
 
     @overload
     async def spawn(
-        self, params: P, *, queue: str | None = None, **options: Unpack[SpawnKwargs]
+        self,
+        params: P,
+        *,
+        queue: str | None = None,
+        connection: SpawnConnection | None = None,
+        **options: Unpack[SpawnKwargs],
     ) -> TaskHandle[R]: ...
 
     async def spawn(
-        self, params: Any = None, *, queue: str | None = None, **options: Unpack[SpawnKwargs]
+        self,
+        params: Any = None,
+        *,
+        queue: str | None = None,
+        connection: SpawnConnection | None = None,
+        **options: Unpack[SpawnKwargs],
     ) -> TaskHandle[R]:
-        """Spawn this task; options given here override the ones on ``@app.task``."""
-        handle = await self.registry.spawn(self, params, queue=queue, **options)
+        """Spawn this task; options given here override the ones on ``@app.task``. With
+        ``connection`` (your asyncpg connection, or SQLAlchemy's async connection or session),
+        the spawn runs in your transaction: the task exists only if you commit."""
+        handle = await self.registry.spawn(
+            self, params, queue=queue, connection=connection, **options
+        )
         return cast(TaskHandle[R], handle)
+
+    async def spawn_many(
+        self,
+        params: Sequence[P],
+        *,
+        queue: str | None = None,
+        connection: SpawnConnection | None = None,
+        **options: Unpack[SpawnKwargs],
+    ) -> list[TaskHandle[R]]:
+        """Spawn this task once per item of ``params``, in one statement (one transaction, or
+        yours with ``connection``); the handles in the order given."""
+        handles = await self.registry.spawn_many(
+            [(self, p) for p in params], queue=queue, connection=connection, **options
+        )
+        return cast(list[TaskHandle[R]], handles)
 
 
 @dataclass(slots=True)
@@ -229,17 +260,26 @@ class Registry(Mapping[str, "TaskDefinition[Any, Any]"]):
         params: Any = None,
         *,
         queue: str | None = None,
+        connection: SpawnConnection | None = None,
         **options: Unpack[SpawnKwargs],
     ) -> TaskHandle[Any]:
-        """Spawn ``task`` (see :meth:`resolve`)."""
+        """Spawn ``task`` (see :meth:`resolve`), on ``connection`` when given."""
         target, task_name, resolved = self.resolve(task, queue, options)
-        return await self.spawn_with(target, task_name, params, resolved)
+        return await self.spawn_with(target, task_name, params, resolved, connection=connection)
 
     async def spawn_with(
-        self, queue: str, task_name: str, params: Any, options: SpawnOptions
+        self,
+        queue: str,
+        task_name: str,
+        params: Any,
+        options: SpawnOptions,
+        *,
+        connection: SpawnConnection | None = None,
     ) -> TaskHandle[Any]:
         """Spawn with options resolved already."""
-        info: SpawnInfo = await self.client.spawn(queue, task_name, params, options)
+        info: SpawnInfo = await self.client.spawn(
+            queue, task_name, params, options, connection=connection
+        )
         log.info(
             "task.spawned",
             queue=queue,
@@ -248,10 +288,54 @@ class Registry(Mapping[str, "TaskDefinition[Any, Any]"]):
             run_id=str(info.run_id),
             attempt=info.attempt,
             created=info.created,
+            in_transaction=connection is not None,
         )
         return TaskHandle(
             self.client, queue, task_name, info.task_id, info.run_id, info.attempt, info.created
         )
+
+    async def spawn_many(
+        self,
+        items: Sequence[tuple[TaskDefinition[Any, Any] | str, Any]],
+        *,
+        queue: str | None = None,
+        connection: SpawnConnection | None = None,
+        **options: Unpack[SpawnKwargs],
+    ) -> list[TaskHandle[Any]]:
+        """Spawn ``items`` (``(task, params)`` pairs, each resolved as a spawn of it is, with
+        ``options`` on top) in one statement: they must resolve to one queue."""
+        queues: set[str] = set()
+        prepared: list[tuple[str, Any, SpawnOptions | None]] = []
+        for item in items:
+            if not isinstance(item, tuple) or len(item) != 2:
+                raise InvalidArgument(f"a spawn_many item is a (task, params) pair, got {item!r}")
+            task, params = item
+            target, task_name, resolved = self.resolve(task, queue, options)
+            queues.add(target)
+            prepared.append((task_name, params, resolved))
+        if not prepared:
+            return []
+        if len(queues) > 1:
+            raise InvalidArgument(
+                f"spawn_many spawns on one queue, in one statement; these tasks run on"
+                f" {sorted(queues)} — call it once per queue (with one connection= to keep them"
+                " in one transaction)"
+            )
+        (target,) = queues
+        infos = await self.client.spawn_many(target, prepared, connection=connection)
+        log.info(
+            "tasks.spawned",
+            queue=target,
+            count=len(infos),
+            created=sum(info.created for info in infos),
+            in_transaction=connection is not None,
+        )
+        return [
+            TaskHandle(
+                self.client, target, name, info.task_id, info.run_id, info.attempt, info.created
+            )
+            for (name, _, _), info in zip(prepared, infos, strict=True)
+        ]
 
     async def spawn_batch(
         self,

@@ -36,7 +36,14 @@ def run_example(name: str, dsn: str) -> str:
 
 
 def test_every_example_is_tested() -> None:
-    tested = {"quickstart.py", "checkpoints.py", "producer.py", "workflow.py"}
+    tested = {
+        "quickstart.py",
+        "checkpoints.py",
+        "producer.py",
+        "workflow.py",
+        "wsgi_app.py",
+        "fastapi_app.py",
+    }
     assert {path.name for path in EXAMPLES.glob("*.py")} == tested
 
 
@@ -94,3 +101,19 @@ def test_workflow_gathers_receives_a_message_parks_and_patches(dsn: str) -> None
     assert re.search(r"^runs: (suspended, ){3,5}completed$", out, re.MULTILINE)
     assert "patch 'gift-wrap': new path, recorded as $patch:gift-wrap" in out
     assert "code version of every run: ['2024-06-01']" in out
+
+
+def test_the_wsgi_app_spawns_from_threads_through_the_blocking_api(dsn: str) -> None:
+    out = run_example("wsgi_app.py", dsn)
+    assert "8 orders posted from 8 threads: 8 tasks" in out
+    assert "o-1 posted again: created=False, same task: True" in out
+    for n in range(1, 9):
+        assert f"o-{n}: completed 'receipt for o-{n}: {10 * n} EUR'" in out
+
+
+def test_the_fastapi_app_spawns_in_the_requests_transaction(dsn: str) -> None:
+    out = run_example("fastapi_app.py", dsn)
+    assert "POST /signups ada: 201" in out
+    assert "POST /signups ada again: 409 ada@example.com has signed up already" in out
+    assert "welcome: completed 'welcome mail sent to ada@example.com'" in out
+    assert "send_welcome tasks: 1" in out  # the rolled-back request's spawn left nothing

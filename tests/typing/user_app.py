@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from typing import TypedDict
 
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from durable import (
     DiscardReason,
     Durable,
@@ -66,3 +69,23 @@ async def produce() -> tuple[str, int]:
         counted = await (await count.spawn([1, 2, 3])).result()
         number: int = counted.result
         return text, number
+
+
+async def produce_in_my_transaction(conn: asyncpg.Connection, session: AsyncSession) -> str:
+    async with conn.transaction():
+        mine = await greet.spawn({"name": "ada"}, connection=conn)
+    async with session.begin():
+        await count.spawn_many([[1], [2, 3]], connection=session)
+        await app.spawn("greet", {"name": "bob"}, connection=session, priority=1)
+    return str(mine.task_id)
+
+
+def produce_blocking() -> str:
+    with app.sync as sync:
+        # a TypedDict's literal needs its name here: mypy infers P from the task and the params
+        handle = sync.spawn(greet, Greeting(name="ada"), idempotency_key="greet-ada")
+        counted: int = sync.spawn(count, [1, 2]).result().result
+        text: str = handle.result(timeout=10).result + str(counted)
+        by_name = sync.spawn("greet", {"name": "bob"}, queue="default")
+        sync.cancel(by_name.task_id)
+        return text + str(sync.get_task(handle.task_id).state)
