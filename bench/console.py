@@ -75,7 +75,7 @@ select durable.uuidv7_seq(x.ms, x.i), x.queue, x.task_name,
 _LOAD_RUNS = """
 insert into durable.runs (run_id, task_id, queue, attempt, state, available_at, claimed_by,
                           lease_s, lease_expires_at, started_at, finished_at, failure_reason,
-                          error, created_at)
+                          error, created_at, task_name)
 select durable.uuidv7(), t.task_id, t.queue, 1, r.state, t.created_at,
        case when r.state <> 'pending' then 'bench-worker' end,
        case when r.state = 'running' then 3600 end,

@@ -60,6 +60,9 @@ def rows(args: argparse.Namespace) -> list[Row]:
     return [
         Row("enqueue_one", f"enqueue {n:,}, one at a time"),
         Row("enqueue_batch", f"enqueue {n:,}, batched by {args.batch:,}"),
+        Row("service", f"service: {concurrency} coroutines, each awaiting one spawn"),
+        Row("service", "  service: p50 per spawn", "p50_ms", "ms"),
+        Row("service", "  service: p99 per spawn", "p99_ms", "ms"),
         Row("noop", f"end to end, {n:,} no-op, c={concurrency}"),
         Row("steps3", f"end to end, {args.steps_n:,} x 3 steps, c={concurrency}"),
         Row("latency", "spawn-to-start p50, low load", "p50_ms", "ms"),
@@ -171,6 +174,31 @@ def find_pgbench() -> str | None:
     return str(candidates[0]) if candidates else None
 
 
+async def pgbench_turn(server_dsn: str, seconds: int) -> float | None:
+    """pgbench simple-update at 1 client for ``seconds``, in a scratch database: run in turn with
+    the systems' ``enqueue_one`` runs, so the ratio reads the two under the same load."""
+    pgbench = find_pgbench()
+    if pgbench is None:
+        return None
+    name = f"bench_pgbench_{uuid.uuid4().hex[:10]}"
+    await harness.execute(server_dsn, f'create database "{name}"')
+    dsn = harness.with_database(server_dsn, name)
+    try:
+        await anyio.run_process([pgbench, "-i", "-q", "-s", "10", dsn])
+        done = await anyio.run_process(
+            [pgbench, "-b", "simple-update", "-c", "1", "-T", str(seconds), "-n", dsn]
+        )
+    except subprocess.CalledProcessError:
+        return None
+    finally:
+        with anyio.CancelScope(shield=True):
+            await harness.execute(server_dsn, f'drop database if exists "{name}" with (force)')
+    return next(
+        (float(line.split()[2]) for line in done.stdout.decode().splitlines() if "tps =" in line),
+        None,
+    )
+
+
 async def pgbench_ceiling(server_dsn: str, seconds: int) -> dict[int, float] | str:
     """simple-update transactions/s at 1 and 8 clients, in a scratch database; or why not."""
     pgbench = find_pgbench()
@@ -261,7 +289,10 @@ def notes(cells: dict[tuple[str, str], Cell], systems: Sequence[str]) -> list[st
 
 
 def ratios(
-    cells: dict[tuple[str, str], Cell], ceiling: dict[int, float] | str, systems: Sequence[str]
+    cells: dict[tuple[str, str], Cell],
+    ceiling: dict[int, float] | str,
+    systems: Sequence[str],
+    in_turn: Sequence[float] = (),
 ) -> list[str]:
     """durable's figures read against the peers and against pgbench."""
 
@@ -281,6 +312,16 @@ def ratios(
             theirs = get(workload, peer)
             if ours and theirs:
                 out.append(f"{label}: durable / {peer} = {ours / theirs:.2f}x")
+    for peer in peers:
+        if (ours := get("enqueue_one", "durable")) and (theirs := get("enqueue_one", peer)):
+            out.append(f"enqueue one at a time: durable / {peer} = {ours / theirs:.2f}x")
+        if (ours := get("service", "durable")) and (theirs := get("service", peer)):
+            p99 = get("service", "durable", "p99_ms")
+            their_p99 = get("service", peer, "p99_ms")
+            out.append(
+                f"service: durable / {peer} = {ours / theirs:.2f}x tasks/s, "
+                f"p99 {fmt(p99, 'ms')} ms vs {fmt(their_p99, 'ms')} ms"
+            )
     if (full := get("backlog", "durable")) and (empty := get("noop", "durable")):
         out.append(f"backlog: durable behind the backlog / empty queue = {full / empty:.2f}")
     if (scaled := get("scale", "durable")) and (single := get("noop", "durable")):
@@ -288,6 +329,12 @@ def ratios(
     if isinstance(ceiling, dict):
         if (one := get("enqueue_one", "durable")) and 1 in ceiling:
             out.append(f"enqueue one at a time / pgbench 1 client = {one / ceiling[1]:.0%}")
+        if (one := get("enqueue_one", "durable")) and in_turn:
+            tps = statistics.median(in_turn)
+            out.append(
+                f"enqueue one at a time / pgbench 1 client in turn with it "
+                f"({tps:,.0f} tps, median of {len(in_turn)}) = {one / tps:.0%}"
+            )
         if (steps := get("steps3", "durable")) and 8 in ceiling:
             commits = get("steps3", "durable", "commits_per_task")
             out.append(
@@ -363,6 +410,7 @@ async def main(args: argparse.Namespace) -> None:
         ceiling: dict[int, float] | str = "not measured"
         if args.pgbench_seconds:
             ceiling = await pgbench_ceiling(server.dsn, args.pgbench_seconds)
+        in_turn: list[float] = []  # pgbench at 1 client, a run per round of enqueue_one
         for workload in workloads:
             row = next(r for r in table_rows if r.workload == workload)
             here = [*options, f"--n={args.steps_n}"] if workload == "steps3" else options
@@ -385,6 +433,11 @@ async def main(args: argparse.Namespace) -> None:
                         cell.errors.append(result["error"])
                     else:
                         cell.values.append(result)
+                if workload == "enqueue_one" and args.pgbench_seconds:
+                    tps = await pgbench_turn(server.dsn, min(args.pgbench_seconds, 5))
+                    if tps is not None:
+                        in_turn.append(tps)
+                        print(f"  pgbench       1 client      {tps:,.0f} tps", file=sys.stderr)
     print()
     print(render(table_rows, systems, cells))
     print()
@@ -397,14 +450,22 @@ async def main(args: argparse.Namespace) -> None:
         )
     else:
         print(f"pgbench: {ceiling}")
-    for line in ratios(cells, ceiling, systems) + notes(cells, systems):
+    for line in ratios(cells, ceiling, systems, in_turn) + notes(cells, systems):
         print(line)
     if args.json:
         dump = {
             f"{w}/{s}": c.values + [{"error": e} for e in c.errors] for (w, s), c in cells.items()
         }
         args.json.write_text(
-            json.dumps({"settings": settings, "pgbench": ceiling, "cells": dump}, indent=1)
+            json.dumps(
+                {
+                    "settings": settings,
+                    "pgbench": ceiling,
+                    "pgbench_in_turn": in_turn,
+                    "cells": dump,
+                },
+                indent=1,
+            )
         )
 
 

@@ -43,7 +43,14 @@ from durable.protocol.records import (
 )
 from durable.runtime.context import TaskContext
 from durable.runtime.cron import CronJob
-from durable.runtime.registry import Handler, Registry, TaskDefinition, TaskHandle, TaskKwargs
+from durable.runtime.registry import (
+    Handler,
+    Registry,
+    TaskDefinition,
+    TaskHandle,
+    TaskKwargs,
+    check_key_limit,
+)
 from durable.runtime.retention import PruneRule
 from durable.runtime.sync_context import SyncTaskContext
 from durable.runtime.worker import Worker, WorkerKwargs, WorkerOptions
@@ -151,7 +158,11 @@ class Durable:
         renaming the function does not strand tasks in flight.
 
         ``global_limit`` (runs at once) and ``rate_limit`` (starts per period) hold across every
-        worker: a worker serving the task's queue records them when it starts. ``on_discard(ctx,
+        worker: a worker serving the task's queue records them when it starts; ``global_limit``
+        holds across every queue the task name runs on. ``concurrency_key`` (a function of the
+        params, e.g. ``lambda p: p["tenant"]``, evaluated at spawn and stored on the task) with
+        ``key_limit=N``: at most N runs of the task name per key at once, across every worker
+        and queue. ``on_discard(ctx,
         error)`` is called when the task ends without completing (its attempts ran out, or it
         was cancelled, discarded, or cancelled by a policy, a dependency or its parent), with
         ``ctx.params`` and a :class:`durable.TaskDiscarded` saying why; at least once, by
@@ -161,6 +172,7 @@ class Durable:
         global_limit = options.get("global_limit")
         if global_limit is not None and global_limit < 1:  # refused before the decorator is used
             raise ValueError("global_limit must be at least 1")
+        check_key_limit(options.get("concurrency_key"), options.get("key_limit"))
 
         if fn is not None:
             return self.registry.register(fn, **options)
@@ -175,7 +187,7 @@ class Durable:
                     "app.sync is open: this app's pool belongs to its background event loop —"
                     " close it (app.sync.close()) or use another Durable(...) from async code"
                 )
-            await self.client.connect()
+            await self.client.__aenter__()  # its task group: exited in __aexit__, this task
         self._entered += 1
         return self
 
@@ -187,8 +199,7 @@ class Durable:
     ) -> None:
         self._entered -= 1
         if self._entered == 0:
-            with anyio.CancelScope(shield=True):
-                await self.client.close()
+            await self.client.__aexit__(exc_type, exc, tb)  # shields what it must
 
     # --- producing ------------------------------------------------------------------------------
 
@@ -453,7 +464,7 @@ class Durable:
         """Add (True) or update (False) cron schedule ``name`` at run time: stored in the
         database, fired by the workers serving the task's queue (within ``cron_refresh``
         seconds), whatever code they run. Refuses the name of a schedule declared in code."""
-        target, task_name, resolved = self.registry.resolve(task, queue, options)
+        target, task_name, resolved = self.registry.resolve(task, queue, options, params=params)
         created = await self.client.set_cron_schedule(
             name,
             expr,

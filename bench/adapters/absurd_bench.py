@@ -8,6 +8,7 @@ Every task is ``{"i": i}`` on one queue, ``bench``, through the SDK's async clie
   ``psql`` binary is needed; then ``await app.create_queue()`` (``absurd.create_queue``).
 - ``enqueue_one``: ``await app.spawn("noop", {"i": i})`` per task (one ``absurd.spawn_task``
   call, autocommit).
+- ``service``: the same ``app.spawn`` from C coroutines at once, on the one ``AsyncAbsurd``.
 - ``enqueue_batch``: Absurd has no batched spawn (neither the SDK nor the SQL API), and its docs
   say nothing on bulk enqueue. The adapter gives the client its own psycopg connection (a
   documented constructor form) and makes ``--batch`` ``spawn()`` calls inside one transaction:
@@ -55,7 +56,7 @@ from typing import Any
 import absurdctl
 import psycopg
 from absurd_sdk import AsyncAbsurd
-from aio import Hits, main, probe_latency, timed_drain, within
+from aio import Hits, main, probe_latency, service, timed_drain, within
 from contract import (
     BACKLOG_WINDOW_S,
     Budget,
@@ -195,6 +196,15 @@ async def enqueue_one(dsn: str, n: int) -> None:
         await app.close()
 
 
+async def service_workload(dsn: str, n: int, c: int) -> None:
+    app = AsyncAbsurd(dsn, queue_name=QUEUE)
+    try:
+        await app.spawn("noop", {"i": -1}, queue=QUEUE)  # connect, untimed
+        await service(lambda i: app.spawn("noop", {"i": i}, queue=QUEUE), n, c)
+    finally:
+        await app.close()
+
+
 async def run(args: argparse.Namespace) -> None:
     dsn, n, c = args.dsn, args.n, args.concurrency
     await within(120, install(dsn), "installing the schema")
@@ -202,6 +212,8 @@ async def run(args: argparse.Namespace) -> None:
     if args.workload == "enqueue_one":
         await within(budget(n), enqueue_one(dsn, n), "enqueueing")
         throughput(n, now() - start)
+    elif args.workload == "service":
+        await within(budget(n), service_workload(dsn, n, c), "enqueueing")
     elif args.workload == "enqueue_batch":
         await within(budget(n), enqueue_batched(dsn, "noop", 0, n, args.batch), "enqueueing")
         throughput(n, now() - start, batch=args.batch, how="spawn() x batch in one transaction")

@@ -17,7 +17,15 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from contract import LATENCY_PAUSE_S, LATENCY_TASKS, Returns, now, parse_args, skip
+from contract import (
+    LATENCY_PAUSE_S,
+    LATENCY_TASKS,
+    Returns,
+    now,
+    parse_args,
+    service_result,
+    skip,
+)
 
 T = TypeVar("T")
 START_S = 60.0  # for one latency task to start
@@ -102,6 +110,24 @@ async def probe_latency(hits: Hits, enqueue: Callable[[int], Awaitable[object]])
             samples.append(started - sent)
         await asyncio.sleep(LATENCY_PAUSE_S)
     return samples
+
+
+async def service(
+    enqueue: Callable[[int], Awaitable[object]], n: int, c: int, **extra: Any
+) -> None:
+    """``service``: C coroutines, each awaiting ``enqueue(i)`` one at a time, N in all."""
+    numbers = iter(range(n))
+    samples: list[float] = []
+
+    async def caller() -> None:
+        for i in numbers:  # shared: each number once, whichever coroutine is free
+            sent = now()
+            await enqueue(i)
+            samples.append(now() - sent)
+
+    start = now()
+    await asyncio.gather(*(caller() for _ in range(c)))
+    service_result(n, now() - start, samples, concurrency=c, **extra)
 
 
 def main(

@@ -16,6 +16,10 @@ Workloads (N = ``--n``, default 20,000; C = ``--concurrency``, default 50):
 
 - ``enqueue_one``: N tasks enqueued one at a time, each call awaited before the next.
 - ``enqueue_batch``: N tasks through the system's batched enqueue, ``--batch`` per call.
+- ``service``: a service under load: C coroutines (threads, for a blocking API), each awaiting
+  one enqueue at a time, N enqueues in all, on the system's default pool (pgqueuer on an asyncpg
+  pool of 10, as durable's default); ``value`` is N / seconds, with ``p50_ms`` and ``p99_ms``
+  the time of one enqueue call (``service_result``).
 - ``noop``: N no-op tasks enqueued first (batched, untimed); then one worker in this process at
   concurrency C; the clock runs from starting the worker until the N-th handler has returned.
 - ``steps3``: as ``noop`` but each task checkpoints three durable steps (skip if the system has
@@ -53,13 +57,23 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Protocol, TextIO, TypeVar
 
-WORKLOADS = ("enqueue_one", "enqueue_batch", "noop", "steps3", "latency", "backlog", "scale")
+WORKLOADS = (
+    "enqueue_one",
+    "enqueue_batch",
+    "service",
+    "noop",
+    "steps3",
+    "latency",
+    "backlog",
+    "scale",
+)
 INTERNAL = ("worker",)  # the worker processes of ``scale``
 LATENCY_TASKS = 1_000
 LATENCY_PAUSE_S = 0.005
@@ -127,6 +141,45 @@ def latency(samples_s: Sequence[float], **extra: Any) -> None:
     report(
         value=p50, unit="ms", p50_ms=round(p50, 3), p99_ms=round(p99, 3), n=len(samples_s), **extra
     )
+
+
+def service_result(n: int, seconds: float, samples_s: Sequence[float], **extra: Any) -> None:
+    """``service``'s figure: N enqueues in ``seconds``, and the time of one enqueue call."""
+    throughput(
+        n,
+        seconds,
+        p50_ms=round(percentile(samples_s, 50) * 1000, 3),
+        p99_ms=round(percentile(samples_s, 99) * 1000, 3),
+        **extra,
+    )
+
+
+def service_threads(enqueue: Callable[[int], object], n: int, c: int, **extra: Any) -> None:
+    """``service`` for a blocking API: C threads, each calling ``enqueue(i)`` one at a time."""
+
+    numbers = iter(range(n))
+    lock = threading.Lock()
+    samples: list[float] = []
+
+    def caller() -> None:
+        while True:
+            with lock:
+                i = next(numbers, None)
+            if i is None:
+                return
+            sent = now()
+            enqueue(i)
+            took = now() - sent
+            with lock:
+                samples.append(took)
+
+    threads = [threading.Thread(target=caller) for _ in range(c)]
+    start = now()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    service_result(n, now() - start, samples, concurrency=c, **extra)
 
 
 def skip(reason: str) -> None:

@@ -10,6 +10,7 @@ a worker is a launched DBOS that listens to every queue. Workloads that need bot
 the other in the same process (``DBOS.destroy()``, then a new ``DBOS(config=...)``).
 
 - ``enqueue_one``: ``queue.enqueue(noop, i)`` per task.
+- ``service``: ``queue.enqueue(noop, i)`` from C threads at once (DBOS's enqueue blocks).
 - ``enqueue_batch``: DBOS has no batched enqueue; its bulk path is ``DBOSClient``'s
   ``enqueue_in_transaction(conn, options, i)``, which joins a caller-owned SQLAlchemy
   transaction: ``--batch`` enqueues per transaction, one commit per batch, still one round trip
@@ -73,6 +74,7 @@ from contract import (
     now,
     parse_args,
     report_backlog,
+    service_threads,
     throughput,
     time_workers,
     worker_ready,
@@ -249,10 +251,24 @@ def setup(dsn: str, concurrency: int, enqueue_one: int = 0) -> float:
         DBOS.destroy()
 
 
+def service_dbos(dsn: str, n: int, c: int) -> None:
+    """``service``: DBOS's enqueue blocks, so C threads each call ``queue.enqueue`` in turn."""
+    launch(dsn, listen=False)
+    try:
+        queue = register_queue(c)
+        queue.enqueue(noop, -1)  # connect, untimed
+        service_threads(lambda i: queue.enqueue(noop, i), n, c, how="threads")
+    finally:
+        DBOS.destroy()
+
+
 def run(args: argparse.Namespace) -> None:
     dsn, n, c = args.dsn, args.n, args.concurrency
     if args.workload == "enqueue_one":
         throughput(n, setup(dsn, c, enqueue_one=n))
+        return
+    if args.workload == "service":
+        service_dbos(dsn, n, c)
         return
     setup(dsn, 0 if args.workload == "scale" else c)  # scale: paused until the workers' go
     if args.workload == "enqueue_batch":

@@ -1,6 +1,7 @@
 """durable's adapter for ``bench/run.py`` (the contract: ``contract.py``).
 
-API per workload: ``enqueue_one`` awaits ``task.spawn(params)`` N times; ``enqueue_batch`` calls
+API per workload: ``enqueue_one`` awaits ``task.spawn(params)`` N times; ``service`` awaits it
+from C coroutines at once on ``Durable(dsn)``'s default pool (10); ``enqueue_batch`` calls
 ``app.client.spawn_many(queue, items)``; the worker workloads run ``app.run_worker([queue],
 concurrency=C)`` in this process and ``ctx.step`` for ``steps3``; ``scale`` starts worker processes
 that each run ``app.run_worker`` (ready once connected: ``client.queue_counts()`` answered).
@@ -37,6 +38,7 @@ from contract import (
     report_backlog,
     report_scale,
     run_scale,
+    service_result,
     throughput,
     worker_ready,
 )
@@ -216,6 +218,42 @@ async def enqueue_one(dsn: str, n: int) -> None:
         throughput(n, now() - started)
 
 
+async def service(dsn: str, n: int, concurrency: int) -> None:
+    """C coroutines, each awaiting one spawn at a time, N spawns in all (contract.py)."""
+    app = Durable(dsn)  # the default pool, 10 connections
+    app.task(name="noop", queue=QUEUE)(noop_handler)
+    numbers = iter(range(n))
+    samples: list[float] = []
+
+    async def caller() -> None:
+        for i in numbers:  # shared: each number once, whichever coroutine is free
+            sent = now()
+            await task.spawn({"i": i})
+            samples.append(now() - sent)
+
+    async with app:
+        task = app.registry["noop"]
+        await task.spawn({"i": -1})  # connect and prepare, untimed
+        started = now()
+        async with anyio.create_task_group() as tg:
+            for _ in range(concurrency):
+                tg.start_soon(caller)
+        seconds = now() - started
+        statements, batched, _ = app.client.spawn_batches
+    service_result(
+        n,
+        seconds,
+        samples,
+        concurrency=concurrency,
+        statements=statements + (n - batched),
+        batched=batched,
+    )
+
+
+async def noop_handler(ctx: TaskContext, params: dict[str, int]) -> None:
+    return None
+
+
 async def enqueue_batch(dsn: str, n: int, batch: int) -> None:
     app = make_app(dsn, Counter(n))
     async with app:
@@ -318,6 +356,8 @@ async def main() -> None:
             await enqueue_one(dsn, n)
         case "enqueue_batch":
             await enqueue_batch(dsn, n, args.batch)
+        case "service":
+            await service(dsn, n, c)
         case "noop" | "steps3":
             await through_worker(dsn, args.workload, n, c)
         case "latency":

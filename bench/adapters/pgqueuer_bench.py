@@ -7,6 +7,8 @@ Every task is the entrypoint ``noop`` with its number ``i`` as the payload (``b"
   ``queries.optimize_autovacuum()`` (``pgq autovac``), which the docs' checklist says to run
   after installing (it also sets the queue table's fillfactor to 70).
 - ``enqueue_one``: ``await queries.enqueue("noop", payload)`` per task.
+- ``service``: ``await queries.enqueue("noop", payload)`` from C coroutines at once, on
+  ``Queries(AsyncpgPoolDriver(pool))`` over an asyncpg pool of 10 (durable's default pool size).
 - ``enqueue_batch``: ``await queries.enqueue([...entrypoints], [...payloads], [...priorities])``
   with ``--batch`` jobs per call (one array insert). ``noop``, ``backlog`` and ``scale`` preload
   their tasks the same way, 10,000 per call, untimed, then run ``ANALYZE`` (untimed) as
@@ -43,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from aio import Hits, main, probe_latency, timed_drain, within
+from aio import Hits, main, probe_latency, service, timed_drain, within
 from contract import (
     BACKLOG_WINDOW_S,
     Budget,
@@ -55,12 +57,13 @@ from contract import (
 )
 from contract import latency as report_latency
 from pgqueuer import PgQueuer
-from pgqueuer.db import AsyncpgDriver
+from pgqueuer.db import AsyncpgDriver, AsyncpgPoolDriver
 from pgqueuer.models import Job
 from pgqueuer.queries import Queries
 
 ENTRYPOINT = "noop"
 PRELOAD_BATCH = 10_000
+SERVICE_POOL = 10  # durable's default pool size
 STOP_S = 60.0  # for a worker to shut down
 budget = Budget(base_s=120.0, per_s=100.0)  # >= 100 tasks/s
 
@@ -139,6 +142,15 @@ async def run(args: argparse.Namespace) -> None:
             for i in range(n):
                 await queries.enqueue(ENTRYPOINT, b"%d" % i)
             throughput(n, now() - start)
+        elif args.workload == "service":
+            async with asyncpg.create_pool(
+                args.dsn, min_size=SERVICE_POOL, max_size=SERVICE_POOL
+            ) as pool:
+                pooled = Queries(AsyncpgPoolDriver(pool))
+                await pooled.enqueue(ENTRYPOINT, b"-1")  # connect and prepare, untimed
+                await service(
+                    lambda i: pooled.enqueue(ENTRYPOINT, b"%d" % i), n, c, pool=SERVICE_POOL
+                )
         elif args.workload == "enqueue_batch":
             start = now()
             for first in range(0, n, args.batch):

@@ -7,6 +7,7 @@ runs; the enqueue-only runs keep the connector's default pool (psycopg_pool's 4 
 
 - schema: ``app.schema_manager.apply_schema_async()``.
 - ``enqueue_one``: ``await noop.defer_async(i=i)`` per task.
+- ``service``: ``await noop.defer_async(i=i)`` from C coroutines at once, on a pool of 10.
 - ``enqueue_batch``: ``await noop.batch_defer_async(*[{"i": i}, ...])`` with ``--batch`` jobs per
   call. ``noop``, ``backlog`` and ``scale`` preload their tasks the same way, 10,000 per call,
   untimed, then run ``ANALYZE`` (untimed) as autovacuum would have by the time a real queue is
@@ -46,7 +47,7 @@ from typing import Any
 
 import procrastinate
 import psycopg
-from aio import Hits, main, probe_latency, timed_drain, within
+from aio import Hits, main, probe_latency, service, timed_drain, within
 from contract import (
     BACKLOG_WINDOW_S,
     Budget,
@@ -76,6 +77,8 @@ async def pool_size(args: argparse.Namespace) -> int | None:
     """The pool for a worker (None: the connector's default, for enqueueing only)."""
     if args.workload in ("enqueue_one", "enqueue_batch", "scale"):
         return None
+    if args.workload == "service":
+        return 10  # durable's default pool size
     size: int = args.concurrency + 1
     if args.workload == "worker":  # scale: each process's share, less its LISTEN connection
         share = (int(await sql(args.dsn, "SHOW max_connections")) - 10) // args.processes - 1
@@ -144,6 +147,9 @@ async def run(args: argparse.Namespace) -> None:
             for i in range(n):
                 await task.defer_async(i=i)
             throughput(n, now() - start)
+        elif args.workload == "service":
+            await task.defer_async(i=-1)  # connect, untimed
+            await service(lambda i: task.defer_async(i=i), n, c)
         elif args.workload == "enqueue_batch":
             start = now()
             for first in range(0, n, args.batch):

@@ -5,6 +5,7 @@ Services that drive runs themselves use it directly; the app and the worker are 
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -16,11 +17,14 @@ import anyio
 
 from durable.client import instruments
 from durable.client.results import ResultWaiters
+from durable.client.spawns import ALONE_OPTIONS, Spawn, SpawnBatcher, SpawnBatches
 from durable.protocol import durations, embedded
+from durable.protocol.codec import encode_json
 from durable.protocol.connections import SpawnConnection, driver_connection
 from durable.protocol.cron import CronExpr, Missed, ScheduleSource
 from durable.protocol.dsn import resolve_dsn
 from durable.protocol.errors import (
+    BatcherClosed,
     DatabaseUnavailable,
     InvalidArgument,
     ScheduleNotFound,
@@ -99,6 +103,12 @@ class Client:
     ``$DURABLE_HOME`` (default ``./.durable``), which needs the ``durable[embedded]`` extra
     (without it, connecting raises ``DatabaseUnavailable``). Connecting applies migrations unless
     ``migrate=False``, in which case an old schema is refused.
+
+    ``async with`` also opens the client's task group, closed on exit: it runs the spawn
+    batcher, through which spawns that other coroutines make while one is in flight share one
+    statement and one commit (:mod:`durable.client.spawns`). A client connected with bare
+    :meth:`connect` (and closed with :meth:`close`, perhaps from another task, as a blocking
+    portal's calls are) has no task group: it sends each spawn on its own.
     """
 
     def __init__(
@@ -122,6 +132,9 @@ class Client:
         self._store: Store | None = None
         self._embedded: embedded.EmbeddedServer | None = None
         self._results = ResultWaiters(self.listen)
+        self._tasks: contextlib.AsyncExitStack | None = None  # the client's task group
+        self._spawns: SpawnBatcher | None = None
+        self._spawned: SpawnBatcher | None = None  # the last batcher, for its counts
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -148,12 +161,44 @@ class Client:
             await self._stop_embedded()
             raise
 
+    async def _start_tasks(self) -> None:
+        """Open the client's task group and start the spawn batcher in it."""
+        async with contextlib.AsyncExitStack() as stack:
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            spawns = SpawnBatcher(lambda: self.store)
+            await tg.start(spawns.run)
+            stack.callback(tg.cancel_scope.cancel)  # on close: the batcher stops (see close)
+            self._tasks, self._spawns, self._spawned = stack.pop_all(), spawns, spawns
+
+    async def _stop_tasks(self) -> None:
+        """Close the client's task group: the batcher writes the spawns it was given, then
+        stops; later spawns go on their own."""
+        tasks, self._tasks = self._tasks, None
+        self._spawns = None
+        if tasks is not None:
+            await tasks.aclose()
+
     async def close(self) -> None:
-        await self._results.close()
-        store, self._store = self._store, None
-        if store is not None:
-            await store.close()
-        await self._stop_embedded()
+        """Stop the client's task group, then close its connections (shielded: a cancelled
+        caller still closes them)."""
+        try:
+            await self._stop_tasks()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._results.close()
+                store, self._store = self._store, None
+                if store is not None:
+                    await store.close()
+                await self._stop_embedded()
+
+    @property
+    def spawn_batches(self) -> SpawnBatches:
+        """What the spawn batcher did since the client last connected (spawns sent on their
+        own, at low load, are not counted)."""
+        spawns = self._spawned
+        if spawns is None:
+            return SpawnBatches(0, 0, 0)
+        return SpawnBatches(spawns.writes, spawns.items, spawns.refused)
 
     async def _stop_embedded(self) -> None:
         server, self._embedded = self._embedded, None
@@ -161,7 +206,14 @@ class Client:
             await embedded.stop_embedded(server)
 
     async def __aenter__(self) -> Client:
+        """Connect and open the client's task group (closed on exit, in the same task)."""
         await self.connect()
+        if self._tasks is None:
+            try:
+                await self._start_tasks()
+            except BaseException:
+                await self.close()
+                raise
         return self
 
     async def __aexit__(
@@ -170,7 +222,10 @@ class Client:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.close()
+        try:
+            await self._stop_tasks()  # here, in the task that opened it, whatever close does
+        finally:
+            await self.close()
 
     @property
     def connected(self) -> bool:
@@ -223,13 +278,37 @@ class Client:
         check_queue_name(queue)
         with instruments.spawn_tracer.spawning(queue, task_name) as traced:
             document = traced.options(options or _NO_OPTIONS).to_json()
-            if connection is None:
-                info = await self.store.spawn(queue, task_name, params, document)
-            else:
-                conn = await driver_connection(connection)
-                info = await spawn_on(conn, queue, task_name, params, document)
+            info = await self._send_spawn(queue, task_name, params, document, connection)
             traced.spawned(info)
         return info
+
+    async def _send_spawn(
+        self,
+        queue: str,
+        task_name: str,
+        params: Any,
+        options: dict[str, Any],
+        connection: SpawnConnection | None,
+    ) -> SpawnInfo:
+        """The one place that decides how a spawn travels: on the caller's ``connection``, in
+        its transaction (never batched: it cannot share another's commit); else through the
+        spawn batcher while the client's task group runs it (alone at low load, batched under
+        load; alone, too, when its options lock other rows); else on its own. Params and
+        options are checked in the caller's task, so a bad spawn fails alone."""
+        if connection is not None:
+            conn = await driver_connection(connection)
+            return await spawn_on(conn, queue, task_name, params, options)
+        encoded = encode_json(params, "params")
+        document = encode_json(options, "options")
+        spawns = self._spawns
+        if spawns is not None and isinstance(task_name, str):
+            key = options.get("idempotency_key")
+            spawn = Spawn(task_name, encoded, document, key if isinstance(key, str) else None)
+            try:
+                return await spawns.spawn(queue, spawn, alone=not ALONE_OPTIONS.isdisjoint(options))
+            except BatcherClosed:
+                pass  # closing: on its own
+        return await self.store.spawn(queue, task_name, encoded, document)
 
     async def spawn_many(
         self,
@@ -267,9 +346,20 @@ class Client:
         qty: int = 1,
         *,
         code_version: str | None = None,
+        started: Sequence[uuid.UUID] = (),
+        skip_names: Sequence[str] = (),
+        slots: int | None = None,
     ) -> list[Claim]:
         """Claim up to ``qty`` runs of ``queue`` under a lease of ``claim_timeout``; each run
-        records ``code_version``, the code the worker runs (shown by ``durable show``)."""
+        records ``code_version``, the code the worker runs (shown by ``durable show``).
+
+        The runs come back in priority order; with ``slots`` (the worker's free handler slots),
+        the first ``slots`` count as started from their claim and the others are reserved until
+        the worker reports that their handlers started: ``started`` lists this worker's runs
+        whose handlers started since its last report (here or in :meth:`extend_claims`). A
+        reserved run whose worker dies goes back to its queue without spending an attempt.
+        Without ``slots``, every claimed run counts as started. Runs of the task names in
+        ``skip_names`` are left for other workers (names this worker's code does not know)."""
         check_queue_name(queue)
         return await self.store.claim(
             queue,
@@ -277,6 +367,9 @@ class Client:
             durations.seconds(claim_timeout, what="claim_timeout"),
             qty,
             code_version,
+            started,
+            skip_names,
+            slots,
         )
 
     async def complete(self, queue: str, run_id: uuid.UUID, result: Any = None) -> None:
@@ -528,15 +621,19 @@ class Client:
         *,
         concurrency: int | None = None,
         rate: RateLimit | None = None,
+        key_limit: int | None = None,
     ) -> None:
-        """Set the cluster-wide limits of ``task_name`` on ``queue``: at most ``concurrency``
-        runs at once, at most ``rate.allowed`` starts per ``rate.period``. Neither: no limit."""
+        """Record the cluster-wide limits of ``task_name`` on ``queue``: at most
+        ``concurrency`` runs at once and at most ``key_limit`` at once per concurrency key
+        (both across every queue), at most ``rate.allowed`` starts per ``rate.period`` on
+        ``queue``. None of them: no limit."""
         await self.store.set_limit(
             check_queue_name(queue),
             task_name,
             concurrency,
             rate.allowed if rate else None,
             durations.seconds(rate.period, what="rate period") if rate else None,
+            key_limit,
         )
 
     # --- to and from one task: messages, published state, batches, dependencies' results -------
@@ -702,10 +799,12 @@ class Client:
         *,
         busy: int | None = None,
         ahead: int | None = None,
+        started: Sequence[uuid.UUID] = (),
     ) -> list[uuid.UUID]:
         """Extend every listed lease of this worker and its liveness, recording how many of its
-        slots are ``busy`` and how many runs it claimed ``ahead``; return the lost runs."""
-        return await self.store.extend_claims(worker_id, run_ids, worker_ttl, busy, ahead)
+        slots are ``busy`` and how many runs it claimed ``ahead``, and that the runs
+        ``started`` run their handlers (no longer reserved); return the lost runs."""
+        return await self.store.extend_claims(worker_id, run_ids, worker_ttl, busy, ahead, started)
 
     async def stop_worker(self, worker_id: str) -> None:
         await self.store.stop_worker(worker_id)

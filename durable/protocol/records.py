@@ -223,6 +223,10 @@ class SpawnOptions:
     partition_key: str | None = field(
         default=None, metadata=_meta(cli="claims take turns across partitions of a queue")
     )
+    concurrency_key: str | None = field(
+        default=None,
+        metadata=_meta(cli="the key the task name's key_limit counts per (e.g. a tenant)"),
+    )
     unique: Unique | None = field(default=None, metadata=_meta(to_json=_to_json))
     cancellation: Cancellation | None = field(default=None, metadata=_meta(to_json=_to_json))
     depends_on: Sequence[uuid.UUID] | None = field(
@@ -250,6 +254,8 @@ class SpawnOptions:
             raise ValueError("tags must be a list of non-empty strings")
         if self.partition_key is not None and not isinstance(self.partition_key, str):
             raise ValueError("partition_key must be a string")
+        if self.concurrency_key is not None and not isinstance(self.concurrency_key, str):
+            raise ValueError("concurrency_key must be a string")
         if self.max_attempts is not None and self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         if self.delay is not None and self.at is not None:
@@ -313,6 +319,7 @@ class SpawnKwargs(DefinitionOptions, total=False):
     delay: float | timedelta | None
     at: datetime | None
     partition_key: str | None
+    concurrency_key: str | None
     depends_on: Sequence[uuid.UUID] | None
     on_parent_cancel: ParentCancelPolicy | None
 
@@ -396,6 +403,10 @@ class RunRecord:
     result: JSON = None
     #: The code version of the worker that claimed the run (``Durable(version=...)``).
     code_version: str | None = None
+    #: Its handler never started as far as the database knows: claimed, and not reported
+    #: started by its worker. A reaped run that is still reserved ended ``released`` with its
+    #: reap's reason, and spent no attempt.
+    reserved: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -416,6 +427,8 @@ class TaskRecord:
     tags: list[str] = field(default_factory=list)
     progress: Progress | None = None
     partition_key: str | None = None
+    #: Its concurrency key (``@app.task(concurrency_key=...)``), limited by ``key_limit``.
+    concurrency_key: str | None = None
     parent_task_id: uuid.UUID | None = None
     depends_on: list[uuid.UUID] = field(default_factory=list)
     pending_dependencies: list[uuid.UUID] = field(default_factory=list)

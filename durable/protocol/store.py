@@ -18,10 +18,11 @@ from typing import Any, Final, TypeAlias
 
 import anyio
 import asyncpg
+import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from durable.protocol import migrate as _migrate
-from durable.protocol.codec import decode_jsonb, encode_json, encode_jsonb
+from durable.protocol.codec import RawJson, decode_jsonb, encode_json, encode_jsonb
 from durable.protocol.cron import Missed, ScheduleSource
 from durable.protocol.errors import (
     BatchNotFound,
@@ -93,13 +94,13 @@ _SPAWN_MANY = "select * from durable.spawn_many($1, $2)"
 _CLAIM = (
     "select run_id, task_id, task_name, params, headers, attempt, max_attempts, timeout_s,"
     " heartbeat_timeout_s, lease_expires_at, has_checkpoints"
-    " from durable.claim($1, $2, $3, $4, $5)"
+    " from durable.claim($1, $2, $3, $4, $5, $6, $7, $8)"
 )
 _COMPLETE = "select durable.complete($1, $2, $3)"
 _COMPLETE_RUNS = "select run_id, completed from durable.complete_runs($1, $2, $3)"
 _FAIL = "select durable.fail($1, $2, $3, $4, $5, $6)"
 _EXTEND_CLAIM = "select durable.extend_claim($1, $2, $3)"
-_EXTEND_CLAIMS = "select lost_run_id from durable.extend_claims($1, $2, $3, $4, $5)"
+_EXTEND_CLAIMS = "select lost_run_id from durable.extend_claims($1, $2, $3, $4, $5, $6)"
 _SET_CHECKPOINT = "select durable.set_checkpoint($1, $2, $3, $4, $5)"
 _SET_CHECKPOINTS = "select run_id, written from durable.set_checkpoints($1, $2, $3, $4)"
 _GET_CHECKPOINTS = "select * from durable.get_checkpoints($1, $2)"
@@ -134,7 +135,7 @@ _GET_STATE = "select key, value, updated_at from durable.get_state($1, $2, $3)"
 _DECIDE_PATCH = "select durable.decide_patch($1, $2, $3, $4)"
 _SET_PROGRESS = "select durable.set_progress($1, $2, $3, $4)"
 _CANCEL_BY = "select durable.cancel_by($1, $2, $3)"
-_SET_LIMIT = "select durable.set_limit($1, $2, $3, $4, $5)"
+_SET_LIMIT = "select durable.set_limit($1, $2, $3, $4, $5, $6)"
 _PRUNE_TASKS = "select durable.prune_tasks($1, $2, $3, $4, $5)"
 _PRUNE_BOOKKEEPING = "select durable.prune_bookkeeping($1, $2)"
 _FAILED_WORK = "select * from durable.failed_work($1, $2, $3, $4, $5, $6, $7, $8, $9)"
@@ -349,10 +350,12 @@ class Store:
     # --- the protocol ---------------------------------------------------------------------------
 
     async def spawn(
-        self, queue: str, task_name: str, params: Any, options: Mapping[str, Any]
+        self, queue: str, task_name: str, params: Any, options: Mapping[str, Any] | RawJson
     ) -> SpawnInfo:
         params_json = encode_json(params, "params")
-        options_json = encode_json(dict(options), "options")
+        options_json = encode_json(
+            options if isinstance(options, RawJson) else dict(options), "options"
+        )
         async with self._translate():
             row = await self._pool.fetchrow(_SPAWN, queue, task_name, params_json, options_json)
         assert row is not None
@@ -370,6 +373,23 @@ class Store:
             rows = await self._pool.fetch(_SPAWN_MANY, queue, payload)
         return [_spawn_info(r) for r in rows]
 
+    async def spawn_encoded(
+        self, queue: str, items: Sequence[tuple[str, RawJson, RawJson]]
+    ) -> list[SpawnInfo]:
+        """``spawn_many`` of items already encoded (``(task_name, params, options)``, each
+        checked by :func:`encode_json`): the batch is joined, not encoded again."""
+        payload = RawJson(
+            b"["
+            + b",".join(
+                b'{"task_name":%b,"params":%b,"options":%b}' % (orjson.dumps(name), p, o)
+                for name, p, o in items
+            )
+            + b"]"
+        )
+        async with self._translate():
+            rows = await self._pool.fetch(_SPAWN_MANY, queue, payload)
+        return [_spawn_info(r) for r in rows]
+
     async def claim(
         self,
         queue: str,
@@ -377,10 +397,21 @@ class Store:
         claim_timeout: float,
         qty: int,
         code_version: str | None = None,
+        started: Sequence[uuid.UUID] = (),
+        skip_names: Sequence[str] = (),
+        slots: int | None = None,
     ) -> list[Claim]:
         async with self._translate():
             rows = await self._pool.fetch(
-                _CLAIM, queue, worker_id, claim_timeout, qty, code_version
+                _CLAIM,
+                queue,
+                worker_id,
+                claim_timeout,
+                qty,
+                code_version,
+                list(started) or None,
+                list(skip_names) or None,
+                slots,
             )
         # by position (the columns _CLAIM names): a short task's claim is on the hot path
         return [
@@ -459,10 +490,17 @@ class Store:
         worker_ttl: float,
         busy: int | None = None,
         ahead: int | None = None,
+        started: Sequence[uuid.UUID] = (),
     ) -> list[uuid.UUID]:
         async with self._translate():
             rows = await self._pool.fetch(
-                _EXTEND_CLAIMS, worker_id, list(run_ids), worker_ttl, busy, ahead
+                _EXTEND_CLAIMS,
+                worker_id,
+                list(run_ids),
+                worker_ttl,
+                busy,
+                ahead,
+                list(started) or None,
             )
         return [r["lost_run_id"] for r in rows]
 
@@ -705,10 +743,11 @@ class Store:
         max_running: int | None,
         rate_allowed: int | None,
         rate_period: float | None,
+        key_limit: int | None = None,
     ) -> None:
         async with self._translate():
             await self._pool.execute(
-                _SET_LIMIT, queue, task_name, max_running, rate_allowed, rate_period
+                _SET_LIMIT, queue, task_name, max_running, rate_allowed, rate_period, key_limit
             )
 
     # --- paused queues and cron schedules ---------------------------------------------------------
@@ -1190,6 +1229,7 @@ def _task_record(doc: dict[str, Any]) -> TaskRecord:
             error=r["error"],
             result=doc["result"] if r["state"] == RunState.COMPLETED else None,
             code_version=r.get("code_version"),
+            reserved=bool(r.get("reserved")),
         )
         for r in doc["runs"]
     ]
@@ -1210,6 +1250,7 @@ def _task_record(doc: dict[str, Any]) -> TaskRecord:
         tags=list(doc.get("tags") or ()),
         progress=_progress(doc.get("progress")),
         partition_key=doc.get("partition_key"),
+        concurrency_key=doc.get("concurrency_key"),
         parent_task_id=uuid.UUID(doc["parent_task_id"]) if doc.get("parent_task_id") else None,
         depends_on=[uuid.UUID(d) for d in doc.get("depends_on") or ()],
         pending_dependencies=[uuid.UUID(d) for d in doc.get("pending_dependencies") or ()],

@@ -89,6 +89,9 @@ class RunControl:
         #: Why the worker stopped the run: lease_lost, heartbeat_timeout or released.
         self.stop_reason: Outcome | None = None
         self.started = False  # it holds a handler slot (a claimed-ahead run waits for one)
+        #: Claimed ahead of a free slot: the database holds it reserved until its worker
+        #: reports its start (RESERVED in sql/protocol/00_model.sql).
+        self.reserved = False
         self.finished = False  # the handler is done; only its outcome write is left
 
     def beat(self) -> None:
@@ -270,7 +273,7 @@ class TaskContext:
             if options.get("idempotency_key") is None:
                 options["idempotency_key"] = f"durable:child:{self.task_id}:{key}"
             child_queue, _, spawn_opts = self._registry.resolve(
-                task, queue, options, fallback_queue=self.queue
+                task, queue, options, fallback_queue=self.queue, params=params
             )
             info = await self._write(
                 self._client.spawn(

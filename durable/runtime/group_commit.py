@@ -15,16 +15,16 @@ that is closing writes what it was given before it stops.
 from __future__ import annotations
 
 import uuid
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
 
 from durable.client import Client
+from durable.client.batcher import Batcher
 from durable.protocol.codec import RawJson
-from durable.protocol.errors import BatcherClosed, DurableError
+from durable.protocol.errors import DurableError
 from durable.runtime.deadlines import within
 
 MAX_BATCH = 500
@@ -36,110 +36,31 @@ WriteBatch = Callable[[str, list[Item]], Awaitable[Sequence[bool]]]
 OnWritten = Callable[[bool, DurableError | None], None]
 
 
-class _Pending(Generic[Item]):
-    __slots__ = ("error", "item", "on_written", "queue", "written")
-
-    def __init__(self, queue: str, item: Item, on_written: OnWritten | None = None) -> None:
-        self.queue = queue
-        self.item = item
-        self.on_written = on_written
-        self.written = False
-        self.error: DurableError | None = None
-
-
-class _Batch(Generic[Item]):
-    """The items that will share one write (one statement per queue and MAX_BATCH items), and
-    the one event that tells all of their writers it was made."""
-
-    __slots__ = ("done", "items")
-
-    def __init__(self) -> None:
-        self.items: list[_Pending[Item]] = []
-        self.done = anyio.Event()
-
-
-class GroupCommit(Generic[Item]):
+class GroupCommit(Batcher[str, Item, bool]):
     """``await batcher.submit(queue, item)``: True once written, False when the item's run lost
-    its lease (nothing was written for it). Raises the write's error, or :class:`BatcherClosed`."""
+    its lease (nothing was written for it). Raises the write's error, or :class:`BatcherClosed`.
+    The batching itself is the client's :class:`~durable.client.batcher.Batcher`; this adds the
+    runtime's deadline to every write."""
 
     def __init__(self, write: WriteBatch[Item], *, timeout_s: float) -> None:
-        self._write_batch = write
-        self._timeout_s = timeout_s
-        self._next: _Batch[Item] = _Batch()  # the batch new items join
-        self._ready = anyio.Event()
-        self._closed = False
+        async def write_within(queue: str, items: list[Item]) -> Sequence[bool]:
+            return await within(timeout_s, write(queue, items))
 
-    async def submit(self, queue: str, item: Item) -> bool:
-        pending = _Pending(queue, item)
-        batch = self._join(pending)
-        if batch is None:
-            raise BatcherClosed
-        await batch.done.wait()
-        if pending.error is not None:
-            raise pending.error
-        return pending.written
+        super().__init__(write_within, max_batch=MAX_BATCH)
 
-    def hand_over(self, queue: str, item: Item, on_written: OnWritten) -> bool:
+    def hand_over(  # the runtime's callback: written, or the error
+        self, queue: str, item: Item, on_written: OnWritten
+    ) -> bool:
         """Queue ``item`` for the next write without waiting for it: ``on_written`` is called
         (in the batcher's task) once it is written or has failed. False when the batcher is
         closed: nothing was queued."""
-        return self._join(_Pending(queue, item, on_written)) is not None
 
-    def _join(self, pending: _Pending[Item]) -> _Batch[Item] | None:
-        """Add ``pending`` to the batch the next write takes; None when the batcher is closed."""
-        if self._closed:
-            return None
-        batch = self._next
-        batch.items.append(pending)
-        self._ready.set()
-        return batch
+        def done(written: bool | None, error: Exception | None) -> None:
+            # the write function reports no per-item errors: an error is the write's own
+            assert error is None or isinstance(error, DurableError)
+            on_written(bool(written), error)
 
-    async def run(
-        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        task_status.started()
-        try:
-            while True:
-                await self._ready.wait()
-                self._ready = anyio.Event()
-                batch, self._next = self._next, _Batch()  # later items wait for the next write
-                # shielded: a batch in flight is finished (or failed) even while shutting down
-                with anyio.CancelScope(shield=True):
-                    await self._write(batch.items)
-                _finish(batch)
-        finally:
-            self._closed = True  # later items are written by their writers, one by one
-            batch = self._next
-            if batch.items:  # what was queued before closing is written, not dropped
-                with anyio.CancelScope(shield=True):
-                    await self._write(batch.items)
-            _finish(batch)
-
-    async def _write(self, batch: list[_Pending[Item]]) -> None:
-        by_queue: dict[str, list[_Pending[Item]]] = defaultdict(list)
-        for pending in batch:
-            by_queue[pending.queue].append(pending)
-        for queue, pendings in by_queue.items():
-            for first in range(0, len(pendings), MAX_BATCH):
-                items = pendings[first : first + MAX_BATCH]
-                try:
-                    written = await within(
-                        self._timeout_s, self._write_batch(queue, [p.item for p in items])
-                    )
-                except DurableError as exc:
-                    for pending in items:
-                        pending.error = exc
-                else:
-                    for pending, ok in zip(items, written, strict=True):
-                        pending.written = ok
-
-
-def _finish(batch: _Batch[Any]) -> None:
-    """Tell a written (or failed) batch's writers: callbacks first, then those who wait."""
-    for pending in batch.items:
-        if pending.on_written is not None:
-            pending.on_written(pending.written, pending.error)
-    batch.done.set()
+        return super().hand_over(queue, item, done)
 
 
 class RunWrites:

@@ -6,6 +6,10 @@
   (the database is down or cut off: other workers reap them, this one must not write for them).
 * :func:`supervise_heartbeats`: a task declared with ``heartbeat_timeout=S`` that goes S seconds
   without ``ctx.heartbeat()`` or a checkpoint is stopped (recorded ``heartbeat_timeout``).
+* :class:`StartReports`: the runs claimed ahead of a free slot whose handlers started since the
+  worker last told the database; the report rides on the next claim or lease renewal (no
+  statement of its own), and until then the run is reserved: if the worker dies, its task goes
+  back without spending an attempt (RESERVED in ``sql/protocol/00_model.sql``).
 * :class:`LivenessThread`: the worker's liveness from a thread with its own connection, so a
   handler that blocks the event loop lets its lease lapse (reaped as ``heartbeat_timeout``)
   without the worker looking dead (which would read as ``crash``).
@@ -36,16 +40,41 @@ log = get_logger()
 SUPERVISE_TICK_S = 0.1
 
 
+class StartReports:
+    """The runs of a worker whose handlers started and that the database does not know of yet:
+    until it does, a run is reserved (its worker's death spends no attempt). Whoever sends a
+    statement that carries the report (a claim, a lease renewal) takes :meth:`pending` and, once
+    the statement succeeded, calls :meth:`reported`."""
+
+    def __init__(self) -> None:
+        self._pending: set[uuid.UUID] = set()
+
+    def started(self, run_id: uuid.UUID) -> None:
+        self._pending.add(run_id)
+
+    def ended(self, run_id: uuid.UUID) -> None:
+        """Its outcome is written (a completion or failure is a start in itself)."""
+        self._pending.discard(run_id)
+
+    def pending(self) -> list[uuid.UUID]:
+        return list(self._pending)
+
+    def reported(self, run_ids: list[uuid.UUID]) -> None:
+        self._pending.difference_update(run_ids)
+
+
 async def renew_leases(
     client: Client,
     worker_id: str,
     active: Mapping[uuid.UUID, RunControl],
     claim_timeout: float,
     interval: float,
+    starts: StartReports | None = None,
 ) -> None:
     """Forever: extend all leases of ``active`` and the worker's liveness in one statement,
     which also records how many of the worker's slots run a handler and how many runs wait
-    claimed ahead (the console's workers page).
+    claimed ahead (the console's workers page), and reports the handlers that started
+    (``starts``).
 
     A lease is extended to the database's ``now() + claim_timeout``; the statement runs before it
     returns, so a lease is surely gone ``claim_timeout`` after the last renewal returned (or after
@@ -60,15 +89,20 @@ async def renew_leases(
         run_ids = [run_id for run_id, control in active.items() if not control.finished]
         first_seen = {run_id: first_seen.get(run_id, now) for run_id in run_ids}
         busy, ahead = slots_in_use(active)
+        started = starts.pending() if starts is not None else []
         try:
             lost = await within(
                 db_timeout(claim_timeout),
-                client.extend_claims(worker_id, run_ids, claim_timeout, busy=busy, ahead=ahead),
+                client.extend_claims(
+                    worker_id, run_ids, claim_timeout, busy=busy, ahead=ahead, started=started
+                ),
             )
         except DurableError as exc:
             log.warning("heartbeat.failed", worker=worker_id, error=str(exc))
             _stop_lapsed(worker_id, active, first_seen, renewed_at, claim_timeout)
             continue
+        if starts is not None:
+            starts.reported(started)
         renewed_at = time.monotonic()
         for run_id in lost:
             control = active.get(run_id)

@@ -42,6 +42,8 @@ Handler = Callable[..., Any]
 #: ``on_discard(ctx, error)``, sync or async: the task ended without completing (failed for
 #: good, or cancelled); ``error`` is a :class:`~durable.protocol.errors.TaskDiscarded`.
 DiscardHook = Callable[[Any, BaseException], Any]
+#: ``concurrency_key(params) -> str``: the key a spawn's run counts under (``key_limit``).
+ConcurrencyKey = Callable[[Any], str]
 
 #: A task's params type (its handler's second parameter) and result type (what it returns).
 P = TypeVar("P")
@@ -61,6 +63,8 @@ class TaskKwargs(DefinitionOptions, total=False):
     backoff: Backoff | None
     global_limit: int | None
     rate_limit: RateLimit | None
+    concurrency_key: ConcurrencyKey | None
+    key_limit: int | None
     on_discard: DiscardHook | None
     retention: Retention | None
 
@@ -81,6 +85,10 @@ class TaskDefinition(Generic[P, R]):
     backoff: Backoff | None = None
     global_limit: int | None = None
     rate_limit: RateLimit | None = None
+    #: A spawn's concurrency key, from its params (``lambda p: p["tenant"]``): at most
+    #: ``key_limit`` runs of this task name per key at once, across every worker and queue.
+    concurrency_key: ConcurrencyKey | None = None
+    key_limit: int | None = None
     on_discard: DiscardHook | None = None
     retention: Retention | None = None
 
@@ -210,6 +218,7 @@ class Registry(Mapping[str, "TaskDefinition[Any, Any]"]):
         global_limit = options.get("global_limit")
         if global_limit is not None and global_limit < 1:
             raise ValueError("global_limit must be at least 1")
+        check_key_limit(options.get("concurrency_key"), options.get("key_limit"))
         task_name = options.get("name") or fn.__name__
         if task_name in self._tasks:
             raise ValueError(f"a task named {task_name!r} is already registered")
@@ -226,6 +235,8 @@ class Registry(Mapping[str, "TaskDefinition[Any, Any]"]):
             backoff=options.get("backoff"),
             global_limit=global_limit,
             rate_limit=options.get("rate_limit"),
+            concurrency_key=options.get("concurrency_key"),
+            key_limit=options.get("key_limit"),
             on_discard=on_discard,
             retention=options.get("retention"),
         )
@@ -240,15 +251,22 @@ class Registry(Mapping[str, "TaskDefinition[Any, Any]"]):
         overrides: Mapping[str, Any],
         *,
         fallback_queue: str | None = None,
+        params: Any = None,
     ) -> tuple[str, str, SpawnOptions]:
-        """The queue, task name and options of a spawn of ``task``: a registered task gets its
-        definition's queue and options under the ones given; an unknown one runs on ``queue``,
+        """The queue, task name and options of a spawn of ``task`` with ``params``: a
+        registered task gets its definition's queue and options under the ones given (and its
+        concurrency key from ``params``, unless one is given); an unknown one runs on ``queue``,
         else ``fallback_queue``, with only the options given (:class:`UnknownTask` if neither
         queue is known)."""
         definition = self._tasks.get(task) if isinstance(task, str) else task
         task_name = task if isinstance(task, str) else task.name
         if definition is not None:
-            return queue or definition.queue, task_name, definition.defaults.merged(overrides)
+            options = definition.defaults.merged(overrides)
+            if definition.concurrency_key is not None and options.concurrency_key is None:
+                options = dataclasses.replace(
+                    options, concurrency_key=_key_of(definition, task_name, params)
+                )
+            return queue or definition.queue, task_name, options
         target = queue or fallback_queue
         if target is None:
             raise UnknownTask(task_name)
@@ -264,7 +282,7 @@ class Registry(Mapping[str, "TaskDefinition[Any, Any]"]):
         **options: Unpack[SpawnKwargs],
     ) -> TaskHandle[Any]:
         """Spawn ``task`` (see :meth:`resolve`), on ``connection`` when given."""
-        target, task_name, resolved = self.resolve(task, queue, options)
+        target, task_name, resolved = self.resolve(task, queue, options, params=params)
         return await self.spawn_with(target, task_name, params, resolved, connection=connection)
 
     async def spawn_with(
@@ -310,7 +328,7 @@ class Registry(Mapping[str, "TaskDefinition[Any, Any]"]):
             if not isinstance(item, tuple) or len(item) != 2:
                 raise InvalidArgument(f"a spawn_many item is a (task, params) pair, got {item!r}")
             task, params = item
-            target, task_name, resolved = self.resolve(task, queue, options)
+            target, task_name, resolved = self.resolve(task, queue, options, params=params)
             queues.add(target)
             prepared.append((task_name, params, resolved))
         if not prepared:
@@ -355,12 +373,14 @@ class Registry(Mapping[str, "TaskDefinition[Any, Any]"]):
             if not isinstance(item, tuple) or len(item) != 2:
                 raise InvalidArgument(f"a batch item is a (task, params) pair, got {item!r}")
             task, params = item
-            target, task_name, options = self.resolve(task, queue, {})
+            target, task_name, options = self.resolve(task, queue, {}, params=params)
             specs.append((target, task_name, params, options))
         callbacks = {}
         for role, callback in (("on_complete", on_complete), ("on_exhausted", on_exhausted)):
             if callback is not None:
-                target, task_name, options = self.resolve(callback, queue, {})
+                target, task_name, options = self.resolve(
+                    callback, queue, {}, params=callback_params
+                )
                 # spawned once by the batch: its own key, uniqueness and dependencies do not apply
                 options = dataclasses.replace(options, unique=None, depends_on=None)
                 callbacks[role] = (target, task_name, callback_params, options)
@@ -391,7 +411,7 @@ class Registry(Mapping[str, "TaskDefinition[Any, Any]"]):
         **options: Unpack[SpawnKwargs],
     ) -> CronJob:
         """Spawn ``task`` with ``params`` at every slot of ``expr`` (see ``Durable.cron``)."""
-        target, task_name, resolved = self.resolve(task, queue, options)
+        target, task_name, resolved = self.resolve(task, queue, options, params=params)
         try:
             policy = Missed(missed)
         except ValueError:
@@ -420,3 +440,31 @@ class Registry(Mapping[str, "TaskDefinition[Any, Any]"]):
     def definitions_on(self, queues: Sequence[str]) -> list[TaskDefinition[Any, Any]]:
         """The definitions whose queue is one of ``queues``."""
         return [d for d in self._tasks.values() if d.queue in queues]
+
+
+def check_key_limit(concurrency_key: ConcurrencyKey | None, key_limit: int | None) -> None:
+    """A definition's per-key limit: at least 1, and only with a ``concurrency_key``."""
+    if key_limit is not None and key_limit < 1:
+        raise ValueError("key_limit must be at least 1")
+    if key_limit is not None and concurrency_key is None:
+        raise ValueError("key_limit needs a concurrency_key (a function of the params)")
+    if concurrency_key is not None and not callable(concurrency_key):
+        raise ValueError("concurrency_key must be a function of the params, e.g. lambda p: p['t']")
+
+
+def _key_of(definition: TaskDefinition[Any, Any], task_name: str, params: Any) -> str:
+    """The concurrency key of a spawn of ``definition`` with ``params``."""
+    assert definition.concurrency_key is not None
+    try:
+        key = definition.concurrency_key(params)
+    except Exception as exc:  # the user's function: any error is bad input
+        raise InvalidArgument(
+            f"the concurrency_key of task {task_name!r} failed on its params: {exc!r}"
+            " — spawn it with the params the key reads"
+        ) from exc
+    if not isinstance(key, str) or not key:
+        raise InvalidArgument(
+            f"the concurrency_key of task {task_name!r} returned {key!r}"
+            " — it must return a non-empty string"
+        )
+    return key

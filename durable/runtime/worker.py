@@ -51,6 +51,7 @@ from durable.runtime.instruments import (
 )
 from durable.runtime.leases import (
     LivenessThread,
+    StartReports,
     renew_leases,
     slots_in_use,
     supervise_heartbeats,
@@ -147,6 +148,10 @@ class Worker:
         # cuts the LISTEN reconnect's backoff short (database back)
         self._listen_now = anyio.Event()
         self._unknown_logged: set[str] = set()
+        # task names this worker's code does not know, skipped by its claims until (monotonic)
+        self._deferred: dict[str, float] = {}
+        # handlers started that the database does not know of yet (their runs are reserved)
+        self._starts = StartReports()
         self._listener: Listener | None = None
         self._claiming = False  # the claim loop runs
         self._database_ok = True  # the last claim (or LISTEN) reached the database
@@ -231,7 +236,13 @@ class Worker:
                 await self.metrics.listen()  # a port in use fails here, not in the task group
             async with anyio.create_task_group() as tg:
                 tg.start_soon(
-                    renew_leases, client, self.worker_id, self.active, ttl, max(ttl / 3, 0.05)
+                    renew_leases,
+                    client,
+                    self.worker_id,
+                    self.active,
+                    ttl,
+                    max(ttl / 3, 0.05),
+                    self._starts,
                 )
                 tg.start_soon(supervise_heartbeats, self.active)
                 tg.start_soon(self._keep_listening)
@@ -294,6 +305,7 @@ class Worker:
                 definition.name,
                 concurrency=definition.global_limit,
                 rate=definition.rate_limit,
+                key_limit=definition.key_limit,
             )
 
     def _on_work(self, queue: str) -> None:
@@ -341,10 +353,14 @@ class Worker:
         )
         return delay
 
-    async def _claim(self, queue: str, free: int, backoff: ReconnectBackoff) -> list[Claim] | None:
-        """Claim up to ``free`` runs of ``queue``; None when the database is unreachable (after
-        waiting out the backoff delay, or less when drained or the LISTEN connection is back)."""
+    async def _claim(
+        self, queue: str, free: int, slots: int, backoff: ReconnectBackoff
+    ) -> list[Claim] | None:
+        """Claim up to ``free`` runs of ``queue``, the first ``slots`` of them into free handler
+        slots; None when the database is unreachable (after waiting out the backoff delay, or
+        less when drained or the LISTEN connection is back)."""
         opts = self.options
+        started = self._starts.pending()
         try:
             # shielded: runs a claim took are handed back if the worker is cancelled meanwhile
             # (see run's finally), not left to lapse into a crash
@@ -357,6 +373,9 @@ class Worker:
                         opts.claim_timeout,
                         free,
                         code_version=self.code_version,
+                        started=started,
+                        skip_names=self._skipped_names(),
+                        slots=slots,
                     ),
                 )
         except DatabaseUnavailable as exc:
@@ -370,6 +389,7 @@ class Worker:
             log.warning("worker.claim_failed", worker=self.worker_id, error=str(exc))
             return []
         self._database_ok = True
+        self._starts.reported(started)
         if backoff.attempt:
             attempts = backoff.reset()
             log.info("db.reconnected", worker=self.worker_id, during="claim", attempts=attempts)
@@ -397,20 +417,33 @@ class Worker:
                 free = self._free_slots()
                 if free <= 0 or self._draining.is_set():
                     break
+                # the handler slots free now: the first runs the claim returns take them at once
+                # (no run waits for a slot while one is free) and count as started; the others
+                # wait, reserved until their start is reported
+                unfinished = sum(1 for control in self.active.values() if not control.finished)
+                slots = max(0, opts.concurrency - unfinished)
                 claimed_at = time.monotonic()
-                claims = await self._claim(queue, free, backoff)
+                claims = await self._claim(queue, free, slots, backoff)
                 if claims is None:
                     unavailable = True  # backed off already: start over
                     break
                 self._ahead.claimed(time.monotonic() - claimed_at)
                 claimed_full = claimed_full or len(claims) == free
-                for claim in claims:
-                    self._start(runs, claim)
+                for n, claim in enumerate(claims):
+                    self._start(runs, claim, reserved=n >= slots)
             backlog = claimed_full
             if unavailable or claimed_full:
                 continue  # there may be more: claim again as soon as slots allow
             with anyio.move_on_after(opts.poll_interval):
                 await self._wake.wait()
+
+    def _skipped_names(self) -> list[str]:
+        """The unknown task names this worker deferred, while their deferral lasts."""
+        if not self._deferred:
+            return []
+        now = time.monotonic()
+        self._deferred = {name: until for name, until in self._deferred.items() if until > now}
+        return list(self._deferred)
 
     def _free_slots(self) -> int:
         """Runs to claim now: ``concurrency`` handlers run at once, and a few runs more are
@@ -422,8 +455,11 @@ class Worker:
         unfinished = sum(1 for control in self.active.values() if not control.finished)
         return min(limit - unfinished, limit + 2 * self.options.concurrency - len(self.active))
 
-    def _start(self, runs: asyncio.Queue[RunControl | None], claim: Claim) -> None:
+    def _start(
+        self, runs: asyncio.Queue[RunControl | None], claim: Claim, *, reserved: bool
+    ) -> None:
         control = RunControl(claim, on_finish=self._handler_done, on_end=self._run_ended)
+        control.reserved = reserved
         self.active[claim.run_id] = control
         log.info("run.claimed", **control.ids, worker=self.worker_id)
         runs.put_nowait(control)  # a runner is free: there are as many as active runs can be
@@ -435,6 +471,7 @@ class Worker:
 
     def _run_ended(self, control: RunControl) -> None:
         self.active.pop(control.claim.run_id, None)
+        self._starts.ended(control.claim.run_id)
         self._slot_freed.set()
 
     async def _runner(self, claimed: asyncio.Queue[RunControl | None]) -> None:
@@ -458,11 +495,18 @@ class Worker:
             control.start()  # its handler, discard hook or unknown-task deferral runs now
             definition = self.registry.get(claim.task_name)
             if claim.task_name == DISCARD_TASK:
+                if control.reserved:
+                    self._starts.started(claim.run_id)
                 if not await run_discard_hook(self.client, self.registry, control):
-                    await self._defer_unknown(control)
+                    # the hook's task is unknown here: this hook comes back later (others run)
+                    await self._defer_unknown(control, skip=False)
             elif definition is None:
                 await self._defer_unknown(control)
             else:
+                # its handler starts now, with no await before its first line: the next claim
+                # or lease renewal tells the database (no statement of its own)
+                if control.reserved:
+                    self._starts.started(claim.run_id)
                 handed_over = await execute(
                     self.client, definition, control, self._writes, self._observer
                 )
@@ -472,9 +516,12 @@ class Worker:
             if not handed_over:  # else the batcher ends it once its completion is written
                 control.end()
 
-    async def _defer_unknown(self, control: RunControl) -> None:
-        """A task this worker's code does not know (a rolling deploy): hand it back for later."""
+    async def _defer_unknown(self, control: RunControl, *, skip: bool = True) -> None:
+        """A task this worker's code does not know (a rolling deploy): hand it back, due now
+        for a worker that knows it, and skip its name in this worker's claims for
+        ``unknown_task_defer`` seconds (``skip=False``: due again after that long instead)."""
         claim = control.claim
+        defer_s = self.options.unknown_task_defer
         if claim.task_name not in self._unknown_logged:
             self._unknown_logged.add(claim.task_name)
             log.warning(
@@ -482,7 +529,11 @@ class Worker:
                 **run_fields(claim),
                 defer_s=self.options.unknown_task_defer,
             )
-        await self._hand_back(control, self.options.unknown_task_defer)
+        if skip:
+            self._deferred[claim.task_name] = time.monotonic() + defer_s
+            await self._hand_back(control, 0)
+        else:
+            await self._hand_back(control, defer_s)
 
     async def _hand_back(self, control: RunControl, delay: float) -> None:
         """Give a run this worker will not start back to its queue, due in ``delay`` seconds."""

@@ -27,6 +27,18 @@
 -- state. A worker's heartbeat (extend_claims) renews the leases it holds; a checkpoint or a
 -- progress report renews its run's lease too.
 --
+-- RESERVED: a run a worker claims ahead of a free handler slot (claim()'s runs beyond p_slots)
+-- is reserved (runs.reserved) until its worker reports that its handler started; a run claimed
+-- into a free slot counts as started from its claim (its handler starts at once: the safe side,
+-- its worker's death spends its attempt). The report rides on statements the worker sends
+-- anyway: its next claim or heartbeat (the p_started of claim() and extend_claims()); a
+-- checkpoint, a progress write or a lease extension of the run counts as one, and a run that
+-- completes or fails through its worker obviously started. A reserved run whose lease is reaped
+-- never ran its handler as far as anyone knows: it ends 'released' (reserved, with the reap's
+-- reason and error) and its task goes back to pending without spending an attempt, at most 3
+-- times per task (reserved_reaps_free); any later such reap spends an attempt like any reap, so
+-- a handler that kills its worker before its start is reported still ends failed.
+--
 -- CHECKPOINT: (task_id, step_name) -> value, written only by the lease holder, once: a later write
 -- of the same step changes nothing. A later attempt reads the checkpoints back and skips the
 -- finished steps. Sleeps and waits record their outcome as a checkpoint of their step as well,
@@ -284,7 +296,8 @@ begin
     return v_run;
 end $$;
 
--- A new run of p_task (its queue, priority and partition copied); notifies when claimable now.
+-- A new run of p_task (its queue, priority, partition, name and concurrency key copied);
+-- notifies when claimable now.
 create or replace function durable.insert_run(p_task durable.tasks, p_attempt integer,
                                               p_state text, p_at timestamptz, p_now timestamptz)
 returns uuid
@@ -293,9 +306,9 @@ declare
     v_id uuid := durable.uuidv7();
 begin
     insert into durable.runs (run_id, task_id, queue, attempt, priority, partition_key, state,
-                              available_at, created_at)
+                              available_at, created_at, task_name, concurrency_key)
     values (v_id, p_task.task_id, p_task.queue, p_attempt, p_task.priority, p_task.partition_key,
-            p_state, p_at, p_now);
+            p_state, p_at, p_now, p_task.task_name, p_task.concurrency_key);
     if p_at <= p_now then
         perform pg_notify('durable_work', p_task.queue);
     end if;

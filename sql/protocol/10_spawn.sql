@@ -1,7 +1,7 @@
 -- Spawning: a task and its first run, one at a time or in batches.
 
 -- Spawn a task on p_queue. p_options (all optional): idempotency_key, max_attempts, retry,
--- timeout, heartbeat_timeout, priority, delay or at, headers, tags, partition_key,
+-- timeout, heartbeat_timeout, priority, delay or at, headers, tags, partition_key, concurrency_key,
 -- parent_task_id, on_parent_cancel ('cancel' or 'abandon'), unique, depends_on, cancellation,
 -- on_discard. Returns the task and its run; created is false when the idempotency key or a
 -- unique spec found an existing task (that one is returned). A task with open dependencies waits
@@ -38,10 +38,27 @@ begin
     if p_task_name is null or length(p_task_name) = 0 or length(p_task_name) > 255 then
         raise exception 'task name must be 1 to 255 characters' using errcode = 'DU005';
     end if;
-    perform durable.check_parent_policy(v_policy);
     if p_params is null then
         p_params := 'null'::jsonb;
     end if;
+    if v_options = '{}' then
+        -- no options (the common spawn): every column has its default, no key can conflict and
+        -- the task is due now; one statement writes the task and its run, nothing is looked up
+        v_task.task_id := durable.uuidv7();
+        v_run_id := durable.uuidv7();
+        with task as (
+            insert into durable.tasks (task_id, queue, task_name, params, created_at,
+                                       scheduled_at)
+            values (v_task.task_id, p_queue, p_task_name, p_params, v_now, v_now)
+        )
+        insert into durable.runs (run_id, task_id, queue, attempt, state, available_at,
+                                  created_at, task_name)
+        values (v_run_id, v_task.task_id, p_queue, 1, 'pending', v_now, v_now, p_task_name);
+        perform pg_notify('durable_work', p_queue);
+        return query select v_task.task_id, v_run_id, 1, true;
+        return;
+    end if;
+    perform durable.check_parent_policy(v_policy);
     v_at := durable.start_time(v_options, v_now);
 
     if v_unique is not null and jsonb_typeof(v_unique) <> 'null' then
@@ -107,7 +124,8 @@ begin
                                     retry, timeout_s, heartbeat_timeout_s, priority,
                                     idempotency_key, created_at, tags, partition_key,
                                     parent_task_id, depends_on, unique_key, cancellation,
-                                    scheduled_at, cancel_at, discard_hook, on_parent_cancel)
+                                    scheduled_at, cancel_at, discard_hook, on_parent_cancel,
+                                    concurrency_key)
     values (durable.uuidv7(), p_queue, p_task_name, p_params, coalesce(v_options->'headers', '{}'),
             coalesce((v_options->>'max_attempts')::integer, 3), v_options->'retry',
             durable.seconds(v_options->'timeout', 'timeout'),
@@ -117,7 +135,8 @@ begin
             v_parent, v_deps, v_ukey,
             nullif(v_options->'cancellation', 'null'), v_at,
             durable.first_cancel_at(nullif(v_options->'cancellation', 'null'), v_at),
-            coalesce((v_options->>'on_discard')::boolean, false), v_policy)
+            coalesce((v_options->>'on_discard')::boolean, false), v_policy,
+            nullif(v_options->>'concurrency_key', ''))
     on conflict (queue, idempotency_key) where idempotency_key is not null do nothing
     returning * into v_task;
     if not found then
@@ -219,8 +238,8 @@ begin
               from items i order by i.ord
         ), rins as (
             insert into durable.runs (run_id, task_id, queue, attempt, state, available_at,
-                                      created_at)
-            select i.new_run, i.new_id, p_queue, 1, 'pending', v_now, v_now
+                                      created_at, task_name)
+            select i.new_run, i.new_id, p_queue, 1, 'pending', v_now, v_now, i.task_name
               from items i order by i.ord
         )
         select array_agg(i.new_id order by i.ord), array_agg(i.new_run order by i.ord)
@@ -253,7 +272,7 @@ begin
                                        retry, timeout_s, heartbeat_timeout_s, priority,
                                        idempotency_key, created_at, tags, partition_key,
                                        parent_task_id, cancellation, scheduled_at, cancel_at,
-                                       discard_hook, on_parent_cancel)
+                                       discard_hook, on_parent_cancel, concurrency_key)
             select p.new_id, p_queue, p.task_name, p.params, coalesce(p.o->'headers', '{}'),
                    coalesce((p.o->>'max_attempts')::integer, 3), p.o->'retry',
                    case when p.o ? 'timeout' then durable.seconds(p.o->'timeout', 'timeout') end,
@@ -267,15 +286,18 @@ begin
                    case when p.cancellation is not null
                         then durable.first_cancel_at(p.cancellation, p.available_at) end,
                    coalesce((p.o->>'on_discard')::boolean, false),
-                   coalesce(p.o->>'on_parent_cancel', 'cancel')
+                   coalesce(p.o->>'on_parent_cancel', 'cancel'),
+                   nullif(p.o->>'concurrency_key', '')
               from prepared p order by p.ord
             on conflict (queue, idempotency_key) where idempotency_key is not null do nothing
             returning task_id
         ), rins as (
             insert into durable.runs (run_id, task_id, queue, attempt, priority, partition_key,
-                                      state, available_at, created_at)
+                                      state, available_at, created_at, task_name,
+                                      concurrency_key)
             select p.new_run, p.new_id, p_queue, 1, p.prio, nullif(p.o->>'partition_key', ''),
-                   'pending', p.available_at, v_now
+                   'pending', p.available_at, v_now, p.task_name,
+                   nullif(p.o->>'concurrency_key', '')
               from prepared p join ins on ins.task_id = p.new_id
             returning available_at
         )

@@ -16,7 +16,8 @@ declare
     v_run durable.runs;
 begin
     v_run := durable.lock_live_run(p_queue, p_run_id, v_now);
-    update durable.runs set state = 'completed', finished_at = v_now where run_id = p_run_id;
+    update durable.runs set state = 'completed', finished_at = v_now, reserved = false
+     where run_id = p_run_id;
     update durable.tasks set state = 'completed', result = coalesce(p_result, 'null'),
                              finished_at = v_now
      where task_id = v_run.task_id;
@@ -57,7 +58,7 @@ begin
          order by r.run_id
            for update of r
     ), done_runs as (
-        update durable.runs r set state = 'completed', finished_at = v_now
+        update durable.runs r set state = 'completed', finished_at = v_now, reserved = false
           from live where r.run_id = live.run_id
         returning r.run_id, r.task_id
     ), done_tasks as (
@@ -139,6 +140,8 @@ begin
             using errcode = 'DU005';
     end if;
     v_run := durable.lock_live_run(p_queue, p_run_id, v_now);
+    -- a failure its worker writes: the handler ran
+    update durable.runs set reserved = false where run_id = p_run_id and reserved;
     return durable.fail_locked_run(
         v_run, p_reason, p_error,
         coalesce(p_retry_at, v_now + make_interval(secs => p_retry_in)), v_now);
@@ -339,7 +342,8 @@ end $$;
 -- leases
 
 -- Extend the lease of a live, unexpired run by p_extend_by (default: its claim's lease) in one
--- fenced statement; raise DU001 otherwise. Returns the run as updated.
+-- fenced statement; raise DU001 otherwise. Its handler runs: it is no longer reserved. Returns
+-- the run as updated.
 create or replace function durable.extend_live_run(p_queue text, p_run_id uuid,
                                                    p_extend_by double precision, p_now timestamptz)
 returns durable.runs
@@ -350,7 +354,8 @@ begin
     update durable.runs r
        set lease_expires_at = greatest(r.lease_expires_at,
                                        p_now + make_interval(
-                                           secs => coalesce(p_extend_by, r.lease_s)))
+                                           secs => coalesce(p_extend_by, r.lease_s))),
+           reserved = false
      where r.run_id = p_run_id and r.state = 'running' and r.lease_expires_at > p_now
        and (p_queue is null or r.queue = p_queue)
     returning r.* into v_run;
@@ -372,25 +377,24 @@ $$;
 
 -- A worker's heartbeat, one statement per interval: extend every lease it holds and its own
 -- liveness, and record how many of its slots are busy and how many runs it claimed ahead (the
--- workers page; null: not said). Returns the run ids that were not extended (lost: expired,
--- reaped, cancelled).
+-- workers page; null: not said). p_started: the runs whose handlers started since the worker's
+-- last report, no longer reserved (RESERVED in 00_model.sql). Returns the run ids that were not
+-- extended (lost: expired, reaped, cancelled).
 create or replace function durable.extend_claims(p_worker_id text, p_run_ids uuid[],
                                                  p_worker_ttl double precision,
                                                  p_busy integer default null,
-                                                 p_ahead integer default null)
+                                                 p_ahead integer default null,
+                                                 p_started uuid[] default null)
 returns table (lost_run_id uuid)
 language plpgsql
 security definer set search_path = pg_catalog, pg_temp set random_page_cost = 1.1 as $$
 declare
     v_now timestamptz := durable.now();
 begin
-    update durable.workers
-       set last_seen_at = v_now, expires_at = v_now + make_interval(secs => p_worker_ttl),
-           busy = coalesce(p_busy, busy), claimed_ahead = coalesce(p_ahead, claimed_ahead),
-           stats_at = case when p_busy is null then stats_at else v_now end
-     where worker_id = p_worker_id;
     -- a running task past its max_duration is cancelled here even when nobody claims
     perform durable.enforce_cancellations(v_now);
+    -- the runs (in run_id order), then the worker's row: the order of claim(), which records
+    -- the starts its worker reports before it touches the same row
     return query
     with live as (
         select r.run_id from durable.runs r
@@ -400,12 +404,18 @@ begin
            for update
     ), extended as (
         update durable.runs r
-           set lease_expires_at = v_now + make_interval(secs => r.lease_s)
+           set lease_expires_at = v_now + make_interval(secs => r.lease_s),
+               reserved = r.reserved and not r.run_id = any(coalesce(p_started, '{}'))
           from live where r.run_id = live.run_id
         returning r.run_id
     )
     select u.id from unnest(p_run_ids) as u(id)
      where not exists (select 1 from extended e where e.run_id = u.id);
+    update durable.workers
+       set last_seen_at = v_now, expires_at = v_now + make_interval(secs => p_worker_ttl),
+           busy = coalesce(p_busy, busy), claimed_ahead = coalesce(p_ahead, claimed_ahead),
+           stats_at = case when p_busy is null then stats_at else v_now end
+     where worker_id = p_worker_id;
 end $$;
 
 -- ---------------------------------------------------------------------------------------------
@@ -465,7 +475,8 @@ begin
     ), extended as (
         update durable.runs r
            set lease_expires_at = greatest(r.lease_expires_at,
-                                           v_now + make_interval(secs => r.lease_s))
+                                           v_now + make_interval(secs => r.lease_s)),
+               reserved = false
           from live where r.run_id = live.run_id
         returning r.run_id, r.task_id
     ), written as (
@@ -539,7 +550,8 @@ begin
     end if;
     v_run := durable.lock_live_run(p_queue, p_run_id, v_now);
     update durable.runs
-       set lease_expires_at = greatest(lease_expires_at, v_now + make_interval(secs => lease_s))
+       set lease_expires_at = greatest(lease_expires_at, v_now + make_interval(secs => lease_s)),
+           reserved = false
      where run_id = p_run_id;
     update durable.tasks
        set progress = jsonb_build_object('pct', p_pct, 'detail', p_detail, 'at', v_now,

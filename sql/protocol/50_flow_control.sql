@@ -2,11 +2,14 @@
 -- paused queues. (Uniqueness is decided at spawn, 10_spawn.sql; cancellation policies and
 -- partitions at claim, 20_claim.sql.)
 
--- Set (or, with every limit null, remove) the cluster-wide limits of a task name on a queue: at
--- most p_max_running runs at once, and p_rate_allowed starts per p_rate_period seconds.
+-- Set (or, with every limit null, remove) the cluster-wide limits of a task name, recorded on
+-- a queue: at most p_max_running runs at once and at most p_key_limit at once per concurrency
+-- key (both across every queue: pick_runs), and p_rate_allowed starts per p_rate_period seconds
+-- on the queue.
 create or replace function durable.set_limit(p_queue text, p_task_name text,
                                              p_max_running integer, p_rate_allowed integer,
-                                             p_rate_period double precision)
+                                             p_rate_period double precision,
+                                             p_key_limit integer default null)
 returns void
 language plpgsql
 security definer set search_path = pg_catalog, pg_temp as $$
@@ -15,20 +18,22 @@ begin
     if (p_rate_allowed is null) <> (p_rate_period is null) then
         raise exception 'a rate limit needs both a count and a period' using errcode = 'DU005';
     end if;
-    if p_max_running < 1 or p_rate_allowed < 1 or p_rate_period <= 0 then
+    if p_max_running < 1 or p_rate_allowed < 1 or p_rate_period <= 0 or p_key_limit < 1 then
         raise exception 'limits must be positive' using errcode = 'DU005';
     end if;
-    if p_max_running is null and p_rate_allowed is null then
+    if p_max_running is null and p_rate_allowed is null and p_key_limit is null then
         delete from durable.limits l where l.queue = p_queue and l.task_name = p_task_name;
         return;
     end if;
-    insert into durable.limits as l (queue, task_name, max_running, rate_allowed, rate_period_s)
-    values (p_queue, p_task_name, p_max_running, p_rate_allowed, p_rate_period)
+    insert into durable.limits as l (queue, task_name, max_running, rate_allowed, rate_period_s,
+                                     key_limit)
+    values (p_queue, p_task_name, p_max_running, p_rate_allowed, p_rate_period, p_key_limit)
     on conflict (queue, task_name) do update
         set max_running = excluded.max_running, rate_allowed = excluded.rate_allowed,
-            rate_period_s = excluded.rate_period_s
-     where (l.max_running, l.rate_allowed, l.rate_period_s)
-           is distinct from (excluded.max_running, excluded.rate_allowed, excluded.rate_period_s);
+            rate_period_s = excluded.rate_period_s, key_limit = excluded.key_limit
+     where (l.max_running, l.rate_allowed, l.rate_period_s, l.key_limit)
+           is distinct from (excluded.max_running, excluded.rate_allowed, excluded.rate_period_s,
+                             excluded.key_limit);
 end $$;
 
 -- ---------------------------------------------------------------------------------------------

@@ -96,7 +96,9 @@ async def test_gather_parks_once_and_returns_every_result_in_order_failures_as_v
     leaves[3] = {"x": 3, "fail": True, "attempts": 1}
     async with (
         side_connection(dsn, create_tables=True) as side,
-        workflow_worker(dsn, tmp_path, "worker-a", "-c", "2") as worker,
+        # one slot: the children cannot end before the parent reaches gather (with two, under
+        # load they did, and the parent never parked)
+        workflow_worker(dsn, tmp_path, "worker-a", "-c", "1") as worker,
     ):
         parent_id = await spawn(client, "fan_out", {"leaves": leaves})
         record = await wait_finished(client, parent_id, timeout=WAIT_S)

@@ -14,6 +14,12 @@ then sleeps 0-20 ms so that kills land inside steps, then returns a value that d
 the task's ``params["i"]`` and the step: :func:`step_value`. The task's last act is a ``done_exec``
 row. The suite compares these rows with ``durable.checkpoints`` and ``durable.runs``.
 
+Task ``chaos_once`` (spawned with ``max_attempts=1``) takes 0-40 ms and writes its ``done_exec``
+row. Every handler's first act, before any ``await``, appends its run's id to ``$CHAOS_STARTS``:
+a line there proves the handler started, written before its worker could report the start (an
+attempt charged to a run without a line would be charged to a run that never started). With
+``CHAOS_AHEAD_FULL=1`` a worker always claims as far ahead of its free slots as it may.
+
 Importing this module connects to nothing.
 """
 
@@ -29,6 +35,7 @@ from typing import Any
 import anyio
 
 import durable
+from durable.runtime.claim_ahead import ClaimAhead
 
 SCRIPT = Path(__file__).resolve()
 sys.path.insert(0, str(SCRIPT.parents[1]))  # tests/, for `support`, when run as a script
@@ -38,6 +45,7 @@ from support.worker_script import Settings, run_worker_script  # noqa: E402
 
 QUEUE = "chaos"
 TASK_NAME = "chaos_steps"
+ONCE_NAME = "chaos_once"
 STEPS = ("s1", "s2", "s3")
 #: A step body sleeps a random time up to this, so that a SIGKILL lands inside a step.
 STEP_SLEEP_MAX_S = 0.020
@@ -73,8 +81,17 @@ async def run_step(task_id: uuid.UUID, run_id: uuid.UUID, step: str, i: int) -> 
     return step_value(i, step)
 
 
+def note_start(ctx: durable.TaskContext) -> None:
+    """A handler's first act: its run's id in ``$CHAOS_STARTS`` (a write SIGKILL cannot undo)."""
+    path = os.environ.get("CHAOS_STARTS")
+    if path:
+        with open(path, "a") as starts:  # a plain write, before any await: on purpose
+            starts.write(f"{ctx.run_id}\n")
+
+
 @app.task(name=TASK_NAME, queue=QUEUE)
 async def chaos_steps(ctx: durable.TaskContext, params: Any) -> dict[str, Any]:
+    note_start(ctx)
     i: int = params["i"]
     values = [await ctx.step(step, run_step, ctx.task_id, ctx.run_id, step, i) for step in STEPS]
     await side_pool.pool.execute(
@@ -86,7 +103,26 @@ async def chaos_steps(ctx: durable.TaskContext, params: Any) -> dict[str, Any]:
     return {"i": i, "steps": values}
 
 
+@app.task(name=ONCE_NAME, queue=QUEUE)
+async def chaos_once(ctx: durable.TaskContext, params: Any) -> dict[str, Any]:
+    note_start(ctx)
+    await anyio.sleep(random.uniform(0, 2 * STEP_SLEEP_MAX_S))
+    await side_pool.pool.execute(
+        "insert into done_exec (task_id, run_id, pid) values ($1, $2, $3)",
+        ctx.task_id,
+        ctx.run_id,
+        os.getpid(),
+    )
+    return {"i": params["i"]}
+
+
+def _claim_full_ahead(self: ClaimAhead, latency: float) -> None:
+    self.runs = self.limit
+
+
 if __name__ == "__main__":
+    if os.environ.get("CHAOS_AHEAD_FULL") == "1":
+        ClaimAhead.claimed = _claim_full_ahead  # type: ignore[method-assign]
     run_worker_script(
         app,
         defaults=Settings(queues=(QUEUE,), concurrency=8, claim_timeout=1.0, grace_period=2.0),

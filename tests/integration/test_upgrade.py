@@ -103,8 +103,9 @@ _ROWS = {
 #: The columns later migrations add to v13's tables, and what they hold on the rows a v13 worker
 #: wrote (their default).
 _ADDED_COLUMNS: dict[str, dict[str, Any]] = {
-    "runs": {"code_version": None},
-    "tasks": {"on_parent_cancel": "cancel"},
+    # (every task of the v13 fill is named "job": the runs' task_name is backfilled from it)
+    "runs": {"code_version": None, "reserved": False, "task_name": "job", "concurrency_key": None},
+    "tasks": {"on_parent_cancel": "cancel", "concurrency_key": None},
     "workers": {"concurrency": None, "busy": None, "claimed_ahead": None, "stats_at": None},
 }
 

@@ -52,6 +52,7 @@ def test_spawn_flags_keep_their_spelling(capsys: pytest.CaptureFixture[str]) -> 
         "--at",
         "--tag",
         "--partition-key",
+        "--concurrency-key",
         "--depends-on",
         "--on-parent-cancel",
     }

@@ -25,7 +25,7 @@ def test_a_definition_sets_spawn_options_and_its_own() -> None:
     assert _keys(DefinitionOptions) <= fields
     own = _keys(TaskKwargs) - _keys(DefinitionOptions)
     assert own == {"name", "queue", "backoff", "global_limit", "rate_limit", "on_discard",
-                   "retention"}  # fmt: skip
+                   "retention", "concurrency_key", "key_limit"}  # fmt: skip
 
 
 def test_run_worker_takes_every_worker_option() -> None:
@@ -51,6 +51,7 @@ def test_spawn_options_encode_every_field_they_hold() -> None:
         headers={"h": 1},
         tags=["t"],
         partition_key="p",
+        concurrency_key="c",
         unique=Unique(keys=["a"]),
         cancellation=Cancellation(max_delay=6),
         depends_on=[uuid.UUID(int=1)],

@@ -64,7 +64,10 @@ def cmd_show(args: argparse.Namespace) -> int:
                         when(run.started_at),
                         when(run.finished_at),
                         _available_text(run),
-                        run.failure_reason,
+                        # a reserved run reaped free: its handler never started, no attempt spent
+                        f"{run.failure_reason}, not started"
+                        if run.reserved and run.failure_reason
+                        else run.failure_reason,
                         error_text(run.error),
                     ]
                     for run in task.runs
