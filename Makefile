@@ -56,8 +56,14 @@ bench: $(STAMP)  ## durable's figures against $$DURABLE_DSN (else the embedded s
 bench-peers: $(STAMP)  ## the same table with pgqueuer, procrastinate, Absurd and DBOS beside durable
 	$(PY) bench/run.py --peers
 
-soak: $(STAMP)  ## 10 minutes at a steady spawn rate with 4 workers (not in CI)
-	$(PY) bench/soak.py --minutes 10
+# The long form of issue 21: make soak SOAK_MINUTES=30 SOAK_RATE=2000 SOAK_RETENTION=300
+SOAK_MINUTES   ?= 10
+SOAK_RATE      ?= 200
+SOAK_WORKERS   ?= 4
+SOAK_RETENTION ?= 60
+soak: $(STAMP)  ## minutes at a steady spawn rate through worker processes, retention on (not in CI)
+	$(PY) bench/soak.py --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE) --workers $(SOAK_WORKERS) \
+		--retention $(SOAK_RETENTION)
 
 chaos: $(STAMP)  ## 5,000 tasks, 4 workers, >= 20 SIGKILLs; prints the figures (make test runs a short form)
 	DURABLE_CHAOS_TASKS=5000 DURABLE_CHAOS_KILLS=20 $(VENV)/bin/pytest tests/chaos -s -p no:cacheprovider

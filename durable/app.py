@@ -205,6 +205,12 @@ class Durable:
         whichever worker claims the hook's task, so make it idempotent.
         ``retention`` overrides the app's for this task name (see :class:`durable.Retention`).
 
+        Every error is retried while attempts are left, unless: the handler raised
+        :class:`durable.NonRetryable`; the error is one of ``discard_on`` (exception types, or
+        reason classes such as ``"validation"``); or ``retry_on`` is given and the error is none
+        of it. Such an error ends the task ``failed`` at once (``on_discard`` is told
+        ``non_retryable``). A result that is not JSON is not retried either.
+
         Raises:
             ValueError: an option out of range (``global_limit`` below 1, a bad ``retry``).
             InvalidQueueName: ``queue`` is not a valid queue name.

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from durable.cli import arguments
-from durable.protocol.records import SpawnOptions
+from durable.protocol.records import ReasonClass, SpawnOptions
 from durable.runtime.worker import WorkerOptions
 
 
@@ -44,6 +44,8 @@ _BY_NAME: dict[str, _Reading] = {
     "max_attempts": _Reading(arguments.positive_int, "N"),
     "priority": _Reading(int, "P"),
     "tags": _Reading(arguments.tag, "T"),
+    "retry_on": _Reading(arguments.one_of(tuple(c.value for c in ReasonClass)), "CLASS"),
+    "discard_on": _Reading(arguments.one_of(tuple(c.value for c in ReasonClass)), "CLASS"),
 }
 #: Fields whose flags exclude each other.
 _EXCLUSIVE: tuple[frozenset[str], ...] = (frozenset({"delay", "at"}),)

@@ -26,7 +26,9 @@ from durable.protocol.dsn import resolve_dsn
 from durable.protocol.errors import (
     BatcherClosed,
     DatabaseUnavailable,
+    DurableError,
     InvalidArgument,
+    ResultTimeout,
     ScheduleNotFound,
     TaskFailed,
     check_name,
@@ -69,6 +71,9 @@ from durable.protocol.store import (
     spawn_many_on,
     spawn_on,
 )
+
+#: How long reading the task for a ResultTimeout's message may take.
+RESULT_TIMEOUT_READ_S = 1.0
 
 log = get_logger()
 
@@ -558,12 +563,33 @@ class Client:
         self, queue: str | None, task_id: uuid.UUID, *, timeout: float | None = None
     ) -> TaskResult[Any]:
         """Wait until the task ends (woken by NOTIFY) and return its outcome; raise
-        :class:`TaskFailed` if it failed or was cancelled, ``TimeoutError`` after ``timeout``."""
-        with anyio.fail_after(timeout):
-            outcome = await self._results.wait(task_id, lambda: self.get_result(queue, task_id))
+        :class:`TaskFailed` if it failed or was cancelled, :class:`ResultTimeout` (a
+        ``TimeoutError`` naming the task and its state) after ``timeout``."""
+        try:
+            with anyio.fail_after(timeout):
+                outcome = await self._results.wait(task_id, lambda: self.get_result(queue, task_id))
+        except TimeoutError:
+            raise await self._result_timeout(queue, task_id, timeout) from None
         if outcome.state is not TaskState.COMPLETED:
             raise TaskFailed(task_id, str(outcome.state), outcome.failure)
         return outcome
+
+    async def _result_timeout(
+        self, queue: str | None, task_id: uuid.UUID, timeout: float | None
+    ) -> ResultTimeout:
+        """The error of a wait that timed out: the task's name and live state, read now (left
+        out when they cannot be read within a second)."""
+        name = state = None
+        with anyio.move_on_after(RESULT_TIMEOUT_READ_S):
+            try:
+                record = await self.get_task(queue, task_id)
+            except DurableError:
+                pass
+            else:
+                name, state = record.task_name, str(record.state)
+                if record.state is TaskState.PENDING and record.runs:
+                    state = str(record.runs[-1].state)  # its live run's: running, sleeping, ...
+        return ResultTimeout(task_id, name, state, timeout or 0.0)
 
     # --- parking: sleep, events, children; progress; limits -------------------------------------
 

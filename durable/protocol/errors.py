@@ -19,10 +19,12 @@ Every error derives from :class:`DurableError`; data travels as attributes::
     ├── EventTimeout          a wait in a task (await_event, result, gather, recv) timed out
     ├── PatchRetired          a task took the old path of a patch its code retired
     ├── TaskFailed            the awaited task ended failed or cancelled
+    ├── ResultTimeout         ``result(timeout=...)`` passed its timeout (also a TimeoutError)
     └── TaskDiscarded         what an on_discard hook is given: why the task ended unsuccessfully
 
 ``Snooze(seconds)`` is not an error: a handler raises (or returns) it to run again later without
-spending an attempt.
+spending an attempt. ``NonRetryable(...)`` is not durable's error either: a handler raises it to
+end its task ``failed`` now, whatever attempts are left.
 
 Driver errors are translated at the store boundary (``raise ... from exc``).
 """
@@ -227,12 +229,42 @@ class EventTimeout(DurableError, TimeoutError):
         super().__init__(f"{what} did not arrive within its timeout (step {step!r})")
 
 
-class PatchRetired(DurableError):
+class Suspended(BaseException):
+    """Internal: the run was parked (a sleep or a wait) and has ended; the executor writes no
+    outcome. A BaseException so that a handler's ``except Exception`` does not swallow it."""
+
+
+class NonRetryable(Exception):
+    """Raise from a handler to end the task ``failed`` now, without a retry: the same input will
+    fail the same way. ``NonRetryable("bad input")``; wrapping the error that says why,
+    ``raise NonRetryable("bad input") from exc`` or ``NonRetryable(exc)``.
+
+    The run's error records ``type`` ``NonRetryable``, ``retryable`` false and the ``cause``
+    (its type, module and message); its reason class is the cause's (``validation`` without
+    one). The task's ``on_discard`` hook is told ``non_retryable``."""
+
+    def __init__(self, reason: str | BaseException = "", /) -> None:
+        self.wrapped = reason if isinstance(reason, BaseException) else None
+        if isinstance(reason, BaseException):
+            message = f"{type(reason).__qualname__}: {reason}".rstrip(": ")
+        else:
+            message = reason
+        super().__init__(message)
+        if self.wrapped is not None:
+            self.__cause__ = self.wrapped
+
+    @property
+    def cause(self) -> BaseException | None:
+        """The error it wraps: the one given, else the one it was raised ``from``."""
+        return self.wrapped if self.wrapped is not None else self.__cause__
+
+
+class PatchRetired(DurableError, NonRetryable):
     """Raised inside a task by ``ctx.deprecate_patch(change_id)`` when the task took the old path
     of that patch: the code that took it is gone, so the task stops here instead of going on
     down the new path with an old history. Deploy the code with ``ctx.patched(change_id)`` again
     and retry the task. The same input fails the same way until then (reason class
-    ``validation``)."""
+    ``validation``), so the task is not retried by itself (a :class:`NonRetryable`)."""
 
     durable_reason_class = "validation"
 
@@ -242,11 +274,6 @@ class PatchRetired(DurableError):
             f"this task took the old path of patch {change_id!r}, which the code retired — "
             f"deploy the code with ctx.patched({change_id!r}) again, then retry the task"
         )
-
-
-class Suspended(BaseException):
-    """Internal: the run was parked (a sleep or a wait) and has ended; the executor writes no
-    outcome. A BaseException so that a handler's ``except Exception`` does not swallow it."""
 
 
 class Snooze(Exception):
@@ -292,6 +319,25 @@ class TaskFailed(DurableError):
         reason = failure.reason if failure else "unknown"
         message = failure.message if failure else ""
         super().__init__(f"task {task_id} ended {state} ({reason}): {message}".rstrip(": "))
+
+
+class ResultTimeout(DurableError, TimeoutError):
+    """``handle.result(timeout=...)`` (or ``app.result``) gave up waiting: task ``task_id``
+    (named ``task_name``) was still ``state`` when ``timeout_s`` passed. The task goes on; wait
+    again, or cancel it. A :class:`TimeoutError` too."""
+
+    def __init__(
+        self, task_id: Any, task_name: str | None, state: str | None, timeout_s: float
+    ) -> None:
+        self.task_id = task_id
+        self.task_name = task_name
+        self.state = state
+        self.timeout_s = timeout_s
+        named = f"task {task_name!r} ({task_id})" if task_name else f"task {task_id}"
+        still = f"still {state}" if state else "not ended"
+        super().__init__(
+            f"{named} {still} after {timeout_s:g}s — it goes on; wait again or cancel it"
+        )
 
 
 class TaskDiscarded(DurableError):

@@ -51,7 +51,8 @@ class Unique:
     ``replace`` lists the fields the duplicate updates on the existing task while it has not
     started: ``params``, ``headers``, ``tags``, ``max_attempts``, ``priority``, ``scheduled_at``
     (from ``delay``/``at``). ``debounce`` pushes its start to ``debounce`` seconds after each
-    duplicate (and delays the first spawn as much).
+    duplicate (and delays the first spawn as much); its default ``states`` are ``pending``
+    alone, so a burst after the task started (or completed) spawns a new one.
     """
 
     keys: Sequence[str] | None = None
@@ -171,6 +172,33 @@ def _meta(
     return {"to_json": to_json, "cli": cli}
 
 
+def _reason_classes(what: str) -> Callable[[Any], JSON]:
+    def encode(classes: Sequence[ReasonClass | str]) -> JSON:
+        return [str(c) for c in check_reason_classes(classes, what)]
+
+    return encode
+
+
+def check_reason_classes(classes: object, what: str) -> tuple[ReasonClass, ...]:
+    """``classes`` as reason classes (a spawn's ``retry_on``/``discard_on``); ValueError naming
+    ``what`` for anything else (an exception type belongs on ``@app.task``)."""
+    if isinstance(classes, str | type) or not isinstance(classes, Sequence | set | frozenset):
+        classes = (classes,)
+    checked: list[ReasonClass] = []
+    for item in classes:
+        if isinstance(item, str) and item in ReasonClass.__members__.values():
+            checked.append(ReasonClass(item))
+            continue
+        hint = (
+            " — exception types belong on @app.task, whose worker holds them"
+            if isinstance(item, type)
+            else ""
+        )
+        known = ", ".join(c.value for c in ReasonClass)
+        raise ValueError(f"{what} takes reason classes ({known}), got {item!r}{hint}")
+    return tuple(checked)
+
+
 def _uuid_list(ids: Sequence[uuid.UUID]) -> list[str]:
     return [str(uuid.UUID(str(d))) for d in ids]
 
@@ -246,6 +274,20 @@ class SpawnOptions:
             cli="a child (ctx.spawn) whose parent is cancelled: cancel (default) or abandon it"
         ),
     )
+    retry_on: Sequence[ReasonClass | str] | None = field(
+        default=None,
+        metadata=_meta(
+            to_json=_reason_classes("retry_on"),
+            cli="a reason class to retry; failures of other classes end the task (repeat)",
+        ),
+    )
+    discard_on: Sequence[ReasonClass | str] | None = field(
+        default=None,
+        metadata=_meta(
+            to_json=_reason_classes("discard_on"),
+            cli="a reason class whose failure ends the task at once (repeat for several)",
+        ),
+    )
     #: The task has an ``on_discard`` hook (set from ``@app.task``): when it ends without
     #: completing, the transaction that ends it records a ``durable.on_discard`` task, which a
     #: worker claims to call the hook.
@@ -268,6 +310,9 @@ class SpawnOptions:
             raise ValueError("at must be timezone-aware")
         if self.headers is not None and not isinstance(self.headers, dict):
             raise ValueError("headers must be a JSON object (a dict)")
+        for what in ("retry_on", "discard_on"):
+            if getattr(self, what) is not None:
+                check_reason_classes(getattr(self, what), what)
         if self.on_parent_cancel is not None and self.on_parent_cancel not in get_args(
             ParentCancelPolicy
         ):
@@ -326,6 +371,9 @@ class SpawnKwargs(DefinitionOptions, total=False):
     concurrency_key: str | None
     depends_on: Sequence[uuid.UUID] | None
     on_parent_cancel: ParentCancelPolicy | None
+    #: Reason classes only (``@app.task`` takes exception types too: :class:`TaskKwargs`).
+    retry_on: Sequence[ReasonClass | str] | None
+    discard_on: Sequence[ReasonClass | str] | None
 
 
 def spawn_options(overrides: Mapping[str, Any]) -> SpawnOptions:
@@ -544,8 +592,12 @@ class FailedWork:
     """A task whose latest failure is not behind it: dead (``failed``: its last attempt failed,
     or it was cancelled) or ``retrying``. Newest failure first in ``failed_work``.
 
-    ``retryable`` is False when the reason class is ``validation``: the same input would fail
-    the same way until the code or the params change. ``recovery`` is what ``retry`` would do.
+    ``retryable`` says what the runtime did and would do with the failure: True when it is
+    retried (``retrying``, or retried until its attempts ran out), False when it is not (the
+    error was recorded not to be retried: a ``NonRetryable``, a task's ``discard_on`` or
+    ``retry_on``, a result that is not JSON; or the task was cancelled). The reason class
+    ``validation`` says the same input will likely fail again. ``recovery`` is what ``retry``
+    would do.
     """
 
     task_id: uuid.UUID

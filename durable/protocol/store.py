@@ -89,6 +89,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 # --- queries: one per SQL function --------------------------------------------------------------
 _SPAWN = "select * from durable.spawn($1, $2, $3, $4)"
+_IN_RECOVERY = "select pg_is_in_recovery()"  # a hot standby: read-only, never migrated
 _SPAWN_MANY = "select * from durable.spawn_many($1, $2)"
 _CLAIM = (
     "select run_id, task_id, task_name, params, headers, attempt, max_attempts, timeout_s,"
@@ -262,7 +263,8 @@ class Store:
         server_settings: Mapping[str, str] | None = None,
         migrate: bool = True,
     ) -> Store:
-        """Connect; apply migrations (or, with ``migrate=False``, refuse an old schema)."""
+        """Connect; apply migrations (or, with ``migrate=False``, refuse an old schema). A hot
+        standby is never migrated (it follows its primary): its schema is checked instead."""
         if not dsn.startswith(("postgresql://", "postgres://")):
             raise DatabaseUnavailable(
                 f"not a PostgreSQL DSN: {dsn[:40]!r} — use postgresql://user@host:port/dbname"
@@ -286,7 +288,7 @@ class Store:
         store = cls(pool, dsn)
         try:
             async with store._translate(), pool.acquire() as conn:
-                if migrate:
+                if migrate and not await conn.fetchval(_IN_RECOVERY):
                     await _migrate.migrate(conn)
                 else:
                     await _migrate.check_schema(conn)
@@ -1136,6 +1138,15 @@ class Store:
             async with self._translate():
                 for channel, handler in handlers.items():
                     await conn.add_listener(channel, listener.callback(handler))
+        except asyncpg.ReadOnlySQLTransactionError as exc:  # a hot standby refuses LISTEN
+            conn.terminate()
+            host, port = describe_dsn(self.dsn)
+            raise DatabaseUnavailable(
+                f"{host}:{port} is a read replica, which refuses LISTEN — notifications (a"
+                " worker's wake-up, result(), the console's live updates) need the primary",
+                host=host,
+                port=port,
+            ) from exc
         except BaseException:
             conn.terminate()
             raise
@@ -1281,6 +1292,17 @@ def _queue_counts(rows: list[asyncpg.Record]) -> list[QueueCount]:
     ]
 
 
+def _retryable(state: FailedWorkState, reason: FailureReason, error: Any) -> bool:
+    """What the runtime did and would do with a failure: retry it (it is being retried, or it
+    was retried until its attempts ran out), or not (cancelled, or recorded not to be retried:
+    ``error["retryable"]`` false)."""
+    if state is FailedWorkState.RETRYING:
+        return True
+    if reason is FailureReason.CANCELLED:
+        return False
+    return not (isinstance(error, dict) and error.get("retryable") is False)
+
+
 def _failed_work(r: asyncpg.Record) -> FailedWork:
     state = FailedWorkState(r["state"])
     reason_class = ReasonClass(r["reason_class"])
@@ -1302,7 +1324,7 @@ def _failed_work(r: asyncpg.Record) -> FailedWork:
         reason_class=reason_class,
         error=r["error"],
         failed_at=r["failed_at"],
-        retryable=reason_class is not ReasonClass.VALIDATION,
+        retryable=_retryable(state, FailureReason(r["failure_reason"]), r["error"]),
         recovery=recovery,
         last_checkpoint=r["last_checkpoint"],
         tags=list(r["tags"] or ()),

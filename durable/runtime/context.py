@@ -37,6 +37,7 @@ from durable.protocol.records import (
     TaskResult,
     TaskState,
 )
+from durable.runtime.deadlines import ride_out
 from durable.runtime.group_commit import RunWrites
 from durable.runtime.outcome import Outcome
 from durable.runtime.registry import Registry, TaskDefinition
@@ -44,6 +45,9 @@ from durable.runtime.registry import Registry, TaskDefinition
 A = ParamSpec("A")
 T = TypeVar("T")
 P = TypeVar("P")
+
+#: The deadline of one try of a run's write when the worker gave none.
+WRITE_TIMEOUT_S = 30.0
 
 #: What :meth:`TaskContext.begin_step` returns for a step that has no checkpoint yet.
 NOT_RECORDED: Final = object()
@@ -79,8 +83,16 @@ class RunControl:
         claim: Claim,
         on_finish: Callable[[], None] | None = None,
         on_end: Callable[[RunControl], None] | None = None,
+        *,
+        lease_until: float | None = None,
+        write_timeout_s: float = WRITE_TIMEOUT_S,
     ) -> None:
         self.claim = claim
+        #: When (``time.monotonic()``) the run's lease surely ends unless renewed: the claim's
+        #: or the last renewal's send time plus the lease. None: unknown (no write is retried).
+        self.lease_until = lease_until
+        #: The deadline of one try of a write of the run (the worker's database deadline).
+        self.write_timeout_s = write_timeout_s
         self.ids = run_fields(claim)  # the run's log fields, computed once
         self._on_finish = on_finish
         self._on_end = on_end
@@ -93,6 +105,25 @@ class RunControl:
         #: reports its start (RESERVED in sql/protocol/00_model.sql).
         self.reserved = False
         self.finished = False  # the handler is done; only its outcome write is left
+
+    def lease_left(self) -> float:
+        """Seconds the run's lease surely holds still (0 when lost, lapsed or unknown): how long
+        a write that met an unreachable database may be tried again."""
+        if self.lease_until is None or self.stop_reason is Outcome.LEASE_LOST:
+            return 0.0
+        return max(0.0, self.lease_until - time.monotonic())
+
+    async def ride_out(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        """``await op()``, a write of this run, tried again while the database is unreachable
+        and the lease holds (:func:`~durable.runtime.deadlines.ride_out`)."""
+        return await ride_out(
+            op, timeout_s=self.write_timeout_s, lease_left=self.lease_left, what=what, ids=self.ids
+        )
+
+    def renewed(self, until: float) -> None:
+        """Its lease was extended, surely until ``until`` (monotonic)."""
+        if self.lease_until is not None:
+            self.lease_until = max(self.lease_until, until)
 
     def beat(self) -> None:
         self.last_beat = time.monotonic()
@@ -434,7 +465,11 @@ class TaskContext:
         with ``app.get_state(task_id, key)``; the last write of a key wins. A write of the run
         like :meth:`progress`: it extends the lease."""
         self._check_lease()
-        await self._write(self._client.set_state(self.queue, self.run_id, key, value))
+        await self._write(
+            self._control.ride_out(
+                "state", lambda: self._client.set_state(self.queue, self.run_id, key, value)
+            )
+        )
         self._control.beat()
 
     async def patched(self, change_id: str) -> bool:
@@ -471,9 +506,15 @@ class TaskContext:
 
     async def progress(self, pct: float, detail: Any = None) -> None:
         """Record how far the task got (0 to 100) and any JSON ``detail``; shown by ``get_task``
-        and ``durable show``. Extends the lease like a heartbeat."""
+        and ``durable show``. Extends the lease like a heartbeat. While the database is
+        unreachable it is tried again with backoff, as long as the run's lease holds."""
         self._check_lease()
-        await self._write(self._client.set_progress(self.queue, self.run_id, pct, detail))
+        await self._write(
+            self._control.ride_out(
+                "progress",
+                lambda: self._client.set_progress(self.queue, self.run_id, pct, detail),
+            )
+        )
         self._control.beat()
 
     async def _wait(
@@ -508,9 +549,11 @@ class TaskContext:
         self._check_lease()
         self._control.beat()
         if extend_by is not None:
+            extend_s = durations.seconds(extend_by, what="extend_by")
             await self._write(
-                self._client.extend_claim(
-                    self.queue, self.run_id, durations.seconds(extend_by, what="extend_by")
+                self._control.ride_out(
+                    "heartbeat",
+                    lambda: self._client.extend_claim(self.queue, self.run_id, extend_s),
                 )
             )
 
@@ -524,7 +567,10 @@ class TaskContext:
                 pass  # shutting down: write it on its own (that raises LeaseLost if it was lost)
             else:
                 raise LeaseLost(self.run_id, "run is not running under an unexpired lease")
-        await self._client.set_checkpoint(self.queue, self.run_id, key, encoded, None)
+        await self._control.ride_out(
+            "checkpoint",
+            lambda: self._client.set_checkpoint(self.queue, self.run_id, key, encoded, None),
+        )
 
     def _check_lease(self) -> None:
         if self._control.stop_reason is Outcome.LEASE_LOST:

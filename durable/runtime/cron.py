@@ -17,6 +17,11 @@ newest slot when none is that recent, and ``all`` every one of them, at most
 :data:`CATCH_UP_MAX` (the newest; the older ones are skipped and logged). A fire that fails (the
 database unreachable) is tried again at the next pass while the policy still keeps the slot.
 
+The late-slot rule holds after a stall: each slot is checked again against the clock just before
+it fires, and ``durable.fire_cron`` refuses a ``skip`` slot more than a minute late by the
+database's clock (a worker that stalled between choosing a slot and firing it, or a statement
+held up in the database): ``cron.late_skipped`` or ``cron.not_fired`` is logged.
+
 Time is the database's: the scheduler's default clock follows ``durable.now()`` (read with every
 pass), so a worker whose own clock is off fires slots on time; tests give the scheduler a clock
 of their own (:class:`SchedulerClock`). See :mod:`durable.protocol.cron` for the expressions and
@@ -185,7 +190,7 @@ async def run_cron_scheduler(
             except DurableError as exc:  # written by another client than this one
                 log.warning("cron.invalid", cron=schedule.name, error=str(exc))
                 continue
-            await _fire_due(client, schedule, expr, clock.now(), warned)
+            await _fire_due(client, schedule, expr, clock, warned)
             wake = min(wake, expr.next_after(clock.now()))
         await clock.sleep_until(wake)
 
@@ -208,9 +213,10 @@ async def _fire_due(
     client: Client,
     schedule: CronSchedule,
     expr: CronExpr,
-    now: datetime,
+    clock: SchedulerClock,
     warned: set[tuple[str, datetime]],
 ) -> None:
+    now = clock.now()
     slots, left_out = due_slots(
         expr, schedule.missed, schedule.fired_through, now, schedule.last_slot
     )
@@ -224,6 +230,9 @@ async def _fire_due(
             firing=len(slots),
         )
     for slot in slots:
+        if schedule.missed is Missed.SKIP and clock.now() - slot > LATE_SLOT:
+            log.warning("cron.late_skipped", cron=schedule.name, slot=slot.isoformat())
+            continue  # the pass took long (a stall): the slot is late now
         try:
             fired = await client.fire_cron(schedule.name, slot)
         except DurableError as exc:
@@ -231,7 +240,10 @@ async def _fire_due(
                 "cron.spawn_failed", cron=schedule.name, slot=slot.isoformat(), error=str(exc)
             )
             return  # the next pass tries again, if the policy still keeps the slot
-        if fired is None:  # paused or removed since it was read
+        if fired is None:  # late by the database's clock (skip), or paused or removed since
+            log.info("cron.not_fired", cron=schedule.name, slot=slot.isoformat())
+            if schedule.missed is Missed.SKIP:
+                continue  # a newer slot may still be on time
             return
         task_id, created = fired
         log.info(

@@ -4,17 +4,27 @@ wait between attempts while the database is unreachable.
 Every worker call to the database has a deadline (a stalled connection must not hang the
 worker), and retries while the database is unreachable wait exponentially longer, capped, with
 jitter, so many workers do not retry in step.
+
+A run's writes (its completion, failure, release, checkpoints, progress, heartbeats) ride out a
+dropped connection or a restart of PostgreSQL: :func:`ride_out` tries one again with backoff for
+as long as the run's lease surely holds, so an outage shorter than the lease costs no attempt and
+re-runs no code. Each write is safe to repeat: one that committed before its answer was lost is
+refused by the lease fence (the run is no longer running) or changes nothing (a checkpoint is
+written once, progress and lease extensions are overwritten).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import anyio
 
 from durable.protocol.errors import DatabaseUnavailable
+from durable.protocol.log import get_logger
+
+log = get_logger()
 
 T = TypeVar("T")
 
@@ -61,3 +71,39 @@ class ReconnectBackoff:
         """A success: start over; returns how many attempts had failed."""
         failed, self.attempt = self.attempt, 0
         return failed
+
+
+async def ride_out(
+    op: Callable[[], Awaitable[T]],
+    *,
+    timeout_s: float,
+    lease_left: Callable[[], float],
+    what: str,
+    ids: dict[str, Any],
+) -> T:
+    """``await op()`` within ``timeout_s``; when the database is unreachable, again after a
+    backoff delay for as long as ``lease_left()`` (seconds the run's lease surely holds) is
+    positive. Raises the last :class:`DatabaseUnavailable` once the lease may have lapsed."""
+    backoff = ReconnectBackoff()
+    while True:
+        try:
+            result = await within(timeout_s, op())
+        except DatabaseUnavailable as exc:
+            left = lease_left()
+            if left <= 0:
+                raise
+            delay = min(backoff.next_delay(), left)
+            log.warning(
+                "run.write_retried",
+                write=what,
+                tries=backoff.attempt,
+                delay_s=round(delay, 3),
+                lease_left_s=round(left, 3),
+                error=str(exc),
+                **ids,
+            )
+            await anyio.sleep(delay)
+        else:
+            if backoff.attempt:
+                log.info("run.write_recovered", write=what, tries=backoff.attempt, **ids)
+            return result

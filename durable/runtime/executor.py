@@ -11,6 +11,11 @@ Outcomes, written once and shielded from cancellation so shutdown never loses th
 * it raised/returned Snooze   -> ``schedule_run(seconds)``: again later, no attempt spent
 * it was parked (sleep, wait) -> nothing: the database ended the run when it parked it
 
+A failure is retried unless the handler raised ``NonRetryable``, the task's ``retry_on`` or
+``discard_on`` says otherwise, or the result was not JSON (:func:`is_retried`). Every outcome write
+that meets an unreachable database is tried again while the run's lease holds
+(:meth:`RunControl.ride_out`, the batchers' own retries).
+
 A task's ``on_discard(ctx, error)`` hook is not called here: the SQL that ends a task
 unsuccessfully (its last attempt failed, a cancel, a discard, a policy, a dependency or a parent
 that ended) records a ``durable.on_discard`` task in the same transaction, and whichever worker
@@ -38,19 +43,21 @@ from durable.protocol.errors import (
     DurableError,
     InvalidArgument,
     LeaseLost,
+    NonRetryable,
     NotSerializable,
     Snooze,
     Suspended,
     TaskDiscarded,
     TaskNotFound,
 )
-from durable.protocol.failures import classify_error
+from durable.protocol.failures import classify_error, is_retried
 from durable.protocol.log import get_logger
 from durable.protocol.records import (
     Claim,
     DiscardReason,
     Failure,
     FailureReason,
+    ReasonClass,
     TaskRecord,
     TaskState,
 )
@@ -63,9 +70,14 @@ from durable.runtime.sync_context import SyncTaskContext
 
 log = get_logger()
 
-#: How long an outcome write may take during shutdown before it is given up (a completion
-#: handed over to the batcher is bounded by the batcher's own deadline instead).
+#: How long an outcome write may take before it is given up, at least (a completion handed over
+#: to the batcher is bounded by the batcher's own deadline instead); longer while the run's lease
+#: holds, as its write is tried again that long when the database is unreachable.
 OUTCOME_WRITE_TIMEOUT_S = 15.0
+
+
+def _outcome_deadline(control: RunControl) -> float:
+    return max(OUTCOME_WRITE_TIMEOUT_S, control.lease_left() + control.write_timeout_s)
 
 
 class JobTimeout(TimeoutError):
@@ -73,13 +85,21 @@ class JobTimeout(TimeoutError):
 
 
 def error_document(exc: BaseException) -> dict[str, Any]:
-    return {
+    doc: dict[str, Any] = {
         "type": type(exc).__qualname__,
         "module": type(exc).__module__,
         "message": str(exc),
         "traceback": "".join(traceback.format_exception(exc)),
         "reason_class": str(classify_error(exc)),
     }
+    cause = exc.cause if isinstance(exc, NonRetryable) else None
+    if cause is not None:
+        doc["cause"] = {
+            "type": type(cause).__qualname__,
+            "module": type(cause).__module__,
+            "message": str(cause),
+        }
+    return doc
 
 
 async def execute(
@@ -117,7 +137,7 @@ async def execute(
                 outcome, value = Outcome.ERRORED, exc
     except anyio.get_cancelled_exc_class():
         # the worker itself is being cancelled: hand the run back so another worker takes it now
-        with anyio.move_on_after(OUTCOME_WRITE_TIMEOUT_S, shield=True):
+        with anyio.move_on_after(_outcome_deadline(control), shield=True):
             ended = await _write_outcome(
                 client, definition, control, Outcome.RELEASED, None, writes
             )
@@ -134,7 +154,7 @@ async def execute(
         and _hand_over(writes, control, value)
     ):
         return True
-    with anyio.move_on_after(OUTCOME_WRITE_TIMEOUT_S, shield=True):
+    with anyio.move_on_after(_outcome_deadline(control), shield=True):
         ended = await _write_outcome(client, definition, control, outcome, value, writes)
     if watch is not None:
         watch.run_ended(ended)
@@ -224,16 +244,22 @@ async def _write_outcome(
         if outcome is Outcome.COMPLETED:
             try:
                 encoded = encode_json(value, "result")
-            except NotSerializable as exc:  # the result is not JSON: the run failed
-                await _fail(client, definition, control, Outcome.ERRORED, exc)
+            except NotSerializable as exc:
+                # the result is not JSON: the run failed, and is not retried (running the
+                # handler again would repeat its side effects to return the same kind of value)
+                await _fail(client, definition, control, Outcome.ERRORED, exc, retried=False)
                 return RunEnded(Outcome.ERRORED, exc)
             return _completion_written(await _complete(client, writes, control, encoded), ids)
         if outcome is Outcome.RELEASED:
-            await client.schedule_run(claim.queue, claim.run_id, 0)
+            await control.ride_out(
+                "release", lambda: client.schedule_run(claim.queue, claim.run_id, 0)
+            )
             log.info("run.released", **ids)
             return _RELEASED
         if outcome is Outcome.SNOOZED:
-            await client.schedule_run(claim.queue, claim.run_id, value.seconds)
+            await control.ride_out(
+                "snooze", lambda: client.schedule_run(claim.queue, claim.run_id, value.seconds)
+            )
             log.info("run.snoozed", snooze_s=value.seconds, **ids)
             return _SNOOZED
         if outcome is Outcome.SUSPENDED:
@@ -262,7 +288,7 @@ async def _complete(
             return await writes.completions.submit(claim.queue, (claim.run_id, result))
         except BatcherClosed:
             pass  # shutting down: write it on its own
-    await client.complete(claim.queue, claim.run_id, result)
+    await control.ride_out("completion", lambda: client.complete(claim.queue, claim.run_id, result))
     return True
 
 
@@ -272,7 +298,12 @@ async def _fail(
     control: RunControl,
     outcome: Outcome,
     exc: BaseException | None,
+    *,
+    retried: bool | None = None,
 ) -> None:
+    """Record the run's failure: retried while attempts are left, unless ``retried`` is False or
+    the task's rules say otherwise (:func:`is_retried`); then ``error["retryable"]`` is false and
+    the task ends ``failed`` now."""
     claim = control.claim
     ids = control.ids
     reason = outcome.failure_reason
@@ -283,17 +314,30 @@ async def _fail(
             "type": "HeartbeatTimeout",
             "message": f"no heartbeat or checkpoint for {limit:g}s" if limit else "no heartbeat",
         }
+        exc = None
     else:
         error = error_document(exc)
+    if retried is None:
+        retried = is_retried(
+            exc,
+            ReasonClass(error.get("reason_class", ReasonClass.TIMEOUT)),
+            retry_on=definition.retry_on,
+            discard_on=definition.discard_on,
+        )
+    error["retryable"] = retried
     retry_in = None
     if (
-        definition.backoff is not None
+        retried
+        and definition.backoff is not None
         and exc is not None
         and claim.attempt < claim.max_attempts  # the last attempt has no next delay to compute
     ):
         retry_in = await _custom_delay(definition.backoff, claim.attempt, exc, ids)
-    next_run = await client.fail(claim.queue, claim.run_id, error, reason, retry_in=retry_in)
-    log.info("run.failed", reason=str(reason), error=error.get("message"), **ids)
+    next_run = await control.ride_out(
+        "failure",
+        lambda: client.fail(claim.queue, claim.run_id, error, reason, retry_in=retry_in),
+    )
+    log.info("run.failed", reason=str(reason), error=error.get("message"), retryable=retried, **ids)
     if next_run is not None:
         log.info("run.retry_scheduled", next_run_id=str(next_run), **ids)
     else:

@@ -80,13 +80,17 @@ async def renew_leases(
     returns, so a lease is surely gone ``claim_timeout`` after the last renewal returned (or after
     the run was first seen, when it was claimed later). Runs past that are stopped as
     ``lease_lost``: another worker reaps and retries them, and nothing of theirs is written.
+
+    A run whose handler returned keeps its lease renewed until its outcome is written: a write
+    that meets an unreachable database is tried again while the lease holds (each renewal moves
+    the run's ``lease_until`` to the renewal's send time plus ``claim_timeout``).
     """
     renewed_at = time.monotonic()
     first_seen: dict[uuid.UUID, float] = {}
     while True:
         await anyio.sleep(interval)
         now = time.monotonic()
-        run_ids = [run_id for run_id, control in active.items() if not control.finished]
+        run_ids = list(active)  # a finished run too: its outcome may still be being written
         first_seen = {run_id: first_seen.get(run_id, now) for run_id in run_ids}
         busy, ahead = slots_in_use(active)
         started = starts.pending() if starts is not None else []
@@ -104,10 +108,15 @@ async def renew_leases(
         if starts is not None:
             starts.reported(started)
         renewed_at = time.monotonic()
-        for run_id in lost:
+        lost_ids = set(lost)
+        for run_id in run_ids:
             control = active.get(run_id)
-            if control is not None and not control.finished:
-                control.stop(Outcome.LEASE_LOST)
+            if control is None:
+                continue
+            if run_id in lost_ids:
+                control.stop(Outcome.LEASE_LOST)  # a finished run's outcome write gives up
+            else:
+                control.renewed(now + claim_timeout)
 
 
 def slots_in_use(active: Mapping[uuid.UUID, RunControl]) -> tuple[int, int]:

@@ -19,11 +19,13 @@ from durable.client import Client
 from durable.protocol.connections import SpawnConnection
 from durable.protocol.cron import CronExpr, Missed
 from durable.protocol.errors import InvalidArgument, UnknownTask, check_queue_name
+from durable.protocol.failures import ErrorMatch, check_error_matches
 from durable.protocol.log import get_logger
 from durable.protocol.records import (
     BatchInfo,
     DefinitionOptions,
     RateLimit,
+    ReasonClass,
     Retention,
     SpawnInfo,
     SpawnKwargs,
@@ -61,6 +63,8 @@ class TaskKwargs(DefinitionOptions, total=False):
     name: str | None
     queue: str | None
     backoff: Backoff | None
+    retry_on: Sequence[ErrorMatch] | None
+    discard_on: Sequence[ErrorMatch] | None
     global_limit: int | None
     rate_limit: RateLimit | None
     concurrency_key: ConcurrencyKey | None
@@ -83,6 +87,10 @@ class TaskDefinition(Generic[P, R]):
     #: The spawn options of ``@app.task``; a spawn's own options go on top.
     defaults: SpawnOptions = field(default_factory=SpawnOptions)
     backoff: Backoff | None = None
+    #: The only errors retried (exception types, reason classes); None: every error.
+    retry_on: tuple[ErrorMatch, ...] | None = None
+    #: Errors that end the task ``failed`` now, without a retry.
+    discard_on: tuple[ErrorMatch, ...] = ()
     global_limit: int | None = None
     rate_limit: RateLimit | None = None
     #: A spawn's concurrency key, from its params (``lambda p: p["tenant"]``): at most
@@ -248,9 +256,19 @@ class Registry(Mapping[str, "TaskDefinition[Any, Any]"]):
         if task_name in self._tasks:
             raise ValueError(f"a task named {task_name!r} is already registered")
         on_discard = options.get("on_discard")
+        retry_on = check_error_matches(options.get("retry_on"), "retry_on")
+        discard_on = check_error_matches(options.get("discard_on"), "discard_on") or ()
         spawn_defaults = {
             k: v for k, v in options.items() if k in DefinitionOptions.__annotations__
         }
+        # the database applies the reason classes too (to a crash as well): every class of
+        # discard_on, and retry_on when it lists classes only (with an exception type in it,
+        # only this worker can tell which failures it retries)
+        discard_classes = [m for m in discard_on if isinstance(m, ReasonClass)]
+        if discard_classes:
+            spawn_defaults["discard_on"] = discard_classes
+        if retry_on is not None and all(isinstance(m, ReasonClass) for m in retry_on):
+            spawn_defaults["retry_on"] = list(retry_on)
         definition: TaskDefinition[Any, Any] = TaskDefinition(
             registry=self,
             name=task_name,
@@ -258,6 +276,8 @@ class Registry(Mapping[str, "TaskDefinition[Any, Any]"]):
             queue=check_queue_name(options.get("queue") or self.default_queue),
             defaults=spawn_options({**spawn_defaults, "on_discard": on_discard is not None}),
             backoff=options.get("backoff"),
+            retry_on=retry_on,
+            discard_on=discard_on,
             global_limit=global_limit,
             rate_limit=options.get("rate_limit"),
             concurrency_key=options.get("concurrency_key"),

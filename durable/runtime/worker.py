@@ -157,7 +157,9 @@ class Worker:
         self._database_ok = True  # the last claim (or LISTEN) reached the database
         self._database_errors: dict[str, int] = {}  # failed database calls, by what was done
         self._db_timeout = db_timeout(options.claim_timeout)
-        self._writes = RunWrites(self.client, timeout_s=self._db_timeout)
+        self._writes = RunWrites(
+            self.client, timeout_s=self._db_timeout, lease_left=self._lease_left
+        )
         self.metrics: WorkerMetrics | None = None
         if options.metrics_port is not None:
             self.metrics = worker_metrics(
@@ -436,7 +438,8 @@ class Worker:
                 self._ahead.claimed(time.monotonic() - claimed_at)
                 claimed_full = claimed_full or len(claims) == free
                 for n, claim in enumerate(claims):
-                    self._start(runs, claim, reserved=n >= slots)
+                    lease_until = claimed_at + opts.claim_timeout
+                    self._start(runs, claim, reserved=n >= slots, lease_until=lease_until)
             backlog = claimed_full
             if unavailable or claimed_full:
                 continue  # there may be more: claim again as soon as slots allow
@@ -462,13 +465,29 @@ class Worker:
         return min(limit - unfinished, limit + 2 * self.options.concurrency - len(self.active))
 
     def _start(
-        self, runs: asyncio.Queue[RunControl | None], claim: Claim, *, reserved: bool
+        self,
+        runs: asyncio.Queue[RunControl | None],
+        claim: Claim,
+        *,
+        reserved: bool,
+        lease_until: float,
     ) -> None:
-        control = RunControl(claim, on_finish=self._handler_done, on_end=self._run_ended)
+        control = RunControl(
+            claim,
+            on_finish=self._handler_done,
+            on_end=self._run_ended,
+            lease_until=lease_until,
+            write_timeout_s=self._db_timeout,
+        )
         control.reserved = reserved
         self.active[claim.run_id] = control
         log.info("run.claimed", **control.ids, worker=self.worker_id)
         runs.put_nowait(control)  # a runner is free: there are as many as active runs can be
+
+    def _lease_left(self, run_id: uuid.UUID) -> float:
+        """Seconds the lease of run ``run_id`` surely holds still (0: not this worker's)."""
+        control = self.active.get(run_id)
+        return 0.0 if control is None else control.lease_left()
 
     def _handler_done(self) -> None:
         self._handler_slots.release()

@@ -205,6 +205,25 @@ begin
     return array(select jsonb_array_elements_text(p_value));
 end $$;
 
+-- A list of reason classes (options.retry_on, options.discard_on): null when not given; anything
+-- but a list of the six classes is refused.
+create or replace function durable.reason_class_list(p_value jsonb, p_what text) returns text[]
+language plpgsql immutable as $$
+declare
+    v_list text[];
+begin
+    if p_value is null or jsonb_typeof(p_value) = 'null' then
+        return null;
+    end if;
+    v_list := durable.text_list(p_value, p_what);
+    if not v_list <@ array['transport', 'validation', 'timeout', 'crash', 'exhausted',
+                           'unknown'] then
+        raise exception '% must be reason classes (transport, validation, timeout, crash, '
+                        'exhausted, unknown), got %', p_what, p_value using errcode = 'DU005';
+    end if;
+    return v_list;
+end $$;
+
 -- What a child does when its parent is cancelled (options.on_parent_cancel): 'cancel' or
 -- 'abandon'; anything else is refused.
 create or replace function durable.check_parent_policy(p_policy text) returns void

@@ -3,10 +3,11 @@
 -- Spawn a task on p_queue. p_options (all optional): idempotency_key, max_attempts, retry,
 -- timeout, heartbeat_timeout, priority, delay or at, headers, tags, partition_key, concurrency_key,
 -- parent_task_id, on_parent_cancel ('cancel' or 'abandon'), unique, depends_on, cancellation,
--- on_discard. Returns the task and its run; created is false when the idempotency key or a
--- unique spec found an existing task (that one is returned). A task with open dependencies waits
--- (available_at 'infinity'); one whose dependency already failed or was cancelled is cancelled at
--- once, and so is a child (on_parent_cancel 'cancel') whose parent was cancelled already.
+-- on_discard, retry_on and discard_on (reason classes). Returns the task and its run; created is
+-- false when the idempotency key or a unique spec found an existing task (that one is returned). A
+-- task with open dependencies waits (available_at 'infinity'); one whose dependency already
+-- failed or was cancelled is cancelled at once, and so is a child (on_parent_cancel 'cancel')
+-- whose parent was cancelled already.
 create or replace function durable.spawn(p_queue text, p_task_name text, p_params jsonb,
                                          p_options jsonb default '{}')
 returns table (task_id uuid, run_id uuid, attempt integer, created boolean)
@@ -65,7 +66,11 @@ begin
         v_ukey := durable.unique_key(p_task_name, p_params, v_unique);
         v_period := durable.seconds(v_unique->'period', 'unique.period');
         v_states := coalesce(durable.text_list(v_unique->'states', 'unique.states'), '{}');
-        if cardinality(v_states) = 0 then
+        if cardinality(v_states) = 0 and v_unique ? 'debounce' then
+            -- a debounced task is joined only before it starts: once it ran (or runs), the next
+            -- burst spawns a new task, so an edit after the start is not lost
+            v_states := array['pending'];
+        elsif cardinality(v_states) = 0 then
             v_states := array['pending', 'running', 'sleeping', 'completed'];
         elsif not v_states <@ array['pending', 'running', 'sleeping', 'completed', 'failed',
                                     'cancelled'] then
@@ -125,7 +130,7 @@ begin
                                     idempotency_key, created_at, tags, partition_key,
                                     parent_task_id, depends_on, unique_key, cancellation,
                                     scheduled_at, cancel_at, discard_hook, on_parent_cancel,
-                                    concurrency_key)
+                                    concurrency_key, retry_on, discard_on)
     values (durable.uuidv7(), p_queue, p_task_name, p_params, coalesce(v_options->'headers', '{}'),
             coalesce((v_options->>'max_attempts')::integer, 3), v_options->'retry',
             durable.seconds(v_options->'timeout', 'timeout'),
@@ -136,7 +141,9 @@ begin
             nullif(v_options->'cancellation', 'null'), v_at,
             durable.first_cancel_at(nullif(v_options->'cancellation', 'null'), v_at),
             coalesce((v_options->>'on_discard')::boolean, false), v_policy,
-            nullif(v_options->>'concurrency_key', ''))
+            nullif(v_options->>'concurrency_key', ''),
+            durable.reason_class_list(v_options->'retry_on', 'retry_on'),
+            durable.reason_class_list(v_options->'discard_on', 'discard_on'))
     on conflict (queue, idempotency_key) where idempotency_key is not null do nothing
     returning * into v_task;
     if not found then
@@ -272,7 +279,8 @@ begin
                                        retry, timeout_s, heartbeat_timeout_s, priority,
                                        idempotency_key, created_at, tags, partition_key,
                                        parent_task_id, cancellation, scheduled_at, cancel_at,
-                                       discard_hook, on_parent_cancel, concurrency_key)
+                                       discard_hook, on_parent_cancel, concurrency_key,
+                                       retry_on, discard_on)
             select p.new_id, p_queue, p.task_name, p.params, coalesce(p.o->'headers', '{}'),
                    coalesce((p.o->>'max_attempts')::integer, 3), p.o->'retry',
                    case when p.o ? 'timeout' then durable.seconds(p.o->'timeout', 'timeout') end,
@@ -287,7 +295,9 @@ begin
                         then durable.first_cancel_at(p.cancellation, p.available_at) end,
                    coalesce((p.o->>'on_discard')::boolean, false),
                    coalesce(p.o->>'on_parent_cancel', 'cancel'),
-                   nullif(p.o->>'concurrency_key', '')
+                   nullif(p.o->>'concurrency_key', ''),
+                   durable.reason_class_list(p.o->'retry_on', 'retry_on'),
+                   durable.reason_class_list(p.o->'discard_on', 'discard_on')
               from prepared p order by p.ord
             on conflict (queue, idempotency_key) where idempotency_key is not null do nothing
             returning task_id

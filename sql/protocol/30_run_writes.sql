@@ -148,8 +148,12 @@ begin
 end $$;
 
 -- End a locked, live run as failed (or cancelled) and schedule the next attempt (at p_retry_at,
--- else per the task's retry strategy) or end the task. The caller holds the task lock. Returns
--- the next run's id, or null when the task ended.
+-- else per the task's retry strategy) or end the task: when its attempts ran out, when its worker
+-- recorded the error as not to be retried (p_error.retryable = false: a NonRetryable, a
+-- definition's discard_on or retry_on, a result that is not JSON), or when the failure's reason
+-- class is one the task's discard_on lists or its retry_on does not (then the error records
+-- retryable false too, so the failed work says what happened). The caller holds the task lock.
+-- Returns the next run's id, or null when the task ended.
 create or replace function durable.fail_locked_run(p_run durable.runs, p_reason text,
                                                    p_error jsonb, p_retry_at timestamptz,
                                                    p_now timestamptz)
@@ -158,15 +162,28 @@ language plpgsql as $$
 declare
     v_task    durable.tasks;
     v_failure jsonb;
+    v_error   jsonb := p_error;
+    v_class   text;
 begin
+    select * into v_task from durable.tasks where task_id = p_run.task_id;
+    if p_reason <> 'cancelled' and (v_task.retry_on is not null or v_task.discard_on is not null)
+       and (v_error->'retryable') is distinct from 'false'::jsonb then
+        v_class := durable.reason_class(p_reason, v_error);
+        if v_class = any(coalesce(v_task.discard_on, '{}'))
+           or not v_class = any(coalesce(v_task.retry_on, array[v_class])) then
+            v_error := case when jsonb_typeof(v_error) = 'object' then v_error
+                            else jsonb_build_object('message', v_error) end
+                       || jsonb_build_object('retryable', false);
+        end if;
+    end if;
     update durable.runs
        set state = case when p_reason = 'cancelled' then 'cancelled' else 'failed' end,
-           failure_reason = p_reason, error = p_error, finished_at = p_now
+           failure_reason = p_reason, error = v_error, finished_at = p_now
      where run_id = p_run.run_id;
-    select * into v_task from durable.tasks where task_id = p_run.task_id;
     v_failure := jsonb_build_object('reason', p_reason, 'run_id', p_run.run_id,
-                                    'attempt', p_run.attempt, 'error', p_error);
-    if p_reason <> 'cancelled' and p_run.attempt < v_task.max_attempts then
+                                    'attempt', p_run.attempt, 'error', v_error);
+    if p_reason <> 'cancelled' and p_run.attempt < v_task.max_attempts
+       and (v_error->'retryable') is distinct from 'false'::jsonb then
         update durable.tasks set attempt = p_run.attempt + 1, failure = v_failure,
                                  failed_at = p_now
          where task_id = v_task.task_id;
@@ -301,7 +318,8 @@ language sql immutable as $$
     select case
         when p_state = 'failed' then
             case when (p_failure->>'attempt')::integer < p_max_attempts
-                      or p_failure->'error'->>'type' = 'NonRetryable' then 'non_retryable'
+                      or p_failure->'error'->>'type' = 'NonRetryable'
+                      or p_failure->'error'->'retryable' = 'false'::jsonb then 'non_retryable'
                  else 'exhausted' end
         else case p_failure->'error'->>'type'
                  when 'Discarded' then 'discarded'

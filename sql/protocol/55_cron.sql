@@ -143,8 +143,12 @@ $$;
 
 -- Fire slot p_slot of schedule p_name: spawn its task with the slot's idempotency key (a slot
 -- fired before returns its task, created false) and move fired_through forward. Nothing when the
--- schedule is paused or gone. The schedule's options apply, but not its uniqueness: the slot's
--- key alone decides, so a later slot is never a duplicate of an earlier slot's task.
+-- schedule is paused or gone, and nothing (but fired_through moves past it) when its missed policy
+-- is 'skip' and the slot is more than a minute late by the database's clock: the late-slot rule
+-- holds here, where the slot fires, so a worker that stalled after it chose the slot (or a
+-- statement held up in the database) cannot fire it late. The schedule's options apply, but not
+-- its uniqueness: the slot's key alone decides, so a later slot is never a duplicate of an earlier
+-- slot's task.
 create or replace function durable.fire_cron(p_name text, p_slot timestamptz)
 returns table (task_id uuid, created boolean)
 language plpgsql
@@ -160,6 +164,11 @@ begin
     end if;
     select * into v_s from durable.cron_schedules s where s.name = p_name for update;
     if not found or v_s.paused_at is not null then
+        return;
+    end if;
+    if v_s.missed = 'skip' and durable.now() - p_slot > interval '1 minute' then
+        update durable.cron_schedules s set fired_through = greatest(s.fired_through, p_slot)
+         where s.name = p_name;
         return;
     end if;
     select sp.task_id, sp.created into v_task_id, v_created

@@ -29,7 +29,7 @@ async def test_handler_errors_are_classified_and_old_work_is_pruned(dsn: str) ->
     async def charge(ctx: TaskContext, params: Any) -> None:
         raise ConnectionRefusedError("gateway refused the connection")
 
-    @app.task(max_attempts=1)
+    @app.task(max_attempts=1, discard_on=["validation"])
     async def parse(ctx: TaskContext, params: Any) -> int:
         return int(params)
 

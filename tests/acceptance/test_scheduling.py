@@ -542,6 +542,65 @@ async def test_after_downtime_each_schedule_catches_up_as_its_missed_policy_says
             assert len({e["task_id"] for e in events}) == 1
 
 
+async def test_after_a_stall_a_slot_more_than_a_minute_late_is_skipped(dsn: str) -> None:
+    """A scheduler that stalled five minutes between reading the time and firing (its clock is
+    five minutes behind the database's) chooses a slot that looks on time to it: under ``skip``
+    the database refuses it (more than a minute late by its clock) and the schedule moves past it;
+    ``latest`` fires it, as that policy says. The next slot fires on time."""
+    app = Durable(dsn)
+    minutely = CronExpr.parse("* * * * *")
+
+    @app.task
+    async def tick(ctx: TaskContext, params: Any) -> Any:
+        return params
+
+    app.cron("* * * * *", tick, {"missed": "skip"}, name="skip")
+    app.cron("* * * * *", tick, {"missed": "latest"}, name="latest", missed="latest")
+    now = await database_now(dsn)
+    late_slot = minutely.next_after(now - timedelta(minutes=6))  # 5 to 6 minutes ago
+    clock = FakeClock(late_slot - timedelta(seconds=1))
+
+    def key(name: str, slot: datetime) -> str:
+        return f"durable:cron:{name}:{slot.isoformat()}"
+
+    async def keys() -> set[str]:
+        return {r["idempotency_key"] for r in await task_rows(dsn, "tick")}
+
+    with structlog.testing.capture_logs() as logs:
+        async with running_worker(app, cron_clock=clock):
+            await wait_published(app, {"skip", "latest"})
+            async with side_connection(dsn) as side:  # dealt with up to ten minutes ago
+                await side.execute(
+                    "update durable.cron_schedules set fired_through = $1",
+                    now - timedelta(minutes=10),
+                )
+            clock.advance(timedelta(seconds=2))  # the stalled scheduler reaches late_slot
+
+            async def latest_fired() -> bool:
+                return key("latest", late_slot) in await keys()
+
+            await wait_until(latest_fired, timeout=15, what="the latest policy's late slot")
+
+            async def skip_refused() -> bool:
+                return any(
+                    e["event"] == "cron.not_fired" and e["cron"] == "skip" for e in list(logs)
+                )
+
+            await wait_until(skip_refused, timeout=15, what="the late slot refused")
+            assert key("skip", late_slot) not in await keys()
+            [skip] = [s for s in await app.cron_schedules() if s.name == "skip"]
+            assert skip.fired_through >= late_slot  # dealt with: skipped, not fired later
+
+            on_time = minutely.next_after(await database_now(dsn))  # not yet passed
+            clock.advance(on_time + timedelta(seconds=1) - clock.now())
+
+            async def fired_on_time() -> bool:
+                return key("skip", on_time) in await keys()
+
+            await wait_until(fired_on_time, timeout=15, what="the next slot on time")
+    assert key("skip", late_slot) not in await keys()
+
+
 async def test_a_schedule_added_at_run_time_fires_and_can_be_paused_and_removed(
     dsn: str,
 ) -> None:
@@ -1004,3 +1063,39 @@ async def test_replace_leaves_a_task_waiting_for_its_retry_alone(dsn: str) -> No
     assert record.runs[0].started_at is not None  # it has started: attempt 1 ran
     # what attempt 1 ran with (and checkpointed against) stays the task's params
     assert record.params == {"doc": 1, "v": 1}
+
+
+async def test_debounce_by_default_joins_only_a_task_that_has_not_started(dsn: str) -> None:
+    """A debounced task that completed (or runs) is not a duplicate: the next burst runs again."""
+    app = Durable(dsn)
+    entered, release = anyio.Event(), anyio.Event()
+    seen: list[Any] = []
+
+    @app.task(unique=Unique(keys=["doc"], debounce=0.1, replace=["params"]))
+    async def reindex(ctx: TaskContext, params: Any) -> None:
+        seen.append(params)
+        if params["rev"] == 2:
+            entered.set()
+            await release.wait()
+
+    async with running_worker(app):
+        first = await reindex.spawn({"doc": 1, "rev": 1})
+        assert (await wait_finished(app.client, first.task_id, timeout=10)).state is (
+            TaskState.COMPLETED
+        )
+        second = await reindex.spawn({"doc": 1, "rev": 2})  # after a completed one: a new task
+        assert second.created
+        assert second.task_id != first.task_id
+        with anyio.fail_after(10):
+            await entered.wait()
+        slow = Unique(keys=["doc"], debounce=2, replace=["params"])  # not started for 2 s
+        third = await reindex.spawn({"doc": 1, "rev": 3}, unique=slow)  # rev 2 runs: a new task
+        assert third.created
+        assert third.task_id != second.task_id
+        joined = await reindex.spawn({"doc": 1, "rev": 4}, unique=slow)  # not started: joined
+        assert (joined.created, joined.task_id) == (False, third.task_id)
+        release.set()
+        done = await wait_finished(app.client, third.task_id, timeout=10)
+
+    assert done.state is TaskState.COMPLETED
+    assert [p["rev"] for p in seen] == [1, 2, 4]  # the edit made while rev 2 ran was not lost

@@ -73,6 +73,23 @@ async def steps(ctx: durable.TaskContext, params: Any) -> dict[str, Any]:
     return {"attempt": ctx.attempt, "run_id": str(ctx.run_id)}
 
 
+#: A file each ``returns`` handler appends its task id to just before it returns: a task id
+#: written twice is a handler body that ran again after it had returned.
+RETURNS_FILE = os.environ.get("FAULT_RETURNS_FILE")
+
+
+@app.task(name="returns", max_attempts=5)
+async def returns(ctx: durable.TaskContext, params: Any) -> dict[str, Any]:
+    """A step, progress, and code outside any step (run again by any retry), then the mark."""
+    await ctx.step("work", anyio.sleep, params["step_s"])
+    await ctx.progress(50, {"stage": "after the step"})
+    await anyio.sleep(params["tail_s"])  # not a step: a retry runs it again
+    if RETURNS_FILE:
+        with open(RETURNS_FILE, "a") as marks:  # noqa: ASYNC230 — one short line, O_APPEND
+            marks.write(f"{ctx.task_id}\n")
+    return {"attempt": ctx.attempt}
+
+
 @app.task(name="clock")
 async def clock(ctx: durable.TaskContext, params: Any) -> dict[str, Any]:
     """What this worker's wall clock says."""
@@ -118,6 +135,7 @@ def fault_worker(
     concurrency: int = 4,
     skew_s: float = 0.0,
     metrics_port: int | None = None,
+    returns_file: Path | None = None,
 ) -> contextlib.AbstractAsyncContextManager[WorkerProcess]:
     """This module as a worker on ``dsn`` whose wall clock is ``skew_s`` off (serving its metrics
     and health on ``metrics_port``, 0: a free one, if given); SIGKILLed on exit if it still runs."""
@@ -129,7 +147,10 @@ def fault_worker(
         *("-c", str(concurrency), "--claim-timeout", str(claim_timeout)),
         *("--poll-interval", str(poll_interval)),
         *(() if metrics_port is None else ("--metrics-port", str(metrics_port))),
-        env={"FAULT_CLOCK_SKEW_S": str(skew_s)},
+        env={
+            "FAULT_CLOCK_SKEW_S": str(skew_s),
+            **({"FAULT_RETURNS_FILE": str(returns_file)} if returns_file else {}),
+        },
     )
 
 

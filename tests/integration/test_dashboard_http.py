@@ -111,7 +111,9 @@ async def test_overview_json_counts_queues_throughput_and_failed_work(client: Cl
         False,
         True,
     )
-    assert retrying_row["retryable"] is False  # a validation failure fails the same way again
+    # retryable says what the runtime does: it retries this one; its reason class says that a
+    # validation failure will likely fail the same way again
+    assert (retrying_row["retryable"], retrying_row["reason_class"]) == (True, "validation")
 
 
 async def test_task_json_has_runs_checkpoints_progress_and_actions(client: Client) -> None:

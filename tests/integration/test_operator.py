@@ -111,7 +111,8 @@ async def test_failed_work_lists_dead_and_retrying_tasks_with_reason_classes(
 async def test_failure_groups_count_and_date_each_group(client: Client) -> None:
     for _ in range(3):
         claim = await _run_once(client, "parse")
-        await client.fail(Q, claim.run_id, {"type": "ValueError", "reason_class": "validation"})
+        error = {"type": "ValueError", "reason_class": "validation", "retryable": False}
+        await client.fail(Q, claim.run_id, error)  # as a worker records a discard_on error
     claim = await _run_once(client, "parse")
     await client.fail(Q, claim.run_id, None, FailureReason.JOB_TIMEOUT)
     groups = await client.failure_groups()

@@ -105,7 +105,12 @@ _ROWS = {
 _ADDED_COLUMNS: dict[str, dict[str, Any]] = {
     # (every task of the v13 fill is named "job": the runs' task_name is backfilled from it)
     "runs": {"code_version": None, "reserved": False, "task_name": "job", "concurrency_key": None},
-    "tasks": {"on_parent_cancel": "cancel", "concurrency_key": None},
+    "tasks": {
+        "on_parent_cancel": "cancel",
+        "concurrency_key": None,
+        "retry_on": None,
+        "discard_on": None,
+    },
     "workers": {"concurrency": None, "busy": None, "claimed_ahead": None, "stats_at": None},
 }
 

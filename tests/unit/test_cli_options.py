@@ -55,6 +55,8 @@ def test_spawn_flags_keep_their_spelling(capsys: pytest.CaptureFixture[str]) -> 
         "--concurrency-key",
         "--depends-on",
         "--on-parent-cancel",
+        "--retry-on",
+        "--discard-on",
     }
 
 
@@ -88,6 +90,12 @@ def test_spawn_flags_build_spawn_options() -> None:
             str(dependencies[1]),
             "--on-parent-cancel",
             "abandon",
+            "--discard-on",
+            "validation",
+            "--discard-on",
+            "exhausted",
+            "--retry-on",
+            "transport",
         ]
     )
     assert spawn_options(args) == SpawnOptions(
@@ -101,7 +109,11 @@ def test_spawn_flags_build_spawn_options() -> None:
         partition_key="p",
         depends_on=dependencies,
         on_parent_cancel="abandon",
+        retry_on=["transport"],
+        discard_on=["validation", "exhausted"],
     )
+    with pytest.raises(SystemExit):  # not a reason class
+        build_parser().parse_args(["spawn", "t", "--discard-on", "ValueError"])
     at = build_parser().parse_args(["spawn", "t", "--at", "2030-01-01T09:00:00+02:00"])
     assert spawn_options(at).at == datetime(2030, 1, 1, 7, tzinfo=UTC)
 

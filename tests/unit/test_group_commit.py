@@ -270,3 +270,32 @@ async def test_after_close_submit_raises_batcher_closed_and_hand_over_queues_not
     await wait_all_tasks_blocked()
     assert called == []
     assert writes.calls == [("q", ["a"])]
+
+
+async def test_an_unreachable_database_is_retried_for_the_items_whose_lease_holds() -> None:
+    """A write that meets an unreachable database is tried again, with backoff, for the items
+    whose run's lease still holds (looked up by the item's first element, its run id); an item
+    whose lease may have lapsed comes back False, as a lost lease."""
+    writes = Writes()
+    down = DatabaseUnavailable("the database restarts")
+    writes.fail = {1: down, 2: down}  # the batch's first two tries
+    leases = {"h": 10.0, "l": 0.0}  # "holds", "lapsed": keyed by their first character
+    batcher: GroupCommit[str] = GroupCommit(
+        writes, timeout_s=10.0, lease_left=lambda key: leases[str(key)]
+    )
+    async with anyio.create_task_group() as outer:
+        await outer.start(batcher.run)
+        async with anyio.create_task_group() as tg:
+            callers = Callers(tg, batcher)
+            await in_flight(writes, callers, "q", "first")
+            await callers.submit("q", "holds")
+            await callers.submit("q", "lapsed")
+            writes.release()
+        outer.cancel_scope.cancel()
+    assert writes.calls == [
+        ("q", ["first"]),
+        ("q", ["holds", "lapsed"]),
+        ("q", ["holds"]),  # tried again: its lease holds
+        ("q", ["holds"]),
+    ]
+    assert callers.got == {"first": True, "holds": True, "lapsed": False}

@@ -24,8 +24,9 @@ def test_a_definition_sets_spawn_options_and_its_own() -> None:
     fields = {f.name for f in dataclasses.fields(SpawnOptions)}
     assert _keys(DefinitionOptions) <= fields
     own = _keys(TaskKwargs) - _keys(DefinitionOptions)
-    assert own == {"name", "queue", "backoff", "global_limit", "rate_limit", "on_discard",
-                   "retention", "concurrency_key", "key_limit"}  # fmt: skip
+    assert own == {"name", "queue", "backoff", "retry_on", "discard_on", "global_limit",
+                   "rate_limit", "on_discard", "retention", "concurrency_key",
+                   "key_limit"}  # fmt: skip
 
 
 def test_run_worker_takes_every_worker_option() -> None:
@@ -57,6 +58,8 @@ def test_spawn_options_encode_every_field_they_hold() -> None:
         depends_on=[uuid.UUID(int=1)],
         parent_task_id=uuid.UUID(int=2),
         on_parent_cancel="abandon",
+        retry_on=["timeout"],
+        discard_on=["validation"],
         on_discard=True,
     )
     fields = {f.name for f in dataclasses.fields(SpawnOptions)}

@@ -232,7 +232,8 @@
       retry: "a retry starts from the beginning",
       none: "runs again by itself",
     }[r.recovery] ?? r.recovery;
-    return r.retryable ? what : `${what}; ${r.reason_class}: the same input will likely fail again`;
+    const likely = r.reason_class === "validation" ? "; validation: the same input will likely fail again" : "";
+    return r.retryable ? what + likely : `${what}; not retried by itself${likely}`;
   }
 
   // --- the overview -----------------------------------------------------------------------------
