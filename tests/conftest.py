@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import anyio
 import asyncpg
 import pytest
-from support.database import connection, execute, with_database
+from support.database import connection, execute, private_server, with_database
 
 from durable.client import Client
 from durable.protocol.embedded import EmbeddedServer
@@ -45,13 +42,15 @@ def server_dsn() -> Iterator[str]:
     if dsn := os.environ.get("DURABLE_TEST_DSN"):
         yield dsn
         return
-    home = Path(tempfile.mkdtemp(dir="/tmp", prefix="durable-suite-"))
-    server = EmbeddedServer(home)
-    try:
+    with private_server("durable-suite-") as server:
         yield server.start()
-    finally:
-        server.stop()
-        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def embedded_server() -> Iterator[EmbeddedServer]:
+    """A private PostgreSQL (not started) that a fault test may stop and restart."""
+    with private_server("durable-faults-") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

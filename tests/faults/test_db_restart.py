@@ -11,13 +11,10 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +43,6 @@ STEPS = {"n": 4, "step_s": 0.1}
 OPTIONS = SpawnOptions(max_attempts=5)
 #: The test's own client meets the outage too: its polls count DatabaseUnavailable as "not yet".
 OUTAGE = (DatabaseUnavailable,)
-
-
-@pytest.fixture
-def embedded_server() -> Iterator[EmbeddedServer]:
-    home = Path(tempfile.mkdtemp(dir="/tmp", prefix="durable-faults-"))
-    server = EmbeddedServer(home)
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture

@@ -11,12 +11,11 @@ workers reap the run), which is what the lease is for.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import shutil
-import tempfile
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -42,15 +41,31 @@ OUTAGE = (DatabaseUnavailable,)
 WAIT_S = 90.0
 
 
-@pytest.fixture
-def embedded_server() -> Iterator[EmbeddedServer]:
-    home = Path(tempfile.mkdtemp(dir="/tmp", prefix="durable-writes-"))
-    server = EmbeddedServer(home)
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(home, ignore_errors=True)
+@contextlib.asynccontextmanager
+async def _two_workers(
+    dsn: str, tmp_path: Path, marks: Path
+) -> AsyncIterator[tuple[WorkerProcess, WorkerProcess]]:
+    """Worker processes ``worker-a`` and ``worker-b`` with the test's leases and slots, each
+    handler marking ``marks`` just before it returns."""
+    async with (
+        fault_worker(
+            dsn,
+            tmp_path / "a.log",
+            "worker-a",
+            claim_timeout=CLAIM_TIMEOUT_S,
+            concurrency=CONCURRENCY,
+            returns_file=marks,
+        ) as a,
+        fault_worker(
+            dsn,
+            tmp_path / "b.log",
+            "worker-b",
+            claim_timeout=CLAIM_TIMEOUT_S,
+            concurrency=CONCURRENCY,
+            returns_file=marks,
+        ) as b,
+    ):
+        yield a, b
 
 
 async def _spawn(client: Client) -> list[uuid.UUID]:
@@ -116,25 +131,7 @@ def _assert_nothing_spent(tally: dict[str, int]) -> None:
 async def test_every_backend_terminated_costs_no_attempt(dsn: str, tmp_path: Path) -> None:
     marks = tmp_path / "returned.txt"
     marks.touch()
-    async with (
-        Client(dsn) as client,
-        fault_worker(
-            dsn,
-            tmp_path / "a.log",
-            "worker-a",
-            claim_timeout=CLAIM_TIMEOUT_S,
-            concurrency=CONCURRENCY,
-            returns_file=marks,
-        ) as a,
-        fault_worker(
-            dsn,
-            tmp_path / "b.log",
-            "worker-b",
-            claim_timeout=CLAIM_TIMEOUT_S,
-            concurrency=CONCURRENCY,
-            returns_file=marks,
-        ) as b,
-    ):
+    async with Client(dsn) as client, _two_workers(dsn, tmp_path, marks) as (a, b):
         ids = await _spawn(client)
         terminated = 0
         for threshold in (50, 200, 350):
@@ -156,25 +153,7 @@ async def test_a_restart_of_postgresql_costs_no_attempt(
     dsn = await anyio.to_thread.run_sync(embedded_server.start)
     marks = tmp_path / "returned.txt"
     marks.touch()
-    async with (
-        Client(dsn) as client,
-        fault_worker(
-            dsn,
-            tmp_path / "a.log",
-            "worker-a",
-            claim_timeout=CLAIM_TIMEOUT_S,
-            concurrency=CONCURRENCY,
-            returns_file=marks,
-        ) as a,
-        fault_worker(
-            dsn,
-            tmp_path / "b.log",
-            "worker-b",
-            claim_timeout=CLAIM_TIMEOUT_S,
-            concurrency=CONCURRENCY,
-            returns_file=marks,
-        ) as b,
-    ):
+    async with Client(dsn) as client, _two_workers(dsn, tmp_path, marks) as (a, b):
         ids = await _spawn(client)
         await _completed_at_least(client, 100)
         await anyio.to_thread.run_sync(lambda: embedded_server.restart(2.0))

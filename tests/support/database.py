@@ -4,13 +4,31 @@ and the pool a worker script's tasks write their side records through."""
 from __future__ import annotations
 
 import contextlib
+import shutil
+import tempfile
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import anyio
 import asyncpg
+
+from durable.protocol.embedded import EmbeddedServer
+
+
+@contextlib.contextmanager
+def private_server(prefix: str) -> Iterator[EmbeddedServer]:
+    """An embedded PostgreSQL of the caller's own under a new /tmp directory (not started);
+    stopped and removed on exit."""
+    home = Path(tempfile.mkdtemp(dir="/tmp", prefix=prefix))
+    server = EmbeddedServer(home)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def with_database(dsn: str, database: str) -> str:
