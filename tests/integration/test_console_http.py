@@ -28,6 +28,15 @@ pytestmark = pytest.mark.anyio
 Q = "default"
 
 
+async def post_bulk(port: int, token: str, doc: dict[str, Any]) -> dict[str, Any]:
+    """POST ``doc`` to the console's /api/bulk with its CSRF token; the answer's JSON (a 200)."""
+    post = {"X-CSRF-Token": token, "Content-Type": "application/json"}
+    answer = await request(port, "POST", "/api/bulk", post, json.dumps(doc).encode())
+    assert answer.status == 200, answer
+    result: dict[str, Any] = answer.json()
+    return result
+
+
 async def test_mounted_under_a_prefix_behind_an_authorization_hook(client: Client) -> None:
     """A user's app mounts the console at /ops/durable; its hook lets admins act, viewers read."""
     later = await client.spawn(Q, "later", None, SpawnOptions(delay=3600))
@@ -144,14 +153,7 @@ async def test_bulk_actions_preview_then_act_by_filter_and_by_selection(client: 
     live = await client.spawn(Q, "later", None, SpawnOptions(delay=3600))
 
     async with dashboard(client) as port:
-        post = {"X-CSRF-Token": await csrf_token(port), "Content-Type": "application/json"}
-
-        async def bulk(doc: dict[str, Any]) -> dict[str, Any]:
-            answer = await request(port, "POST", "/api/bulk", post, json.dumps(doc).encode())
-            assert answer.status == 200, answer
-            result: dict[str, Any] = answer.json()
-            return result
-
+        bulk = functools.partial(post_bulk, port, await csrf_token(port))
         preview = await bulk({"action": "retry", "filter": {"task_name": "sync"}})
         unchanged = await client.list_tasks(state="failed")
         started = anyio.current_time()
@@ -190,14 +192,7 @@ async def test_a_bulk_retry_previews_and_revives_the_dependents_a_failure_cancel
     await client.fail(Q, claim.run_id, {"type": "Boom", "message": "no"})
 
     async with dashboard(client) as port:
-        post = {"X-CSRF-Token": await csrf_token(port), "Content-Type": "application/json"}
-
-        async def bulk(doc: dict[str, Any]) -> dict[str, Any]:
-            answer = await request(port, "POST", "/api/bulk", post, json.dumps(doc).encode())
-            assert answer.status == 200, answer
-            result: dict[str, Any] = answer.json()
-            return result
-
+        bulk = functools.partial(post_bulk, port, await csrf_token(port))
         preview = await bulk({"action": "retry", "task_ids": [str(root.task_id)]})
         still = await client.get_task(Q, dependent.task_id)
         # the dependent, cancelled, is selected too: it is revived with the root, not twice
