@@ -422,14 +422,12 @@ class Worker:
             self._wake = anyio.Event()
             claimed_full = unavailable = False
             for queue in opts.queues:
-                free = self._free_slots()
+                # slots: the handler slots free now. The first runs the claim returns take them
+                # at once (no run waits for a slot while one is free) and count as started; the
+                # others wait, reserved until their start is reported
+                free, slots = self._room()
                 if free <= 0 or self._draining.is_set():
                     break
-                # the handler slots free now: the first runs the claim returns take them at once
-                # (no run waits for a slot while one is free) and count as started; the others
-                # wait, reserved until their start is reported
-                unfinished = sum(1 for control in self.active.values() if not control.finished)
-                slots = max(0, opts.concurrency - unfinished)
                 claimed_at = time.monotonic()
                 claims = await self._claim(queue, free, slots, backoff)
                 if claims is None:
@@ -437,8 +435,8 @@ class Worker:
                     break
                 self._ahead.claimed(time.monotonic() - claimed_at)
                 claimed_full = claimed_full or len(claims) == free
+                lease_until = claimed_at + opts.claim_timeout
                 for n, claim in enumerate(claims):
-                    lease_until = claimed_at + opts.claim_timeout
                     self._start(runs, claim, reserved=n >= slots, lease_until=lease_until)
             backlog = claimed_full
             if unavailable or claimed_full:
@@ -455,14 +453,21 @@ class Worker:
         return list(self._deferred)
 
     def _free_slots(self) -> int:
-        """Runs to claim now: ``concurrency`` handlers run at once, and a few runs more are
-        claimed ahead of free slots when tasks are short (:class:`ClaimAhead`). A run whose
-        handler returned frees its slot while its outcome is written (batched); at most
+        """Runs to claim now (see :meth:`_room`)."""
+        return self._room()[0]
+
+    def _room(self) -> tuple[int, int]:
+        """Runs to claim now, and how many handler slots are free now, from one pass over the
+        active runs. ``concurrency`` handlers run at once, and a few runs more are claimed
+        ahead of free slots when tasks are short (:class:`ClaimAhead`). A run whose handler
+        returned frees its slot while its outcome is written (batched); at most
         ``2 x concurrency`` such writes wait at once, so claims overlap with completions (two
         batches' worth: one in flight, one gathering) without piling them up."""
-        limit = self.options.concurrency + self._ahead.runs
+        concurrency = self.options.concurrency
+        limit = concurrency + self._ahead.runs
         unfinished = sum(1 for control in self.active.values() if not control.finished)
-        return min(limit - unfinished, limit + 2 * self.options.concurrency - len(self.active))
+        free = min(limit - unfinished, limit + 2 * concurrency - len(self.active))
+        return free, max(0, concurrency - unfinished)
 
     def _start(
         self,
