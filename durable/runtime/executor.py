@@ -86,20 +86,19 @@ class JobTimeout(TimeoutError):
 
 def error_document(exc: BaseException) -> dict[str, Any]:
     doc: dict[str, Any] = {
-        "type": type(exc).__qualname__,
-        "module": type(exc).__module__,
-        "message": str(exc),
+        **_described(exc),
         "traceback": "".join(traceback.format_exception(exc)),
         "reason_class": str(classify_error(exc)),
     }
     cause = exc.cause if isinstance(exc, NonRetryable) else None
     if cause is not None:
-        doc["cause"] = {
-            "type": type(cause).__qualname__,
-            "module": type(cause).__module__,
-            "message": str(cause),
-        }
+        doc["cause"] = _described(cause)
     return doc
+
+
+def _described(exc: BaseException) -> dict[str, str]:
+    """An exception's type, module and message, as a run's error records them."""
+    return {"type": type(exc).__qualname__, "module": type(exc).__module__, "message": str(exc)}
 
 
 async def execute(
