@@ -17,8 +17,8 @@ security definer set search_path = pg_catalog, pg_temp as $$
 declare
     v_now      timestamptz := durable.now();
     v_options  jsonb := coalesce(p_options, '{}');
-    v_key      text := v_options->>'idempotency_key';
-    v_unique   jsonb := v_options->'unique';
+    v_key      text;
+    v_unique   jsonb;
     v_ukey     text;
     v_states   text[];
     v_period   double precision;
@@ -31,8 +31,8 @@ declare
     v_bstate   text;
     v_missing  uuid;
     v_run_id   uuid;
-    v_parent   uuid := (v_options->>'parent_task_id')::uuid;
-    v_policy   text := coalesce(v_options->>'on_parent_cancel', 'cancel');
+    v_parent   uuid;
+    v_policy   text;
     v_orphaned boolean := false;
 begin
     perform durable.check_queue(p_queue);
@@ -44,21 +44,30 @@ begin
     end if;
     if v_options = '{}' then
         -- no options (the common spawn): every column has its default, no key can conflict and
-        -- the task is due now; one statement writes the task and its run, nothing is looked up
-        v_task.task_id := durable.uuidv7();
-        v_run_id := durable.uuidv7();
+        -- the task is due now; one statement writes the task and its run, nothing is looked up,
+        -- and the answer is the output columns (return next: no query to build it)
+        task_id := durable.uuidv7();
+        run_id := durable.uuidv7();
+        attempt := 1;
+        created := true;
         with task as (
             insert into durable.tasks (task_id, queue, task_name, params, created_at,
                                        scheduled_at)
-            values (v_task.task_id, p_queue, p_task_name, p_params, v_now, v_now)
+            values (spawn.task_id, p_queue, p_task_name, p_params, v_now, v_now)
         )
         insert into durable.runs (run_id, task_id, queue, attempt, state, available_at,
                                   created_at, task_name)
-        values (v_run_id, v_task.task_id, p_queue, 1, 'pending', v_now, v_now, p_task_name);
+        values (spawn.run_id, spawn.task_id, p_queue, 1, 'pending', v_now, v_now,
+                p_task_name);
         perform pg_notify('durable_work', p_queue);
-        return query select v_task.task_id, v_run_id, 1, true;
+        return next;
         return;
     end if;
+    -- the options, read only by a spawn that has some
+    v_key := v_options->>'idempotency_key';
+    v_unique := v_options->'unique';
+    v_parent := (v_options->>'parent_task_id')::uuid;
+    v_policy := coalesce(v_options->>'on_parent_cancel', 'cancel');
     perform durable.check_parent_policy(v_policy);
     v_at := durable.start_time(v_options, v_now);
 

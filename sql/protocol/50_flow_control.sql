@@ -117,7 +117,9 @@ begin
          where t.state = 'pending'
            and (p_queue is null or t.queue = p_queue)
            and (p_task_name is null or t.task_name = p_task_name)
-           and (coalesce(cardinality(p_tags), 0) = 0 or t.tags @> p_tags)
+           -- (tags <> '{}' holds of every task carrying p_tags: it lets the tags' index, which
+           -- holds only tasks with tags, serve the filter)
+           and (coalesce(cardinality(p_tags), 0) = 0 or t.tags @> p_tags and t.tags <> '{}')
          order by t.task_id
            for no key update skip locked
     loop

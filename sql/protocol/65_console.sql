@@ -143,6 +143,11 @@ begin
     end if;
     if p_tags is not null then
         v_sql := v_sql || ' and t.tags @> $4';
+        if cardinality(p_tags) > 0 then
+            -- true of every task carrying a tag, and what lets the tags' index (partial: only
+            -- tasks with tags) serve the filter
+            v_sql := v_sql || ' and t.tags <> ''{}''';
+        end if;
     end if;
     if p_since is not null then
         v_sql := v_sql || ' and ' || v_key || '.task_id >= durable.uuidv7_floor($5)';

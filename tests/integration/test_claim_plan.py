@@ -1,6 +1,8 @@
-"""EXPLAIN guards: the claim and reap scans are served by their partial indexes, not a table scan.
+"""EXPLAIN guards: the claim and reap scans are served by their partial indexes, not a table scan;
+a tag filter by the tags' partial index.
 
-The statements below mirror the scans inside ``durable.claim`` and ``durable.reap_runs``.
+The statements below mirror the scans inside ``durable.claim`` and ``durable.reap_runs``; the tag
+filters are the functions' own, counted in the index's statistics.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import pytest
 from support.database import connection
 
 from durable.client import Client
+from durable.protocol.records import SpawnOptions
 
 pytestmark = pytest.mark.anyio
 
@@ -55,3 +58,29 @@ async def test_claim_and_reap_use_their_indexes(client: Client, dsn: str) -> Non
         reap_plan = json.loads(await conn.fetchval(_REAP_SCAN, "busy"))
     assert "runs_claim" in _index_names(claim_plan)
     assert "runs_lease" in _index_names(reap_plan)
+
+
+_TAGS_INDEX_SCANS = """
+select idx_scan from pg_stat_user_indexes
+ where schemaname = 'durable' and indexrelname = 'tasks_browse_tags'
+"""
+
+
+async def test_a_tag_filter_uses_the_tags_partial_index(client: Client, dsn: str) -> None:
+    # the index holds only tasks with tags (0022): the filters must say tags <> '{}' to use it
+    await client.spawn_many("q", [("noop", i) for i in range(5_000)])
+    await client.spawn_many("q", [("noop", i, SpawnOptions(tags=["rare"])) for i in range(20)])
+    async with connection(dsn) as conn:
+        await conn.execute("analyze durable.tasks")
+        for call in (
+            "select count(*) from durable.list_tasks(p_tags => array['rare'])",
+            "select durable.cancel_by(null, null, array['rare'])",
+        ):
+            await conn.execute("select pg_stat_force_next_flush()")
+            before = await conn.fetchval(_TAGS_INDEX_SCANS)
+            await conn.execute(call)
+            await conn.execute("select pg_stat_force_next_flush()")
+            await conn.execute("select pg_stat_clear_snapshot()")
+            assert await conn.fetchval(_TAGS_INDEX_SCANS) > before, call
+        cancelled = "select count(*) from durable.tasks where state = 'cancelled'"
+        assert await conn.fetchval(cancelled) == 20
