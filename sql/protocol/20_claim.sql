@@ -364,9 +364,10 @@ begin
     return coalesce(v_picked, '{}');
 end $$;
 
--- Reap the runs of p_queue whose lease lapsed, at most 100 per call: 'crash' when their worker
--- is gone (its liveness lapsed, or it stopped, or it is unknown), 'heartbeat_timeout' when it was
--- seen alive after the lease lapsed; a run whose reason is not known yet waits. A reserved run
+-- Reap the runs of p_queue whose lease lapsed, at most 100 per call (the oldest lapsed leases
+-- first): 'crash' when their worker is gone (its liveness lapsed, or it stopped, or it is
+-- unknown), 'heartbeat_timeout' when it was seen alive after the lease lapsed; a run whose
+-- reason is not known yet waits. A reserved run
 -- goes back to pending without spending an attempt (RESERVED in 00_model.sql); any other reaped
 -- run fails like any other: its task retries, or ends (and its on_discard hook is recorded).
 create or replace function durable.reap_runs(p_queue text, p_now timestamptz) returns integer
@@ -390,6 +391,10 @@ begin
            -- only runs whose reason is known, so that waiting runs never fill the limit
            and (w.worker_id is null or w.stopped_at is not null or w.expires_at <= p_now
                 or w.last_seen_at > r.lease_expires_at)
+         -- the oldest lapsed leases first: in the order of runs_lease, which the planner then
+         -- always picks (without it, stale statistics that count no running runs price a scan
+         -- of runs_running_group the same, and every claim read all the running runs)
+         order by r.lease_expires_at
          limit 100
     loop
         continue when v_cand.reason is null;

@@ -84,3 +84,29 @@ async def test_a_tag_filter_uses_the_tags_partial_index(client: Client, dsn: str
             assert await conn.fetchval(_TAGS_INDEX_SCANS) > before, call
         cancelled = "select count(*) from durable.tasks where state = 'cancelled'"
         assert await conn.fetchval(cancelled) == 20
+
+
+_INDEX_SCANS = """
+select indexrelname, idx_scan from pg_stat_user_indexes
+ where schemaname = 'durable' and indexrelname in ('runs_lease', 'runs_running_group')
+"""
+
+
+async def test_the_reap_uses_the_lease_index_under_stale_statistics(
+    client: Client, dsn: str
+) -> None:
+    # statistics taken while every run was pending count no running runs: the reap must still
+    # find the lapsed leases through runs_lease, not read every running run via runs_running_group
+    await client.spawn_many("busy", [("noop", i) for i in range(5_000)])
+    async with connection(dsn) as conn:
+        await conn.execute("analyze durable.runs")
+    await client.claim("busy", "w1", 60, 500)
+    async with connection(dsn) as conn:
+        await conn.execute("select pg_stat_force_next_flush()")
+        before = {row["indexrelname"]: row["idx_scan"] for row in await conn.fetch(_INDEX_SCANS)}
+        await conn.execute("select durable.reap_runs('busy', durable.now())")
+        await conn.execute("select pg_stat_force_next_flush()")
+        await conn.execute("select pg_stat_clear_snapshot()")
+        after = {row["indexrelname"]: row["idx_scan"] for row in await conn.fetch(_INDEX_SCANS)}
+    assert after["runs_lease"] > before["runs_lease"]
+    assert after["runs_running_group"] == before["runs_running_group"]

