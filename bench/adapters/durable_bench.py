@@ -157,8 +157,13 @@ async def drain_through_worker(
 # --- server counters -------------------------------------------------------------------------
 
 
-async def counters(dsn: str) -> dict[str, int]:
-    """Commits in this database and calls of durable's functions (flushed by closed sessions)."""
+#: Functions whose server time per call the no-op and steps workloads report (``ms_per_call``).
+TIMED_FUNCTIONS = ("claim", "complete_runs")
+
+
+async def counters(dsn: str) -> dict[str, float]:
+    """Commits in this database, calls of durable's functions, and the total time (ms) of
+    :data:`TIMED_FUNCTIONS` as ``<name>_ms`` (flushed by closed sessions)."""
     await anyio.sleep(0.6)  # sessions that just closed publish their counters on exit
     conn = await asyncpg.connect(dsn)
     try:
@@ -166,11 +171,15 @@ async def counters(dsn: str) -> dict[str, int]:
             "select xact_commit from pg_stat_database where datname = current_database()"
         )
         rows = await conn.fetch(
-            "select funcname, calls from pg_stat_user_functions where schemaname = 'durable'"
+            "select funcname, calls, total_time from pg_stat_user_functions"
+            " where schemaname = 'durable'"
         )
     finally:
         await conn.close()
-    return {"commits": commits, **{r["funcname"]: r["calls"] for r in rows}}
+    times = {
+        f"{r['funcname']}_ms": r["total_time"] for r in rows if r["funcname"] in TIMED_FUNCTIONS
+    }
+    return {"commits": commits, **{r["funcname"]: r["calls"] for r in rows}, **times}
 
 
 async def track_functions(dsn: str) -> None:
@@ -182,7 +191,20 @@ async def track_functions(dsn: str) -> None:
         await conn.close()
 
 
-def per_task(before: dict[str, int], after: dict[str, int], n: int) -> dict[str, float]:
+def per_call(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Server time per call (ms) of each of :data:`TIMED_FUNCTIONS` called between the two."""
+    return {
+        name: round(
+            (after[f"{name}_ms"] - before.get(f"{name}_ms", 0))
+            / (after[name] - before.get(name, 0)),
+            3,
+        )
+        for name in TIMED_FUNCTIONS
+        if f"{name}_ms" in after and after[name] != before.get(name, 0)
+    }
+
+
+def per_task(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
     return {
         key: round((after.get(key, 0) - before.get(key, 0)) / max(n, 1), 3)
         for key in sorted(after)
@@ -199,8 +221,11 @@ async def measured(
     before = await counters(dsn)
     returned, seconds = await run()
     after = await counters(dsn)
-    per = per_task(before, after, returned)
-    return returned, seconds, {"commits_per_task": per.pop("commits", None), "calls_per_task": per}
+    timed = per_call(before, after)
+    calls = {key: value for key, value in after.items() if not key.endswith("_ms")}
+    per = per_task(before, calls, returned)
+    cost = {"commits_per_task": per.pop("commits", None), "calls_per_task": per}
+    return returned, seconds, {**cost, "ms_per_call": timed}
 
 
 # --- workloads ---------------------------------------------------------------------------------
