@@ -1,0 +1,3 @@
+-- Reserved for another change (numbered ahead of 0023_history.sql); replaced by it when the
+-- branches merge.
+select 1;
