@@ -6,7 +6,7 @@ from durable.protocol.migrate import PROTOCOL_VERSION, load_migrations, load_pro
 
 #: The protocol's version and the sha256 of its files at that version. A change to sql/protocol/
 #: is a new protocol: raise PROTOCOL_VERSION and pin the new hash here.
-PINNED = (8, "3d6923431f6495a17d4d5c0370191fe49565924e3bef399669c1e8ee64b10297")
+PINNED = (9, "c5b67c69a636fdafc4dd2e4cbe964c504bba047a0971e690cf36f53dad0bf91d")
 
 _DEFINITION = re.compile(r"^create\s+(or\s+replace\s+)?function\s+durable\.(\w+)\(", re.I | re.M)
 
