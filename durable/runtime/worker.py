@@ -83,6 +83,10 @@ class WorkerKwargs(TypedDict, total=False):
     metrics_interval: float
     cron_clock: SchedulerClock | None
     cron_refresh: float
+    history_interval: float
+    history_delay: float
+    history_batch: int
+    vacuum_interval: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
