@@ -358,6 +358,10 @@ async def run_cell(
             started = time.perf_counter()
             await harness.execute(dsn, "vacuum analyze durable.tasks, durable.runs")
             log(f"    VACUUM ANALYZE: {time.perf_counter() - started:.0f} s")
+        if size and args.checkpoint:
+            started = time.perf_counter()
+            await harness.execute(dsn, "checkpoint")
+            log(f"    CHECKPOINT: {time.perf_counter() - started:.0f} s")
         if size and args.settle_s > 0 and await autovacuum_on(dsn):
             cell.settle_s = await settle(dsn, args.settle_s)
             log(f"    autovacuum's first pass over tasks and runs: {cell.settle_s:.0f} s")
@@ -466,6 +470,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=900,
         help="with autovacuum on, wait up to this long for its first pass after the history"
         " is made (0: measure at once)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        action="store_true",
+        help="CHECKPOINT once the history is made, so the workloads do not share the disk with"
+        " the writing out of the history just made",
     )
     parser.add_argument("--port", type=int, default=55_421, help="the private cluster's port")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per workload")
