@@ -17,7 +17,12 @@ The history is made with set-based SQL in the shape the protocol leaves it: ever
 as spawn_many inserts it, its run claimed (``running``), then run and task completed, each phase a
 statement of its own per chunk, so the tables carry the dead row versions and index entries that
 the same work done through the protocol leaves behind. Its runs ended in the past, one per
-millisecond, up to ten minutes ago. Then, in the cell's database:
+millisecond, up to ten minutes ago. After each chunk the workers' upkeep runs as it would
+(durable/runtime/history.py): ``durable.move_to_history`` moves the chunk's finished tasks to the
+history tables (their day partitions made first by ``durable.ensure_history_partitions``), and
+the hot tables are vacuumed (``VACUUM (SKIP_LOCKED)`` of runs, tasks, checkpoints: the bench's
+role owns them, as a worker migrating with the schema's owner does). Then, in the cell's
+database:
 
 - the no-op drain: ``bench/adapters/durable_bench.py noop`` (N tasks spawned, one in-process
   worker at C slots drains them), as ``bench/run.py`` measures it;
@@ -186,8 +191,20 @@ def private_cluster(port: int, *, autovacuum: bool) -> Iterator[str]:
 # --- making history ------------------------------------------------------------------------------
 
 
+MOVE_BATCH = 50_000  # tasks per move_to_history call while the history is made
+
+
+async def keep_history(conn: asyncpg.Connection) -> None:
+    """What the workers' upkeep does after tasks end: move them to history, vacuum the hot
+    tables."""
+    while await conn.fetchval("select durable.move_to_history($1)", MOVE_BATCH) == MOVE_BATCH:
+        pass
+    await conn.execute("vacuum (skip_locked) durable.runs, durable.tasks, durable.checkpoints")
+
+
 async def make_history(dsn: str, size: int) -> float:
-    """``size`` completed tasks with their runs, ended before now; the seconds it took."""
+    """``size`` completed tasks with their runs, ended before now and moved to history; the
+    seconds it took."""
     if size == 0:
         return 0.0
     started = time.perf_counter()
@@ -206,6 +223,9 @@ async def make_history(dsn: str, size: int) -> float:
             await conn.execute(_CLAIM_RUNS)
             await conn.execute(_COMPLETE_RUNS)
             await conn.execute(_COMPLETE_TASKS)
+            if low == 0:
+                await conn.execute("select durable.ensure_history_partitions(3)")
+            await keep_history(conn)
         await conn.execute("drop table public.history_ids")
         await conn.execute("analyze")  # as the adapter's preload does; a planner that knows
     finally:
@@ -285,7 +305,7 @@ async def results_per_s(dsn: str, count: int) -> float:
         ids: list[uuid.UUID] = [
             r["task_id"]
             for r in await conn.fetch(
-                "select task_id from durable.tasks tablesample system (1)"
+                "select task_id from durable.tasks_history tablesample system (1)"
                 " where state = 'completed' limit $1",
                 count * 4,
             )
@@ -294,7 +314,7 @@ async def results_per_s(dsn: str, count: int) -> float:
             ids = [
                 r["task_id"]
                 for r in await conn.fetch(
-                    "select task_id from durable.tasks where state = 'completed'"
+                    "select task_id from durable.all_tasks where state = 'completed'"
                 )
             ]
     finally:
@@ -338,6 +358,10 @@ async def run_cell(
             started = time.perf_counter()
             await harness.execute(dsn, "vacuum analyze durable.tasks, durable.runs")
             log(f"    VACUUM ANALYZE: {time.perf_counter() - started:.0f} s")
+        if size and args.checkpoint:
+            started = time.perf_counter()
+            await harness.execute(dsn, "checkpoint")
+            log(f"    CHECKPOINT: {time.perf_counter() - started:.0f} s")
         if size and args.settle_s > 0 and await autovacuum_on(dsn):
             cell.settle_s = await settle(dsn, args.settle_s)
             log(f"    autovacuum's first pass over tasks and runs: {cell.settle_s:.0f} s")
@@ -446,6 +470,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=900,
         help="with autovacuum on, wait up to this long for its first pass after the history"
         " is made (0: measure at once)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        action="store_true",
+        help="CHECKPOINT once the history is made, so the workloads do not share the disk with"
+        " the writing out of the history just made",
     )
     parser.add_argument("--port", type=int, default=55_421, help="the private cluster's port")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per workload")

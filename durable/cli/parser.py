@@ -148,7 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
         "an explicit dsn keeps it."
     )
 
-    add("migrate", cmd_migrate, "apply pending schema migrations and print the schema state")
+    migrate = add(
+        "migrate", cmd_migrate, "apply pending schema migrations and print the schema state"
+    )
+    migrate.add_argument(
+        "--move-history",
+        action="store_true",
+        help="then move every finished task to the history tables now, in batches (workers "
+        "otherwise move them a batch at a time, every second)",
+    )
 
     spawn = add("spawn", cmd_spawn, "spawn a task; print task_id, run_id, attempt, created")
     spawn.add_argument("task_name", metavar="TASK", help="the task's registered name")

@@ -74,6 +74,8 @@ from durable.protocol.store import (
 
 #: How long reading the task for a ResultTimeout's message may take.
 RESULT_TIMEOUT_READ_S = 1.0
+#: The days ahead of today whose history partitions are made before they are needed.
+HISTORY_DAYS_AHEAD = 3
 
 log = get_logger()
 
@@ -1116,6 +1118,47 @@ class Client:
         while deleted := await self.store.prune_bookkeeping(age, batch):
             total += deleted
         return total
+
+    async def move_to_history(self, *, batch: int = 5000, min_age: float | timedelta = 0.0) -> int:
+        """Move one batch of the tasks that ended more than ``min_age`` ago (at most ``batch``,
+        with their runs and checkpoints) from the hot tables to history; how many moved. Workers
+        call it every ``history_interval`` seconds; :meth:`move_all_to_history` moves all now."""
+        if batch < 1:
+            raise InvalidArgument("batch must be at least 1")
+        age = durations.seconds(min_age, what="min_age")
+        return await self.store.move_to_history(batch, age)
+
+    async def move_all_to_history(self, *, batch: int = 5000) -> int:
+        """Move every finished task to history, batch after batch (each its own short
+        transaction); how many moved. ``durable migrate --move-history`` calls it."""
+        await self.store.ensure_history_partitions(HISTORY_DAYS_AHEAD)
+        total = 0
+        while moved := await self.move_to_history(batch=batch):
+            total += moved
+        return total
+
+    async def ensure_history_partitions(self, days_ahead: int = 3) -> int:
+        """Create the history partitions of today, the next ``days_ahead`` days and the earlier
+        days whose finished tasks wait in the hot tables; how many days were added."""
+        if days_ahead < 0:
+            raise InvalidArgument("days_ahead must be at least 0")
+        return await self.store.ensure_history_partitions(days_ahead)
+
+    async def drop_history_partitions(self, older_than: float | timedelta) -> int:
+        """Drop the day partitions of history whose every task ended more than ``older_than``
+        ago (and what is kept of those tasks elsewhere); how many days went. Only for an age
+        past which every finished task is to go, whatever its name and state."""
+        age = durations.seconds(older_than, what="older_than")
+        return await self.store.drop_history_partitions(age)
+
+    async def may_vacuum_hot_tables(self) -> bool:
+        """Whether this connection's role may VACUUM the hot tables (it owns them)."""
+        return await self.store.may_vacuum_hot_tables()
+
+    async def vacuum_hot_tables(self) -> None:
+        """``VACUUM (SKIP_LOCKED)`` the hot tables (runs, tasks, checkpoints); the role must own
+        them (:meth:`may_vacuum_hot_tables`)."""
+        await self.store.vacuum_hot_tables()
 
     async def listen(self, handlers: Mapping[str, Any]) -> Listener:
         """Listen on notification channels (``durable_work``, ``durable_done``) with one dedicated

@@ -138,6 +138,22 @@ _CANCEL_BY = "select durable.cancel_by($1, $2, $3)"
 _SET_LIMIT = "select durable.set_limit($1, $2, $3, $4, $5, $6)"
 _PRUNE_TASKS = "select durable.prune_tasks($1, $2, $3, $4, $5)"
 _PRUNE_BOOKKEEPING = "select durable.prune_bookkeeping($1, $2)"
+_MOVE_TO_HISTORY = "select durable.move_to_history($1, $2)"
+_ENSURE_HISTORY_PARTITIONS = "select durable.ensure_history_partitions($1)"
+_DROP_HISTORY_PARTITIONS = "select durable.drop_history_partitions($1)"
+# VACUUM needs the table's owner (PostgreSQL 15; a superuser or the database's owner may too):
+# the workers vacuum the hot tables only when their role may (durable_worker may not).
+_MAY_VACUUM_HOT_TABLES = """
+select bool_and(pg_has_role(current_user, c.relowner, 'USAGE'))
+       or (select r.rolsuper from pg_roles r where r.rolname = current_user)
+       or (select pg_has_role(current_user, d.datdba, 'USAGE') from pg_database d
+            where d.datname = current_database())
+  from pg_class c
+ where c.oid in ('durable.tasks'::regclass, 'durable.runs'::regclass,
+                 'durable.checkpoints'::regclass)
+"""
+# not in a transaction nor a function: a plain statement of its own
+_VACUUM_HOT_TABLES = "vacuum (skip_locked) durable.runs, durable.tasks, durable.checkpoints"
 _FAILED_WORK = "select * from durable.failed_work($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 _FAILURE_GROUPS = "select * from durable.failure_groups($1, $2, $3, $4, $5, $6, $7, $8)"
 _FINISHED_COUNTS = "select * from durable.finished_counts($1)"
@@ -1065,6 +1081,30 @@ class Store:
         async with self._translate():
             deleted: int = await self._pool.fetchval(_PRUNE_BOOKKEEPING, older_than, limit)
         return deleted
+
+    async def move_to_history(self, limit: int, min_age: float) -> int:
+        async with self._translate():
+            moved: int = await self._pool.fetchval(_MOVE_TO_HISTORY, limit, min_age)
+        return moved
+
+    async def ensure_history_partitions(self, days_ahead: int) -> int:
+        async with self._translate():
+            added: int = await self._pool.fetchval(_ENSURE_HISTORY_PARTITIONS, days_ahead)
+        return added
+
+    async def drop_history_partitions(self, older_than: float) -> int:
+        async with self._translate():
+            dropped: int = await self._pool.fetchval(_DROP_HISTORY_PARTITIONS, older_than)
+        return dropped
+
+    async def may_vacuum_hot_tables(self) -> bool:
+        async with self._translate():
+            may: bool | None = await self._pool.fetchval(_MAY_VACUUM_HOT_TABLES)
+        return bool(may)
+
+    async def vacuum_hot_tables(self) -> None:
+        async with self._translate():
+            await self._pool.execute(_VACUUM_HOT_TABLES)
 
     # --- the console ----------------------------------------------------------------------------
 

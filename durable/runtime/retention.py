@@ -55,8 +55,15 @@ def prune_rules(default: Retention | None, per_task: Mapping[str, Retention]) ->
 
 async def prune(client: Client, rules: list[PruneRule], *, batch: int = 1000) -> int:
     """Apply ``rules`` once (each in batches of ``batch``); how many tasks were deleted. Old
-    events, partition turns and stopped workers go too, past the longest of the rules' ages."""
+    events, partition turns and stopped workers go too, past the longest of the rules' ages.
+
+    When the app's rule gives every end state an age, every finished task goes once it is older
+    than the longest age of all the rules: the day partitions of history whose tasks all ended
+    before that are dropped whole first (no row deleted one by one, nothing left to vacuum); the
+    rules then delete the rows that are younger, or under a shorter age, as before."""
     total = 0
+    if rules and {rule.state for rule in rules if rule.task_names is None} == set(FINISHED):
+        await client.drop_history_partitions(max(rule.older_than for rule in rules))
     for rule in rules:
         total += await client.prune_tasks(
             rule.older_than,

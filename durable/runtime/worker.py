@@ -42,6 +42,7 @@ from durable.runtime.deadlines import CLOSE_TIMEOUT_S, ReconnectBackoff, db_time
 from durable.runtime.executor import DISCARD_TASK, execute, run_discard_hook
 from durable.runtime.flow_rollup import run_flow_rollup
 from durable.runtime.group_commit import RunWrites
+from durable.runtime.history import HistoryKeeper
 from durable.runtime.instruments import (
     WorkerMetrics,
     WorkerStatus,
@@ -82,6 +83,10 @@ class WorkerKwargs(TypedDict, total=False):
     metrics_interval: float
     cron_clock: SchedulerClock | None
     cron_refresh: float
+    history_interval: float
+    history_delay: float
+    history_batch: int
+    vacuum_interval: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,6 +111,14 @@ class WorkerOptions:
     cron_clock: SchedulerClock | None = None
     #: How often the cron scheduler reads the schedules again when no slot comes sooner.
     cron_refresh: float = REFRESH_S
+    #: Hot and cold (durable/runtime/history.py): every ``history_interval`` seconds the worker
+    #: moves tasks that ended more than ``history_delay`` seconds ago to history, up to
+    #: ``history_batch`` per statement, and after a move vacuums the hot tables at most every
+    #: ``vacuum_interval`` seconds when its role owns them.
+    history_interval: float = 1.0
+    history_delay: float = 10.0
+    history_batch: int = 5000
+    vacuum_interval: float = 10.0
 
     def __post_init__(self) -> None:
         for queue in self.queues:
@@ -122,6 +135,12 @@ class WorkerOptions:
             raise ValueError("metrics_interval must be positive")
         if self.cron_refresh <= 0:
             raise ValueError("cron_refresh must be positive")
+        if self.history_interval <= 0 or self.vacuum_interval <= 0 or self.history_delay < 0:
+            raise ValueError(
+                "history_interval and vacuum_interval must be positive, history_delay >= 0"
+            )
+        if self.history_batch < 1:
+            raise ValueError("history_batch must be at least 1")
 
 
 class Worker:
@@ -267,6 +286,16 @@ class Worker:
                 if rules := self.registry.prune_rules():
                     tg.start_soon(run_retention, client, rules, self.registry.retention_interval)
                 tg.start_soon(run_flow_rollup, client, self._db_timeout)
+                tg.start_soon(
+                    HistoryKeeper(
+                        client,
+                        self._db_timeout,
+                        interval_s=opts.history_interval,
+                        vacuum_interval_s=opts.vacuum_interval,
+                        batch=opts.history_batch,
+                        min_age_s=opts.history_delay,
+                    ).run
+                )
                 await tg.start(self._writes.run)
                 if self.metrics is not None:
                     await tg.start(self.metrics.run, client, self._db_timeout, self.status)

@@ -273,19 +273,24 @@ begin
     raise exception 'lease lost for run %', p_run_id using errcode = 'DU001', detail = p_detail;
 end $$;
 
--- Lock task p_task_id (of p_queue, unless null) or raise DU002.
+-- Lock task p_task_id (of p_queue, unless null) or raise DU002. A finished task in history
+-- moves back to the hot tables first (durable.reopen_task), so the caller may change it there;
+-- a lock that waited for the mover finds the row gone and looks in history again.
 create or replace function durable.lock_task(p_queue text, p_task_id uuid) returns durable.tasks
 language plpgsql as $$
 declare
     v_task durable.tasks;
 begin
-    select * into v_task from durable.tasks t
-     where t.task_id = p_task_id and (p_queue is null or t.queue = p_queue)
-       for no key update;
-    if not found then
-        raise exception 'no task %', p_task_id using errcode = 'DU002';
-    end if;
-    return v_task;
+    for i in 1..3 loop
+        select * into v_task from durable.tasks t
+         where t.task_id = p_task_id and (p_queue is null or t.queue = p_queue)
+           for no key update;
+        if found then
+            return v_task;
+        end if;
+        exit when not durable.reopen_task(p_task_id);
+    end loop;
+    raise exception 'no task %', p_task_id using errcode = 'DU002';
 end $$;
 
 -- Lock the run p_run_id (after its task) and check it is the task's live, unexpired run; raise

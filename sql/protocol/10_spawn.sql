@@ -34,6 +34,8 @@ declare
     v_parent   uuid;
     v_policy   text;
     v_orphaned boolean := false;
+    v_found    uuid;
+    v_new_id   uuid;
 begin
     perform durable.check_queue(p_queue);
     if p_task_name is null or length(p_task_name) = 0 or length(p_task_name) > 255 then
@@ -89,18 +91,36 @@ begin
         -- one spawn of a unique key at a time decides whether it has a duplicate
         perform pg_advisory_xact_lock(
             hashtextextended('durable.unique:' || p_queue || ':' || v_ukey, 0));
-        select t.* into v_existing from durable.tasks t
-         where t.queue = p_queue and t.unique_key = v_ukey
-           and (v_period is null or t.created_at >= v_now - make_interval(secs => v_period))
-           and durable.live_state(t) = any(v_states)
-         order by t.created_at desc
-         limit 1
-           for no key update;
-        if found then
-            return query
-                select * from durable.apply_duplicate(v_existing, p_params, v_options, v_now);
-            return;
-        end if;
+        -- the newest duplicate, hot or finished (one statement: one snapshot), then its lock; a
+        -- task that moved meanwhile is read again where it went
+        for i in 1..5 loop
+            select x.task_id into v_found from (
+                select t.task_id, t.created_at from durable.tasks t
+                 where t.queue = p_queue and t.unique_key = v_ukey
+                   and (v_period is null
+                        or t.created_at >= v_now - make_interval(secs => v_period))
+                   and durable.live_state(t) = any(v_states)
+                union all
+                select t.task_id, t.created_at from durable.tasks_history t
+                 where t.queue = p_queue and t.unique_key = v_ukey
+                   and (v_period is null
+                        or t.created_at >= v_now - make_interval(secs => v_period))
+                   and t.state = any(v_states)
+            ) x order by x.created_at desc limit 1;
+            exit when not found;
+            select t.* into v_existing from durable.tasks t
+             where t.task_id = v_found and durable.live_state(t) = any(v_states)
+               for no key update;
+            if not found then
+                select t.* into v_existing from durable.tasks_history t
+                 where t.task_id = v_found and t.state = any(v_states);
+            end if;
+            if found then
+                return query
+                    select * from durable.apply_duplicate(v_existing, p_params, v_options, v_now);
+                return;
+            end if;
+        end loop;
         if v_unique ? 'debounce' and not (v_options ? 'at' or v_options ? 'delay') then
             v_at := v_now + make_interval(secs => coalesce(
                 durable.seconds(v_unique->'debounce', 'unique.debounce'), 0));
@@ -113,34 +133,51 @@ begin
         end if;
         v_deps := array(select distinct (e #>> '{}')::uuid
                           from jsonb_array_elements(v_options->'depends_on') as e);
-        -- the dependencies cannot end while this spawn decides
-        perform 1 from durable.tasks t where t.task_id = any(v_deps) order by t.task_id for share;
-        select d.id into v_missing from unnest(v_deps) as d(id)
-         where not exists (select 1 from durable.tasks t where t.task_id = d.id) limit 1;
-        if found then
+        -- the dependencies cannot end (or move back from history) while this spawn decides
+        v_missing := durable.share_tasks(v_deps);
+        if v_missing is not null then
             raise exception 'depends_on names no task: %', v_missing using errcode = 'DU005';
         end if;
         v_open := array(select t.task_id from durable.tasks t
                          where t.task_id = any(v_deps) and t.state = 'pending');
-        select t.task_id, t.state into v_broken, v_bstate from durable.tasks t
+        select t.task_id, t.state into v_broken, v_bstate from durable.all_tasks t
          where t.task_id = any(v_deps) and t.state in ('failed', 'cancelled')
          order by t.task_id limit 1;
     end if;
     if v_parent is not null and v_policy = 'cancel' then
         -- the parent cannot be cancelled while this spawn decides: its cancel either happened
         -- (the child is born cancelled) or sees the child
-        select t.state = 'cancelled' into v_orphaned from durable.tasks t
-         where t.task_id = v_parent for share;
+        perform durable.share_tasks(array[v_parent]);
+        select t.state = 'cancelled' into v_orphaned from durable.all_tasks t
+         where t.task_id = v_parent;
         v_orphaned := coalesce(v_orphaned, false);
     end if;
 
+    v_new_id := durable.uuidv7();
+    if v_key is not null then
+        -- the key over hot and finished tasks: taken here, or the task that holds it answers
+        insert into durable.task_keys (queue, idempotency_key, task_id)
+        values (p_queue, v_key, v_new_id)
+        on conflict do nothing;
+        if not found then
+            return query
+                select t.task_id, r.run_id, t.attempt, false
+                  from durable.task_keys k
+                  join durable.all_tasks t on t.task_id = k.task_id
+                  left join lateral (select r.run_id from durable.all_runs r
+                                      where r.task_id = t.task_id
+                                      order by r.created_at desc, r.run_id desc limit 1) r on true
+                 where k.queue = p_queue and k.idempotency_key = v_key;
+            return;
+        end if;
+    end if;
     insert into durable.tasks as t (task_id, queue, task_name, params, headers, max_attempts,
                                     retry, timeout_s, heartbeat_timeout_s, priority,
                                     idempotency_key, created_at, tags, partition_key,
                                     parent_task_id, depends_on, unique_key, cancellation,
                                     scheduled_at, cancel_at, discard_hook, on_parent_cancel,
                                     concurrency_key, retry_on, discard_on)
-    values (durable.uuidv7(), p_queue, p_task_name, p_params, coalesce(v_options->'headers', '{}'),
+    values (v_new_id, p_queue, p_task_name, p_params, coalesce(v_options->'headers', '{}'),
             coalesce((v_options->>'max_attempts')::integer, 3), v_options->'retry',
             durable.seconds(v_options->'timeout', 'timeout'),
             durable.seconds(v_options->'heartbeat_timeout', 'heartbeat_timeout'),
@@ -283,6 +320,14 @@ begin
                         else v_now end as available_at,
                    nullif(i.o->'cancellation', 'null') as cancellation
               from items i
+        ), keys as (
+            -- the keys over hot and finished tasks (task_keys): an item whose key is taken
+            -- makes no task
+            insert into durable.task_keys (queue, idempotency_key, task_id)
+            select p_queue, p.key, p.new_id from prepared p
+             where p.key is not null order by p.ord
+            on conflict do nothing
+            returning task_id
         ), ins as (
             insert into durable.tasks (task_id, queue, task_name, params, headers, max_attempts,
                                        retry, timeout_s, heartbeat_timeout_s, priority,
@@ -307,7 +352,9 @@ begin
                    nullif(p.o->>'concurrency_key', ''),
                    durable.reason_class_list(p.o->'retry_on', 'retry_on'),
                    durable.reason_class_list(p.o->'discard_on', 'discard_on')
-              from prepared p order by p.ord
+              from prepared p
+             where p.key is null or p.new_id in (select k.task_id from keys k)
+             order by p.ord
             on conflict (queue, idempotency_key) where idempotency_key is not null do nothing
             returning task_id
         ), rins as (
@@ -343,8 +390,10 @@ begin
                case when u.c then 1 else t.attempt end,
                u.c
           from unnest(v_ids, v_runs, v_keys, v_created) with ordinality as u(id, rid, key, c, ord)
-          left join durable.tasks t on not u.c and t.queue = p_queue and t.idempotency_key = u.key
-          left join lateral (select r.run_id from durable.runs r where r.task_id = t.task_id
+          left join durable.task_keys k on not u.c and k.queue = p_queue
+                                       and k.idempotency_key = u.key
+          left join durable.all_tasks t on t.task_id = k.task_id
+          left join lateral (select r.run_id from durable.all_runs r where r.task_id = t.task_id
                               order by r.created_at desc, r.run_id desc limit 1) r on not u.c
          order by u.ord;
 end $$;
@@ -447,6 +496,6 @@ begin
     end if;
     return query
         select p_task.task_id, r.run_id, p_task.attempt, false
-          from (select r.run_id from durable.runs r where r.task_id = p_task.task_id
+          from (select r.run_id from durable.all_runs r where r.task_id = p_task.task_id
                  order by r.created_at desc, r.run_id desc limit 1) r;
 end $$;

@@ -214,7 +214,8 @@ begin
         return;
     end if;
     -- the child's end (which locks its row) either happened or sees this wait
-    select * into v_child from durable.tasks t where t.task_id = p_child for share;
+    perform durable.share_tasks(array[p_child]);
+    select * into v_child from durable.all_tasks t where t.task_id = p_child;
     if not found then
         raise exception 'no task %', p_child using errcode = 'DU002';
     end if;

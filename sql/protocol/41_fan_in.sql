@@ -10,11 +10,12 @@
 create or replace function durable.task_outcomes(p_task_ids uuid[]) returns jsonb
 language sql stable as $$
     select coalesce(jsonb_agg(jsonb_build_object(
-               'task_id', t.task_id, 'state', durable.live_state(t), 'result', t.result,
+               'task_id', t.task_id, 'state', durable.state_of(t.state, t.task_id),
+               'result', t.result,
                'failure', case when t.state in ('failed', 'cancelled') then t.failure end)
              order by c.ord), '[]')
       from unnest(p_task_ids) with ordinality as c(id, ord)
-      join durable.tasks t on t.task_id = c.id
+      join durable.all_tasks t on t.task_id = c.id
 $$;
 
 -- Wait for every task of p_children to end, as step p_step of the run: status 'done' with their
@@ -55,11 +56,8 @@ begin
         return;
     end if;
     -- the children's ends (each locks its row) either happened or see this wait's edges
-    perform 1 from durable.tasks t where t.task_id = any(p_children) order by t.task_id
-        for share;
-    select c.id into v_missing from unnest(p_children) as c(id)
-     where not exists (select 1 from durable.tasks t where t.task_id = c.id) limit 1;
-    if found then
+    v_missing := durable.share_tasks(p_children);
+    if v_missing is not null then
         raise exception 'no task %', v_missing using errcode = 'DU002';
     end if;
     v_open := array(select t.task_id from durable.tasks t
@@ -188,8 +186,8 @@ begin
             return query
                 select v_batch, false, m.task_id, r.run_id, t.attempt, false
                   from durable.batch_members m
-                  join durable.tasks t on t.task_id = m.task_id
-                  left join lateral (select r.run_id from durable.runs r
+                  join durable.all_tasks t on t.task_id = m.task_id
+                  left join lateral (select r.run_id from durable.all_runs r
                                       where r.task_id = t.task_id
                                       order by r.created_at desc, r.run_id desc limit 1) r on true
                  where m.batch_id = v_batch
@@ -224,13 +222,10 @@ begin
     -- a member that had ended already (an existing task found by its idempotency key, or one
     -- cancelled at once by a failed dependency) counts now; the share locks wait for the ends
     -- in flight of the members found, and make later ones see this batch
-    perform 1 from durable.tasks t
-     where t.task_id = any(array(select u.id from unnest(v_tasks, v_created) as u(id, c)
-                                  where not u.c))
-     order by t.task_id
-       for share;
+    perform durable.share_tasks(array(select u.id from unnest(v_tasks, v_created) as u(id, c)
+                                       where not u.c));
     update durable.batch_members m set ended_state = t.state
-      from durable.tasks t
+      from durable.all_tasks t
      where m.batch_id = v_batch and t.task_id = m.task_id and t.state <> 'pending';
     perform durable.settle_batch(v_batch, v_now);
     return query
@@ -354,15 +349,15 @@ security definer set search_path = pg_catalog, pg_temp as $$
 declare
     v_task durable.tasks;
 begin
-    select * into v_task from durable.tasks t
+    select * into v_task from durable.all_tasks t
      where t.task_id = p_task_id and (p_queue is null or t.queue = p_queue);
     if not found then
         raise exception 'no task %', p_task_id using errcode = 'DU002';
     end if;
     return query
-        select t.task_id, t.task_name, durable.live_state(t),
+        select t.task_id, t.task_name, durable.state_of(t.state, t.task_id),
                case when t.state = 'completed' then t.result end
-          from durable.tasks t
+          from durable.all_tasks t
          where t.task_id = any(coalesce(v_task.depends_on, '{}'))
          order by t.task_id;
 end $$;

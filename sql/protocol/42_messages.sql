@@ -135,7 +135,7 @@ language plpgsql stable
 security definer set search_path = pg_catalog, pg_temp as $$
 #variable_conflict use_column
 begin
-    if not exists (select 1 from durable.tasks t where t.task_id = p_task_id
+    if not exists (select 1 from durable.all_tasks t where t.task_id = p_task_id
                     and (p_queue is null or t.queue = p_queue)) then
         raise exception 'no task %', p_task_id using errcode = 'DU002';
     end if;

@@ -25,7 +25,8 @@ security definer set search_path = pg_catalog, pg_temp as $$
 declare
     v_task durable.tasks;
 begin
-    select * into v_task from durable.tasks t
+    -- each statement reads hot and history at once (a move commits both sides together)
+    select * into v_task from durable.all_tasks t
      where t.task_id = p_task_id and (p_queue is null or t.queue = p_queue);
     if not found then
         raise exception 'no task %', p_task_id using errcode = 'DU002';
@@ -33,7 +34,7 @@ begin
     return to_jsonb(v_task) || jsonb_build_object(
         'state', durable.live_state(v_task),
         'runs', coalesce((select jsonb_agg(to_jsonb(r) order by r.created_at, r.run_id)
-                            from durable.runs r where r.task_id = p_task_id), '[]'),
+                            from durable.all_runs r where r.task_id = p_task_id), '[]'),
         'waiting_for', coalesce((select jsonb_agg(jsonb_build_object(
                                             'step_name', w.step_name, 'event_name', w.event_name,
                                             'child_task_id', w.child_task_id,
@@ -67,7 +68,7 @@ security definer set search_path = pg_catalog, pg_temp as $$
 declare
     v_task durable.tasks;
 begin
-    select * into v_task from durable.tasks t
+    select * into v_task from durable.all_tasks t
      where t.task_id = p_task_id and (p_queue is null or t.queue = p_queue);
     if not found then
         raise exception 'no task %', p_task_id using errcode = 'DU002';
@@ -177,9 +178,8 @@ begin
     if p_task.depends_on is null then
         return v_broken;
     end if;
-    perform 1 from durable.tasks t where t.task_id = any(p_task.depends_on)
-     order by t.task_id for share;
-    select * into v_broken from durable.tasks t
+    perform durable.share_tasks(p_task.depends_on);
+    select * into v_broken from durable.all_tasks t
      where t.task_id = any(p_task.depends_on) and t.state in ('failed', 'cancelled')
      order by t.task_id limit 1;
     return v_broken;
@@ -208,7 +208,7 @@ end $$;
 
 -- Whether p_task was cancelled because task p_dependency ended (error type 'DependencyFailed'
 -- naming it) and may run again (not discarded).
-create or replace function durable.cancelled_by(p_task durable.tasks, p_dependency uuid)
+create or replace function durable.cancelled_by(p_task durable.all_tasks, p_dependency uuid)
 returns boolean
 language sql immutable as $$
     select p_task.state = 'cancelled' and p_task.discarded_at is null
@@ -235,17 +235,17 @@ declare
 begin
     foreach v_root in array coalesce(p_task_ids, '{}') loop
         with recursive chain(id) as (
-            select t.task_id from durable.tasks t
+            select t.task_id from durable.all_tasks t
              where t.depends_on @> array[v_root] and durable.cancelled_by(t, v_root)
             union
-            select t.task_id from chain c join durable.tasks t on t.depends_on @> array[c.id]
+            select t.task_id from chain c join durable.all_tasks t on t.depends_on @> array[c.id]
              where durable.cancelled_by(t, c.id)
         )
         select coalesce(array_agg(chain.id), '{}') into v_found from chain;
         loop
-            select array_agg(t.task_id) into v_blocked from durable.tasks t
+            select array_agg(t.task_id) into v_blocked from durable.all_tasks t
              where t.task_id = any(v_found)
-               and exists (select 1 from durable.tasks x
+               and exists (select 1 from durable.all_tasks x
                             where x.task_id = any(t.depends_on) and x.task_id <> v_root
                               and x.task_id <> all(v_found)
                               and x.state in ('failed', 'cancelled'));
@@ -256,7 +256,7 @@ begin
     end loop;
     return query
         select t.task_id, t.queue, t.task_name, (t.failure->'error'->>'dependency')::uuid
-          from durable.tasks t
+          from durable.all_tasks t
          where t.task_id = any(v_all)
          order by t.created_at, t.task_id;
 end $$;
@@ -279,8 +279,13 @@ begin
     if cardinality(v_ids) = 0 then
         return;
     end if;
-    perform 1 from durable.tasks t where t.task_id = any(v_ids) order by t.task_id
-       for no key update;
+    -- back from history first (a row moved back is this transaction's until it commits: the
+    -- mover cannot see it); twice, for one that the mover took while this locked the others
+    for i in 1..2 loop
+        perform durable.reopen_task(x.id) from unnest(v_ids) as x(id) order by x.id;
+        perform 1 from durable.tasks t where t.task_id = any(v_ids) order by t.task_id
+           for no key update;
+    end loop;
     for v_task in
         select t.* from durable.tasks t where t.task_id = any(v_ids)
          order by t.created_at, t.task_id
@@ -369,7 +374,7 @@ returns table (queue text, state text, count bigint)
 language sql stable
 security definer set search_path = pg_catalog, pg_temp as $$
     select t.queue, coalesce(r.state, t.state) as state, count(*)
-      from durable.tasks t
+      from durable.all_tasks t
       left join durable.runs r on t.state = 'pending' and r.task_id = t.task_id
                               and r.state in ('pending', 'running', 'sleeping')
      where p_tags is null or t.tags @> p_tags
@@ -385,9 +390,9 @@ returns table (task_id uuid, run_id uuid, queue text, task_name text, task_state
                finished_at timestamptz)
 language sql stable
 security definer set search_path = pg_catalog, pg_temp as $$
-    select t.task_id, r.run_id, r.queue, t.task_name, durable.live_state(t), r.attempt,
-           t.max_attempts, r.failure_reason, r.error, r.finished_at
-      from durable.runs r join durable.tasks t on t.task_id = r.task_id
+    select t.task_id, r.run_id, r.queue, t.task_name, durable.state_of(t.state, t.task_id),
+           r.attempt, t.max_attempts, r.failure_reason, r.error, r.finished_at
+      from durable.all_runs r join durable.all_tasks t on t.task_id = r.task_id
      where r.state = 'failed' and (p_queue is null or r.queue = p_queue)
        and (p_tags is null or t.tags @> p_tags)
      order by r.finished_at desc
@@ -428,7 +433,7 @@ language sql stable as $$
                t.failure->'error' as error,
                t.failed_at,
                t.tags
-          from durable.tasks t
+          from durable.all_tasks t
          where t.failure is not null and t.state <> 'completed' and t.discarded_at is null
            and (p_queue is null or t.queue = p_queue)
            and (p_task_name is null or t.task_name = p_task_name)
@@ -456,7 +461,7 @@ language sql stable
 security definer set search_path = pg_catalog, pg_temp set random_page_cost = 1.1 as $$
     select w.task_id, w.run_id, w.queue, w.task_name, w.state, w.attempt, w.max_attempts,
            w.failure_reason, w.reason_class, w.error, w.failed_at,
-           (select k.step_name from durable.checkpoints k where k.task_id = w.task_id
+           (select k.step_name from durable.all_checkpoints k where k.task_id = w.task_id
              order by k.created_at desc, k.step_name desc limit 1) as last_checkpoint,
            w.tags
       from durable.failed_work_rows(p_queue, p_task_name, p_reason, p_since, p_state,
@@ -492,7 +497,7 @@ returns table (queue text, state text, count bigint)
 language sql stable
 security definer set search_path = pg_catalog, pg_temp as $$
     select t.queue, t.state, count(*)
-      from durable.tasks t
+      from durable.all_tasks t
      where t.finished_at >= (select durable.now() - make_interval(secs => p_window))
      group by 1, 2
      order by 1, 2

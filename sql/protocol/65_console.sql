@@ -69,11 +69,11 @@ language sql stable as $$
       from (select r.finished_at, r.queue, r.state, r.failure_reason, r.error, r.started_at,
                    r.available_at,
                    case when r.state = 'failed'
-                        then exists (select 1 from durable.tasks t
+                        then exists (select 1 from durable.all_tasks t
                                       where t.task_id = r.task_id and t.state = 'failed'
                                         and t.failure->>'run_id' = r.run_id::text)
                         else false end as dead
-              from durable.runs r
+              from durable.all_runs r
              where r.finished_at >= p_from and r.finished_at < p_to) e
      group by 1, 2
 $$;
@@ -124,14 +124,14 @@ begin
             using errcode = 'DU005';
     end if;
     v_sql := 'select t.task_id, t.queue, t.task_name, '
-          || case when v_live then 'r.state' else 'durable.live_state(t)' end
+          || case when v_live then 'r.state' else 'durable.state_of(t.state, t.task_id)' end
           || ', t.attempt, t.max_attempts, t.priority, t.created_at, t.scheduled_at,'
           || ' t.finished_at, t.idempotency_key, t.tags, t.failure->>''reason'','
           || ' t.failure->''error''->>''type'', (t.progress->>''pct'')::double precision from '
           || case when v_live
                   then 'durable.runs r join durable.tasks t on t.task_id = r.task_id'
                        || ' where r.state = $3'
-                  else 'durable.tasks t where true' end;
+                  else 'durable.all_tasks t where true' end;
     if p_state is not null and not v_live then
         v_sql := v_sql || ' and t.state = $3';
     end if;
@@ -249,7 +249,7 @@ begin
     v_from := greatest(v_from, v_now - interval '8 days');
     -- a stretch without runs ending (no worker for a while) is skipped in one step
     v_from := greatest(v_from, least(v_now - interval '10 seconds',
-                                     (select min(r.finished_at) from durable.runs r
+                                     (select min(r.finished_at) from durable.all_runs r
                                        where r.finished_at >= v_from)));
     v_to := greatest(v_from,
                      least(v_now - interval '10 seconds',

@@ -27,6 +27,8 @@ begin
             using errcode = 'DU005';
     end if;
     v_cutoff := durable.now() - make_interval(secs => p_older_than);
+    -- the finished tasks not moved to history yet, then those in history (each call takes up to
+    -- p_limit of each)
     with doomed as (
         select t.task_id from durable.tasks t
          where t.finished_at is not null and t.finished_at < v_cutoff
@@ -38,11 +40,15 @@ begin
            for update skip locked
     ), gone as (
         delete from durable.tasks t using doomed where t.task_id = doomed.task_id
-        returning t.task_id
+        returning t.task_id, t.queue, t.idempotency_key
     ), gone_runs as (
         delete from durable.runs r using gone where r.task_id = gone.task_id
     ), gone_checkpoints as (
         delete from durable.checkpoints k using gone where k.task_id = gone.task_id
+    ), gone_keys as (
+        delete from durable.task_keys k using gone
+         where k.queue = gone.queue and k.idempotency_key = gone.idempotency_key
+           and k.task_id = gone.task_id
     ), gone_waits as (
         delete from durable.waits w using gone where w.task_id = gone.task_id
     ), gone_edges as (
@@ -57,6 +63,40 @@ begin
         delete from durable.batch_members m using gone where m.task_id = gone.task_id
     )
     select count(*) into v_count from gone;
+    with doomed as (
+        select t.task_id from durable.tasks_history t
+         where t.finished_at < v_cutoff
+           and t.state = any(p_states)
+           and (p_task_names is null or t.task_name = any(p_task_names))
+           and (p_except_names is null or t.task_name <> all(p_except_names))
+         order by t.finished_at
+         limit greatest(p_limit, 0)
+           for update skip locked
+    ), gone as (
+        delete from durable.tasks_history t using doomed where t.task_id = doomed.task_id
+        returning t.task_id, t.queue, t.idempotency_key
+    ), gone_runs as (
+        delete from durable.runs_history r using gone where r.task_id = gone.task_id
+    ), gone_checkpoints as (
+        delete from durable.checkpoints_history k using gone where k.task_id = gone.task_id
+    ), gone_keys as (
+        delete from durable.task_keys k using gone
+         where k.queue = gone.queue and k.idempotency_key = gone.idempotency_key
+           and k.task_id = gone.task_id
+    ), gone_waits as (
+        delete from durable.waits w using gone where w.task_id = gone.task_id
+    ), gone_edges as (
+        delete from durable.task_dependencies d using gone where d.task_id = gone.task_id
+    ), gone_wait_edges as (
+        delete from durable.wait_children c using gone where c.task_id = gone.task_id
+    ), gone_messages as (
+        delete from durable.messages m using gone where m.task_id = gone.task_id
+    ), gone_states as (
+        delete from durable.states s using gone where s.task_id = gone.task_id
+    ), gone_members as (
+        delete from durable.batch_members m using gone where m.task_id = gone.task_id
+    )
+    select v_count + count(*) into v_count from gone;
     return v_count;
 end $$;
 

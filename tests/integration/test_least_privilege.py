@@ -56,6 +56,8 @@ PROTOCOL = {
     "await_event",
     "await_task",
     "emit_event",
+    "move_to_history",
+    "ensure_history_partitions",
     "set_progress",
     "cancel_by",
     "set_limit",

@@ -29,7 +29,7 @@ from durable.client import Client
 from durable.protocol.embedded import _bin_dir
 from durable.protocol.errors import DatabaseUnavailable, SchemaError
 from durable.protocol.migrate import load_migrations
-from durable.protocol.records import TaskState
+from durable.protocol.records import SpawnOptions, TaskState
 
 pytestmark = pytest.mark.anyio
 
@@ -301,3 +301,43 @@ async def test_a_database_below_the_baseline_is_refused(server_dsn: str, migrate
         async with connection(dsn) as conn:
             versions = await conn.fetchval("select max(version) from durable.schema_migrations")
         assert versions == 12  # untouched
+
+
+# --- the finished tasks of the old layout move to history ----------------------------------------
+
+
+async def test_an_upgraded_database_answers_the_same_once_its_history_moved(
+    v13_dsn: str,
+) -> None:
+    async with connection(v13_dsn) as conn:
+        ids = await _fill_like_a_v13_worker(conn)
+        keyed = await conn.fetchval(
+            "select task_id from durable.spawn('done', 'job', 'null', $1::jsonb)",
+            '{"idempotency_key": "k"}',
+        )
+        run = await conn.fetchval("select run_id from durable.claim('done', 'old-worker', 300)")
+        await conn.execute("select durable.complete('done', $1, '\"kept\"')", run)
+
+    async with Client(v13_dsn) as client:  # connecting migrates: the finished tasks stay hot
+
+        async def answers() -> list[Any]:
+            return [
+                await client.get_task(None, ids["completed"]),
+                await client.get_task(None, ids["failed"]),
+                await client.get_result(None, ids["completed"]),
+                await client.get_result(None, ids["failed"]),
+                await client.get_checkpoints("done", ids["completed"]),
+                await client.failed_work(),
+                await client.list_tasks(),
+                await client.spawn(
+                    "done", "job", None, SpawnOptions(idempotency_key="k")
+                ),  # the key, from the tasks of the old layout
+            ]
+
+        before = await answers()
+        assert before[-1].task_id == keyed
+        assert await client.move_all_to_history() == 3  # completed, failed, keyed
+        async with connection(v13_dsn) as conn:
+            assert await conn.fetchval("select count(*) from durable.tasks_history") == 3
+            assert await conn.fetchval("select count(*) from durable.tasks_history_default") == 0
+        assert await answers() == before

@@ -57,10 +57,12 @@ def load_app(spec: str) -> Durable:
 def cmd_migrate(args: argparse.Namespace) -> int:
 
     async def migrate() -> int:
-        async with session.connect(args):  # connecting applies the pending migrations
-            pass
-        latest = load_migrations()[-1]
-        print(f"schema up to date: version {latest.version} ({latest.name})")
+        async with session.connect(args) as client:  # connecting applies the migrations
+            latest = load_migrations()[-1]
+            print(f"schema up to date: version {latest.version} ({latest.name})")
+            if getattr(args, "move_history", False):
+                moved = await client.move_all_to_history()
+                print(f"moved {moved} finished tasks to history")
         return EXIT_OK
 
     return session.run(migrate)
