@@ -1156,9 +1156,14 @@ class Client:
         return await self.store.may_vacuum_hot_tables()
 
     async def vacuum_hot_tables(self) -> None:
-        """``VACUUM (SKIP_LOCKED)`` the hot tables (runs, tasks, checkpoints); the role must own
-        them (:meth:`may_vacuum_hot_tables`)."""
+        """``VACUUM (SKIP_LOCKED, TRUNCATE false)`` the hot tables (runs, tasks, checkpoints); the
+        role must own them (:meth:`may_vacuum_hot_tables`)."""
         await self.store.vacuum_hot_tables()
+
+    async def vacuum_history_tables(self) -> None:
+        """``VACUUM (SKIP_LOCKED, TRUNCATE false)`` the history tables, after retention deleted
+        rows there; the role must own them (:meth:`may_vacuum_hot_tables`: the same owner)."""
+        await self.store.vacuum_history_tables()
 
     async def listen(self, handlers: Mapping[str, Any]) -> Listener:
         """Listen on notification channels (``durable_work``, ``durable_done``) with one dedicated

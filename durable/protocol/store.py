@@ -152,8 +152,17 @@ select bool_and(pg_has_role(current_user, c.relowner, 'USAGE'))
  where c.oid in ('durable.tasks'::regclass, 'durable.runs'::regclass,
                  'durable.checkpoints'::regclass)
 """
-# not in a transaction nor a function: a plain statement of its own
-_VACUUM_HOT_TABLES = "vacuum (skip_locked) durable.runs, durable.tasks, durable.checkpoints"
+# not in a transaction nor a function: a plain statement of its own. TRUNCATE false: cutting a
+# table's empty tail takes an ACCESS EXCLUSIVE lock that stalls every claim and completion while
+# VACUUM waits for it (the soak saw Timeout:VacuumTruncate), and the hot tables refill those pages
+_VACUUM_HOT_TABLES = (
+    "vacuum (skip_locked, truncate false) durable.runs, durable.tasks, durable.checkpoints"
+)
+# after retention deleted rows of history (every partition: VACUUM skips the pages it need not read)
+_VACUUM_HISTORY_TABLES = (
+    "vacuum (skip_locked, truncate false)"
+    " durable.tasks_history, durable.runs_history, durable.checkpoints_history"
+)
 _FAILED_WORK = "select * from durable.failed_work($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 _FAILURE_GROUPS = "select * from durable.failure_groups($1, $2, $3, $4, $5, $6, $7, $8)"
 _FINISHED_COUNTS = "select * from durable.finished_counts($1)"
@@ -1105,6 +1114,10 @@ class Store:
     async def vacuum_hot_tables(self) -> None:
         async with self._translate():
             await self._pool.execute(_VACUUM_HOT_TABLES)
+
+    async def vacuum_history_tables(self) -> None:
+        async with self._translate():
+            await self._pool.execute(_VACUUM_HISTORY_TABLES)
 
     # --- the console ----------------------------------------------------------------------------
 

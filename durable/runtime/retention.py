@@ -80,11 +80,20 @@ async def prune(client: Client, rules: list[PruneRule], *, batch: int = 1000) ->
 async def run_retention(
     client: Client, rules: list[PruneRule], interval_s: float, *, batch: int = 1000
 ) -> None:
-    """Prune by ``rules`` every ``interval_s`` seconds (jittered), until cancelled."""
+    """Prune by ``rules`` every ``interval_s`` seconds (jittered), until cancelled. After a pass
+    that deleted rows, vacuum the history tables when this role owns them: each pass starts
+    where the last one's deletes left dead index entries, and without a vacuum (autovacuum off)
+    every pass would walk all of them again."""
+    may_vacuum: bool | None = None
     while True:
         await anyio.sleep(interval_s * random.uniform(0.5, 1.0))  # jitter: workers spread out
         try:
             deleted = await prune(client, rules, batch=batch)
+            if deleted:
+                if may_vacuum is None:
+                    may_vacuum = await client.may_vacuum_hot_tables()
+                if may_vacuum:
+                    await client.vacuum_history_tables()
         except DurableError as exc:
             log.warning("retention.failed", error=str(exc))
             continue
