@@ -92,8 +92,10 @@ async def returns(ctx: durable.TaskContext, params: Any) -> dict[str, Any]:
 
 @app.task(name="clock")
 async def clock(ctx: durable.TaskContext, params: Any) -> dict[str, Any]:
-    """What this worker's wall clock says."""
-    return {"time": time.time(), "now": _dt.datetime.now(_dt.UTC).isoformat()}
+    """What this worker's wall clock says; then holds its slot ``params["hold_s"]`` (if given)."""
+    said = {"time": time.time(), "now": _dt.datetime.now(_dt.UTC).isoformat()}
+    await anyio.sleep(params.get("hold_s", 0.0))
+    return said
 
 
 @app.task(name="first_hangs")

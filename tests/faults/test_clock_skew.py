@@ -44,7 +44,9 @@ async def test_skewed_workers_claim_complete_and_store_database_time(
         await wait_event(ahead, "worker.started", timeout=10)
         await wait_event(behind, "worker.started", timeout=10)
 
-        infos = [await client.spawn(QUEUE, "clock", {}, SpawnOptions()) for _ in range(8)]
+        # each task holds its slot long enough that one worker (4 slots) cannot take all 8
+        hold = {"hold_s": 0.5}
+        infos = [await client.spawn(QUEUE, "clock", hold, SpawnOptions()) for _ in range(8)]
         records = await wait_all_finished(client, [i.task_id for i in infos], timeout=15)
         db_now = await _db_now(dsn)
         seen = set()
