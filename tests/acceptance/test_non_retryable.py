@@ -70,7 +70,7 @@ def _app(dsn: str) -> tuple[durable.Durable, list[tuple[Any, TaskDiscarded]]]:
     async def retries_timeouts(ctx: TaskContext, params: Any) -> str:
         if params == "timeout" and ctx.attempt < 3:
             raise TimeoutError("slow upstream")
-        if params == "other":
+        if params == "lookup":
             raise LookupError("not a timeout: not retried")
         return f"done at attempt {ctx.attempt}"
 
@@ -143,7 +143,7 @@ async def test_discard_on_and_retry_on_choose_by_type_and_reason_class(dsn: str)
         transport = (await app.spawn("discards_value_errors", "transport")).task_id
         other = (await app.spawn("discards_value_errors", "other")).task_id
         timeout = (await app.spawn("retries_timeouts", "timeout")).task_id
-        lookup = (await app.spawn("retries_timeouts", "other")).task_id
+        lookup = (await app.spawn("retries_timeouts", "lookup")).task_id
 
         for task_id in (value, transport, lookup):  # listed (or not retried): ended at once
             record = await _failed(app, task_id)
@@ -163,6 +163,7 @@ async def test_discard_on_and_retry_on_choose_by_type_and_reason_class(dsn: str)
         assert reasons["value"] is DiscardReason.NON_RETRYABLE
         assert reasons["transport"] is DiscardReason.NON_RETRYABLE
         assert reasons["other"] is DiscardReason.EXHAUSTED
+        assert reasons["lookup"] is DiscardReason.NON_RETRYABLE
         rows = {row.task_id: row.retryable for row in await app.failed_work()}
         assert rows == {value: False, transport: False, lookup: False, other: True}
 
