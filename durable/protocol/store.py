@@ -268,57 +268,78 @@ def _map_postgres_error(
     return exc
 
 
+#: How long the kept connection may sit unused before the pool gets it back: between one and
+#: two of these after the last statement that used it.
+KEEP_S: Final = 0.002
+
+
 class _KeptConnection:
     """A pool connection kept across statements sent one after another.
 
     asyncpg's pool hands out and takes back a connection for every statement: a future, a timer
     and a shielded task (one more turn of the event loop) each time, about a third of the
-    client's time for a lone spawn. A statement sent through :meth:`use` keeps its connection
-    until the event loop next turns: a caller that sends its next one straight away (a loop of
-    spawns, one at a time) reuses it without any of that, and the loop's next turn gives it
-    back. A statement that comes while it is in use takes a pool connection as usual; an error
-    gives it back at once (the pool's release deals with a connection left mid-query).
+    client's time for a lone spawn. A statement sent on :meth:`take`'s connection gives it back
+    here (:meth:`give_back`), not to the pool: a caller that sends its next one soon after (a
+    loop of spawns, one at a time) reuses it without any of that, nor a callback per statement.
+    A timer gives it to the pool once :data:`KEEP_S` went by without a statement using it. A
+    statement that comes while it is in use takes a pool connection as usual; an error gives
+    the kept one back to the pool at once (the pool's release deals with a connection left
+    mid-query).
     """
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self._conn: PoolConnectionProxy[Any] | None = None
-        self._busy = False
-        self._let_go_soon: asyncio.Handle | None = None
+        self._busy = False  # the kept connection is out
+        self._used = False  # taken since the timer was set
+        self._timer: asyncio.TimerHandle | None = None
         self._releases: set[asyncio.Task[None]] = set()
 
-    @contextlib.asynccontextmanager
-    async def use(self) -> AsyncIterator[PoolConnectionProxy[Any]]:
+    async def take(self) -> PoolConnectionProxy[Any]:
+        """A connection for one statement: the kept one when it is free (from the pool the
+        first time), else one of the pool's; hand it to :meth:`give_back` afterwards."""
         if self._busy:  # another statement has it: a pool connection of its own
-            async with self._pool.acquire() as other:
-                yield other
-            return
+            return await self._pool.acquire()
         self._busy = True
-        kept = self._conn
-        try:
-            if kept is None:
-                kept = self._conn = await self._pool.acquire()
-            elif self._let_go_soon is not None:
-                self._let_go_soon.cancel()
-                self._let_go_soon = None
-            yield kept
-        except BaseException:
-            self._busy = False
-            self._conn = None
-            if kept is not None:
-                await self._pool.release(kept)
-            raise
-        self._busy = False
-        self._let_go_soon = asyncio.get_running_loop().call_soon(self._let_go)
+        self._used = True
+        if self._conn is None:
+            try:
+                self._conn = await self._pool.acquire()
+            except BaseException:
+                self._busy = False
+                raise
+            if self._timer is None:
+                self._set_timer()
+        return self._conn
 
-    def _let_go(self) -> None:
-        """Give the connection back to the pool (the loop turned: nobody sent a next one)."""
-        self._let_go_soon = None
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            task = asyncio.get_running_loop().create_task(self._pool.release(conn))
-            self._releases.add(task)
-            task.add_done_callback(self._released)
+    async def give_back(self, conn: PoolConnectionProxy[Any], *, failed: bool = False) -> None:
+        """``conn`` after its statement: kept for the next one, or (a pool connection, or the
+        statement ``failed``) back to the pool."""
+        if conn is not self._conn:
+            await self._pool.release(conn)
+            return
+        self._busy = False
+        if failed:
+            self._conn = None
+            await self._pool.release(conn)
+
+    def _set_timer(self) -> None:
+        self._used = False
+        self._timer = asyncio.get_running_loop().call_later(KEEP_S, self._check)
+
+    def _check(self) -> None:
+        """Give the connection back to the pool unless a statement took it since last time."""
+        self._timer = None
+        conn = self._conn
+        if conn is None:
+            return
+        if self._busy or self._used:
+            self._set_timer()
+            return
+        self._conn = None
+        task = asyncio.get_running_loop().create_task(self._pool.release(conn))
+        self._releases.add(task)
+        task.add_done_callback(self._released)
 
     def _released(self, task: asyncio.Task[None]) -> None:
         self._releases.discard(task)
@@ -327,9 +348,9 @@ class _KeptConnection:
 
     async def close(self) -> None:
         """Give the connection back now (before the pool closes, which waits for it)."""
-        if self._let_go_soon is not None:
-            self._let_go_soon.cancel()
-            self._let_go_soon = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         conn, self._conn = self._conn, None
         if conn is not None and not self._busy:
             await self._pool.release(conn)
@@ -418,18 +439,31 @@ class Store:
     ) -> AsyncIterator[None]:
         try:
             yield
-        except asyncpg.PostgresError as exc:
-            raise self._map_postgres_error(
-                exc, run_id=run_id, task_id=task_id, batch_id=batch_id
-            ) from exc
-        except (OSError, asyncpg.InterfaceError, TimeoutError) as exc:
-            raise _unavailable(self.dsn, exc) from exc
-        except asyncpg.InternalClientError as exc:
+        except Exception as exc:
+            if (error := await self._translated(exc, run_id, task_id, batch_id)) is None:
+                raise
+            raise error from exc
+
+    async def _translated(
+        self,
+        exc: Exception,
+        run_id: uuid.UUID | None = None,
+        task_id: uuid.UUID | None = None,
+        batch_id: uuid.UUID | None = None,
+    ) -> Exception | None:
+        """The durable error a driver error raised by a statement means (None: not a driver
+        error, raise it as it is)."""
+        if isinstance(exc, asyncpg.PostgresError):
+            return self._map_postgres_error(exc, run_id=run_id, task_id=task_id, batch_id=batch_id)
+        if isinstance(exc, OSError | asyncpg.InterfaceError | TimeoutError):
+            return _unavailable(self.dsn, exc)
+        if isinstance(exc, asyncpg.InternalClientError):
             # a connection whose protocol state broke when its server went away mid-operation
             # (seen after pg_terminate_backend): replace every pooled connection, then report
             # the database unavailable so the caller retries on a fresh one
             await self._pool.expire_connections()
-            raise _unavailable(self.dsn, exc) from exc
+            return _unavailable(self.dsn, exc)
+        return None
 
     def _map_postgres_error(
         self,
@@ -456,8 +490,20 @@ class Store:
         options_json = encode_json(
             options if isinstance(options, RawJson) else dict(options), "options"
         )
-        async with self._translate(), self._kept.use() as conn:
-            row = await conn.fetchrow(_SPAWN, queue, task_name, params_json, options_json)
+        # the statements of spawns sent one after another: no context manager (an async
+        # generator each) on this path, errors translated as _translate does
+        try:
+            conn = await self._kept.take()
+            try:
+                row = await conn.fetchrow(_SPAWN, queue, task_name, params_json, options_json)
+            except BaseException:
+                await self._kept.give_back(conn, failed=True)
+                raise
+            await self._kept.give_back(conn)
+        except Exception as exc:
+            if (error := await self._translated(exc)) is None:
+                raise
+            raise error from exc
         assert row is not None
         return _spawn_info(row)
 

@@ -159,7 +159,7 @@ class TaskDefinition(Generic[P, R]):
         handle = await self.registry.spawn(
             self, params, queue=queue, connection=connection, **options
         )
-        return cast(TaskHandle[R], handle)
+        return cast("TaskHandle[R]", handle)
 
     async def spawn_many(
         self,
@@ -174,7 +174,7 @@ class TaskDefinition(Generic[P, R]):
         handles = await self.registry.spawn_many(
             [(self, p) for p in params], queue=queue, connection=connection, **options
         )
-        return cast(list[TaskHandle[R]], handles)
+        return cast("list[TaskHandle[R]]", handles)
 
 
 @dataclass(slots=True)
@@ -203,7 +203,7 @@ class TaskHandle(Generic[R]):
             ```
         """
         outcome = await self.client.result(self.queue, self.task_id, timeout=timeout)
-        return cast(TaskResult[R], outcome)
+        return cast("TaskResult[R]", outcome)
 
 
 class Registry(Mapping[str, "TaskDefinition[Any, Any]"]):

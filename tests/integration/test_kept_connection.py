@@ -1,5 +1,6 @@
-"""Spawns sent one after another keep their pool connection until the event loop turns
-(``store._KeptConnection``): the pool gets it back then, after an error at once, and on close."""
+"""Spawns sent one after another keep their pool connection (``store._KeptConnection``): the
+pool gets it back once it went unused a moment (``KEEP_S``), after an error at once, and on
+close."""
 
 from __future__ import annotations
 
