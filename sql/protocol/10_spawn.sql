@@ -15,8 +15,8 @@ language plpgsql
 security definer set search_path = pg_catalog, pg_temp as $$
 #variable_conflict use_column
 declare
-    v_now      timestamptz := durable.now();
-    v_options  jsonb := coalesce(p_options, '{}');
+    v_now      timestamptz;
+    v_options  jsonb;
     v_key      text;
     v_unique   jsonb;
     v_ukey     text;
@@ -41,29 +41,33 @@ begin
     if p_task_name is null or length(p_task_name) = 0 or length(p_task_name) > 255 then
         raise exception 'task name must be 1 to 255 characters' using errcode = 'DU005';
     end if;
+    if p_options is null or p_options = '{}' then
+        -- no options (the common spawn): every column has its default, no key can conflict and
+        -- the task is due now; one statement writes the task and its run, queues the
+        -- notification and answers (each plpgsql statement and expression costs a spawn that
+        -- is its own transaction a few microseconds), nothing is looked up
+        return query
+            with spawned as materialized (
+                select durable.uuidv7() as task_id, durable.uuidv7() as run_id,
+                       durable.now() as at, pg_notify('durable_work', p_queue)
+            ), task as (
+                insert into durable.tasks (task_id, queue, task_name, params, created_at,
+                                           scheduled_at)
+                select s.task_id, p_queue, p_task_name, coalesce(p_params, 'null'), s.at, s.at
+                  from spawned s
+            ), run as (
+                insert into durable.runs (run_id, task_id, queue, attempt, state, available_at,
+                                          created_at, task_name)
+                select s.run_id, s.task_id, p_queue, 1, 'pending', s.at, s.at, p_task_name
+                  from spawned s
+            )
+            select s.task_id, s.run_id, 1, true from spawned s;
+        return;
+    end if;
+    v_now := durable.now();
+    v_options := p_options;
     if p_params is null then
         p_params := 'null'::jsonb;
-    end if;
-    if v_options = '{}' then
-        -- no options (the common spawn): every column has its default, no key can conflict and
-        -- the task is due now; one statement writes the task and its run, nothing is looked up,
-        -- and the answer is the output columns (return next: no query to build it)
-        task_id := durable.uuidv7();
-        run_id := durable.uuidv7();
-        attempt := 1;
-        created := true;
-        with task as (
-            insert into durable.tasks (task_id, queue, task_name, params, created_at,
-                                       scheduled_at)
-            values (spawn.task_id, p_queue, p_task_name, p_params, v_now, v_now)
-        )
-        insert into durable.runs (run_id, task_id, queue, attempt, state, available_at,
-                                  created_at, task_name)
-        values (spawn.run_id, spawn.task_id, p_queue, 1, 'pending', v_now, v_now,
-                p_task_name);
-        perform pg_notify('durable_work', p_queue);
-        return next;
-        return;
     end if;
     -- the options, read only by a spawn that has some
     v_key := v_options->>'idempotency_key';
