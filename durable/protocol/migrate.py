@@ -50,7 +50,7 @@ from durable.protocol.log import get_logger
 log = get_logger()
 
 #: The version of ``sql/protocol/``: raised whenever a file there changes.
-PROTOCOL_VERSION = 10
+PROTOCOL_VERSION = 11
 
 _LOCK_KEY = 0x6475726162  # "durab": one key for every durable migrator
 _SCHEMA_FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")

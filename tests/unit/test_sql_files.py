@@ -6,7 +6,7 @@ from durable.protocol.migrate import PROTOCOL_VERSION, load_migrations, load_pro
 
 #: The protocol's version and the sha256 of its files at that version. A change to sql/protocol/
 #: is a new protocol: raise PROTOCOL_VERSION and pin the new hash here.
-PINNED = (10, "b6028a0187de2d3eb299e2b8dcd1b4613fb90438c780df459d7a763c51b7e81d")
+PINNED = (11, "b39318f0e8e269979d01b8745c1479664c8fbc598c788b702557d42011b4c2b7")
 
 _DEFINITION = re.compile(r"^create\s+(or\s+replace\s+)?function\s+durable\.(\w+)\(", re.I | re.M)
 
