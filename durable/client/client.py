@@ -1152,7 +1152,9 @@ class Client:
         return await self.store.drop_history_partitions(age)
 
     async def may_vacuum_hot_tables(self) -> bool:
-        """Whether this connection's role may VACUUM the hot tables (it owns them)."""
+        """Whether this connection's role may VACUUM the hot tables and the history tables (it
+        owns them: one owner, the role that migrated), as the workers do after moves and after
+        retention."""
         return await self.store.may_vacuum_hot_tables()
 
     async def vacuum_hot_tables(self) -> None:
@@ -1162,7 +1164,7 @@ class Client:
 
     async def vacuum_history_tables(self) -> None:
         """``VACUUM (SKIP_LOCKED, TRUNCATE false)`` the history tables, after retention deleted
-        rows there; the role must own them (:meth:`may_vacuum_hot_tables`: the same owner)."""
+        rows there; the role must own them (:meth:`may_vacuum_hot_tables` checks both)."""
         await self.store.vacuum_history_tables()
 
     async def listen(self, handlers: Mapping[str, Any]) -> Listener:

@@ -142,7 +142,9 @@ _MOVE_TO_HISTORY = "select durable.move_to_history($1, $2)"
 _ENSURE_HISTORY_PARTITIONS = "select durable.ensure_history_partitions($1)"
 _DROP_HISTORY_PARTITIONS = "select durable.drop_history_partitions($1)"
 # VACUUM needs the table's owner (PostgreSQL 15; a superuser or the database's owner may too):
-# the workers vacuum the hot tables only when their role may (durable_worker may not).
+# the workers vacuum the hot tables after moves and history after retention only when their role
+# may (durable_worker may not). One check for both: all six have one owner, the role that
+# migrated (history's day partitions too: ensure_history_partitions runs as its owner).
 _MAY_VACUUM_HOT_TABLES = """
 select bool_and(pg_has_role(current_user, c.relowner, 'USAGE'))
        or (select r.rolsuper from pg_roles r where r.rolname = current_user)
@@ -150,7 +152,8 @@ select bool_and(pg_has_role(current_user, c.relowner, 'USAGE'))
             where d.datname = current_database())
   from pg_class c
  where c.oid in ('durable.tasks'::regclass, 'durable.runs'::regclass,
-                 'durable.checkpoints'::regclass)
+                 'durable.checkpoints'::regclass, 'durable.tasks_history'::regclass,
+                 'durable.runs_history'::regclass, 'durable.checkpoints_history'::regclass)
 """
 # not in a transaction nor a function: a plain statement of its own. TRUNCATE false: cutting a
 # table's empty tail takes an ACCESS EXCLUSIVE lock that stalls every claim and completion while

@@ -240,14 +240,45 @@ begin
     return v_count;
 end $$;
 
--- Delete what is kept of the tasks of ids [p_from, p_to) outside the task tables.
+-- What tasks leave outside the task tables, deleted (retention deletes or drops the task rows
+-- themselves): the idempotency key rows that still point at them (a key taken again since
+-- points at its new task and stays), waits, dependency edges, the edges of waits for several
+-- tasks, messages, published state and batch memberships. The tasks are p_task_ids (prune's
+-- batches: an index probe per task and table) or, when that is null, those of ids
+-- [p_from, p_to) (a day of history dropped whole: a range scan per table, where a probe per task
+-- of the day would read every task of the partition to drop, and probe 7 tables for each).
+-- The one list of those tables: forget_task_ids and forget_tasks call this. The ids come in
+-- through a subquery: planned as an unknown set, they make a nested loop of index probes, where
+-- a constant array of thousands of ids would be estimated element by element at each call.
+create or replace function durable.forget_side_rows(p_task_ids uuid[], p_from uuid, p_to uuid)
+returns void
+language plpgsql as $$
+declare
+    v_table text;
+begin
+    foreach v_table in array array['task_keys', 'waits', 'task_dependencies', 'wait_children',
+                                   'messages', 'states', 'batch_members'] loop
+        if p_task_ids is not null then
+            execute format('delete from durable.%I x using unnest((select $1::uuid[])) as i(id)'
+                           ' where x.task_id = i.id', v_table)
+              using p_task_ids;
+        else
+            execute format('delete from durable.%I x where x.task_id >= $1 and x.task_id < $2',
+                           v_table)
+              using p_from, p_to;
+        end if;
+    end loop;
+end $$;
+
+-- Delete what tasks p_task_ids leave outside the task tables (durable.forget_side_rows).
+create or replace function durable.forget_task_ids(p_task_ids uuid[]) returns void
+language sql as $$
+    select durable.forget_side_rows(p_task_ids, null, null) where cardinality(p_task_ids) > 0
+$$;
+
+-- Delete what the tasks of ids [p_from, p_to) leave outside the task tables
+-- (durable.forget_side_rows).
 create or replace function durable.forget_tasks(p_from uuid, p_to uuid) returns void
 language sql as $$
-    delete from durable.task_keys k where k.task_id >= p_from and k.task_id < p_to;
-    delete from durable.waits w where w.task_id >= p_from and w.task_id < p_to;
-    delete from durable.task_dependencies d where d.task_id >= p_from and d.task_id < p_to;
-    delete from durable.wait_children c where c.task_id >= p_from and c.task_id < p_to;
-    delete from durable.messages m where m.task_id >= p_from and m.task_id < p_to;
-    delete from durable.states s where s.task_id >= p_from and s.task_id < p_to;
-    delete from durable.batch_members m where m.task_id >= p_from and m.task_id < p_to;
+    select durable.forget_side_rows(null, p_from, p_to)
 $$;

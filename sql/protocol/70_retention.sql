@@ -3,11 +3,16 @@
 -- never deleted by age. These are the operator's functions: neither PUBLIC nor durable_worker may
 -- call them (90_privileges.sql).
 
--- Finished tasks of p_states that ended more than p_older_than seconds ago, with their runs,
--- checkpoints, waits, dependency edges, messages, published state and batch memberships: at most
--- p_limit per call. p_task_names: only these
--- task names; p_except_names: not these (the names that have a rule of their own). Runs and
--- checkpoints carry no foreign key to their task, so the same statement deletes them.
+-- Finished tasks of p_states that ended more than p_older_than seconds ago, with their runs and
+-- checkpoints and what they leave outside the task tables (durable.forget_task_ids): at most
+-- p_limit per call from the hot tables and as many from history. p_task_names: only these task
+-- names; p_except_names: not these (the names that have a rule of their own).
+--
+-- One statement of static SQL for both places, the same steps side by side: pick, delete the
+-- task rows, then their runs and checkpoints (which carry no foreign key to their task). Not a
+-- loop of execute format() over the two sets of tables: a dynamic statement is planned at every
+-- call, and planning the pick over every day partition of history cost more than the pick (an
+-- empty call with 300 partitions: 55 ms against 5 ms for this statement's cached plan).
 create or replace function durable.prune_tasks(p_older_than double precision, p_states text[],
                                                p_limit integer default 1000,
                                                p_task_names text[] default null,
@@ -16,7 +21,7 @@ returns integer
 language plpgsql as $$
 declare
     v_cutoff timestamptz;
-    v_count  integer;
+    v_ids    uuid[];
 begin
     if p_older_than is null or p_older_than < 0 then
         raise exception 'older_than must be a non-negative number of seconds'
@@ -27,9 +32,7 @@ begin
             using errcode = 'DU005';
     end if;
     v_cutoff := durable.now() - make_interval(secs => p_older_than);
-    -- the finished tasks not moved to history yet, then those in history (each call takes up to
-    -- p_limit of each)
-    with doomed as (
+    with hot as (
         select t.task_id from durable.tasks t
          where t.finished_at is not null and t.finished_at < v_cutoff
            and t.state = any(p_states)
@@ -38,32 +41,7 @@ begin
          order by t.finished_at
          limit greatest(p_limit, 0)
            for update skip locked
-    ), gone as (
-        delete from durable.tasks t using doomed where t.task_id = doomed.task_id
-        returning t.task_id, t.queue, t.idempotency_key
-    ), gone_runs as (
-        delete from durable.runs r using gone where r.task_id = gone.task_id
-    ), gone_checkpoints as (
-        delete from durable.checkpoints k using gone where k.task_id = gone.task_id
-    ), gone_keys as (
-        delete from durable.task_keys k using gone
-         where k.queue = gone.queue and k.idempotency_key = gone.idempotency_key
-           and k.task_id = gone.task_id
-    ), gone_waits as (
-        delete from durable.waits w using gone where w.task_id = gone.task_id
-    ), gone_edges as (
-        delete from durable.task_dependencies d using gone where d.task_id = gone.task_id
-    ), gone_wait_edges as (
-        delete from durable.wait_children c using gone where c.task_id = gone.task_id
-    ), gone_messages as (
-        delete from durable.messages m using gone where m.task_id = gone.task_id
-    ), gone_states as (
-        delete from durable.states s using gone where s.task_id = gone.task_id
-    ), gone_members as (
-        delete from durable.batch_members m using gone where m.task_id = gone.task_id
-    )
-    select count(*) into v_count from gone;
-    with doomed as (
+    ), cold as (
         select t.task_id from durable.tasks_history t
          where t.finished_at < v_cutoff
            and t.state = any(p_states)
@@ -72,32 +50,25 @@ begin
          order by t.finished_at
          limit greatest(p_limit, 0)
            for update skip locked
-    ), gone as (
-        delete from durable.tasks_history t using doomed where t.task_id = doomed.task_id
-        returning t.task_id, t.queue, t.idempotency_key
-    ), gone_runs as (
-        delete from durable.runs_history r using gone where r.task_id = gone.task_id
-    ), gone_checkpoints as (
-        delete from durable.checkpoints_history k using gone where k.task_id = gone.task_id
-    ), gone_keys as (
-        delete from durable.task_keys k using gone
-         where k.queue = gone.queue and k.idempotency_key = gone.idempotency_key
-           and k.task_id = gone.task_id
-    ), gone_waits as (
-        delete from durable.waits w using gone where w.task_id = gone.task_id
-    ), gone_edges as (
-        delete from durable.task_dependencies d using gone where d.task_id = gone.task_id
-    ), gone_wait_edges as (
-        delete from durable.wait_children c using gone where c.task_id = gone.task_id
-    ), gone_messages as (
-        delete from durable.messages m using gone where m.task_id = gone.task_id
-    ), gone_states as (
-        delete from durable.states s using gone where s.task_id = gone.task_id
-    ), gone_members as (
-        delete from durable.batch_members m using gone where m.task_id = gone.task_id
+    ), gone_hot as (
+        delete from durable.tasks t using hot where t.task_id = hot.task_id
+        returning t.task_id
+    ), gone_cold as (
+        delete from durable.tasks_history t using cold where t.task_id = cold.task_id
+        returning t.task_id
+    ), gone_hot_runs as (
+        delete from durable.runs r using gone_hot g where r.task_id = g.task_id
+    ), gone_cold_runs as (
+        delete from durable.runs_history r using gone_cold g where r.task_id = g.task_id
+    ), gone_hot_checkpoints as (
+        delete from durable.checkpoints k using gone_hot g where k.task_id = g.task_id
+    ), gone_cold_checkpoints as (
+        delete from durable.checkpoints_history k using gone_cold g where k.task_id = g.task_id
     )
-    select v_count + count(*) into v_count from gone;
-    return v_count;
+    select array_agg(g.task_id) into v_ids
+      from (select task_id from gone_hot union all select task_id from gone_cold) g;
+    perform durable.forget_task_ids(v_ids);
+    return coalesce(cardinality(v_ids), 0);
 end $$;
 
 -- Events emitted, partition turns served, workers gone and batches finished more than

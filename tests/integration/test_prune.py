@@ -9,7 +9,7 @@ from support.database import connection, table_counts
 
 from durable.client import Client
 from durable.protocol.errors import InvalidArgument
-from durable.protocol.records import FailureReason, TaskState
+from durable.protocol.records import FailureReason, SpawnOptions, TaskState
 
 pytestmark = pytest.mark.anyio
 
@@ -71,3 +71,30 @@ async def test_prune_takes_a_tasks_messages_state_and_batch_with_it(
             " (select count(*) from durable.batches) as batches"
         )
     assert dict(left or {}) == {"messages": 0, "states": 0, "members": 0, "batches": 0}
+
+
+async def test_prune_forgets_only_what_the_tasks_it_deletes_leave_behind(
+    client: Client, dsn: str
+) -> None:
+    # one finished task in history, one still hot, both with a key and a published state; a
+    # pending task with a key of its own
+    for key in ("cold", "hot"):
+        await client.spawn("q", "t", key, SpawnOptions(idempotency_key=key))
+        (claim,) = await client.claim("q", "w", 30)
+        await client.set_state("q", claim.run_id, "stage", key)
+        await client.complete("q", claim.run_id, None)
+        if key == "cold":
+            assert await client.move_all_to_history() == 1
+    kept = await client.spawn("q", "t", "kept", SpawnOptions(idempotency_key="kept"))
+
+    future = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    async with Client(dsn, server_settings={"durable.fake_now": future}) as later:
+        assert await later.prune_tasks(3600) == 2  # one from each place, in one call
+    async with connection(dsn) as conn:
+        assert await conn.fetchval("select count(*) from durable.states") == 0
+        keys = await conn.fetch("select idempotency_key, task_id from durable.task_keys")
+    assert [(k["idempotency_key"], k["task_id"]) for k in keys] == [("kept", kept.task_id)]
+    assert (
+        await client.spawn("q", "t", "x", SpawnOptions(idempotency_key="kept"))
+    ).created is False
+    assert (await client.spawn("q", "t", "x", SpawnOptions(idempotency_key="hot"))).created

