@@ -7,7 +7,9 @@ than ``--retention`` seconds themselves (``Durable(retention=...)``), as a deplo
 
 Every sample prints the tasks spawned and ended, the backlog, lapsed leases, the size of each hot
 table with its indexes (tasks, runs, checkpoints) and every worker's resident memory; every
-``--window`` seconds (default 5 minutes) a line gives the window's throughput. The summary
+``--window`` seconds (default 5 minutes) a line gives the window's throughput and how much the
+workers' resident memory grew in it (memory that settles grows less each window; a leak does not:
+``bench/worker_memory.py`` tells the Python heap from what the allocator keeps). The summary
 compares the first and the last window: throughput, table sizes, worker memory. It reports; it
 asserts nothing.
 
@@ -144,7 +146,7 @@ async def _soak(args: argparse.Namespace) -> None:
                 )
                 start = time.monotonic()
                 next_window = args.window
-                window_start = (0.0, 0)
+                window_start = (0.0, 0, 0.0)  # seconds, tasks ended, worker RSS MB
                 while time.monotonic() - start < args.minutes * 60 + 5:
                     await anyio.sleep(args.sample)
                     elapsed = time.monotonic() - start
@@ -172,12 +174,15 @@ async def _soak(args: argparse.Namespace) -> None:
                     if elapsed >= next_window:
                         seconds = elapsed - window_start[0]
                         rate = (sample.ended - window_start[1]) / seconds
+                        rss = sum(sample.rss_mb)
+                        rss_before = window_start[2] or sum(samples[0].rss_mb)  # first: 1st sample
                         print(
                             f"-- window {window_start[0]:.0f}-{elapsed:.0f} s: "
-                            f"{rate:,.0f} tasks/s ended",
+                            f"{rate:,.0f} tasks/s ended; worker RSS total {rss:.0f} MB "
+                            f"({rss - rss_before:+.1f} MB in the window)",
                             flush=True,
                         )
-                        window_start = (elapsed, sample.ended)
+                        window_start = (elapsed, sample.ended, rss)
                         next_window += args.window
                 await conn.close()
         finally:
