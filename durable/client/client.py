@@ -1151,6 +1151,13 @@ class Client:
         age = durations.seconds(older_than, what="older_than")
         return await self.store.drop_history_partitions(age)
 
+    async def refresh_hot_stats(self) -> bool:
+        """``ANALYZE`` the hot tasks and runs when they hold far more rows than their statistics
+        say (``durable.refresh_hot_stats``: after a vacuum found them empty, a burst is planned
+        for an empty table until the next analyze); whether it did. Any role the protocol
+        serves may call it; the workers do every round of their history upkeep."""
+        return await self.store.refresh_hot_stats()
+
     async def may_vacuum_hot_tables(self) -> bool:
         """Whether this connection's role may VACUUM the hot tables and the history tables (it
         owns them: one owner, the role that migrated), as the workers do after moves and after

@@ -139,6 +139,7 @@ _SET_LIMIT = "select durable.set_limit($1, $2, $3, $4, $5, $6)"
 _PRUNE_TASKS = "select durable.prune_tasks($1, $2, $3, $4, $5)"
 _PRUNE_BOOKKEEPING = "select durable.prune_bookkeeping($1, $2)"
 _MOVE_TO_HISTORY = "select durable.move_to_history($1, $2)"
+_REFRESH_HOT_STATS = "select durable.refresh_hot_stats()"
 _ENSURE_HISTORY_PARTITIONS = "select durable.ensure_history_partitions($1)"
 _DROP_HISTORY_PARTITIONS = "select durable.drop_history_partitions($1)"
 # VACUUM needs the table's owner (PostgreSQL 15; a superuser or the database's owner may too):
@@ -1144,6 +1145,11 @@ class Store:
         async with self._translate():
             moved: int = await self._pool.fetchval(_MOVE_TO_HISTORY, limit, min_age)
         return moved
+
+    async def refresh_hot_stats(self) -> bool:
+        async with self._translate():
+            analyzed: bool = await self._pool.fetchval(_REFRESH_HOT_STATS)
+        return analyzed
 
     async def ensure_history_partitions(self, days_ahead: int) -> int:
         async with self._translate():

@@ -3,8 +3,10 @@ the tasks that ended, with their runs and checkpoints, from the hot tables to hi
 (``Client.move_to_history``, batches that skip the rows another worker or a writer holds), and
 after a move, at most every ``vacuum_interval`` seconds, vacuums the hot tables when its role
 owns them (``VACUUM`` needs the owner; a ``durable_worker`` role leaves them to autovacuum, whose
-per-table settings visit them every few thousand rows). The history partitions of today and the
-next days are made at start and then every :data:`PARTITIONS_INTERVAL_S` seconds.
+per-table settings visit them every few thousand rows). Every round also analyzes the hot tables
+when they hold far more rows than their statistics say (``Client.refresh_hot_stats``). The
+history partitions of today and the next days are made at start and then every
+:data:`PARTITIONS_INTERVAL_S` seconds.
 docs/architecture.md ("Hot and cold") says why.
 """
 
@@ -63,7 +65,8 @@ class HistoryKeeper:
             await anyio.sleep(self.interval_s * random.uniform(0.5, 1.0))  # workers spread out
 
     async def round(self) -> int:
-        """One round: partitions when due, the moves, a vacuum when due; how many tasks moved."""
+        """One round: partitions when due, the moves, fresh statistics of the hot tables when
+        they lag, a vacuum when due; how many tasks moved."""
         now = anyio.current_time()
         if now - self._last_partitions >= PARTITIONS_INTERVAL_S:
             await within(self.db_timeout, self.client.ensure_history_partitions(self.days_ahead))
@@ -80,6 +83,8 @@ class HistoryKeeper:
         self._moved_since_vacuum += moved
         if moved:
             log.debug("history.moved", tasks=moved)
+        if await within(self.db_timeout, self.client.refresh_hot_stats()):
+            log.debug("history.analyzed")
         if self._moved_since_vacuum and now - self._last_vacuum >= self.vacuum_interval_s:
             await self._vacuum()
             self._last_vacuum = anyio.current_time()

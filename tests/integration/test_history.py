@@ -373,3 +373,26 @@ async def test_a_move_reads_each_task_once_when_the_hot_tables_look_empty(
     blocks = await raw.fetchval(_BLOCKS_READ) - before
     # by index or one scan: a few blocks a task (a walk per task: hundreds a task)
     assert blocks < 20 * 500, blocks
+
+
+async def test_a_burst_after_a_vacuum_of_empty_hot_tables_gets_fresh_statistics(
+    raw: asyncpg.Connection, client: Client
+) -> None:
+    # the statistics say "empty" (a vacuum found the tables so), then 3,000 runs arrive: the
+    # next upkeep round analyzes, and a round with fresh statistics does nothing
+    await raw.execute("vacuum (truncate false) durable.tasks, durable.runs")
+    # spawned on this connection, whose statistics it flushes now (a pool connection's reach
+    # the counters within a second or so: the workers' upkeep runs every second)
+    await raw.execute(
+        "select count(*) from durable.spawn_many($1, (select jsonb_agg(jsonb_build_object("
+        "'task_name', 'ship', 'params', g)) from generate_series(1, 3000) g))",
+        Q,
+    )
+    await raw.execute("select pg_stat_force_next_flush()")
+    assert await client.refresh_hot_stats() is True
+    counted = await raw.fetchval(
+        "select min(reltuples) from pg_class"
+        " where oid in ('durable.tasks'::regclass, 'durable.runs'::regclass)"
+    )
+    assert counted == 3000
+    assert await client.refresh_hot_stats() is False

@@ -57,6 +57,7 @@ PROTOCOL = {
     "await_task",
     "emit_event",
     "move_to_history",
+    "refresh_hot_stats",
     "ensure_history_partitions",
     "set_progress",
     "cancel_by",

