@@ -73,7 +73,8 @@ class Sample:
     rss_mb: list[float]
 
 
-def _rss_mb(pid: int) -> float:
+def rss_mb(pid: int) -> float:
+    """Process ``pid``'s resident memory, MB (Linux's /proc)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
@@ -100,8 +101,9 @@ def _start_workers(dsn: str, args: argparse.Namespace) -> list[subprocess.Popen[
     ]
 
 
-async def _spawner(client: Client, rate: int, seconds: float, counter: list[int]) -> None:
-    """Spawn ``rate`` tasks a second, in ten batches a second, for ``seconds``."""
+async def spawn_at_rate(client: Client, rate: int, seconds: float, counter: list[int]) -> None:
+    """Spawn ``rate`` soak tasks a second, in ten batches a second, for ``seconds``;
+    ``counter[0]`` counts them."""
     per_tick = max(1, rate // 10)
     start = time.monotonic()
     tick = 0
@@ -138,7 +140,7 @@ async def _soak(args: argparse.Namespace) -> None:
                     + ("the soak vacuums the hot tables after each sample" if vacuum else "")
                     + ("no VACUUM is run" if not vacuum and not autovacuum else "")
                 )
-                tg.start_soon(_spawner, client, args.rate, args.minutes * 60, spawned)
+                tg.start_soon(spawn_at_rate, client, args.rate, args.minutes * 60, spawned)
                 print(
                     f"{'t_s':>6} {'spawned':>10} {'ended':>10} {'backlog':>8} {'lapsed':>6} "
                     + " ".join(f"{t + '_MB':>14}" for t in (*HOT_TABLES, "history"))
@@ -161,7 +163,7 @@ async def _soak(args: argparse.Namespace) -> None:
                         backlog=await conn.fetchval(_BACKLOG),
                         lapsed=await conn.fetchval(_LAPSED),
                         tables=sizes,
-                        rss_mb=[_rss_mb(w.pid) for w in workers if w.poll() is None],
+                        rss_mb=[rss_mb(w.pid) for w in workers if w.poll() is None],
                     )
                     samples.append(sample)
                     print(

@@ -33,6 +33,7 @@ import structlog
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness
+import soak
 
 from durable.client import Client
 
@@ -68,10 +69,7 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return soak.rss_mb(os.getpid())
 
 
 def _sample(start: float, libc: ctypes.CDLL | None) -> str:
@@ -87,20 +85,11 @@ def _sample(start: float, libc: ctypes.CDLL | None) -> str:
 
 
 def _spawn_main(dsn: str, rate: int, seconds: float) -> None:
-    """The child: spawn ``rate`` soak tasks a second, in ten batches a second, for ``seconds``."""
+    """The child: spawn ``rate`` soak tasks a second, as the soak does, for ``seconds``."""
 
     async def spawn() -> None:
-        per_tick = max(1, rate // 10)
         async with Client(dsn) as client:
-            start = time.monotonic()
-            tick = 0
-            while time.monotonic() - start < seconds:
-                base = tick * per_tick
-                await client.spawn_many(
-                    "soak", [("soak_task", {"i": base + i}) for i in range(per_tick)]
-                )
-                tick += 1
-                await anyio.sleep(max(0.0, start + tick / 10 - time.monotonic()))
+            await soak.spawn_at_rate(client, rate, seconds, [0])
 
     anyio.run(spawn)
 
